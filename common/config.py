@@ -1,0 +1,253 @@
+"""Typed stage configs loaded from YAML profiles, with command-line overrides.
+
+Each stage owns one dataclass (``PretrainConfig``, ``RewardConfig``, ``PPOConfig``, ...) and
+reads its own section of the profile::
+
+    cfg = load_config(PPOConfig, "ppo", overrides=["init_kl_coef=0.1"])
+
+A profile is one YAML file with one mapping per stage section. Unknown sections, unknown keys
+and values of the wrong type fail at once with a :class:`ConfigError` that names the key and
+what is allowed. Derived values belong in properties of the dataclass, never written back.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from common.errors import ConfigError
+from common.paths import profile_path
+
+T = TypeVar("T")
+
+#: The sections a profile may hold, one per stage (plus ``data``, shared by all).
+SECTIONS = ("data", "pretrain", "generate", "label", "reward", "ppo", "demo")
+
+
+def read_profile(path: Path | str | None = None) -> dict[str, Any]:
+    """Read and check the top level of a profile file (``RLHF_CONFIG`` when ``path`` is None)."""
+    path = Path(path) if path is not None else profile_path()
+    if not path.is_file():
+        raise ConfigError(
+            f"config profile {str(path)!r} does not exist.",
+            "set RLHF_CONFIG (or --config) to a file such as configs/default.yaml or configs/smoke.yaml.",
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config profile {str(path)!r} is not valid YAML ({err}).", "fix the syntax.") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config profile {str(path)!r} must be a mapping of sections.", f"use sections {list(SECTIONS)}.")
+    for key in raw:
+        if key not in SECTIONS:
+            raise ConfigError(
+                f"unknown section {key!r} in {str(path)!r}.", f"allowed sections: {', '.join(SECTIONS)}."
+            )
+    return raw
+
+
+def load_config(
+    cls: type[T],
+    section: str,
+    profile: Path | str | None = None,
+    overrides: list[str] | tuple[str, ...] | dict[str, Any] = (),
+) -> T:
+    """Build ``cls`` from ``section`` of the profile, then apply ``overrides``.
+
+    ``overrides`` are ``key=value`` strings (values parsed as YAML, dotted keys reach into
+    nested dataclasses: ``gen_kwargs.max_new_tokens=24``) or a plain dict.
+    """
+    raw = read_profile(profile).get(section) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"section {section!r} must be a mapping.", f"see the fields of {cls.__name__}.")
+    merged = _deep_copy(raw)
+    for key, value in _parse_overrides(overrides).items():
+        _set_dotted(merged, key.split("."), value)
+    cfg = from_dict(cls, merged, where=section)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build a dataclass from a mapping, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__} must be a mapping, got {type(data).__name__}.", f"see {cls.__name__}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = [n for n in fields if n.startswith(key[:3])]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"unknown key {_join(where, key)!r}{hint}.",
+                f"allowed keys in {where or cls.__name__}: {', '.join(sorted(fields))}.",
+            )
+        kwargs[key] = _coerce(hints[key], value, _join(where, key))
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where or cls.__name__}: {err}.", f"see the fields of {cls.__name__}.") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML/JSON-ready dict of a config (paths as strings)."""
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(cfg)
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config PROFILE`` and repeatable ``--set KEY=VALUE`` to a stage's CLI."""
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help="profile file (default: $RLHF_CONFIG or configs/default.yaml)",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key, e.g. --set lr=1e-4 (repeatable; dotted keys for nested fields)",
+    )
+
+
+def describe(cls: type) -> str:
+    """One line per field: name, type and default, for ``--help`` epilogs."""
+    hints = typing.get_type_hints(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        doc = f.metadata.get("help", "")
+        lines.append(f"  {f.name} ({_type_name(hints[f.name])}, default {default!r}){': ' + doc if doc else ''}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _parse_overrides(overrides) -> dict[str, Any]:
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    out = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE.", "write it as --set key=value.")
+        key, text = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = text
+    return out
+
+
+def _set_dotted(target: dict, keys: list[str], value: Any) -> None:
+    for k in keys[:-1]:
+        nxt = target.get(k)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            target[k] = nxt
+        target = nxt
+    target[keys[-1]] = value
+
+
+def _deep_copy(d):
+    if isinstance(d, dict):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
+    return d
+
+
+def _type_name(tp) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp, value, key: str):
+    """Check ``value`` against the annotation ``tp`` (with the few safe conversions YAML needs)."""
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise _type_error(key, tp, value)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(
+            f"{key}={value!r} is not allowed.", f"allowed values: {', '.join(repr(a) for a in args)}."
+        )
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, where=key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, tp, value)
+        inner = args[0] if args else Any
+        return [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(key, tp, value)
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(key, tp, value)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(key, tp, value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _type_error(key, tp, value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(key, tp, value)
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise _type_error(key, tp, value)
+    return value
+
+
+def _type_error(key: str, tp, value) -> ConfigError:
+    return ConfigError(
+        f"{key}={value!r} has the wrong type ({type(value).__name__}).",
+        f"{key} takes {_type_name(tp)}.",
+    )
