@@ -1,0 +1,87 @@
+# RLHF pipeline. `make` (or `make help`) lists the targets.
+# Every target depends on `setup`, so on a fresh clone any of them works as the first command.
+SHELL := bash
+.DEFAULT_GOAL := help
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.stamp-setup
+PYTHON ?= python3.11
+
+# Profiles and locations, honoured by every stage (see README "Profiles").
+# CONFIG=... is a short form of RLHF_CONFIG=...
+ifdef CONFIG
+export RLHF_CONFIG := $(CONFIG)
+endif
+export RLHF_CONFIG    ?= configs/default.yaml
+export RLHF_DB_URL    ?= sqlite:///data/feedback.sqlite
+export RLHF_ARTIFACTS ?= artifacts
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+PORT   ?= 8501
+ROUNDS ?= 1
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: help setup test test-slow bench demo label base-model generate reward-model finetune \
+        db-upgrade db-stats export notebook clean clean-all
+
+help: ## List the targets
+	@echo "RLHF pipeline: label completions in the browser, learn a reward model, fine-tune with PPO."
+	@echo "Profile: RLHF_CONFIG=$(RLHF_CONFIG)  database: RLHF_DB_URL=$(RLHF_DB_URL)  outputs: RLHF_ARTIFACTS=$(RLHF_ARTIFACTS)"
+	@echo
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## Create .venv and install everything (torch 2.13.0 CPU first); idempotent
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	scripts/setup.sh $(VENV) $(PYTHON)
+
+test: setup ## Run the test suite (smoke profile, real browser and PostgreSQL included)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup ## Run the long end-to-end tests only (default profile; tens of minutes)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+bench: setup ## Run every benchmark in benchmarks/ (prints JSON lines; long)
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b $(ARGS); done
+
+demo: setup ## The whole loop on the current profile: base policy, labels, reward model, PPO, report (ROUNDS=2 for two rounds)
+	$(PY) -m demo --rounds $(ROUNDS) $(ARGS)
+
+label: setup ## Open the labelling app in the browser (PORT=8501)
+	$(PY) -m streamlit run labeling_app/app.py --server.port $(PORT) --server.headless true \
+		--browser.gatherUsageStats false $(ARGS)
+
+base-model: setup ## Stage 1: pretrain the small GPT-2 base policy on IMDB into $RLHF_ARTIFACTS/base_policy
+	$(PY) -m rl_finetune pretrain $(ARGS)
+
+generate: setup ## Fill the labelling queue with completions from the newest policy
+	$(PY) -m rl_finetune generate $(ARGS)
+
+reward-model: setup ## Stage 2: train the reward model (IMDB seed + human labels) into $RLHF_ARTIFACTS/reward_models
+	$(PY) -m reward_training $(ARGS)
+
+finetune: setup ## Stage 3: PPO against the newest reward model into $RLHF_ARTIFACTS/policies
+	$(PY) -m rl_finetune ppo $(ARGS)
+
+db-upgrade: setup ## Create or upgrade the feedback database schema (Alembic)
+	$(PY) -m db upgrade
+
+db-stats: setup ## Print database counts as JSON
+	$(PY) -m db stats
+
+export: setup ## Export the labels (FORMAT=jsonl|csv|hf, DEST=path)
+	$(PY) -m db export --format $(or $(FORMAT),jsonl) $(or $(DEST),$(RLHF_ARTIFACTS)/labels.$(or $(FORMAT),jsonl))
+
+notebook: setup ## Open the walkthrough notebook's folder in Jupyter-less form: run it top to bottom
+	$(PY) -m nbclient notebooks/rlhf_walkthrough.ipynb 2>/dev/null || $(PY) notebooks/run_notebook.py
+
+clean: ## Remove run outputs (artifacts/, data/), keeping .venv
+	rm -rf artifacts data
+
+clean-all: clean ## Remove run outputs and .venv
+	rm -rf $(VENV)
