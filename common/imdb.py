@@ -61,7 +61,10 @@ def load_imdb(cfg: DataConfig | None = None):
         df = _local_frame()
         imdb = df[df.source == "imdb"].reset_index(drop=True)
         imdb = imdb.assign(text=imdb.text.map(clean_review))
-        test_mask = _split_mask(imdb.label.to_numpy(), cfg.test_fraction, cfg.seed)
+        # IMDB holds a few duplicate reviews: split unique texts so no test text is also in train.
+        codes, uniques = imdb.text.factorize()
+        first = imdb.groupby(codes).label.first().to_numpy()
+        test_mask = _split_mask(first, cfg.test_fraction, cfg.seed)[codes]
         dd = datasets.DatasetDict({
             "train": datasets.Dataset.from_pandas(imdb[~test_mask][["text", "label"]].reset_index(drop=True)),
             "test": datasets.Dataset.from_pandas(imdb[test_mask][["text", "label"]].reset_index(drop=True)),
