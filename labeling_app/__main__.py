@@ -1,0 +1,53 @@
+"""``python -m labeling_app [--port N]``: start the labelling app with Streamlit.
+
+A thin wrapper over ``streamlit run labeling_app/app.py`` with settings for a closed network
+(headless, no usage statistics, no file watcher). The database is ``RLHF_DB_URL``, the
+profile ``RLHF_CONFIG`` (section ``label``), the access token ``RLHF_LABEL_TOKEN``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from common.config import describe
+from common.errors import UserError, cli_entry
+from labeling_app.config import LabelConfig
+
+APP = Path(__file__).resolve().parent / "app.py"
+
+
+def streamlit_args(port: int, address: str) -> list[str]:
+    """The ``streamlit run`` command line (also used by the browser test and the benchmark)."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.port", str(port), "--server.address", address, "--server.headless", "true",
+        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+        "--server.runOnSave", "false", "--global.developmentMode", "false",
+    ]
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m labeling_app", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config section `label` (set in the profile):\n" + describe(LabelConfig),
+    )
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8501)), help="port (default: $PORT or 8501)")
+    parser.add_argument("--address", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 to serve a team, with RLHF_LABEL_TOKEN set)")
+    parser.add_argument("--config", type=Path, default=None, help="profile file (default: $RLHF_CONFIG)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a port number.", "use 1-65535, e.g. --port 8501.")
+    if args.config is not None:
+        os.environ["RLHF_CONFIG"] = str(args.config)
+    cmd = streamlit_args(args.port, args.address)
+    print(f"labelling app on http://{args.address}:{args.port}", file=sys.stderr)
+    os.execv(sys.executable, cmd)
+
+
+if __name__ == "__main__":
+    main()

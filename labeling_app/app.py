@@ -1,0 +1,43 @@
+"""The labelling app: ``streamlit run labeling_app/app.py`` (or ``python -m labeling_app``).
+
+Pages only render and collect input; every read and write goes through ``db``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parent.parent
+if str(_REPO) not in sys.path:  # `streamlit run` puts only this folder on the path
+    sys.path.insert(0, str(_REPO))
+
+import streamlit as st  # noqa: E402
+
+from labeling_app import ui  # noqa: E402
+
+_HERE = Path(__file__).resolve().parent
+
+st.set_page_config(page_title="RLHF labelling", page_icon="🏷️", layout="centered")
+
+ctx = ui.bootstrap()
+st.session_state["_ctx"] = ctx
+
+if not ui.try_resume_sign_in(ctx):
+    # Nothing but the sign-in form until a labeller (and the token, if one is set) is given.
+    st.navigation([st.Page(_HERE / "pages" / "sign_in.py", title="Sign in")], position="hidden").run()
+    st.stop()
+
+st.session_state["_ctx"] = ui.bootstrap()
+with st.sidebar:
+    st.caption("Signed in as")
+    st.text(st.session_state.labeler_name)
+    if st.button("Sign out", key="sign_out"):
+        ui.sign_out()
+        st.rerun()
+
+pages = [
+    st.Page(_HERE / "pages" / "label.py", title="Label", icon="🏷️", url_path="label", default=True),
+    st.Page(_HERE / "pages" / "stats.py", title="Stats", icon="📊", url_path="stats"),
+    st.Page(_HERE / "pages" / "data.py", title="Data", icon="💾", url_path="data"),
+]
+st.navigation(pages).run()

@@ -1,0 +1,126 @@
+"""Numbers for the stats page, as pure functions of ``db.judgements_frame(engine)``.
+
+The frame has one row per judgement with at least the columns ``completion_id``, ``labeler``,
+``label`` ('good'|'bad'|'skip') and ``created_at``.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+
+
+def per_labeller(frame: pd.DataFrame) -> pd.DataFrame:
+    """Counts per labeller: judgements, good, bad, skip, good rate (of good+bad), labels per hour.
+
+    Labels per hour is judgements divided by the labeller's active time, the span from their
+    first to their last judgement (at least one minute, so a short burst is not extrapolated).
+    """
+    cols = ["labeller", "judgements", "good", "bad", "skip", "good_rate", "labels_per_hour", "median_seconds"]
+    if frame.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for name, g in frame.groupby("labeler", sort=True):
+        counts = g["label"].value_counts()
+        good, bad, skip = (int(counts.get(k, 0)) for k in ("good", "bad", "skip"))
+        span_h = max((g["created_at"].max() - g["created_at"].min()).total_seconds(), 60.0) / 3600.0
+        seconds = g["seconds"].dropna() if "seconds" in g else pd.Series(dtype=float)
+        rows.append({
+            "labeller": name, "judgements": len(g), "good": good, "bad": bad, "skip": skip,
+            "good_rate": round(good / (good + bad), 3) if good + bad else np.nan,
+            "labels_per_hour": round(len(g) / span_h, 1),
+            "median_seconds": round(float(seconds.median()), 2) if len(seconds) else np.nan,
+        })
+    return pd.DataFrame(rows, columns=cols).sort_values("judgements", ascending=False, ignore_index=True)
+
+
+def labels_over_time(frame: pd.DataFrame, freq: str | None = None) -> pd.DataFrame:
+    """Cumulative judgements per labeller over time (one column per labeller), for a line chart."""
+    if frame.empty:
+        return pd.DataFrame()
+    if freq is None:
+        span = frame["created_at"].max() - frame["created_at"].min()
+        freq = "min" if span <= pd.Timedelta(hours=3) else ("h" if span <= pd.Timedelta(days=7) else "D")
+    binned = frame.assign(t=frame["created_at"].dt.floor(freq))
+    table = binned.pivot_table(index="t", columns="labeler", values="label", aggfunc="count", fill_value=0)
+    table = table.asfreq(freq, fill_value=0) if len(table) > 1 else table
+    table.columns.name = None
+    table.index.name = "time"
+    return table.cumsum()
+
+
+def pairwise_kappa(frame: pd.DataFrame, min_items: int = 2) -> pd.DataFrame:
+    """Cohen's kappa for every pair of labellers on the items both judged good or bad.
+
+    Skips are left out. Kappa is NaN when there are fewer than ``min_items`` shared items or
+    when both labellers gave a single identical label to everything (kappa is undefined there).
+    """
+    from sklearn.metrics import cohen_kappa_score
+
+    cols = ["labeller_a", "labeller_b", "shared_items", "agreement", "kappa"]
+    judged = frame[frame["label"].isin(["good", "bad"])]
+    if judged.empty:
+        return pd.DataFrame(columns=cols)
+    wide = judged.pivot_table(index="completion_id", columns="labeler", values="label", aggfunc="last")
+    rows = []
+    for a, b in itertools.combinations(sorted(wide.columns), 2):
+        both = wide[[a, b]].dropna()
+        n = len(both)
+        if n == 0:
+            continue
+        agreement = float((both[a] == both[b]).mean())
+        kappa = np.nan
+        if n >= min_items and len(set(both[a]) | set(both[b])) > 1:
+            kappa = float(cohen_kappa_score(both[a], both[b], labels=["good", "bad"]))
+        rows.append({"labeller_a": a, "labeller_b": b, "shared_items": n,
+                     "agreement": round(agreement, 3), "kappa": round(kappa, 3) if not np.isnan(kappa) else np.nan})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def mean_kappa(pairs: pd.DataFrame) -> float | None:
+    """The shared-item-weighted mean kappa over labeller pairs, or None when no pair has one."""
+    ok = pairs.dropna(subset=["kappa"])
+    if ok.empty:
+        return None
+    return float(np.average(ok["kappa"], weights=ok["shared_items"]))
+
+
+ACCURACY_KEYS = ("human_accuracy", "accuracy_human", "eval_accuracy_human", "accuracy", "eval_accuracy",
+                 "val_accuracy", "test_accuracy")
+
+
+def reward_accuracy(versions) -> pd.DataFrame:
+    """Accuracy of each registered reward model (from its metrics), oldest first.
+
+    Takes ``db.list_model_versions(engine, 'reward')``; uses the first accuracy-like key found in
+    each version's metrics (human-label accuracy preferred) and the ROC-AUC when present.
+    """
+    rows = []
+    for v in versions:
+        metrics = getattr(v, "metrics", None) or {}
+        flat = _flatten(metrics)
+        key = next((k for k in ACCURACY_KEYS if isinstance(flat.get(k), (int, float))), None)
+        if key is None:
+            key = next((k for k, x in flat.items() if "acc" in k.lower() and isinstance(x, (int, float))), None)
+        auc = next((x for k, x in flat.items() if "auc" in k.lower() and isinstance(x, (int, float))), None)
+        rows.append({"created_at": v.created_at, "name": v.name, "metric": key,
+                     "accuracy": float(flat[key]) if key else np.nan, "roc_auc": float(auc) if auc is not None else np.nan})
+    frame = pd.DataFrame(rows, columns=["created_at", "name", "metric", "accuracy", "roc_auc"])
+    return frame.sort_values("created_at", ignore_index=True) if not frame.empty else frame
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    """Nested metrics as ``{"a.b": x}``, plus each leaf under its own name when not taken."""
+    out: dict = {}
+    leaves: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            for kk, vv in _flatten(v, f"{prefix}{k}.").items():
+                out[kk] = vv
+                leaves.setdefault(kk.rsplit(".", 1)[-1], vv)
+        else:
+            out[f"{prefix}{k}"] = v
+    for k, v in leaves.items():
+        out.setdefault(k, v)
+    return out

@@ -1,0 +1,73 @@
+"""The data page: export the labels, import custom prompts, refill the queue."""
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+
+import streamlit as st
+
+import db
+from common.errors import UserError
+from labeling_app import runtime, ui
+
+ctx = ui.context()
+cfg = ctx.cfg
+
+st.subheader("Data")
+
+# ---------------------------------------------------------------------------- export
+st.markdown("#### Export labels")
+st.caption("The same files as `python -m db export --format jsonl|csv|hf DEST`.")
+fmt = st.radio("Format", ["jsonl", "csv", "hf"], horizontal=True, key="export_fmt",
+               format_func={"jsonl": "JSONL", "csv": "CSV", "hf": "datasets folder (zip)"}.get)
+if st.button("Prepare export", key="export"):
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            name = {"jsonl": "labels.jsonl", "csv": "labels.csv", "hf": "labels_dataset"}[fmt]
+            out = Path(db.export_labels(ctx.engine, fmt, Path(tmp) / name))
+            if out.is_dir():
+                buf = io.BytesIO()
+                with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+                    for p in sorted(out.rglob("*")):
+                        if p.is_file():
+                            zf.write(p, Path(name) / p.relative_to(out))
+                st.session_state.export = (f"{name}.zip", buf.getvalue(), "application/zip")
+            else:
+                mime = "application/jsonl" if fmt == "jsonl" else "text/csv"
+                st.session_state.export = (out.name, out.read_bytes(), mime)
+    except UserError as err:
+        st.session_state.pop("export", None)
+        st.error(str(err))
+if "export" in st.session_state:
+    file_name, data, mime = st.session_state.export
+    st.download_button(f"Download {file_name} ({len(data):,} bytes)", data, file_name=file_name, mime=mime,
+                       key="download", type="primary", on_click="ignore")
+
+# ---------------------------------------------------------------------------- import
+st.markdown("#### Import custom prompts")
+st.caption("A UTF-8 text file, one prompt per line (blank lines skipped, duplicates dropped). "
+           "The next refill writes completions for them.")
+upload = st.file_uploader("Prompt file", type=["txt"], key="prompt_file")
+if upload is not None and st.button("Import prompts", key="import"):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "prompts.txt"
+        path.write_bytes(upload.getvalue())
+        try:
+            n = db.import_prompts(ctx.engine, path)
+            st.success(f"Imported {n} prompt(s).")
+        except UserError as err:
+            st.error(str(err))
+
+# ---------------------------------------------------------------------------- queue
+st.markdown("#### Queue")
+left = db.queue_size(ctx.engine, ctx.labeler_id, overlap=cfg.overlap)
+refiller = ui.get_refiller()
+st.text(f"Items you can still label: {left}\n"
+        f"Refill policy: {cfg.policy} · batch {cfg.refill_batch} · automatic below {cfg.prefetch} "
+        f"({'on' if cfg.auto_refill else 'off'})")
+if st.button("Refill the queue now", key="refill", disabled=refiller.running()):
+    runtime.maybe_refill(refiller, ctx.engine, cfg, left, force=True)
+if refiller.status.message:
+    (st.warning if refiller.status.last_error else st.caption)(refiller.status.message)

@@ -1,0 +1,162 @@
+"""The labelling page: one completion at a time, Good / Bad / Skip / Undo by click or key.
+
+Only the labelling part is a fragment, so a judgement reruns that part alone (the sidebar,
+the navigation and the instructions stay as they are): the judgement is committed, the next
+item (already generated and waiting in the database) is leased and drawn.
+"""
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+import db
+from labeling_app import runtime, ui
+
+ctx = ui.context()
+cfg = ctx.cfg
+state = st.session_state
+
+# ---------------------------------------------------------------------------- session key (per tab)
+key = state.get("session_key")
+if key is None:
+    from_url = st.query_params.get(runtime.SESSION_PARAM)
+    key = from_url if runtime.valid_session_key(from_url) else runtime.new_session_key()
+    state.session_key = key
+if st.query_params.get(runtime.SESSION_PARAM) != key:
+    st.query_params[runtime.SESSION_PARAM] = key
+if st.query_params.get(runtime.LABELER_PARAM) != ctx.labeler_name:
+    st.query_params[runtime.LABELER_PARAM] = ctx.labeler_name
+
+state.setdefault("history", {})     # completion id -> Item shown in this session (to bring back on undo)
+state.setdefault("undo_stack", [])  # (completion id, label) judged in this session, newest last
+state.setdefault("flash", None)     # (kind, text) about the last action
+
+SHORTCUTS = {"good": "G", "bad": "B", "skip": "S", "undo": "U"}
+MAX_HISTORY = 500
+
+
+def _counts() -> dict:
+    """This labeller's judgements today and in total (read once, then kept up to date locally)."""
+    if "counts" not in state:
+        state.counts = runtime.labeler_progress(ctx.engine, ctx.labeler_id)
+    return state.counts
+
+
+def _show(item) -> None:
+    state.item = item
+    state.shown_at = time.monotonic()
+    if item is not None:
+        state.history[item.completion_id] = item
+        while len(state.history) > MAX_HISTORY:
+            state.history.pop(next(iter(state.history)))
+
+
+def _fetch_next() -> None:
+    _show(db.next_item(ctx.engine, ctx.labeler_id, session_key=state.session_key, overlap=cfg.overlap,
+                       order=cfg.order, lease_seconds=cfg.lease_seconds))
+
+
+def _judge(completion_id: int, label: str) -> None:
+    """Button callback: commit the judgement of the item that was on screen, then move on.
+
+    Keyed by the item shown: a click or key press that arrives for an item no longer on screen
+    (a double click, a held key) is ignored, and the db upsert makes a repeat harmless anyway.
+    """
+    item = state.get("item")
+    if item is None or item.completion_id != completion_id:
+        return
+    seconds = round(time.monotonic() - state.get("shown_at", time.monotonic()), 3)
+    try:
+        db.record_judgement(ctx.engine, labeler_id=ctx.labeler_id, completion_id=completion_id,
+                            label=label, seconds=seconds)
+    except Exception as err:  # keep the item on screen; nothing was lost
+        state.flash = ("error", f"Could not save your judgement ({type(err).__name__}: {err}). Press the key again.")
+        return
+    counts = _counts()
+    counts["today"] += 1
+    counts["total"] += 1
+    state.undo_stack.append((completion_id, label))
+    state.flash = ("ok", f"Saved #{completion_id} as {label}.")
+    state.item = None  # the fragment leases and draws the next item
+
+
+def _undo() -> None:
+    """Button callback: delete this labeller's newest judgement and show that item again."""
+    try:
+        completion_id = db.undo_last(ctx.engine, ctx.labeler_id)
+    except Exception as err:
+        state.flash = ("error", f"Could not undo ({type(err).__name__}: {err}).")
+        return
+    if completion_id is None:
+        state.flash = ("info", "Nothing to undo.")
+        return
+    if state.undo_stack and state.undo_stack[-1][0] == completion_id:
+        state.undo_stack.pop()
+        counts = _counts()
+        counts["today"] = max(0, counts["today"] - 1)
+        counts["total"] = max(0, counts["total"] - 1)
+    else:  # judged in another tab or before a reload: recount
+        state.pop("counts", None)
+    previous = state.history.get(completion_id)
+    if previous is not None:
+        _show(previous)  # the item that was on screen keeps its lease and comes back next
+        state.flash = ("info", f"Undone #{completion_id}: judge it again.")
+    else:
+        state.flash = ("info", f"Undone #{completion_id}; it is back in the queue.")
+
+
+def _flash() -> None:
+    flash = state.get("flash")
+    if not flash:
+        return
+    kind, text = flash
+    if kind == "error":
+        st.error(text)
+    else:
+        st.caption(text)
+
+
+@st.fragment
+def labelling() -> None:
+    if state.get("item") is None:
+        _fetch_next()
+    item = state.item
+    if item is None:
+        st.success("Nothing left for you to label right now.")
+        left = 0
+    else:
+        with st.container(border=True, key="prompt_box"):
+            st.caption("PROMPT (the opening the model was given)")
+            st.text(item.prompt)
+        with st.container(border=True, key="completion_box"):
+            st.caption(f"COMPLETION #{item.completion_id} (judge this part)")
+            st.text(item.completion)
+        cid = item.completion_id
+        cols = st.columns(4)
+        cols[0].button("Good", key=f"good-{cid}", on_click=_judge, args=(cid, "good"), type="primary",
+                       shortcut=SHORTCUTS["good"], width="stretch")
+        cols[1].button("Bad", key=f"bad-{cid}", on_click=_judge, args=(cid, "bad"), type="primary",
+                       shortcut=SHORTCUTS["bad"], width="stretch")
+        cols[2].button("Skip", key=f"skip-{cid}", on_click=_judge, args=(cid, "skip"),
+                       shortcut=SHORTCUTS["skip"], width="stretch")
+        left = db.queue_size(ctx.engine, ctx.labeler_id, overlap=cfg.overlap)
+    undo_col = cols[3] if item is not None else st
+    undo_col.button("Undo", key="undo", on_click=_undo, shortcut=SHORTCUTS["undo"], width="stretch")
+    _flash()
+    counts = _counts()
+    st.caption(f"You today: {counts['today']} · you in total: {counts['total']} · left in the queue: {left}",
+               help="judgements including skips; the queue counts items you could still get")
+    message = runtime.maybe_refill(ui.get_refiller(), ctx.engine, cfg, left)
+    if message:
+        st.caption(message)
+    if item is None:
+        st.caption("More completions: `python -m rl_finetune generate`, or **Refill the queue** on the Data page.")
+
+
+st.subheader("Label completions")
+with st.container(border=True):
+    st.caption("INSTRUCTIONS")
+    st.text(cfg.instructions)
+st.caption("Keys: **G** good · **B** bad · **S** skip · **U** undo (no need to click into the page first)")
+labelling()

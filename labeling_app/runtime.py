@@ -1,0 +1,169 @@
+"""What the pages share: the engine, the config, the signed-in labeller and the background refill.
+
+Streamlit-facing but free of SQL: every read and write goes through ``db``. The pure parts
+(token check, policy choice, the refill guard) are plain functions and classes, tested alone.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.errors import UserError
+from labeling_app.config import LabelConfig
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "RLHF_LABEL_TOKEN"
+SESSION_PARAM = "s"  # query parameter holding this tab's session key (a reload resumes it)
+LABELER_PARAM = "u"  # query parameter remembering the labeller's name across reloads
+
+
+# ---------------------------------------------------------------------------- pure helpers
+
+def required_token() -> str | None:
+    """The access token labellers must enter, or None when the app is open (no ``RLHF_LABEL_TOKEN``)."""
+    token = os.environ.get(TOKEN_ENV, "")
+    return token or None
+
+
+def token_ok(given: str | None, expected: str | None) -> bool:
+    """Constant-time comparison of the entered token with the configured one."""
+    if expected is None:
+        return True
+    return hmac.compare_digest((given or "").encode("utf-8"), expected.encode("utf-8"))
+
+
+def new_session_key() -> str:
+    """A random key for one browser tab (its lease in the queue)."""
+    return uuid.uuid4().hex[:16]
+
+
+def valid_session_key(key: object) -> bool:
+    return isinstance(key, str) and 8 <= len(key) <= 64 and key.isalnum()
+
+
+def resolve_policy(engine, policy: str) -> Path | None:
+    """The policy folder used for refills: 'latest' = the newest registered policy whose folder
+    exists, else the base policy under ``$RLHF_ARTIFACTS``; any other value is a folder."""
+    import db
+    from common.paths import base_policy_dir
+
+    if policy != "latest":
+        path = Path(policy)
+        return path if path.is_dir() else None
+    latest = db.latest_model_version(engine, "policy")
+    if latest is not None and Path(latest.path).is_dir():
+        return Path(latest.path)
+    base = base_policy_dir()
+    return base if (base / "config.json").is_file() else None
+
+
+# ---------------------------------------------------------------------------- background refill
+
+@dataclass
+class RefillStatus:
+    running: bool = False
+    message: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    added_total: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class Refiller:
+    """At most one background refill per app process: ``start`` returns False while one runs.
+
+    The work itself (``job``) runs in a daemon thread so a page never waits for generation;
+    the app process stays responsive because generation releases the GIL inside torch.
+    """
+
+    retry_seconds: float = 60.0
+    status: RefillStatus = field(default_factory=RefillStatus)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _thread: threading.Thread | None = None
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def recently_tried(self) -> bool:
+        done = self.status.finished_at
+        return done is not None and time.time() - done < self.retry_seconds
+
+    def start(self, job, *, reason: str = "") -> bool:
+        """Run ``job() -> int`` (completions added) in a daemon thread unless one is running."""
+        with self._lock:
+            if self.running():
+                return False
+            self.status.running = True
+            self.status.started_at = time.time()
+            self.status.message = f"generating more completions{' (' + reason + ')' if reason else ''}…"
+            self._thread = threading.Thread(target=self._run, args=(job,), name="label-refill", daemon=True)
+            self._thread.start()
+            return True
+
+    def note(self, message: str) -> None:
+        """Record why no refill ran (e.g. no policy yet), without retrying for ``retry_seconds``."""
+        with self._lock:
+            self.status.message = message
+            self.status.finished_at = time.time()
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self, job) -> None:
+        try:
+            added = int(job() or 0)
+            self.status.added_total += added
+            self.status.message = f"added {added} completions to the queue"
+            self.status.last_error = None
+        except UserError as err:
+            self.status.message = f"refill failed: {err}"
+            self.status.last_error = str(err)
+        except Exception as err:  # a background thread must never die silently
+            log.exception("queue refill failed")
+            self.status.message = f"refill failed: {type(err).__name__}: {err}"
+            self.status.last_error = str(err)
+        finally:
+            self.status.running = False
+            self.status.finished_at = time.time()
+
+
+def refill_job(engine, policy_path: Path, n: int):
+    """The work of one refill: ``n`` completions from ``policy_path`` on prompts from the profile."""
+
+    def job() -> int:
+        from rl_finetune.generate import fill_queue, refill_prompts  # heavy imports, off the page thread
+
+        from common.config import load_config
+        from rl_finetune.generate import GenerateConfig
+
+        cfg = load_config(GenerateConfig, "generate")
+        prompts = refill_prompts(engine, n, cfg)
+        return fill_queue(engine, policy_path, prompts, n, cfg)
+
+    return job
+
+
+def maybe_refill(refiller: Refiller, engine, cfg: LabelConfig, queue_left: int, *, force: bool = False) -> str | None:
+    """Start a background refill when the queue is low (or when ``force``); return a message to show."""
+    if refiller.running():
+        return refiller.status.message
+    if not force and (not cfg.auto_refill or queue_left >= cfg.prefetch or refiller.recently_tried()):
+        return None
+    policy_path = resolve_policy(engine, cfg.policy)
+    if policy_path is None:
+        refiller.note(
+            "No policy to generate more completions with: run `make base-model` (or `python -m rl_finetune "
+            "pretrain`), or `python -m rl_finetune generate`, or set label.policy to a model folder."
+        )
+        return refiller.status.message
+    refiller.start(refill_job(engine, policy_path, cfg.refill_batch), reason=f"from {policy_path.name}")
+    return refiller.status.message
