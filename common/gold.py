@@ -1,0 +1,178 @@
+"""The "gold" judge: a sentiment classifier the reward model never sees.
+
+In the demo, simulated labellers judge completions with it (plus noise), and PPO logs its score
+beside the learned reward, so reward hacking shows up as the learned reward rising while the
+gold score stalls or falls (Gao, Schulman, Hilton 2022). It is deliberately a different kind of
+model from the reward model: TF-IDF over word 1-2-grams and a logistic regression, trained on
+all 25,000 IMDB reviews plus the 8,530 short Rotten Tomatoes sentences.
+
+Why the Rotten Tomatoes sentences: completions are short. Measured here (5,000 IMDB reviews held
+out, 3,000 RT sentences held out, C=8): trained on IMDB reviews alone it scores 90.8% on full
+reviews, 75.4% on 20-40-word snippets and 74.3% on RT sentences; adding the RT sentences keeps
+full reviews (90.9%) and snippets (74.5%) and lifts short sentences to 79.1%. Training on random
+20-40-word windows of the reviews instead (labelled with the review's label) gained only 0.3
+points on snippets and doubled the fit time, so it is off by default (``snippets_per_review``).
+
+    judge = GoldJudge.load_or_fit(GoldConfig())
+    judge.score(["What a wonderful film.", "Dull and far too long."])  # -> array([0.9.., 0.0..])
+
+The fitted judge is cached under ``$RLHF_ARTIFACTS/gold/<key>.joblib``, keyed by its config, so
+the ~20 s fit happens once per machine and config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import ConfigError
+from common.paths import artifacts_root
+
+log = logging.getLogger(__name__)
+
+#: Bump when the fitting code changes in a way that makes old caches wrong.
+_CACHE_VERSION = 1
+
+
+@dataclass
+class GoldConfig:
+    """How the gold judge is built (the ``gold`` key of the ``demo`` section)."""
+
+    ngram_max: int = field(default=2, metadata={"help": "word n-grams from 1 to ngram_max"})
+    min_df: int = field(default=2, metadata={"help": "drop n-grams seen in fewer documents"})
+    max_features: int = field(default=200_000, metadata={"help": "vocabulary cap (most frequent n-grams)"})
+    C: float = field(default=8.0, metadata={"help": "inverse L2 strength of the logistic regression"})
+    max_reviews: int | None = field(default=None, metadata={"help": "use only this many IMDB reviews (small profiles); None = all 25,000"})
+    include_rotten_tomatoes: bool = field(default=True, metadata={"help": "also train on the 8,530 short Rotten Tomatoes sentences (better on short text)"})
+    snippets_per_review: int = field(default=0, metadata={"help": "extra random 10-40-word windows per review, labelled like the review"})
+    seed: int = field(default=0, metadata={"help": "seed for subsampling and snippets"})
+
+    def validate(self) -> None:
+        if self.ngram_max < 1:
+            raise ConfigError(f"gold.ngram_max={self.ngram_max} must be >= 1.", "use 1 or 2.")
+        if self.C <= 0:
+            raise ConfigError(f"gold.C={self.C} must be positive.", "use e.g. 8.0.")
+        if self.max_reviews is not None and self.max_reviews < 10:
+            raise ConfigError(f"gold.max_reviews={self.max_reviews} is too small to fit a classifier.", "use >= 10 or null for all.")
+
+    @property
+    def key(self) -> str:
+        """A short hash of the config: the cache file name."""
+        blob = json.dumps({**dataclasses.asdict(self), "v": _CACHE_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def training_texts(cfg: GoldConfig) -> tuple[list[str], np.ndarray]:
+    """The gold judge's training set: every IMDB review (not just the train split), optionally
+    the Rotten Tomatoes sentences and review snippets. Label 1 = positive."""
+    import pandas as pd
+
+    from common.assets import imdb_csv
+    from common.imdb import clean_review
+
+    df = pd.read_csv(imdb_csv())
+    imdb = df[df.source == "imdb"]
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.max_reviews is not None and cfg.max_reviews < len(imdb):
+        imdb = imdb.iloc[rng.permutation(len(imdb))[: cfg.max_reviews]]
+    texts = [clean_review(t) for t in imdb.text]
+    labels = imdb.label.astype(int).tolist()
+    for _ in range(cfg.snippets_per_review):
+        for t, y in zip(list(texts[: len(imdb)]), list(labels[: len(imdb)])):
+            words = t.split()
+            k = int(rng.integers(10, 41))
+            start = int(rng.integers(0, max(1, len(words) - k + 1)))
+            texts.append(" ".join(words[start:start + k]))
+            labels.append(y)
+    if cfg.include_rotten_tomatoes:
+        rt = df[df.source == "rotten_tomatoes"]
+        if cfg.max_reviews is not None:
+            rt = rt.iloc[rng.permutation(len(rt))[: cfg.max_reviews]]
+        texts += rt.text.astype(str).tolist()
+        labels += rt.label.astype(int).tolist()
+    return texts, np.asarray(labels, dtype=np.int64)
+
+
+class GoldJudge:
+    """TF-IDF + logistic regression. ``score(texts)`` is P(positive) per text."""
+
+    def __init__(self, cfg: GoldConfig, pipeline, info: dict):
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.info = info
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def fit(cls, cfg: GoldConfig | None = None) -> GoldJudge:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        cfg = cfg or GoldConfig()
+        cfg.validate()
+        t0 = time.perf_counter()
+        texts, labels = training_texts(cfg)
+        vec = TfidfVectorizer(ngram_range=(1, cfg.ngram_max), min_df=cfg.min_df,
+                              max_features=cfg.max_features, sublinear_tf=True)
+        clf = LogisticRegression(C=cfg.C, max_iter=1000)
+        pipe = make_pipeline(vec, clf).fit(texts, labels)
+        info = {"n_train": len(texts), "positive_rate": float(labels.mean()),
+                "train_accuracy": float((pipe.predict(texts) == labels).mean()),
+                "fit_seconds": round(time.perf_counter() - t0, 2), "config": dataclasses.asdict(cfg)}
+        log.info("gold judge fitted on %d texts in %.1f s", len(texts), info["fit_seconds"])
+        return cls(cfg, pipe, info)
+
+    @classmethod
+    def load_or_fit(cls, cfg: GoldConfig | None = None, cache_dir: Path | None = None) -> GoldJudge:
+        """Load the cached judge for this config, or fit it and cache it (atomically)."""
+        import joblib
+
+        cfg = cfg or GoldConfig()
+        cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
+        path = cache_dir / f"{cfg.key}.joblib"
+        if path.is_file():
+            try:
+                pipe, info = joblib.load(path)
+                return cls(cfg, pipe, info)
+            except Exception as err:  # a stale or foreign pickle: refit
+                log.warning("ignoring unreadable gold cache %s (%s); refitting", path, err)
+        judge = cls.fit(cfg)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache_dir / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        joblib.dump((judge.pipeline, judge.info), tmp)
+        os.replace(tmp, path)
+        (cache_dir / f"{cfg.key}.json").write_text(json.dumps(judge.info, indent=2) + "\n")
+        return judge
+
+    # ------------------------------------------------------------------ using
+    def score(self, texts: list[str]) -> np.ndarray:
+        """P(positive) for each text, shape (len(texts),), float64."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros(0, dtype=np.float64)
+        return self.pipeline.predict_proba(texts)[:, 1].astype(np.float64)
+
+    __call__ = score
+
+    def labels(self, texts: list[str], threshold: float = 0.5) -> np.ndarray:
+        """1 (good = positive) where the score is above ``threshold``, else 0."""
+        return (self.score(texts) > threshold).astype(np.int64)
+
+    def accuracy(self, texts: list[str], labels) -> float:
+        return float((self.labels(texts) == np.asarray(labels)).mean()) if len(texts) else float("nan")
+
+
+def cache_root() -> Path:
+    """``$RLHF_ARTIFACTS/gold``."""
+    return artifacts_root() / "gold"
+
+
+__all__ = ["GoldConfig", "GoldJudge", "training_texts", "cache_root"]

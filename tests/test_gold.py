@@ -1,0 +1,50 @@
+"""The gold judge: fits, scores sentiment the obvious way, caches by config."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.errors import ConfigError
+from common.gold import GoldConfig, GoldJudge, training_texts
+
+SMALL = GoldConfig(max_reviews=1500, include_rotten_tomatoes=True)
+
+
+@pytest.fixture(scope="module")
+def judge(tmp_path_factory):
+    return GoldJudge.load_or_fit(SMALL, cache_dir=tmp_path_factory.mktemp("gold"))
+
+
+def test_scores_obvious_sentiment(judge):
+    s = judge.score(["A wonderful, moving film with great acting. I loved it.",
+                     "Terrible, boring and a waste of time. The worst movie ever."])
+    assert s.shape == (2,) and s.dtype == np.float64
+    assert s[0] > 0.6 > 0.4 > s[1]
+    assert list(judge.labels(["great great great", "awful awful awful"])) == [1, 0]
+    assert judge.score([]).shape == (0,)
+
+
+def test_held_out_accuracy_beats_chance(judge):
+    texts, labels = training_texts(GoldConfig(max_reviews=300, seed=7, include_rotten_tomatoes=False))
+    assert judge.accuracy(texts, labels) > 0.7
+
+
+def test_cache_is_reused_and_keyed_by_config(tmp_path, monkeypatch):
+    cfg = GoldConfig(max_reviews=200, include_rotten_tomatoes=False)
+    first = GoldJudge.load_or_fit(cfg, cache_dir=tmp_path)
+    assert (tmp_path / f"{cfg.key}.joblib").is_file()
+    monkeypatch.setattr(GoldJudge, "fit", classmethod(lambda cls, c=None: pytest.fail("refitted")))
+    again = GoldJudge.load_or_fit(cfg, cache_dir=tmp_path)
+    np.testing.assert_allclose(first.score(["fine film"]), again.score(["fine film"]))
+    assert GoldConfig(max_reviews=200, C=1.0).key != cfg.key
+
+
+def test_cache_defaults_under_artifacts(smoke_env):
+    judge = GoldJudge.load_or_fit(GoldConfig(max_reviews=100, include_rotten_tomatoes=False))
+    assert list((smoke_env["artifacts"] / "gold").glob("*.joblib"))
+    assert judge.info["n_train"] == 100
+
+
+def test_bad_config():
+    with pytest.raises(ConfigError):
+        GoldConfig(C=0).validate()
