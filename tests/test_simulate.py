@@ -1,0 +1,113 @@
+"""Simulated labellers: decisions follow the gold judge, noise flips the expected share, and
+everything goes through the same db functions the app uses."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from common.errors import ConfigError
+from labeling_app.simulate import (LabelerSpec, SimulateConfig, agreement, decide, decision_rng,
+                                   load_simulate_config, shown_text, simulate)
+
+
+def fake_gold(texts):
+    """P(positive) written into the completion itself: '... p=0.73'."""
+    return np.array([float(re.search(r"p=([0-9.]+)", t).group(1)) for t in texts])
+
+
+def fill(engine, n, seed=0):
+    import db
+
+    rng = np.random.default_rng(seed)
+    ps = rng.random(n)
+    items = [db.NewCompletion(prompt=f"Prompt number {i}", text=f" and then p={p:.4f}", model_version_id=None,
+                              gen_params={}) for i, p in enumerate(ps)]
+    ids = db.add_completions(engine, items)
+    return dict(zip(ids, ps))
+
+
+@pytest.fixture
+def engine(smoke_env):
+    import db
+
+    return db.connect()
+
+
+def test_decide_without_noise_is_the_gold_label():
+    rng = np.random.default_rng(0)
+    spec = LabelerSpec("a", noise=0.0)
+    assert [decide(p, spec, rng) for p in (0.1, 0.49, 0.51, 0.9)] == ["bad", "bad", "good", "good"]
+    harsh = LabelerSpec("h", noise=0.0, bias=0.2)
+    assert decide(0.6, harsh, rng) == "bad" and decide(0.8, harsh, rng) == "good"
+    assert decide(0.9, LabelerSpec("s", noise=0.0, skip_rate=0.999), rng) == "skip"
+
+
+def test_decisions_depend_only_on_seed_labeller_and_item():
+    a = decision_rng(0, "ann", 17).random(3)
+    assert np.allclose(a, decision_rng(0, "ann", 17).random(3))
+    assert not np.allclose(a, decision_rng(0, "ben", 17).random(3))
+    assert not np.allclose(a, decision_rng(1, "ann", 17).random(3))
+
+
+def test_shown_text_joins_with_one_space():
+    assert shown_text("Great", " film") == "Great film"
+    assert shown_text("Great", "film") == "Great film"
+    assert shown_text("Great ", "film") == "Great film"
+
+
+def test_zero_noise_reproduces_gold_labels_exactly(engine):
+    import db
+
+    gold = fill(engine, 120)
+    cfg = SimulateConfig(n_labels=240, overlap=2, labelers=[LabelerSpec("a", noise=0.0), LabelerSpec("b", noise=0.0)])
+    res = simulate(engine, cfg, fake_gold, progress=False)
+    assert res.n_recorded == 240 and not res.exhausted
+    assert res.per_labeler == {"a": 120, "b": 120}
+    data = db.labelled_dataset(engine)
+    assert len(data) == 120
+    for ex in data:
+        assert ex.label == float(gold[ex.completion_id] > 0.5) and ex.n_labels == 2
+    assert agreement(engine)["mean_kappa"] == pytest.approx(1.0)
+    assert res.gold_agreement == {"a": 1.0, "b": 1.0}
+
+
+def test_twenty_percent_noise_disagrees_about_twenty_percent(engine):
+    import db
+
+    gold = fill(engine, 500, seed=1)
+    cfg = SimulateConfig(n_labels=500, overlap=1, labelers=[LabelerSpec("noisy", noise=0.2)], seed=3)
+    res = simulate(engine, cfg, fake_gold, progress=False)
+    assert res.n_recorded == 500
+    wrong = np.mean([ex.label != float(gold[ex.completion_id] > 0.5) for ex in db.labelled_dataset(engine)])
+    # binomial(500, 0.2): sd 0.018, so +-0.06 is more than 3 sd
+    assert 0.14 < wrong < 0.26
+    assert res.gold_agreement["noisy"] == pytest.approx(1 - wrong, abs=1e-6)
+
+
+def test_queue_exhaustion_and_rerun_is_deterministic(smoke_env, tmp_path, monkeypatch):
+    import db
+
+    labels = []
+    for run in range(2):
+        monkeypatch.setenv("RLHF_DB_URL", f"sqlite:///{tmp_path}/run{run}.sqlite")
+        eng = db.connect()
+        fill(eng, 40, seed=5)
+        cfg = SimulateConfig(n_labels=1000, overlap=2, labelers=[LabelerSpec("a", noise=0.3), LabelerSpec("b", noise=0.3)])
+        res = simulate(eng, cfg, fake_gold, progress=False)
+        assert res.exhausted and res.n_recorded == 80
+        labels.append([(e.prompt, e.n_good) for e in db.labelled_dataset(eng, combine="soft")])
+    assert labels[0] == labels[1]
+
+
+def test_config_from_profile_and_overrides(tmp_path):
+    prof = tmp_path / "p.yaml"
+    prof.write_text("demo:\n  simulate:\n    n_labels: 50\n    labelers: [{name: x, noise: 0.3}]\n  gold:\n    C: 2.0\n")
+    cfg, gold = load_simulate_config(prof, ["overlap=3", "gold.max_reviews=100"])
+    assert cfg.n_labels == 50 and cfg.overlap == 3 and cfg.labelers[0].noise == 0.3
+    assert gold.C == 2.0 and gold.max_reviews == 100
+    with pytest.raises(ConfigError):
+        SimulateConfig(labelers=[LabelerSpec("x", noise=1.5)]).validate()
+    with pytest.raises(ConfigError):
+        load_simulate_config(prof, ["nonsense=1"])
