@@ -32,7 +32,7 @@ with st.sidebar:
     st.caption("Signed in as")
     st.text(st.session_state.labeler_name)
     if st.button("Sign out", key="sign_out"):
-        ui.sign_out()
+        ui.sign_out(st.session_state["_ctx"])
         st.rerun()
 
 pages = [

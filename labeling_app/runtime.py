@@ -167,3 +167,18 @@ def maybe_refill(refiller: Refiller, engine, cfg: LabelConfig, queue_left: int, 
         return refiller.status.message
     refiller.start(refill_job(engine, policy_path, cfg.refill_batch), reason=f"from {policy_path.name}")
     return refiller.status.message
+
+
+def labeler_progress(engine, labeler_id: int) -> dict[str, int]:
+    """This labeller's judgements today (UTC) and in total, skips included.
+
+    Read once per browser session (the page then counts locally), from ``db.judgements_frame``.
+    """
+    import db
+    from db.models import utcnow
+
+    frame = db.judgements_frame(engine)
+    mine = frame[frame["labeler_id"] == labeler_id]
+    today = utcnow().date()
+    n_today = int((mine["created_at"].dt.date == today).sum()) if len(mine) else 0
+    return {"today": n_today, "total": int(len(mine))}

@@ -1,7 +1,6 @@
 """Streamlit glue shared by the pages: cached resources, the error page, sign-in and the page context."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import streamlit as st
@@ -120,9 +119,15 @@ def try_resume_sign_in(ctx: Context) -> bool:
     return sign_in(ctx, name, None) is None
 
 
-def sign_out() -> None:
-    for key in ("labeler_id", "labeler_name", "token_ok", "item", "history", "undo_stack", "counts"):
-        st.session_state.pop(key, None)
+def sign_out(ctx: Context) -> None:
+    """Forget the labeller in this tab and give back the item this tab holds."""
+    import db
+
+    key = st.session_state.get("session_key")
+    if ctx.labeler_id is not None and key:
+        db.release_leases(ctx.engine, ctx.labeler_id, key)
+    for name in ("labeler_id", "labeler_name", "token_ok", "item", "undo_stack", "counts", "session_key", "flash"):
+        st.session_state.pop(name, None)
     st.query_params.clear()
 
 
@@ -130,6 +135,3 @@ def context() -> Context:
     """The page context stored by ``app.py`` for this run."""
     return st.session_state["_ctx"]
 
-
-def safe_env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in {"1", "true", "yes"}

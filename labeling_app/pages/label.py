@@ -28,12 +28,10 @@ if st.query_params.get(runtime.SESSION_PARAM) != key:
 if st.query_params.get(runtime.LABELER_PARAM) != ctx.labeler_name:
     st.query_params[runtime.LABELER_PARAM] = ctx.labeler_name
 
-state.setdefault("history", {})     # completion id -> Item shown in this session (to bring back on undo)
 state.setdefault("undo_stack", [])  # (completion id, label) judged in this session, newest last
 state.setdefault("flash", None)     # (kind, text) about the last action
 
 SHORTCUTS = {"good": "G", "bad": "B", "skip": "S", "undo": "U"}
-MAX_HISTORY = 500
 
 
 def _counts() -> dict:
@@ -46,10 +44,6 @@ def _counts() -> dict:
 def _show(item) -> None:
     state.item = item
     state.shown_at = time.monotonic()
-    if item is not None:
-        state.history[item.completion_id] = item
-        while len(state.history) > MAX_HISTORY:
-            state.history.pop(next(iter(state.history)))
 
 
 def _fetch_next() -> None:
@@ -82,9 +76,12 @@ def _judge(completion_id: int, label: str) -> None:
 
 
 def _undo() -> None:
-    """Button callback: delete this labeller's newest judgement and show that item again."""
+    """Button callback: delete this labeller's newest judgement and show that item again.
+
+    ``db.undo_last`` leases the item back to this tab, so the next fetch shows it again."""
     try:
-        completion_id = db.undo_last(ctx.engine, ctx.labeler_id)
+        completion_id = db.undo_last(ctx.engine, ctx.labeler_id, session_key=state.session_key,
+                                     lease_seconds=cfg.lease_seconds)
     except Exception as err:
         state.flash = ("error", f"Could not undo ({type(err).__name__}: {err}).")
         return
@@ -98,12 +95,8 @@ def _undo() -> None:
         counts["total"] = max(0, counts["total"] - 1)
     else:  # judged in another tab or before a reload: recount
         state.pop("counts", None)
-    previous = state.history.get(completion_id)
-    if previous is not None:
-        _show(previous)  # the item that was on screen keeps its lease and comes back next
-        state.flash = ("info", f"Undone #{completion_id}: judge it again.")
-    else:
-        state.flash = ("info", f"Undone #{completion_id}; it is back in the queue.")
+    state.flash = ("info", f"Undone #{completion_id}: judge it again.")
+    state.item = None
 
 
 def _flash() -> None:

@@ -1,0 +1,136 @@
+"""Drive the real app in a real browser: start ``streamlit run`` on a free port, open Debian's
+chromium through Playwright. Used by ``tests/test_browser_labeling.py`` and
+``benchmarks/bench_labeling.py`` (Playwright is a dev dependency; never ``playwright install``).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+
+# Where things are on the labelling page (stable keys set in pages/label.py).
+COMPLETION_CAPTION = ".st-key-completion_box [data-testid='stCaptionContainer']"
+COMPLETION_TEXT = ".st-key-completion_box [data-testid='stText']"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(env: dict[str, str], *, port: int | None = None, log_path: Path | None = None,
+                timeout: float = 60.0) -> Iterator[str]:
+    """Start the app as a subprocess with ``env`` added to the environment; yield its base URL."""
+    from labeling_app.__main__ import streamlit_args
+
+    port = port or free_port()
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(streamlit_args(port, "127.0.0.1"), env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {proc.returncode} (log: {log_path})")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not answer on {url} within {timeout:.0f} s (log: {log_path})")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log_path:
+            log.close()
+
+
+@contextlib.contextmanager
+def chromium_page(viewport: tuple[int, int] = (1100, 900)):
+    """A Playwright page in Debian's chromium (headless)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            yield page
+        finally:
+            browser.close()
+
+
+def sign_in(page, url: str, name: str, token: str | None = None, timeout_ms: int = 30_000) -> None:
+    """Open the app and sign in with the keyboard only (type, Tab, Enter)."""
+    page.goto(url)
+    box = page.get_by_label("Your name")
+    box.wait_for(timeout=timeout_ms)
+    box.fill(name)
+    if token is not None:
+        page.get_by_label("Access token").fill(token)
+    box.press("Enter")
+    page.locator(COMPLETION_CAPTION).or_(page.get_by_text("Nothing left for you to label")).first.wait_for(
+        timeout=timeout_ms)
+    # Keyboard shortcuts must work without clicking into the page: move focus off the form.
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+
+
+def current_completion_id(page) -> int | None:
+    """The id shown in the completion box's caption ("COMPLETION #12 ..."), or None."""
+    loc = page.locator(COMPLETION_CAPTION)
+    if loc.count() == 0:
+        return None
+    text = loc.first.inner_text()
+    return int(text.split("#", 1)[1].split()[0]) if "#" in text else None
+
+
+def press_and_wait_next(page, key: str, previous: int | None, timeout_ms: int = 10_000) -> int | None:
+    """Press ``key`` and wait until a different item (or the empty-queue message) is on screen."""
+    page.keyboard.press(key)
+    page.wait_for_function(
+        """([sel, prev]) => {
+            const el = document.querySelector(sel);
+            if (!el) return document.body.innerText.includes('Nothing left for you to label');
+            const m = el.textContent.match(/#(\\d+)/);
+            return m && Number(m[1]) !== prev;
+        }""",
+        arg=[COMPLETION_CAPTION, previous], timeout=timeout_ms,
+    )
+    return current_completion_id(page)
+
+
+# Latency probe: time from keydown (capture phase, before Streamlit sees it) to the DOM showing a new item.
+LATENCY_PROBE = """([sel]) => {
+  window.__lat = []; window.__t0 = null;
+  const read = () => { const el = document.querySelector(sel); return el ? el.textContent : null; };
+  window.__last = read();
+  document.addEventListener('keydown', () => { window.__t0 = performance.now(); }, true);
+  new MutationObserver(() => {
+    const t = read();
+    if (t && t !== window.__last) {
+      window.__last = t;
+      if (window.__t0 !== null) { window.__lat.push(performance.now() - window.__t0); window.__t0 = null; }
+    }
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""

@@ -1,0 +1,142 @@
+"""The labelling app's pure parts: config, token check, refill guard, stats-page numbers."""
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.config import load_config
+from common.errors import ConfigError
+from labeling_app import metrics, runtime
+from labeling_app.config import DEFAULT_INSTRUCTIONS, LabelConfig
+
+
+@pytest.mark.parametrize("profile", ["default", "smoke", "hub"])
+def test_profiles_load(profile):
+    from tests.conftest import REPO
+
+    cfg = load_config(LabelConfig, "label", profile=REPO / "configs" / f"{profile}.yaml")
+    assert cfg.overlap >= 1 and cfg.instructions
+
+
+@pytest.mark.parametrize("override, word", [
+    ({"overlap": 0}, "overlap"), ({"order": "fifo"}, "order"), ({"instructions": "  "}, "instructions"),
+    ({"refill_batch": 0}, "refill_batch"), ({"overlapp": 2}, "overlapp"),
+])
+def test_bad_label_config_names_the_key(smoke_env, override, word):
+    with pytest.raises(ConfigError, match=word):
+        load_config(LabelConfig, "label", overrides=override)
+
+
+def test_default_instructions():
+    assert LabelConfig().instructions == DEFAULT_INSTRUCTIONS
+
+
+def test_token_check(monkeypatch):
+    monkeypatch.delenv("RLHF_LABEL_TOKEN", raising=False)
+    assert runtime.required_token() is None and runtime.token_ok("", None)
+    monkeypatch.setenv("RLHF_LABEL_TOKEN", "tök3n")
+    expected = runtime.required_token()
+    assert runtime.token_ok("tök3n", expected)
+    assert not runtime.token_ok("tök3", expected) and not runtime.token_ok(None, expected)
+
+
+def test_session_keys():
+    key = runtime.new_session_key()
+    assert runtime.valid_session_key(key) and key != runtime.new_session_key()
+    assert not runtime.valid_session_key("x") and not runtime.valid_session_key("<script>abcdefgh")
+
+
+def test_refiller_runs_one_job_at_a_time():
+    refiller = runtime.Refiller()
+    gate = threading.Event()
+    assert refiller.start(lambda: gate.wait(5) and 7)
+    assert not refiller.start(lambda: 1), "a second refill must not start while one runs"
+    gate.set()
+    refiller.wait(5)
+    assert not refiller.running() and refiller.status.added_total == 7
+    assert refiller.recently_tried()
+
+    def boom():
+        raise RuntimeError("no model")
+    assert refiller.start(boom)
+    refiller.wait(5)
+    assert "no model" in refiller.status.message and refiller.status.last_error
+
+
+def test_maybe_refill_without_policy_degrades(smoke_env):
+    import db
+
+    engine = db.connect(smoke_env["db_url"])
+    refiller = runtime.Refiller()
+    cfg = LabelConfig(prefetch=10)
+    assert runtime.maybe_refill(refiller, engine, cfg, queue_left=50) is None  # enough left
+    msg = runtime.maybe_refill(refiller, engine, cfg, queue_left=0)
+    assert "No policy" in msg and not refiller.running()
+    assert runtime.maybe_refill(refiller, engine, cfg, queue_left=0) is None  # not retried at once
+
+
+def _frame():
+    t0 = datetime(2026, 1, 1, 12, 0)
+    rows = []
+    # ann and ben judge the same 6 items; cat judges 2 others; one skip
+    a = ["good", "good", "bad", "bad", "good", "bad"]
+    b = ["good", "bad", "bad", "bad", "good", "bad"]
+    for i in range(6):
+        rows.append(dict(completion_id=i, labeler="ann", label=a[i], seconds=2.0, created_at=t0 + timedelta(minutes=i)))
+        rows.append(dict(completion_id=i, labeler="ben", label=b[i], seconds=4.0, created_at=t0 + timedelta(minutes=2 * i)))
+    rows.append(dict(completion_id=10, labeler="cat", label="good", seconds=1.0, created_at=t0))
+    rows.append(dict(completion_id=11, labeler="cat", label="skip", seconds=1.0, created_at=t0 + timedelta(minutes=30)))
+    return pd.DataFrame(rows)
+
+
+def test_per_labeller_counts_and_rates():
+    table = metrics.per_labeller(_frame()).set_index("labeller")
+    assert table.loc["ann", "judgements"] == 6 and table.loc["ann", "good_rate"] == 0.5
+    assert table.loc["cat", "skip"] == 1 and table.loc["cat", "good_rate"] == 1.0
+    assert table.loc["ann", "labels_per_hour"] == pytest.approx(6 / (5 / 60), rel=1e-3)
+    assert table.loc["ben", "median_seconds"] == 4.0
+    assert metrics.per_labeller(_frame().iloc[:0]).empty
+
+
+def test_labels_over_time_is_cumulative():
+    table = metrics.labels_over_time(_frame())
+    assert list(table.columns) == ["ann", "ben", "cat"]
+    assert table.iloc[-1].tolist() == [6, 6, 2]
+    assert (table.diff().dropna() >= 0).all().all()
+
+
+def test_pairwise_kappa_matches_sklearn():
+    from sklearn.metrics import cohen_kappa_score
+
+    pairs = metrics.pairwise_kappa(_frame())
+    assert len(pairs) == 1  # cat shares no item with anyone
+    row = pairs.iloc[0]
+    a = ["good", "good", "bad", "bad", "good", "bad"]
+    b = ["good", "bad", "bad", "bad", "good", "bad"]
+    assert (row.labeller_a, row.labeller_b, row.shared_items) == ("ann", "ben", 6)
+    assert row.agreement == pytest.approx(5 / 6, abs=1e-3)
+    assert row.kappa == pytest.approx(cohen_kappa_score(a, b), abs=1e-3)
+    assert metrics.mean_kappa(pairs) == pytest.approx(row.kappa)
+
+
+def test_kappa_undefined_when_everyone_says_the_same():
+    f = pd.DataFrame([dict(completion_id=i, labeler=n, label="good", created_at=datetime(2026, 1, 1))
+                      for i in range(3) for n in ("a", "b")])
+    pairs = metrics.pairwise_kappa(f)
+    assert pairs.iloc[0].agreement == 1.0 and np.isnan(pairs.iloc[0].kappa)
+    assert metrics.mean_kappa(pairs) is None
+
+
+def test_reward_accuracy_reads_metrics_oldest_first():
+    v = [SimpleNamespace(created_at=datetime(2026, 1, 2), name="new", metrics={"eval": {"accuracy": 0.8, "roc_auc": 0.9}}),
+         SimpleNamespace(created_at=datetime(2026, 1, 1), name="old", metrics={"accuracy": 0.6}),
+         SimpleNamespace(created_at=datetime(2026, 1, 3), name="none", metrics=None)]
+    table = metrics.reward_accuracy(v)
+    assert table["name"].tolist() == ["old", "new", "none"]
+    assert table["accuracy"].tolist()[:2] == [0.6, 0.8] and np.isnan(table["accuracy"].iloc[2])
+    assert table["roc_auc"].iloc[1] == 0.9

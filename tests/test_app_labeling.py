@@ -1,0 +1,235 @@
+"""The labelling app, headless: Streamlit's AppTest runs the real pages against a temporary database."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+import db  # noqa: E402
+
+APP = str(Path(__file__).resolve().parent.parent / "labeling_app" / "app.py")
+TIMEOUT = 60
+NASTY = "<script>alert('x')</script> **bold** [link](http://x) <b>tag</b> # not a heading"
+
+
+def seed(url: str, n: int = 5, texts: list[str] | None = None) -> list[int]:
+    engine = db.connect(url)
+    texts = texts or [f" and it was number {i}, a fine film." for i in range(n)]
+    return db.add_completions(engine, [
+        db.NewCompletion(prompt=f"This movie {i}", text=t, model_version_id=None, gen_params={})
+        for i, t in enumerate(texts)
+    ])
+
+
+def start(name: str | None = "alice", token: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    if name is not None:
+        at.text_input(key="sign_in_name").input(name)
+        if token is not None:
+            at.text_input(key="sign_in_token").input(token)
+        at.button[0].click().run()
+        assert not at.exception, at.exception
+    return at
+
+
+def texts(at: AppTest) -> list[str]:
+    return [t.value for t in at.text]
+
+
+def shown_id(at: AppTest) -> int | None:
+    for c in at.caption:
+        if c.value.startswith("COMPLETION #"):
+            return int(c.value.split("#")[1].split()[0])
+    return None
+
+
+def judgements(url: str) -> list[tuple[int, str, str]]:
+    frame = db.judgements_frame(db.connect(url))
+    return sorted(zip(frame["completion_id"], frame["labeler"], frame["label"]))
+
+
+def test_sign_in_then_item_shown(smoke_env):
+    seed(smoke_env["db_url"], 3)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert at.title[0].value == "Sign in to label"
+    assert shown_id(at) is None  # nothing shown before sign-in
+    at.text_input(key="sign_in_name").input("alice")
+    at.button[0].click().run()
+    assert not at.exception
+    assert shown_id(at) is not None
+    assert "Good = a positive, coherent movie-review continuation" in texts(at)
+    assert any("Keys:" in m.value and "**G**" in m.value for m in at.caption)
+    assert at.query_params["u"] == ["alice"] and at.query_params["s"]
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 65, "bad\x07name"])
+def test_invalid_name_is_refused(smoke_env, name):
+    seed(smoke_env["db_url"], 1)
+    at = start(name)
+    assert at.error, "an invalid name must show an error"
+    assert shown_id(at) is None
+    assert db.stats(db.connect(smoke_env["db_url"]))["labelers"] == 0
+
+
+def test_good_bad_skip_are_committed_and_next_item_differs(smoke_env):
+    url = smoke_env["db_url"]
+    seed(url, 4)
+    at = start()
+    seen = []
+    for label in ("good", "bad", "skip"):
+        cid = shown_id(at)
+        seen.append((cid, label))
+        at.button(key=f"{label}-{cid}").click().run()
+        assert not at.exception
+        assert shown_id(at) != cid
+    assert judgements(url) == sorted((cid, "alice", label) for cid, label in seen)
+    assert any("You today: 3" in c.value for c in at.caption)
+
+
+def test_stale_double_click_does_not_judge_twice(smoke_env):
+    url = smoke_env["db_url"]
+    seed(url, 3)
+    at = start()
+    first = shown_id(at)
+    old_button = at.button(key=f"good-{first}")
+    old_button.click().run()
+    second = shown_id(at)
+    old_button.click().run()  # the same click arriving again after the next item is shown
+    assert not at.exception
+    assert judgements(url) == [(first, "alice", "good")]
+    assert shown_id(at) == second
+
+
+def test_undo_restores_the_item(smoke_env):
+    url = smoke_env["db_url"]
+    seed(url, 3)
+    at = start()
+    first = shown_id(at)
+    at.button(key=f"good-{first}").click().run()
+    assert len(judgements(url)) == 1
+    at.button(key="undo").click().run()
+    assert not at.exception
+    assert judgements(url) == []
+    assert shown_id(at) == first
+    at.button(key=f"bad-{first}").click().run()
+    assert judgements(url) == [(first, "alice", "bad")]
+    at.button(key="undo").click().run()
+    at.button(key="undo").click().run()  # nothing left to undo: a message, no error
+    assert not at.exception
+    assert any("Nothing to undo" in c.value for c in at.caption)
+
+
+def test_empty_queue_message(smoke_env):
+    db.connect(smoke_env["db_url"])
+    at = start()
+    assert not at.exception
+    assert any("Nothing left for you to label" in s.value for s in at.success)
+    assert shown_id(at) is None
+    # no policy exists: the refill degrades to a message instead of failing
+    assert any("No policy to generate" in c.value for c in at.caption)
+
+
+def test_queue_runs_out_after_last_item(smoke_env):
+    url = smoke_env["db_url"]
+    seed(url, 2)
+    at = start()
+    for _ in range(2):
+        at.button(key=f"good-{shown_id(at)}").click().run()
+    assert any("Nothing left for you to label" in s.value for s in at.success)
+    assert len(judgements(url)) == 2
+
+
+def test_generated_text_is_plain_text(smoke_env):
+    seed(smoke_env["db_url"], texts=[NASTY])
+    at = start()
+    assert NASTY in texts(at)  # st.text: shown literally
+    for element in list(at.markdown) + list(at.caption) + list(at.info) + list(at.success):
+        assert "<script>" not in element.value and "**bold**" not in element.value
+    assert not at.get("html")
+
+
+def test_wrong_token_shows_nothing(smoke_env, monkeypatch):
+    monkeypatch.setenv("RLHF_LABEL_TOKEN", "s3cret-token")
+    seed(smoke_env["db_url"], 2)
+    at = start("alice", token="wrong")
+    assert any("Wrong access token" in e.value for e in at.error)
+    assert shown_id(at) is None
+    assert db.stats(db.connect(smoke_env["db_url"]))["labelers"] == 0
+    at.text_input(key="sign_in_token").input("s3cret-token")
+    at.button[0].click().run()
+    assert shown_id(at) is not None
+
+
+def test_reload_resumes_the_same_item(smoke_env):
+    seed(smoke_env["db_url"], 5)
+    at = start()
+    shown = shown_id(at)
+    key = at.query_params["s"][0]
+    again = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    again.query_params["u"] = "alice"
+    again.query_params["s"] = key
+    again.run()
+    assert not again.exception
+    assert shown_id(again) == shown  # signed back in, same lease
+    other = start("alice")  # a second tab: its own session key, another item
+    assert shown_id(other) not in (None, shown)
+
+
+def test_unopenable_database_shows_error_page(smoke_env, monkeypatch, tmp_path):
+    bogus = tmp_path / "not-a-db.sqlite"
+    bogus.write_bytes(b"this is not a SQLite database, just text" * 100)
+    monkeypatch.setenv("RLHF_DB_URL", f"sqlite:///{bogus}")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert at.title[0].value == "Database error"
+    assert str(bogus) in at.error[0].value
+
+
+def test_missing_database_is_created(smoke_env):
+    assert not smoke_env["db_file"].exists()
+    at = start()
+    assert not at.exception
+    assert smoke_env["db_file"].exists()
+
+
+def test_stats_page_with_data(smoke_env):
+    url = smoke_env["db_url"]
+    ids = seed(url, 6)
+    engine = db.connect(url)
+    a, b = db.get_or_create_labeler(engine, "ann"), db.get_or_create_labeler(engine, "ben")
+    for i, cid in enumerate(ids):
+        db.record_judgement(engine, labeler_id=a, completion_id=cid, label="good" if i % 2 else "bad", seconds=2.0)
+        db.record_judgement(engine, labeler_id=b, completion_id=cid, label="good" if i % 3 else "bad", seconds=3.0)
+    db.register_model_version(engine, kind="reward", name="rm-1", path="/nowhere", metrics={"accuracy": 0.7})
+    db.register_model_version(engine, kind="reward", name="rm-2", path="/nowhere", metrics={"accuracy": 0.8})
+    at = start()
+    at.switch_page("pages/stats.py").run()
+    assert not at.exception, at.exception
+    assert at.metric[0].value == "12"
+    frames = [d.value for d in at.dataframe]
+    per = frames[0]
+    assert set(per["labeller"]) == {"ann", "ben"} and per["judgements"].tolist() == [6, 6]
+    kappa = frames[1]
+    assert kappa["shared_items"].tolist() == [6]
+    assert list(frames[2]["accuracy"]) == [0.7, 0.8]
+
+
+def test_data_page_exports_and_imports(smoke_env):
+    url = smoke_env["db_url"]
+    seed(url, 2)
+    at = start()
+    at.button(key=f"good-{shown_id(at)}").click().run()
+    at.switch_page("pages/data.py").run()
+    assert not at.exception, at.exception
+    at.button(key="export").click().run()
+    assert not at.exception, at.exception
+    file_name, data, _ = at.session_state["export"]
+    assert file_name == "labels.jsonl" and data.count(b"\n") >= 1
+    at.radio(key="export_fmt").set_value("csv").run()
+    at.button(key="export").click().run()
+    assert at.session_state["export"][0] == "labels.csv"
