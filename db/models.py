@@ -1,0 +1,142 @@
+"""The feedback database's tables, as SQLAlchemy 2.0 typed ORM models.
+
+The schema itself is created and upgraded by the Alembic migrations in ``db/migrations/``
+(never by ``create_all``); a test checks that these models and the migrations agree.
+
+All timestamps are naive UTC (``datetime.now(UTC)`` without the tzinfo), the same on SQLite
+and PostgreSQL.
+"""
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+LABELS = ("good", "bad", "skip")
+MODEL_KINDS = ("policy", "reward")
+
+# Stable constraint names, so migrations can refer to them on every backend.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Now, as naive UTC (what every timestamp column holds)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def text_sha256(text: str) -> str:
+    """The key that makes prompt texts unique (an index on long texts would not fit PostgreSQL's btree)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class Labeler(Base):
+    """A person (or a simulated labeller) who judges completions."""
+
+    __tablename__ = "labelers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Prompt(Base):
+    """The opening a completion continues (an IMDB review opening or a custom prompt)."""
+
+    __tablename__ = "prompts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    text_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    source: Mapped[str] = mapped_column(String(32), default="imdb")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ModelVersion(Base):
+    """A saved policy or reward model, with the model it was trained from and its metrics."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (CheckConstraint("kind IN ('policy', 'reward')", name="kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    path: Mapped[str] = mapped_column(Text)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"), index=True)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class Completion(Base):
+    """A text the policy wrote after a prompt; what labellers judge."""
+
+    __tablename__ = "completions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"), index=True)
+    gen_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Probability of "good" under a reward model, for "uncertain first" ordering.
+    reward_score: Mapped[float | None] = mapped_column(Float)
+    reward_model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    prompt: Mapped[Prompt] = relationship(lazy="joined")
+
+
+class Judgement(Base):
+    """One labeller's verdict on one completion (re-labelling updates the row)."""
+
+    __tablename__ = "judgements"
+    __table_args__ = (
+        UniqueConstraint("completion_id", "labeler_id", name="uq_judgements_completion_labeler"),
+        CheckConstraint("label IN ('good', 'bad', 'skip')", name="label"),
+        Index("ix_judgements_labeler_updated", "labeler_id", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    completion_id: Mapped[int] = mapped_column(ForeignKey("completions.id", ondelete="CASCADE"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(8))
+    seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Lease(Base):
+    """Who is looking at what right now: one item per (labeller, browser session), until ``expires_at``."""
+
+    __tablename__ = "leases"
+    __table_args__ = (UniqueConstraint("labeler_id", "session_key", name="uq_leases_labeler_session"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    completion_id: Mapped[int] = mapped_column(ForeignKey("completions.id", ondelete="CASCADE"), index=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"))
+    session_key: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)

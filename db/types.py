@@ -1,0 +1,60 @@
+"""Plain, immutable records that db functions take and return (no ORM objects leave the package)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Label = Literal["good", "bad", "skip"]
+Order = Literal["random", "uncertain"]
+Combine = Literal["majority", "soft"]
+ModelKind = Literal["policy", "reward"]
+ExportFormat = Literal["jsonl", "csv", "hf"]
+
+
+@dataclass(frozen=True)
+class NewCompletion:
+    """A completion to store: the prompt text (created if new), the generated text, the model that wrote it."""
+
+    prompt: str
+    text: str
+    model_version_id: int | None = None
+    gen_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One completion as a labeller sees it. ``n_labels`` counts good/bad judgements (not skips)."""
+
+    completion_id: int
+    prompt: str
+    completion: str
+    model_version_id: int | None
+    n_labels: int
+
+
+@dataclass(frozen=True)
+class LabelledExample:
+    """A completion with its combined label, for reward-model training.
+
+    ``text`` is the prompt followed by the completion, as the labeller saw them; ``label`` is
+    1.0 (good) / 0.0 (bad) under ``majority``, or the share of good labels under ``soft``."""
+
+    completion_id: int
+    prompt: str
+    completion: str
+    text: str
+    label: float
+    n_labels: int
+    n_good: int
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    id: int
+    kind: str
+    name: str
+    path: str
+    parent_id: int | None
+    metrics: dict[str, Any] | None
+    created_at: datetime

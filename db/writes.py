@@ -1,0 +1,326 @@
+"""Everything that changes the feedback database (except the labelling queue, in ``db.queue``).
+
+Every write is one transaction (``BEGIN IMMEDIATE`` on SQLite), retried as a whole with backoff
+when the database is busy, so callers never see "database is locked".
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, insert, select, text, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from common.errors import UserError
+from db.engine import PG_LOCK_NAMESPACE, run_write
+from db.models import (
+    LABELS,
+    MODEL_KINDS,
+    Completion,
+    Judgement,
+    Labeler,
+    Lease,
+    ModelVersion,
+    Prompt,
+    text_sha256,
+    utcnow,
+)
+from db.types import NewCompletion
+
+log = logging.getLogger(__name__)
+
+CHUNK = 500  # rows per IN (...) list; well under SQLite's bound-parameter limit
+LOCK_LABELER = 1  # advisory-lock kinds (PostgreSQL): one labeller's queue/undo operations
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def dialect_insert(session: Session, entity):  # noqa: ANN001, ANN201
+    """``INSERT`` with ``on_conflict_do_*`` for the session's backend (SQLite or PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(entity)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(entity)
+
+
+def lock_labeler(session: Session, labeler_id: int) -> None:
+    """Serialise one labeller's queue operations on PostgreSQL (SQLite's BEGIN IMMEDIATE already does)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:ns, :key)"),
+                        {"ns": PG_LOCK_NAMESPACE + LOCK_LABELER, "key": int(labeler_id)})
+
+
+def put_lease(session: Session, *, labeler_id: int, session_key: str, completion_id: int, seconds: float) -> None:
+    """Give (labeller, session) the lease on ``completion_id`` (replacing that session's previous lease)."""
+    ins = dialect_insert(session, Lease).values(
+        labeler_id=labeler_id, session_key=session_key, completion_id=completion_id,
+        expires_at=utcnow() + timedelta(seconds=seconds))
+    session.execute(ins.on_conflict_do_update(
+        index_elements=["labeler_id", "session_key"],
+        set_={"completion_id": ins.excluded.completion_id, "expires_at": ins.excluded.expires_at}))
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN/inf replaced by None (PostgreSQL's JSON rejects them) and tuples as lists."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if obj is None or isinstance(obj, str | int | float | bool):
+        return obj
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return json_safe(obj.item())
+    return str(obj)
+
+
+def _chunks(seq: Sequence, n: int = CHUNK) -> Iterable[Sequence]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def _check_text(value: Any, what: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{what} must be text, got {type(value).__name__}.", "pass a str.")
+    if "\x00" in value:
+        raise UserError(f"{what} contains a NUL character, which databases cannot store.", "remove it.")
+    if not allow_empty and not value.strip():
+        raise UserError(f"{what} is empty.", "give a non-empty text.")
+    return value
+
+
+def _ids(session: Session, column, wanted: set[int]) -> set[int]:  # noqa: ANN001
+    found: set[int] = set()
+    for chunk in _chunks(sorted(wanted)):
+        found.update(session.scalars(select(column).where(column.in_(chunk))))
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# prompts and completions
+
+
+def _prompt_ids(session: Session, texts: Sequence[str], source: str) -> tuple[list[int], int]:
+    """Ids for ``texts`` in order, inserting the new ones; returns (ids, number inserted)."""
+    keys = {t: text_sha256(t) for t in dict.fromkeys(texts)}
+    found: dict[str, int] = {}
+    for chunk in _chunks(list(keys.values())):
+        found.update(session.execute(select(Prompt.text_sha256, Prompt.id).where(Prompt.text_sha256.in_(chunk))).tuples().all())
+    missing = [t for t, k in keys.items() if k not in found]
+    if missing:
+        now = utcnow()
+        ins = dialect_insert(session, Prompt).on_conflict_do_nothing(index_elements=["text_sha256"])
+        session.execute(ins, [{"text": t, "text_sha256": keys[t], "source": source, "created_at": now} for t in missing])
+        for chunk in _chunks([keys[t] for t in missing]):
+            found.update(session.execute(select(Prompt.text_sha256, Prompt.id).where(Prompt.text_sha256.in_(chunk))).tuples().all())
+    return [found[keys[t]] for t in texts], len(missing)
+
+
+def add_prompts_counted(engine: Engine, texts: list[str], source: str = "imdb") -> tuple[list[int], int]:
+    """Like :func:`add_prompts`, also returning how many prompts were new."""
+    texts = [_check_text(t, f"prompt #{i}") for i, t in enumerate(texts)]
+    source = _check_text(source, "prompt source")[:32]
+    if not texts:
+        return [], 0
+    return run_write(engine, lambda s: _prompt_ids(s, texts, source), what="add prompts")
+
+
+def add_prompts(engine: Engine, texts: list[str], source: str = "imdb") -> list[int]:
+    """Store prompt texts; returns their ids in input order (texts already stored are reused)."""
+    return add_prompts_counted(engine, texts, source)[0]
+
+
+def add_completions(engine: Engine, items: list[NewCompletion]) -> list[int]:
+    """Store completions (creating their prompts when new); returns their ids in input order."""
+    rows = []
+    for i, it in enumerate(items):
+        _check_text(it.prompt, f"completion #{i}'s prompt")
+        _check_text(it.text, f"completion #{i}'s text", allow_empty=True)
+        if not isinstance(it.gen_params, dict):
+            raise UserError(f"completion #{i}'s gen_params must be a dict.", "pass the generation settings as a dict.")
+        rows.append(it)
+    if not rows:
+        return []
+
+    def work(s: Session) -> list[int]:
+        versions = {it.model_version_id for it in rows if it.model_version_id is not None}
+        unknown = versions - _ids(s, ModelVersion.id, versions)
+        if unknown:
+            raise UserError(f"model version(s) {sorted(unknown)} do not exist.",
+                            "register the model with db.register_model_version first.")
+        prompt_ids, _ = _prompt_ids(s, [it.prompt for it in rows], "generated")
+        now = utcnow()
+        values = [{"prompt_id": pid, "text": it.text, "model_version_id": it.model_version_id,
+                   "gen_params": json_safe(it.gen_params), "created_at": now} for pid, it in zip(prompt_ids, rows)]
+        ids: list[int] = []
+        stmt = insert(Completion).returning(Completion.id, sort_by_parameter_order=True)
+        for chunk in _chunks(values):
+            ids.extend(s.scalars(stmt, list(chunk)))
+        return ids
+
+    return run_write(engine, work, what="add completions")
+
+
+def set_reward_scores(engine: Engine, scores: dict[int, float], model_version_id: int) -> None:
+    """Store a reward model's probability of "good" per completion (for "uncertain first" ordering)."""
+    clean: dict[int, float] = {}
+    for cid, score in scores.items():
+        score = float(score)
+        if not math.isfinite(score):
+            raise UserError(f"reward score for completion {cid} is {score}.",
+                            "check the reward model's output; scores must be finite probabilities.")
+        clean[int(cid)] = score
+    if not clean:
+        return
+
+    def work(s: Session) -> None:
+        if s.get(ModelVersion, model_version_id) is None:
+            raise UserError(f"model version {model_version_id} does not exist.", "register the reward model first.")
+        unknown = set(clean) - _ids(s, Completion.id, set(clean))
+        if unknown:
+            raise UserError(f"completion(s) {sorted(unknown)[:10]} do not exist.", "score completions read from the database.")
+        s.execute(update(Completion), [{"id": cid, "reward_score": sc, "reward_model_version_id": model_version_id}
+                                       for cid, sc in clean.items()])
+
+    run_write(engine, work, what="store reward scores")
+
+
+# --------------------------------------------------------------------------------------------
+# model versions and labellers
+
+
+def register_model_version(engine: Engine, *, kind: str, name: str, path: str, parent_id: int | None = None,
+                           metrics: dict | None = None) -> int:
+    """Record a saved policy or reward model; returns its id."""
+    if kind not in MODEL_KINDS:
+        raise UserError(f"model kind {kind!r} is not one of {list(MODEL_KINDS)}.", "use 'policy' or 'reward'.")
+    _check_text(name, "model name")
+    if metrics is not None and not isinstance(metrics, dict):
+        raise UserError("model metrics must be a dict.", "pass metrics as {name: value}.")
+
+    def work(s: Session) -> int:
+        if parent_id is not None and s.get(ModelVersion, parent_id) is None:
+            raise UserError(f"parent model version {parent_id} does not exist.", "pass the id of a registered model, or None.")
+        mv = ModelVersion(kind=kind, name=name[:200], path=str(path), parent_id=parent_id,
+                          metrics=json_safe(metrics) if metrics is not None else None, created_at=utcnow())
+        s.add(mv)
+        s.flush()
+        return mv.id
+
+    return run_write(engine, work, what="register a model version")
+
+
+def validate_labeler_name(name: Any) -> str:
+    """A labeller name, stripped: 1-64 printable characters."""
+    if not isinstance(name, str):
+        raise UserError("the labeller name must be text.", "type your name.")
+    name = name.strip()
+    if not name:
+        raise UserError("the labeller name is empty.", "type your name (1-64 characters).")
+    if len(name) > 64:
+        raise UserError(f"the labeller name is {len(name)} characters long.", "use at most 64 characters.")
+    if not name.isprintable():
+        raise UserError("the labeller name contains control characters.", "use letters, digits, spaces and punctuation.")
+    return name
+
+
+def get_or_create_labeler(engine: Engine, name: str) -> int:
+    """The id of the labeller called ``name`` (stripped), created on first use."""
+    name = validate_labeler_name(name)
+
+    def work(s: Session) -> int:
+        s.execute(dialect_insert(s, Labeler).values(name=name, created_at=utcnow())
+                  .on_conflict_do_nothing(index_elements=["name"]))
+        return s.scalars(select(Labeler.id).where(Labeler.name == name)).one()
+
+    return run_write(engine, work, what="sign in a labeller")
+
+
+# --------------------------------------------------------------------------------------------
+# judgements
+
+
+def record_judgement(engine: Engine, *, labeler_id: int, completion_id: int, label: str,
+                     seconds: float | None = None) -> None:
+    """Store (or change) ``labeler_id``'s label on ``completion_id`` and release their lease on it.
+
+    One row per labeller and completion: repeating the same call (a double click) changes
+    nothing; a different label updates the row."""
+    if label not in LABELS:
+        raise UserError(f"label {label!r} is not one of {list(LABELS)}.", "use 'good', 'bad' or 'skip'.")
+    if seconds is not None:
+        seconds = float(seconds)
+        if not math.isfinite(seconds) or seconds < 0:
+            seconds = None
+
+    def work(s: Session) -> None:
+        now = utcnow()
+        ins = dialect_insert(s, Judgement).values(completion_id=completion_id, labeler_id=labeler_id, label=label,
+                                                  seconds=seconds, created_at=now, updated_at=now)
+        s.execute(ins.on_conflict_do_update(
+            index_elements=["completion_id", "labeler_id"],
+            set_={"label": ins.excluded.label, "seconds": ins.excluded.seconds, "updated_at": ins.excluded.updated_at},
+            where=Judgement.label != ins.excluded.label))
+        s.execute(delete(Lease).where(Lease.labeler_id == labeler_id, Lease.completion_id == completion_id))
+
+    try:
+        run_write(engine, work, what="record a judgement")
+    except sa_exc.IntegrityError:
+        _missing(engine, labeler_id=labeler_id, completion_id=completion_id)
+        raise
+
+
+def _missing(engine: Engine, *, labeler_id: int, completion_id: int) -> None:
+    with Session(engine) as s:
+        if s.get(Completion, completion_id) is None:
+            raise UserError(f"completion {completion_id} does not exist.", "judge an item returned by db.next_item.")
+        if s.get(Labeler, labeler_id) is None:
+            raise UserError(f"labeller {labeler_id} does not exist.", "sign in with db.get_or_create_labeler first.")
+
+
+def undo_last(engine: Engine, labeler_id: int, *, session_key: str | None = None,
+              lease_seconds: float = 600) -> int | None:
+    """Delete ``labeler_id``'s most recent judgement; returns its completion id (None if there is none).
+
+    With ``session_key`` the item is leased back to that session, so ``next_item`` shows it
+    again there and no other labeller takes it meanwhile."""
+
+    def work(s: Session) -> int | None:
+        lock_labeler(s, labeler_id)
+        row = s.execute(select(Judgement.id, Judgement.completion_id).where(Judgement.labeler_id == labeler_id)
+                        .order_by(Judgement.updated_at.desc(), Judgement.id.desc()).limit(1)).first()
+        if row is None:
+            return None
+        s.execute(delete(Judgement).where(Judgement.id == row.id))
+        if session_key is not None:
+            put_lease(s, labeler_id=labeler_id, session_key=session_key, completion_id=row.completion_id,
+                      seconds=lease_seconds)
+        return row.completion_id
+
+    return run_write(engine, work, what="undo a judgement")
+
+
+def release_leases(engine: Engine, labeler_id: int, session_key: str | None = None) -> int:
+    """Give back a labeller's leased items (all sessions, or one); returns how many were released."""
+
+    def work(s: Session) -> int:
+        q = delete(Lease).where(Lease.labeler_id == labeler_id)
+        if session_key is not None:
+            q = q.where(Lease.session_key == session_key)
+        return s.execute(q).rowcount or 0
+
+    return run_write(engine, work, what="release leases")
+
+
+def count_rows(session: Session, entity) -> int:  # noqa: ANN001
+    return session.scalar(select(func.count()).select_from(entity)) or 0
