@@ -1,0 +1,67 @@
+"""CLI: ``python -m demo`` (``make demo``, ``ROUNDS=2``, ``CONFIG=configs/smoke.yaml``)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from common.assets import offline_env
+from common.config import add_config_args, describe, load_config
+from common.errors import cli_entry, setup_logging
+from demo.config import DemoConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m demo",
+        description="The whole RLHF loop with simulated labellers: base policy -> completions -> labels -> "
+                    "reward model -> PPO -> report in $RLHF_ARTIFACTS/demo/<run-id>/.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="demo settings (section `demo` of the profile, --set KEY=VALUE):\n" + describe(DemoConfig),
+    )
+    p.add_argument("command", nargs="?", default="run", choices=["run", "overoptimization"],
+                   help="run = the loop (default); overoptimization = add a tiny-KL PPO run to an existing report")
+    add_config_args(p)
+    p.add_argument("--rounds", type=int, default=None, help="labelling rounds (overrides demo.rounds)")
+    p.add_argument("--n-labels", type=int, default=None, help="simulated judgements per round (overrides demo.n_labels)")
+    p.add_argument("--overoptimization", action="store_true",
+                   help="also run PPO with (almost) no KL penalty and plot proxy and gold against sqrt(KL)")
+    p.add_argument("--no-kl", action="store_true", help="same as --overoptimization with demo.overopt_kl_coef=0")
+    p.add_argument("--run", type=Path, default=None, help="report folder for `overoptimization` (default: the newest)")
+    p.add_argument("--run-id", default=None, help="name of the report folder (default: demo-<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    offline_env()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    overrides = list(args.overrides)
+    if args.rounds is not None:
+        overrides.append(f"rounds={args.rounds}")
+    if args.n_labels is not None:
+        overrides.append(f"n_labels={args.n_labels}")
+    if args.overoptimization or args.no_kl:
+        overrides.append("overoptimization=true")
+    if args.no_kl:
+        overrides.append("overopt_kl_coef=0")
+    if args.config is not None:
+        os.environ["RLHF_CONFIG"] = str(args.config)  # every stage reads its own section of the same profile
+    cfg = load_config(DemoConfig, "demo", overrides=overrides)
+    from demo import run as demo_run
+
+    progress = not args.quiet
+    if args.command == "overoptimization":
+        demo_run.overoptimization_only(cfg, args.run, progress=progress)
+    else:
+        demo_run.run(cfg, run_id=args.run_id, progress=progress)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

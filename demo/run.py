@@ -1,0 +1,460 @@
+"""The whole RLHF loop with simulated labellers, one step after the other (``make demo``).
+
+    0. the gold judge     TF-IDF + logistic regression on all IMDB reviews (cached)
+    1. base policy        reuse $RLHF_ARTIFACTS/base_policy, or pretrain it
+    2. generate           completions for fresh IMDB openings -> the labelling queue (db)
+    3. label              simulated labellers judge them through the db API (gold + noise)
+    4. reward model       IMDB seed + the labels -> $RLHF_ARTIFACTS/reward_models/<run>
+    5. PPO                against the reward model, gold score logged beside it -> policies/<run>
+    (rounds >= 2: back to 2 with the new policy; labels accumulate)
+    6. report             before/after samples, gold and reward scores, KL, labels, agreement,
+                          reward-model accuracy vs TF-IDF, plots -> $RLHF_ARTIFACTS/demo/<run>/
+
+Each step calls the stage's importable core; nothing here writes SQL or trains by itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.config import load_config, to_dict
+from common.errors import UserError
+from common.paths import artifacts_root, base_policy_dir, new_run_id, policies_dir, write_json, write_latest
+from demo.config import DemoConfig
+
+log = logging.getLogger(__name__)
+
+
+# ============================================================================ progress
+
+class Steps:
+    """Numbered step headers with wall times: ``[3/7] label ...  done in 4.2 s``."""
+
+    def __init__(self, total: int, echo=print):
+        self.total, self.n, self.echo = total, 0, echo
+        self.times: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    @contextmanager
+    def step(self, name: str, what: str):
+        self.n += 1
+        self.echo(f"\n[{self.n}/{self.total}] {name}: {what}", flush=True)
+        t = time.perf_counter()
+        yield
+        dt = time.perf_counter() - t
+        self.times[name] = round(self.times.get(name, 0.0) + dt, 2)
+        self.echo(f"[{self.n}/{self.total}] {name} done in {dt:.1f} s (total {time.perf_counter() - self.t0:.1f} s)", flush=True)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+# ============================================================================ small pure helpers
+
+def positive_rate(scores) -> float:
+    s = np.asarray(scores, dtype=float)
+    return float((s > 0.5).mean()) if s.size else float("nan")
+
+
+def summarize_scores(gold, rm) -> dict[str, float]:
+    """Means and positive rates of gold and reward-model probabilities, and how often they agree."""
+    gold, rm = np.asarray(gold, dtype=float), np.asarray(rm, dtype=float)
+    return {"gold_mean": float(gold.mean()), "gold_positive_rate": positive_rate(gold),
+            "rm_mean": float(rm.mean()), "rm_positive_rate": positive_rate(rm),
+            "rm_gold_agreement": float(((gold > 0.5) == (rm > 0.5)).mean()), "n": int(gold.size)}
+
+
+def overopt_series(rows: list[dict], proxy_key: str = "eval/rm_prob", gold_key: str = "eval/gold") -> dict[str, list[float]]:
+    """(sqrt KL, proxy, gold) at every evaluation of a PPO run's metrics rows."""
+    out = {"step": [], "sqrt_kl": [], "kl": [], "proxy": [], "gold": []}
+    for r in rows:
+        if "eval/kl" in r and proxy_key in r and gold_key in r:
+            kl = float(r["eval/kl"])
+            out["step"].append(int(r.get("step", len(out["step"]))))
+            out["kl"].append(kl)
+            out["sqrt_kl"].append(math.sqrt(max(kl, 0.0)))
+            out["proxy"].append(float(r[proxy_key]))
+            out["gold"].append(float(r[gold_key]))
+    return out
+
+
+def finite_numbers(obj: Any) -> list[float]:
+    """Every number in a nested JSON-like object (for checks)."""
+    if isinstance(obj, bool) or obj is None:
+        return []
+    if isinstance(obj, (int, float)):
+        return [float(obj)]
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in finite_numbers(v)]
+    if isinstance(obj, (list, tuple)):
+        return [x for v in obj for x in finite_numbers(v)]
+    return []
+
+
+# ============================================================================ the stages (thin adapters)
+
+def ensure_base_policy(cfg: DemoConfig, engine, *, progress: bool) -> tuple[str, bool]:
+    """The base policy folder (or hub name) and whether it was reused."""
+    from rl_finetune.policy import ensure_registered
+
+    if cfg.base_policy != "auto":
+        ensure_registered(engine, cfg.base_policy)
+        return cfg.base_policy, True
+    folder = base_policy_dir()
+    if (folder / "config.json").is_file():
+        ensure_registered(engine, folder)
+        return str(folder), True
+    from common.imdb import DataConfig
+    from rl_finetune import pretrain
+
+    pcfg = load_config(pretrain.PretrainConfig, "pretrain", overrides=cfg.pretrain_set)
+    result = pretrain.train(pcfg, load_config(DataConfig, "data"), progress=progress)
+    path = pretrain.save_base_policy(result)
+    pretrain.register_base_policy(path, result.metrics, engine=engine)
+    return str(path), False
+
+
+def prompts_for(split: str, n: int, seed: int) -> list[str]:
+    from common.imdb import DataConfig, load_imdb, make_prompts
+
+    data_cfg = load_config(DataConfig, "data")
+    texts = load_imdb(data_cfg)[split]["text"]
+    prompts = make_prompts(list(texts), n, data_cfg, seed=seed)
+    if not prompts:
+        raise UserError(f"no prompts could be cut from the IMDB {split} split.", "check the data section of the profile.")
+    return prompts
+
+
+def generate_for_labelling(cfg: DemoConfig, engine, policy: str, round_no: int) -> int:
+    from rl_finetune.generate import GenerateConfig, fill_queue
+
+    gcfg = load_config(GenerateConfig, "generate", overrides=[f"seed={cfg.seed + round_no}", *cfg.generate_set])
+    n = cfg.completions_per_round
+    prompts = prompts_for("train", math.ceil(n / gcfg.completions_per_prompt), seed=cfg.seed + 1000 * round_no)
+    return fill_queue(engine, policy, n, gcfg, prompts=prompts)
+
+
+def train_reward_model(cfg: DemoConfig, engine, run_id: str, *, progress: bool) -> tuple[Path, dict]:
+    import reward_training
+    from common.imdb import DataConfig
+    from reward_training.config import RewardConfig
+
+    rcfg = load_config(RewardConfig, "reward", overrides=cfg.reward_set)
+    path = Path(reward_training.train(rcfg, engine, data_cfg=load_config(DataConfig, "data"), run_id=run_id,
+                                      progress=progress))
+    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
+    return path, metrics
+
+
+def reward_accuracy(metrics: dict) -> dict:
+    """Reward model vs TF-IDF baseline on held-out human labels and IMDB snippets."""
+    out: dict[str, Any] = {}
+    for who in ("model", "tfidf", "seed_model"):
+        for where, m in (metrics.get(who) or {}).items():
+            if isinstance(m, dict):
+                out[f"{who}/{where}"] = {k: m.get(k) for k in ("accuracy", "roc_auc", "ece", "n") if k in m}
+    out["counts"] = metrics.get("counts", {})
+    return out
+
+
+def load_ppo_config(cfg: DemoConfig, extra: list[str] = ()):
+    from rl_finetune.ppo.config import PPOConfig
+
+    return load_config(PPOConfig, "ppo", overrides=[*cfg.ppo_set, *extra])
+
+
+def run_ppo(cfg: DemoConfig, engine, *, start_policy: str, reward_dir: Path, gold_fn, train_prompts: list[str],
+            eval_prompts: list[str], work_dir: Path, name: str, extra: list[str] = (), save: bool = True,
+            progress: bool = True):
+    """One PPO run; returns (PPOResult, saved policy folder or None)."""
+    from reward_training import load_reward_fn
+    from rl_finetune.policy import ensure_registered, register_policy
+    from rl_finetune.ppo.trainer import save_policy, train
+
+    pcfg = load_ppo_config(cfg, list(extra))
+    reward_fn = load_reward_fn(reward_dir, kind=pcfg.reward_kind, batch_size=pcfg.reward_batch_size)
+    prob_fn = reward_fn if pcfg.reward_kind == "prob" else load_reward_fn(reward_dir, kind="prob", batch_size=pcfg.reward_batch_size)
+    result = train(start_policy, reward_fn, train_prompts, pcfg, eval_prompts=eval_prompts, gold_fn=gold_fn,
+                   eval_fns={"rm_prob": prob_fn}, work_dir=work_dir, progress=progress)
+    if not save:
+        return result, None
+    folder = policies_dir() / name
+    save_policy(result, folder)
+    write_latest(policies_dir(), name)
+    parent = ensure_registered(engine, start_policy)
+    register_policy(folder, name=name, parent_id=parent, engine=engine,
+                    metrics={k: v for k, v in result.summary.items() if isinstance(v, (int, float, str)) or v is None})
+    return result, folder
+
+
+def rescore(samples: list[dict], gold_fn, prob_fn) -> dict:
+    texts = [s["prompt"] + s["response"] for s in samples]
+    gold = np.asarray(gold_fn(texts), dtype=float)
+    rm = prob_fn(texts)
+    rm = np.asarray(rm.detach().float().cpu().numpy() if hasattr(rm, "detach") else rm, dtype=float)
+    return {"gold": gold.tolist(), "rm": rm.tolist(), **summarize_scores(gold, rm)}
+
+
+# ============================================================================ the run
+
+def run(cfg: DemoConfig, *, run_id: str | None = None, progress: bool = True, echo=print) -> Path:
+    """Run the demo; returns the report folder ``$RLHF_ARTIFACTS/demo/<run-id>``."""
+    import db
+    from common.gold import GoldJudge
+    from labeling_app.simulate import agreement, simulate
+
+    cfg.validate()
+    run_id = run_id or new_run_id("demo-")
+    out = artifacts_root() / "demo" / run_id
+    out.mkdir(parents=True, exist_ok=True)
+    n_steps = 2 + 4 * cfg.rounds + (1 if cfg.overoptimization else 0) + 1
+    steps = Steps(n_steps, echo)
+    report: dict[str, Any] = {"run_id": run_id, "config": to_dict(cfg), "rounds": []}
+    echo(f"RLHF demo {run_id}: {cfg.rounds} round(s) of {cfg.n_labels} simulated labels; report in {out}")
+
+    engine = db.connect()
+    with steps.step("gold", "fit or load the gold judge (TF-IDF + logistic regression on IMDB)"):
+        gold = GoldJudge.load_or_fit(cfg.gold)
+        report["gold"] = {k: v for k, v in gold.info.items() if k != "config"}
+        echo(f"  gold judge: {gold.info['n_train']} training texts")
+    with steps.step("base policy", "reuse or pretrain the base policy"):
+        base, reused = ensure_base_policy(cfg, engine, progress=progress)
+        report["base_policy"] = {"path": base, "reused": reused}
+        echo(f"  {'reusing' if reused else 'pretrained'} {base}")
+
+    pcfg = load_ppo_config(cfg)
+    eval_prompts = prompts_for("test", cfg.n_eval_prompts, seed=cfg.seed + 7)
+    train_prompts = prompts_for("train", pcfg.num_train_prompts, seed=cfg.seed + 11)
+    policy = base
+    before_samples: list[dict] | None = None
+    last = None
+    for r in range(1, cfg.rounds + 1):
+        rnd: dict[str, Any] = {"round": r, "policy_in": policy}
+        with steps.step(f"generate r{r}", f"{cfg.completions_per_round} completions from {Path(policy).name} for labelling"):
+            rnd["completions"] = generate_for_labelling(cfg, engine, policy, r)
+            echo(f"  wrote {rnd['completions']} completions to the queue")
+        with steps.step(f"label r{r}", f"{cfg.n_labels} judgements from {len(cfg.simulate.labelers)} simulated labellers "
+                                       f"(overlap {cfg.simulate.overlap})"):
+            scfg = dataclasses.replace(cfg.simulate, n_labels=cfg.n_labels, seed=cfg.simulate.seed + r)
+            res = simulate(engine, scfg, gold.score, progress=progress, session_prefix=f"{run_id}-r{r}")
+            agree = agreement(engine)
+            rnd["labels"] = {**res.as_dict(), "mean_kappa": agree["mean_kappa"], "pairs": agree["pairs"]}
+            echo(f"  {res.n_recorded} labels {res.label_counts}; agreement with gold {res.gold_agreement}; "
+                 f"mean Cohen's kappa {_fmt(agree['mean_kappa'])}")
+        with steps.step(f"reward model r{r}", "IMDB seed + the simulated labels"):
+            rm_dir, rm_metrics = train_reward_model(cfg, engine, f"{run_id}-r{r}", progress=progress)
+            rnd["reward_model"] = {"path": str(rm_dir), **reward_accuracy(rm_metrics)}
+            echo(f"  {rm_dir}: " + _acc_line(rnd["reward_model"]))
+        with steps.step(f"ppo r{r}", f"PPO from {Path(policy).name} against the reward model (gold logged beside it)"):
+            result, folder = run_ppo(cfg, engine, start_policy=policy, reward_dir=rm_dir, gold_fn=gold.score,
+                                     train_prompts=train_prompts, eval_prompts=eval_prompts,
+                                     work_dir=out / f"ppo-r{r}", name=f"{run_id}-r{r}", progress=progress)
+            rnd["ppo"] = {"policy_out": str(folder), "summary": result.summary,
+                          "curve": overopt_series(result.metrics)}
+            if before_samples is None:
+                before_samples = result.before
+            last = (result, rm_dir)
+            s = result.summary
+            echo(f"  gold {_fmt(s.get('eval/gold_before'))} -> {_fmt(s.get('eval/gold_after'))}, "
+                 f"reward-model P(good) {_fmt(s.get('eval/rm_prob_before'))} -> {_fmt(s.get('eval/rm_prob_after'))}, "
+                 f"KL {_fmt(s.get('eval/kl_after'))} nats; saved {folder}")
+        policy = str(folder)
+        report["rounds"].append(rnd)
+
+    result, rm_dir = last
+    report["final_policy"] = policy
+    report["final_reward_model"] = str(rm_dir)
+    if cfg.overoptimization:
+        with steps.step("over-optimisation", f"PPO with KL coefficient {cfg.overopt_kl_coef} against the same reward model"):
+            report["overoptimization"] = overoptimization_run(cfg, engine, out, report["rounds"][-1]["policy_in"],
+                                                              rm_dir, gold.score, train_prompts, eval_prompts, progress)
+
+    with steps.step("report", "score before/after samples, write report.md, report.json and plots"):
+        from reward_training import load_reward_fn
+
+        prob_fn = load_reward_fn(rm_dir, kind="prob")
+        after_samples = result.after
+        report["before"] = rescore(before_samples, gold.score, prob_fn)
+        report["after"] = rescore(after_samples, gold.score, prob_fn)
+        report["kl"] = {f"round {x['round']}": x["ppo"]["summary"].get("eval/kl_after") for x in report["rounds"]}
+        report["samples"] = [
+            {"prompt": b["prompt"], "before": b["response"], "after": a["response"],
+             "gold_before": gb, "gold_after": ga, "rm_before": rb, "rm_after": ra}
+            for b, a, gb, ga, rb, ra in zip(before_samples, after_samples, report["before"]["gold"], report["after"]["gold"],
+                                              report["before"]["rm"], report["after"]["rm"])
+        ][: cfg.n_report_samples]
+        report["timings_s"] = {**steps.times}
+        report["total_seconds"] = round(steps.elapsed, 1)
+        report["plots"] = write_plots(report, out)
+        write_json(out / "report.json", report)
+        md = report_markdown(report)
+        (out / "report.md").write_text(md, encoding="utf-8")
+        write_latest(out.parent, run_id)
+    report["timings_s"] = {**steps.times}
+    report["total_seconds"] = round(steps.elapsed, 1)
+    write_json(out / "report.json", report)
+    echo("\n" + md)
+    echo(f"report: {out / 'report.md'} (total {steps.elapsed:.1f} s)")
+    return out
+
+
+def overoptimization_run(cfg: DemoConfig, engine, out: Path, start_policy: str, rm_dir: Path, gold_fn,
+                         train_prompts, eval_prompts, progress: bool) -> dict:
+    """A PPO run with (almost) no KL leash: proxy reward keeps rising while gold stalls or falls."""
+    pcfg = load_ppo_config(cfg)
+    steps = cfg.overopt_steps or pcfg.total_steps
+    extra = [f"init_kl_coef={cfg.overopt_kl_coef}", "target=null", "horizon=null", f"total_steps={steps}",
+             f"eval_interval={max(1, min(pcfg.eval_interval, steps // 8 or 1))}"]
+    result, _ = run_ppo(cfg, engine, start_policy=start_policy, reward_dir=rm_dir, gold_fn=gold_fn,
+                        train_prompts=train_prompts, eval_prompts=eval_prompts, work_dir=out / "ppo-overopt",
+                        name="overopt", extra=extra, save=False, progress=progress)
+    return {"kl_coef": cfg.overopt_kl_coef, "steps": steps, "summary": result.summary,
+            "curve": overopt_series(result.metrics)}
+
+
+# ============================================================================ report
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    try:
+        return f"{float(x):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def _acc_line(rm: dict) -> str:
+    parts = []
+    for where in ("human_heldout", "imdb_snippets"):
+        m, t = rm.get(f"model/{where}", {}), rm.get(f"tfidf/{where}", {})
+        if m:
+            parts.append(f"{where}: accuracy {_fmt(m.get('accuracy'))} (TF-IDF {_fmt(t.get('accuracy'))}, n={m.get('n', '?')})")
+    return "; ".join(parts) or "no evaluation metrics"
+
+
+def write_plots(report: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    # 1. gold and reward-model scores before vs after
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    bins = np.linspace(0, 1, 21)
+    for ax, key, title in ((axes[0], "gold", "gold judge P(positive)"), (axes[1], "rm", "reward model P(good)")):
+        ax.hist(report["before"][key], bins=bins, alpha=0.6, label="before (base policy)")
+        ax.hist(report["after"][key], bins=bins, alpha=0.6, label="after PPO")
+        ax.set_title(title)
+        ax.set_xlabel("score")
+        ax.legend()
+    axes[0].set_ylabel("eval samples")
+    fig.tight_layout()
+    fig.savefig(out / "scores_before_after.png", dpi=110)
+    plt.close(fig)
+    files.append("scores_before_after.png")
+
+    # 2. proxy reward and gold score against sqrt(KL) (Gao et al. 2022)
+    curves = [(f"round {x['round']} (default KL)", x["ppo"]["curve"]) for x in report["rounds"]]
+    if report.get("overoptimization"):
+        curves.append((f"KL coef {report['overoptimization']['kl_coef']}", report["overoptimization"]["curve"]))
+    if any(c["sqrt_kl"] for _, c in curves):
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for i, (name, c) in enumerate(curves):
+            color = f"C{i}"
+            ax.plot(c["sqrt_kl"], c["proxy"], "-o", color=color, ms=3, label=f"proxy (reward model), {name}")
+            ax.plot(c["sqrt_kl"], c["gold"], "--s", color=color, ms=3, label=f"gold judge, {name}")
+        ax.set_xlabel("sqrt(KL(policy || start policy)) per sample, sqrt(nats)")
+        ax.set_ylabel("mean P(positive) on eval prompts")
+        ax.set_title("Reward model over-optimisation")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "overoptimization.png", dpi=110)
+        plt.close(fig)
+        files.append("overoptimization.png")
+    return files
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def report_markdown(report: dict) -> str:
+    b, a = report["before"], report["after"]
+    lines = [f"# RLHF demo {report['run_id']}", "",
+             f"Base policy: `{report['base_policy']['path']}` ({'reused' if report['base_policy']['reused'] else 'pretrained in this run'}); "
+             f"final policy: `{report['final_policy']}`; total time {report['total_seconds']} s.", "",
+             "## Before and after (the same held-out prompts)", "",
+             "| | before (base policy) | after PPO |", "|---|---|---|",
+             f"| gold judge: mean P(positive) | {_fmt(b['gold_mean'])} | {_fmt(a['gold_mean'])} |",
+             f"| gold judge: positive rate | {_fmt(b['gold_positive_rate'])} | {_fmt(a['gold_positive_rate'])} |",
+             f"| reward model: mean P(good) | {_fmt(b['rm_mean'])} | {_fmt(a['rm_mean'])} |",
+             f"| reward model agrees with gold | {_fmt(b['rm_gold_agreement'])} | {_fmt(a['rm_gold_agreement'])} |",
+             f"| samples | {b['n']} | {a['n']} |", ""]
+    for x in report["rounds"]:
+        s, lab, rm = x["ppo"]["summary"], x["labels"], x["reward_model"]
+        lines += [f"## Round {x['round']}", "",
+                  f"- labelling: {x['completions']} completions from `{Path(x['policy_in']).name}`, {lab['n_recorded']} judgements "
+                  f"{lab['label_counts']}, per labeller {lab['per_labeler']}",
+                  f"- agreement: mean Cohen's kappa {_fmt(lab['mean_kappa'])}; agreement with gold per labeller {lab['gold_agreement']}",
+                  f"- reward model `{Path(rm['path']).name}`: {_acc_line(rm)}",
+                  f"- PPO: {s.get('steps')} steps in {_fmt(s.get('wall_time_s'), 1)} s; eval reward-model P(good) "
+                  f"{_fmt(s.get('eval/rm_prob_before'))} -> {_fmt(s.get('eval/rm_prob_after'))}, gold {_fmt(s.get('eval/gold_before'))} -> "
+                  f"{_fmt(s.get('eval/gold_after'))}, KL to the start policy {_fmt(s.get('eval/kl_after'))} nats, "
+                  f"distinct-2 {_fmt(s.get('eval/distinct_2_before'))} -> {_fmt(s.get('eval/distinct_2_after'))}", ""]
+    if report.get("overoptimization"):
+        o = report["overoptimization"]
+        s = o["summary"]
+        lines += ["## Reward hacking (over-optimisation)", "",
+                  f"PPO with KL coefficient {o['kl_coef']} for {o['steps']} steps: reward-model P(good) "
+                  f"{_fmt(s.get('eval/rm_prob_before'))} -> {_fmt(s.get('eval/rm_prob_after'))}, gold "
+                  f"{_fmt(s.get('eval/gold_before'))} -> {_fmt(s.get('eval/gold_after'))}, KL {_fmt(s.get('eval/kl_after'))} nats.",
+                  "When the proxy keeps rising while the gold score stalls or falls, the policy is exploiting the reward model.", ""]
+    lines += ["## Samples", "", "| prompt | before | gold / RM | after | gold / RM |", "|---|---|---|---|---|"]
+    for s in report["samples"]:
+        lines.append(f"| {_cell(s['prompt'])} | {_cell(s['before'])} | {_fmt(s['gold_before'], 2)} / {_fmt(s['rm_before'], 2)} "
+                     f"| {_cell(s['after'])} | {_fmt(s['gold_after'], 2)} / {_fmt(s['rm_after'], 2)} |")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
+    lines += ["", "## Time per step (s)", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in report["timings_s"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def overoptimization_only(cfg: DemoConfig, run_dir: Path | None = None, *, progress: bool = True, echo=print) -> Path:
+    """``python -m demo overoptimization``: add the tiny-KL run to an existing demo report
+    (the newest one by default), against that run's final reward model and start policy."""
+    import db
+    from common.gold import GoldJudge
+    from common.paths import resolve_latest
+
+    run_dir = Path(run_dir) if run_dir is not None else resolve_latest(artifacts_root() / "demo")
+    if run_dir is None or not (run_dir / "report.json").is_file():
+        raise UserError("there is no demo report to add the over-optimisation run to.",
+                        "run `make demo` first (or `python -m demo --overoptimization` to do both at once).")
+    report = json.loads((run_dir / "report.json").read_text())
+    steps = Steps(2, echo)
+    engine = db.connect()
+    gold = GoldJudge.load_or_fit(cfg.gold)
+    pcfg = load_ppo_config(cfg)
+    with steps.step("over-optimisation", f"PPO with KL coefficient {cfg.overopt_kl_coef} against {Path(report['final_reward_model']).name}"):
+        report["overoptimization"] = overoptimization_run(
+            cfg, engine, run_dir, report["rounds"][-1]["policy_in"], Path(report["final_reward_model"]), gold.score,
+            prompts_for("train", pcfg.num_train_prompts, seed=cfg.seed + 11),
+            prompts_for("test", cfg.n_eval_prompts, seed=cfg.seed + 7), progress)
+    with steps.step("report", "update report.md, report.json and plots"):
+        report["timings_s"]["over-optimisation"] = steps.times["over-optimisation"]
+        report["plots"] = write_plots(report, run_dir)
+        write_json(run_dir / "report.json", report)
+        md = report_markdown(report)
+        (run_dir / "report.md").write_text(md, encoding="utf-8")
+    echo("\n" + md)
+    return run_dir
