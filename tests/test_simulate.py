@@ -83,7 +83,7 @@ def test_twenty_percent_noise_disagrees_about_twenty_percent(engine):
     wrong = np.mean([ex.label != float(gold[ex.completion_id] > 0.5) for ex in db.labelled_dataset(engine)])
     # binomial(300, 0.2): sd 0.023, so +-0.07 is 3 sd (and the seeds are fixed)
     assert 0.13 < wrong < 0.27
-    assert res.gold_agreement["noisy"] == pytest.approx(1 - wrong, abs=1e-6)
+    assert res.gold_agreement["noisy"] == pytest.approx(1 - wrong, abs=1e-3)
 
 
 def test_queue_exhaustion_and_rerun_is_deterministic(smoke_env, tmp_path, monkeypatch):
