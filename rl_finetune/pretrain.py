@@ -1,0 +1,492 @@
+"""Stage 1 of the offline default: pretrain a small GPT-2 on the IMDB reviews.
+
+Users with internet start RLHF from ``gpt2`` or ``lvwerra/gpt2-imdb``. Here no weights can be
+fetched, so ``python -m rl_finetune pretrain`` (``make base-model``) trains a
+``GPT2LMHeadModel`` from scratch on the IMDB train text, in a fixed CPU time budget:
+
+1. tokenizer: an 8k byte-level BPE trained on the reviews (default) or GPT-2's own vocabulary;
+2. data: every review tokenized once, joined with ``<|endoftext|>`` into one stream (cached);
+   a step trains on ``batch_size`` random windows of ``block_size`` tokens;
+3. optional curriculum: the first ``curriculum_fraction`` of the budget trains on short windows
+   (IMDB, or the Rotten Tomatoes one-sentence reviews), which are cheaper per token;
+4. AdamW, linear warm-up, cosine decay over the budget (steps or minutes, whichever ends first),
+   bf16 autocast on CPU;
+5. evaluation on the IMDB test text (loss, perplexity, bits per character), samples from fixed
+   prompts, an atomic save in plain Hugging Face format to ``$RLHF_ARTIFACTS/base_policy/``,
+   and a row in the database's model versions.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from common.config import to_dict
+from common.errors import ConfigError, UserError
+from common.imdb import DataConfig, load_imdb, rotten_tomatoes_sentences
+from common.paths import artifacts_root, atomic_dir, base_policy_dir, write_json
+
+log = logging.getLogger(__name__)
+
+#: Openings every run samples from, so runs can be compared side by side in ``metrics.json``.
+SAMPLE_PROMPTS = [
+    "This movie was",
+    "I watched this film last night and",
+    "The acting in this movie",
+    "What a waste of",
+    "One of the best films",
+    "I don't know much about Hungarian underground",
+    "The plot of this movie",
+    "I was really looking forward to",
+    "If you like horror movies,",
+    "My wife and I",
+]
+
+
+@dataclass
+class PretrainConfig:
+    """The ``pretrain`` section: a small GPT-2 trained on the IMDB text in a fixed budget."""
+
+    tokenizer: Literal["bpe8k", "gpt2"] = field(default="bpe8k", metadata={"help": "bpe8k = byte-level BPE trained on the IMDB text (fast, default); gpt2 = GPT-2's own 50,257-token vocabulary"})
+    vocab_size: int = field(default=8192, metadata={"help": "entries of the bpe8k tokenizer"})
+    init_from: str | None = field(default=None, metadata={"help": "start from this causal LM (path or hub name, e.g. gpt2 or lvwerra/gpt2-imdb) instead of random weights; its own tokenizer is used"})
+    n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
+    n_head: int = field(default=4, metadata={"help": "attention heads (n_embd must divide by it)"})
+    n_embd: int = field(default=256, metadata={"help": "width of the residual stream"})
+    n_ctx: int = field(default=256, metadata={"help": "context length of the model (positions); prompts + completions must fit"})
+    block_size: int = field(default=128, metadata={"help": "tokens per training window (<= n_ctx)"})
+    batch_size: int = field(default=32, metadata={"help": "windows per optimisation step"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate"})
+    min_lr: float = field(default=1e-4, metadata={"help": "learning rate at the end of the cosine decay"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    schedule: Literal["cosine", "linear", "constant"] = field(default="cosine", metadata={"help": "decay from lr to min_lr over the budget"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices (not on biases, norms)"})
+    beta2: float = field(default=0.99, metadata={"help": "AdamW beta2 (beta1 is 0.9)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0 = off)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout in the model (0: the budget is far below one epoch)"})
+    max_minutes: float | None = field(default=18.0, metadata={"help": "wall-clock budget of the training loop; null = no limit"})
+    max_steps: int | None = field(default=None, metadata={"help": "step budget; null = no limit (one of max_minutes/max_steps is required). 0 with init_from = just save that model"})
+    curriculum: Literal["none", "short", "rt"] = field(default="none", metadata={"help": "first phase: none; short = IMDB windows of curriculum_block tokens; rt = Rotten Tomatoes one-sentence reviews"})
+    curriculum_fraction: float = field(default=0.2, metadata={"help": "share of the budget spent in the curriculum phase"})
+    curriculum_block: int = field(default=48, metadata={"help": "window length in the curriculum phase (tokens per step stay the same)"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CPU (about 2x faster matmuls here); weights stay fp32"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model (needs a C++ compiler; slow first steps)"})
+    eval_every: int = field(default=0, metadata={"help": "evaluate on the test text every N steps (0 = only at the end)"})
+    eval_tokens: int = field(default=65536, metadata={"help": "test tokens per evaluation"})
+    checkpoint_every: int = field(default=500, metadata={"help": "save a resumable checkpoint every N steps (0 = never)"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, batches and samples"})
+    threads: int | None = field(default=None, metadata={"help": "torch threads (null = all cores)"})
+    sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS), metadata={"help": "fixed openings sampled into metrics.json"})
+    sample_max_new_tokens: int = field(default=40, metadata={"help": "tokens per sample in metrics.json"})
+
+    def validate(self) -> None:
+        if self.max_minutes is None and self.max_steps is None:
+            raise ConfigError("pretrain needs a budget: max_minutes and max_steps are both null.", "set pretrain.max_minutes or pretrain.max_steps.")
+        if self.max_steps == 0 and not self.init_from:
+            raise ConfigError("pretrain.max_steps=0 only makes sense with init_from (save a model as is).", "set max_steps > 0 or init_from.")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"pretrain.n_embd={self.n_embd} is not divisible by n_head={self.n_head}.", "pick n_head dividing n_embd (e.g. n_embd/64).")
+        if not 1 < self.block_size <= self.n_ctx:
+            raise ConfigError(f"pretrain.block_size={self.block_size} must be in 2..n_ctx={self.n_ctx}.", "lower block_size or raise n_ctx.")
+        if not 1 < self.curriculum_block <= self.block_size:
+            raise ConfigError(f"pretrain.curriculum_block={self.curriculum_block} must be in 2..block_size.", "lower curriculum_block.")
+        if not 0.0 <= self.curriculum_fraction < 1.0:
+            raise ConfigError(f"pretrain.curriculum_fraction={self.curriculum_fraction} must be in [0, 1).", "use e.g. 0.2.")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"pretrain.lr={self.lr}, min_lr={self.min_lr}: need 0 <= min_lr <= lr, lr > 0.", "fix the learning rates.")
+        if self.batch_size < 1:
+            raise ConfigError("pretrain.batch_size must be >= 1.", "use e.g. 32.")
+
+    @property
+    def max_seconds(self) -> float | None:
+        return None if self.max_minutes is None else 60.0 * self.max_minutes
+
+    @property
+    def arch(self) -> dict[str, Any]:
+        """The fields a checkpoint must agree on to be resumed."""
+        return {k: getattr(self, k) for k in ("tokenizer", "vocab_size", "init_from", "n_layer", "n_head", "n_embd", "n_ctx")}
+
+
+# ----------------------------------------------------------------------------------- data
+
+def encode_stream(tok, texts: Sequence[str], batch: int = 1000) -> np.ndarray:
+    """Every text tokenized and followed by ``<|endoftext|>``, as one flat array."""
+    eos = tok.eos_token_id
+    backend = tok.backend_tokenizer  # the Rust tokenizer: no length warnings, fast batches
+    parts = []
+    for i in range(0, len(texts), batch):
+        for enc in backend.encode_batch(list(texts[i:i + batch]), add_special_tokens=False):
+            parts.append(enc.ids)
+            parts.append([eos])
+    dtype = np.uint16 if len(tok) <= 65535 else np.int32
+    return np.fromiter((t for p in parts for t in p), dtype=dtype)
+
+
+def cached_stream(tok, texts: Sequence[str], name: str, cache_dir: Path | None = None) -> np.ndarray:
+    """:func:`encode_stream`, kept as ``.npy`` under ``$RLHF_ARTIFACTS/cache/pretrain/``."""
+    from rl_finetune.tokenizer import corpus_fingerprint
+
+    vocab_sig = corpus_fingerprint([tok.decode(list(range(min(len(tok), 300))))], len(tok))
+    cache_dir = cache_dir or artifacts_root() / "cache" / "pretrain"
+    path = cache_dir / f"{name}-{corpus_fingerprint(texts)}-{vocab_sig}.npy"
+    if path.is_file():
+        return np.load(path)
+    arr = encode_stream(tok, texts)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+    return arr
+
+
+def detokenize_rt(text: str) -> str:
+    """Undo the Rotten Tomatoes sentences' tokenisation: ``"it's a mess , really ."`` ->
+    ``"It's a mess, really."`` (so the curriculum does not teach spaced punctuation)."""
+    text = re.sub(r" ([.,;:!?)%])", r"\1", text)
+    text = re.sub(r"([(\$]) ", r"\1", text)
+    text = re.sub(r" (n't|'s|'re|'ve|'ll|'d|'m)\b", r"\1", text)
+    text = re.sub(r"(^|[.!?] )([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
+    text = re.sub(r"\bi\b", "I", text)
+    return text.strip()
+
+
+def sample_batch(stream: np.ndarray, batch_size: int, block: int, rng: np.random.Generator) -> torch.Tensor:
+    """``batch_size`` random windows of ``block`` tokens from ``stream``: (B, T) int64."""
+    starts = rng.integers(0, len(stream) - block, size=batch_size)
+    return torch.from_numpy(np.stack([stream[s:s + block] for s in starts]).astype(np.int64))
+
+
+# ------------------------------------------------------------------------------ schedule
+
+def lr_at(progress: float, step: int, cfg: PretrainConfig) -> float:
+    """Learning rate after ``step`` steps at ``progress`` (0..1 of the budget)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = min(max(progress, 0.0), 1.0)
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "linear":
+        return cfg.lr + (cfg.min_lr - cfg.lr) * p
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * p))
+
+
+def budget_progress(step: int, elapsed: float, cfg: PretrainConfig) -> float:
+    """How much of the budget is spent: the larger of the step and time fractions."""
+    fracs = []
+    if cfg.max_steps:
+        fracs.append(step / cfg.max_steps)
+    if cfg.max_seconds:
+        fracs.append(elapsed / cfg.max_seconds)
+    return max(fracs) if fracs else 1.0
+
+
+# --------------------------------------------------------------------------------- model
+
+def build_model(cfg: PretrainConfig, tok):
+    """A randomly initialised ``GPT2LMHeadModel`` sized by ``cfg`` for ``tok``'s vocabulary."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(cfg.seed)
+    config = GPT2Config(
+        vocab_size=len(tok), n_positions=cfg.n_ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
+        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (embeddings and linear weights), not on biases and norms."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    log.info("optimizer: %d tensors with weight decay (%.2fM params), %d without",
+             len(decay), sum(p.numel() for p in decay) / 1e6, len(no_decay))
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, cfg.beta2),
+    )
+
+
+def autocast(cfg: PretrainConfig):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+
+
+@torch.no_grad()
+def evaluate(model, stream: np.ndarray, cfg: PretrainConfig, chars_per_token: float | None = None) -> dict[str, float]:
+    """Mean next-token loss on consecutive windows of ``stream`` (up to ``eval_tokens``), its
+    perplexity, and bits per character (comparable across tokenizers)."""
+    was_training = model.training
+    model.eval()
+    block = cfg.block_size
+    n_windows = max(1, min(cfg.eval_tokens, len(stream) - 1) // block)
+    total, count = 0.0, 0
+    for i in range(0, n_windows, cfg.batch_size):
+        rows = [stream[j * block:(j + 1) * block] for j in range(i, min(i + cfg.batch_size, n_windows))]
+        x = torch.from_numpy(np.stack(rows).astype(np.int64))
+        with autocast(cfg):
+            logits = model(input_ids=x).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="sum")
+        total += float(loss)
+        count += x[:, 1:].numel()
+    model.train(was_training)
+    mean = total / max(count, 1)
+    out = {"val_loss": mean, "val_perplexity": math.exp(min(mean, 50.0)), "val_tokens": count}
+    if chars_per_token:
+        out["val_bits_per_char"] = mean / math.log(2) / chars_per_token
+    return out
+
+
+@torch.no_grad()
+def sample_texts(model, tok, prompts: Sequence[str], max_new_tokens: int, seed: int = 0) -> list[str]:
+    """One pure sample (temperature 1, no top-k/top-p: what PPO samples) per prompt, prompt included."""
+    from rl_finetune.generate import GenerateConfig, generate_completions
+
+    gcfg = GenerateConfig(max_new_tokens=max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, seed=seed)
+    return [r["prompt"] + r["text"] for r in generate_completions(model, tok, list(prompts), gcfg)]
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+def checkpoint_dir() -> Path:
+    return artifacts_root() / "checkpoints" / "pretrain"
+
+
+def save_checkpoint(folder: Path, model, optimizer, tok, state: dict[str, Any]) -> None:
+    """Everything needed to resume, written atomically (``last.pt`` + the tokenizer)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "tokenizer" / "tokenizer.json").is_file():
+        with atomic_dir(folder / "tokenizer") as tmp:
+            tok.save_pretrained(tmp)
+    tmp = folder / ".last.pt.tmp"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, tmp)
+    os.replace(tmp, folder / "last.pt")
+
+
+def load_checkpoint(folder: Path, cfg: PretrainConfig) -> dict[str, Any]:
+    path = folder / "last.pt"
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint at {str(path)!r}.", "run `python -m rl_finetune pretrain` without --resume first.")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("arch") != cfg.arch:
+        raise UserError(
+            f"--resume: the checkpoint in {str(folder)!r} was trained with {ckpt.get('arch')}, not {cfg.arch}.",
+            "resume with the same model settings, or start fresh without --resume.",
+        )
+    return ckpt
+
+
+# ------------------------------------------------------------------------------- training
+
+@dataclass
+class PretrainResult:
+    model: Any
+    tokenizer: Any
+    metrics: dict[str, Any]
+    losses: list[float]
+
+
+def prepare_tokenizer(cfg: PretrainConfig, train_texts: Sequence[str]):
+    """The tokenizer ``cfg`` asks for (``init_from`` brings its own)."""
+    if cfg.init_from:
+        from rl_finetune.policy import load_policy
+
+        return load_policy(cfg.init_from)[1]
+    from rl_finetune.tokenizer import build_tokenizer
+
+    return build_tokenizer(cfg.tokenizer, train_texts, vocab_size=cfg.vocab_size)
+
+
+def train(
+    cfg: PretrainConfig,
+    data_cfg: DataConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> PretrainResult:
+    """Train the base policy; returns the model, tokenizer, metrics and the loss per step.
+    Saves nothing but checkpoints (see :func:`save_base_policy`)."""
+    from tqdm.auto import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+    data_cfg = data_cfg or DataConfig()
+    dd = load_imdb(data_cfg)
+    train_texts, test_texts = dd["train"]["text"], dd["test"]["text"]
+
+    # 1. tokenizer and token streams
+    tok = prepare_tokenizer(cfg, train_texts)
+    train_stream = cached_stream(tok, train_texts, "train")
+    test_stream = cached_stream(tok, test_texts, "test")
+    chars_per_token = sum(len(t) + 1 for t in test_texts) / max(len(test_stream), 1)
+    log.info("data: %d train tokens, %d test tokens (%.2f chars/token), vocab %d",
+             len(train_stream), len(test_stream), chars_per_token, len(tok))
+    short_stream = train_stream
+    if cfg.curriculum == "rt":
+        short_stream = cached_stream(tok, [detokenize_rt(t) for t, _ in rotten_tomatoes_sentences()], "rt")
+
+    # 2. model and optimizer
+    if cfg.init_from:
+        from rl_finetune.policy import load_policy
+
+        model = load_policy(cfg.init_from)[0]
+    else:
+        model = build_model(cfg, tok)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model: %.2fM parameters (%d layers, d=%d, %d heads, ctx %d)", n_params / 1e6,
+             cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_ctx)
+    optimizer = make_optimizer(model, cfg)
+    step, tokens_seen, elapsed, losses = 0, 0, 0.0, []
+    rng = np.random.default_rng(cfg.seed)
+    ckpt_dir = checkpoint_dir()
+    if resume:
+        ckpt = load_checkpoint(ckpt_dir, cfg)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, tokens_seen, elapsed, losses = ckpt["step"], ckpt["tokens_seen"], ckpt["elapsed"], ckpt["losses"]
+        rng.bit_generator.state = ckpt["rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        log.info("resumed from %s at step %d (%.1f min trained)", ckpt_dir, step, elapsed / 60)
+    fwd = torch.compile(model) if cfg.compile else model
+    model.train()
+    tokens_per_step = cfg.batch_size * cfg.block_size
+
+    # 3. the loop: until the step or time budget is spent
+    bar = tqdm(total=cfg.max_steps or int(cfg.max_seconds or 0), initial=step if cfg.max_steps else int(elapsed),
+               unit="step" if cfg.max_steps else "s", disable=not progress, dynamic_ncols=True, desc="pretrain")
+    evals: list[dict[str, Any]] = []
+    loop_start = time.time() - elapsed
+    rate_t, rate_tokens = time.time(), tokens_seen
+    while cfg.max_steps != 0:
+        elapsed = time.time() - loop_start
+        frac = budget_progress(step, elapsed, cfg)
+        if frac >= 1.0:
+            break
+        lr = lr_at(frac, step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if cfg.curriculum != "none" and frac < cfg.curriculum_fraction:
+            block = cfg.curriculum_block
+            x = sample_batch(short_stream, max(1, tokens_per_step // block), block, rng)
+        else:
+            x = sample_batch(train_stream, cfg.batch_size, cfg.block_size, rng)
+        with autocast(cfg):
+            loss = fwd(input_ids=x, labels=x).loss
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += x.numel()
+        losses.append(float(loss))
+        if on_step:
+            on_step(step, losses[-1])
+        if step % 10 == 0:
+            now = time.time()
+            rate = (tokens_seen - rate_tokens) / max(now - rate_t, 1e-9)
+            rate_t, rate_tokens = now, tokens_seen
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}")
+        if cfg.max_steps:
+            bar.update(1)
+        else:
+            bar.update(int(time.time() - loop_start) - bar.n)
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            ev = evaluate(model, test_stream, cfg, chars_per_token)
+            evals.append({"step": step, "tokens_seen": tokens_seen, **ev})
+            log.info("step %d: val loss %.3f, perplexity %.1f", step, ev["val_loss"], ev["val_perplexity"])
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            save_checkpoint(ckpt_dir, model, optimizer, tok, {
+                "step": step, "tokens_seen": tokens_seen, "elapsed": time.time() - loop_start, "losses": losses,
+                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "arch": cfg.arch,
+                "config": to_dict(cfg)})
+    bar.close()
+    train_seconds = time.time() - loop_start
+
+    # 4. evaluation and samples
+    model.eval()
+    final = evaluate(model, test_stream, cfg, chars_per_token)
+    samples = sample_texts(model, tok, cfg.sample_prompts, cfg.sample_max_new_tokens, seed=cfg.seed)
+    metrics = {
+        **final,
+        "train_loss_last100": float(np.mean(losses[-100:])) if losses else None,
+        "steps": step,
+        "tokens_seen": tokens_seen,
+        "train_tokens_per_second": tokens_seen / train_seconds if train_seconds > 0 else None,
+        "train_minutes": train_seconds / 60,
+        "wall_minutes": (time.time() - t_start) / 60,
+        "n_params": n_params,
+        "tokenizer": "init_from" if cfg.init_from else cfg.tokenizer,
+        "vocab_size": len(tok),
+        "chars_per_token": chars_per_token,
+        "evals": evals,
+        "samples": samples,
+        "config": to_dict(cfg),
+        "torch": torch.__version__,
+        "nproc": os.cpu_count(),
+    }
+    log.info("done: %d steps, %.2fM tokens, val loss %.3f, perplexity %.1f, %.3f bits/char",
+             step, tokens_seen / 1e6, final["val_loss"], final["val_perplexity"], final.get("val_bits_per_char", float("nan")))
+    return PretrainResult(model=model, tokenizer=tok, metrics=metrics, losses=losses)
+
+
+def generation_config(tok, max_new_tokens: int = 48):
+    """The sampling defaults saved beside the model: pure sampling (what PPO uses), stop at EOS."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+    )
+
+
+def save_policy_folder(folder: Path, model, tok, metrics: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` + ``tok`` + generation config (+ ``metrics.json``) to ``folder`` atomically:
+    an interrupted save leaves the previous folder as it was."""
+    folder = Path(folder)
+    model.generation_config = generation_config(tok)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        if metrics is not None:
+            write_json(tmp / "metrics.json", metrics)
+    return folder
+
+
+def save_base_policy(result: PretrainResult, folder: Path | None = None) -> Path:
+    """Write the trained base policy to ``folder`` (default ``$RLHF_ARTIFACTS/base_policy``)."""
+    return save_policy_folder(folder or base_policy_dir(), result.model, result.tokenizer, result.metrics)
+
+
+def register_base_policy(path: Path, metrics: dict[str, Any], engine=None) -> int:
+    """Record the saved base policy as a policy model version in the database; returns its id."""
+    from rl_finetune.policy import register_policy
+
+    slim = {k: v for k, v in metrics.items() if k not in ("samples", "evals", "config")}
+    return register_policy(path, name="base_policy", metrics=slim, engine=engine)
+
+
+def format_summary(metrics: dict[str, Any], path: Path) -> str:
+    lines = [
+        f"base policy saved to {path}",
+        f"  val loss {metrics['val_loss']:.3f}  perplexity {metrics['val_perplexity']:.1f}"
+        + (f"  bits/char {metrics['val_bits_per_char']:.3f}" if "val_bits_per_char" in metrics else ""),
+        f"  {metrics['steps']} steps, {metrics['tokens_seen'] / 1e6:.2f}M tokens in {metrics['train_minutes']:.1f} min"
+        + (f" ({metrics['train_tokens_per_second']:.0f} tokens/s)" if metrics.get("train_tokens_per_second") else ""),
+        "  samples:",
+    ]
+    lines += [f"    {json.dumps(s, ensure_ascii=False)}" for s in metrics["samples"][:5]]
+    return "\n".join(lines)
