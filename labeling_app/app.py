@@ -17,14 +17,14 @@ from labeling_app import ui  # noqa: E402
 
 _HERE = Path(__file__).resolve().parent
 
-st.set_page_config(page_title="RLHF labelling", page_icon="🏷️", layout="centered")
+st.set_page_config(page_title="RLHF labelling", page_icon=":material/label:", layout="centered")
 
 ctx = ui.bootstrap()
 st.session_state["_ctx"] = ctx
 
 if not ui.try_resume_sign_in(ctx):
     # Nothing but the sign-in form until a labeller (and the token, if one is set) is given.
-    st.navigation([st.Page(_HERE / "pages" / "sign_in.py", title="Sign in")], position="hidden").run()
+    st.navigation([st.Page(_HERE / "views" / "sign_in.py", title="Sign in")], position="hidden").run()
     st.stop()
 
 st.session_state["_ctx"] = ui.bootstrap()
@@ -36,8 +36,8 @@ with st.sidebar:
         st.rerun()
 
 pages = [
-    st.Page(_HERE / "pages" / "label.py", title="Label", icon="🏷️", url_path="label", default=True),
-    st.Page(_HERE / "pages" / "stats.py", title="Stats", icon="📊", url_path="stats"),
-    st.Page(_HERE / "pages" / "data.py", title="Data", icon="💾", url_path="data"),
+    st.Page(_HERE / "views" / "label.py", title="Label", icon=":material/label:", url_path="label", default=True),
+    st.Page(_HERE / "views" / "stats.py", title="Stats", icon=":material/bar_chart:", url_path="stats"),
+    st.Page(_HERE / "views" / "data.py", title="Data", icon=":material/database:", url_path="data"),
 ]
 st.navigation(pages).run()

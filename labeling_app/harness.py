@@ -19,7 +19,7 @@ CHROMIUM_ARGS = [
     "--disable-sync", "--no-first-run",
 ]
 
-# Where things are on the labelling page (stable keys set in pages/label.py).
+# Where things are on the labelling page (stable keys set in views/label.py).
 COMPLETION_CAPTION = ".st-key-completion_box [data-testid='stCaptionContainer']"
 COMPLETION_TEXT = ".st-key-completion_box [data-testid='stText']"
 

@@ -156,8 +156,11 @@ def maybe_refill(refiller: Refiller, engine, cfg: LabelConfig, queue_left: int, 
     """Start a background refill when the queue is low (or when ``force``); return a message to show."""
     if refiller.running():
         return refiller.status.message
-    if not force and (not cfg.auto_refill or queue_left >= cfg.prefetch or refiller.recently_tried()):
-        return None
+    if not force:
+        if not cfg.auto_refill or queue_left >= cfg.prefetch:
+            return None
+        if refiller.recently_tried():
+            return refiller.status.message or None
     policy_path = resolve_policy(engine, cfg.policy)
     if policy_path is None:
         refiller.note(

@@ -30,8 +30,8 @@ def get_engine(url: str):
 
 
 @st.cache_resource(show_spinner=False)
-def get_refiller() -> runtime.Refiller:
-    """The process-wide refill guard (one background refill at a time, whatever the sessions)."""
+def get_refiller(url: str) -> runtime.Refiller:
+    """The refill guard for one database: one background refill at a time, whatever the sessions."""
     return runtime.Refiller()
 
 

@@ -77,7 +77,7 @@ def test_maybe_refill_without_policy_degrades(smoke_env):
     assert runtime.maybe_refill(refiller, engine, cfg, queue_left=50) is None  # enough left
     msg = runtime.maybe_refill(refiller, engine, cfg, queue_left=0)
     assert "No policy" in msg and not refiller.running()
-    assert runtime.maybe_refill(refiller, engine, cfg, queue_left=0) is None  # not retried at once
+    assert runtime.maybe_refill(refiller, engine, cfg, queue_left=0) == msg  # not retried at once, still said
 
 
 def _frame():

@@ -117,15 +117,13 @@ def labelling() -> None:
     item = state.item
     if item is None:
         st.success("Nothing left for you to label right now.")
+        st.button("Undo", key="undo", on_click=_undo, shortcut=SHORTCUTS["undo"])
         left = 0
     else:
-        with st.container(border=True, key="prompt_box"):
-            st.caption("PROMPT (the opening the model was given)")
-            st.text(item.prompt)
-        with st.container(border=True, key="completion_box"):
-            st.caption(f"COMPLETION #{item.completion_id} (judge this part)")
-            st.text(item.completion)
         cid = item.completion_id
+        # The buttons are sent before the texts (into a container placed above them), so by the
+        # time a new item is visible its buttons, which carry its id, are already in place.
+        texts = st.container()
         cols = st.columns(4)
         cols[0].button("Good", key=f"good-{cid}", on_click=_judge, args=(cid, "good"), type="primary",
                        shortcut=SHORTCUTS["good"], width="stretch")
@@ -133,14 +131,20 @@ def labelling() -> None:
                        shortcut=SHORTCUTS["bad"], width="stretch")
         cols[2].button("Skip", key=f"skip-{cid}", on_click=_judge, args=(cid, "skip"),
                        shortcut=SHORTCUTS["skip"], width="stretch")
+        cols[3].button("Undo", key="undo", on_click=_undo, shortcut=SHORTCUTS["undo"], width="stretch")
+        with texts:
+            with st.container(border=True, key="prompt_box"):
+                st.caption("PROMPT (the opening the model was given)")
+                st.text(item.prompt)
+            with st.container(border=True, key="completion_box"):
+                st.caption(f"COMPLETION #{cid} (judge this part)")
+                st.text(item.completion)
         left = db.queue_size(ctx.engine, ctx.labeler_id, overlap=cfg.overlap)
-    undo_col = cols[3] if item is not None else st
-    undo_col.button("Undo", key="undo", on_click=_undo, shortcut=SHORTCUTS["undo"], width="stretch")
     _flash()
     counts = _counts()
     st.caption(f"You today: {counts['today']} · you in total: {counts['total']} · left in the queue: {left}",
                help="judgements including skips; the queue counts items you could still get")
-    message = runtime.maybe_refill(ui.get_refiller(), ctx.engine, cfg, left)
+    message = runtime.maybe_refill(ui.get_refiller(ctx.url), ctx.engine, cfg, left)
     if message:
         st.caption(message)
     if item is None:

@@ -33,15 +33,15 @@ if st.button("Prepare export", key="export"):
                     for p in sorted(out.rglob("*")):
                         if p.is_file():
                             zf.write(p, Path(name) / p.relative_to(out))
-                st.session_state.export = (f"{name}.zip", buf.getvalue(), "application/zip")
+                st.session_state.export_file = (f"{name}.zip", buf.getvalue(), "application/zip")
             else:
                 mime = "application/jsonl" if fmt == "jsonl" else "text/csv"
-                st.session_state.export = (out.name, out.read_bytes(), mime)
+                st.session_state.export_file = (out.name, out.read_bytes(), mime)
     except UserError as err:
-        st.session_state.pop("export", None)
+        st.session_state.pop("export_file", None)
         st.error(str(err))
-if "export" in st.session_state:
-    file_name, data, mime = st.session_state.export
+if "export_file" in st.session_state:
+    file_name, data, mime = st.session_state.export_file
     st.download_button(f"Download {file_name} ({len(data):,} bytes)", data, file_name=file_name, mime=mime,
                        key="download", type="primary", on_click="ignore")
 
@@ -63,7 +63,7 @@ if upload is not None and st.button("Import prompts", key="import"):
 # ---------------------------------------------------------------------------- queue
 st.markdown("#### Queue")
 left = db.queue_size(ctx.engine, ctx.labeler_id, overlap=cfg.overlap)
-refiller = ui.get_refiller()
+refiller = ui.get_refiller(ctx.url)
 st.text(f"Items you can still label: {left}\n"
         f"Refill policy: {cfg.policy} · batch {cfg.refill_batch} · automatic below {cfg.prefetch} "
         f"({'on' if cfg.auto_refill else 'off'})")

@@ -1,0 +1,124 @@
+"""Labelling speed in a real browser (Debian's chromium through Playwright) and db write latency.
+
+Figures (one JSON line each):
+- ``next_item_ms``: key press -> next item rendered, p50/p95/max over ``--items`` judgements
+  (keydown timed in the page's capture phase; "rendered" = the completion caption in the DOM changed);
+- ``judgements_per_minute``: a scripted labeller that presses the next key as soon as the item shows;
+- ``db_write_ms``: ``db.record_judgement`` alone (one committed upsert), p50/p95 over ``--writes``;
+- ``db_next_item_ms``: ``db.next_item`` alone (lease the next item), p50/p95.
+
+Run: ``flock /tmp/rlhf-cpu.lock python benchmarks/bench_labeling.py`` (about a minute).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from labeling_app import harness  # noqa: E402
+
+
+def pct(xs: list[float], q: float) -> float:
+    import numpy as np
+
+    return round(float(np.percentile(np.asarray(xs), q)), 2)
+
+
+def machine() -> dict:
+    try:
+        import torch
+
+        tv = torch.__version__
+    except ImportError:
+        tv = None
+    import streamlit
+
+    return {"nproc": os.cpu_count(), "torch": tv, "streamlit": streamlit.__version__, "python": platform.python_version()}
+
+
+def seed(url: str, n: int) -> None:
+    import db
+
+    engine = db.connect(url)
+    db.add_completions(engine, [
+        db.NewCompletion(prompt=f"The film number {i} was", text=f" a quiet, well acted drama about item {i}; "
+                         "the ending surprised me and the score was lovely.", model_version_id=None, gen_params={})
+        for i in range(n)
+    ])
+
+
+def bench_browser(tmp: Path, n_items: int) -> dict:
+    url = f"sqlite:///{tmp / 'browser.sqlite'}"
+    seed(url, n_items + 30)
+    env = {"RLHF_DB_URL": url, "RLHF_CONFIG": str(REPO / "configs" / "smoke.yaml"),
+           "RLHF_ARTIFACTS": str(tmp / "artifacts")}
+    with harness.running_app(env, log_path=tmp / "streamlit.log") as base, harness.chromium_page() as page:
+        harness.sign_in(page, base, "bench")
+        current = harness.current_completion_id(page)
+        for _ in range(5):  # warm-up (imports, first fragment runs)
+            current = harness.press_and_wait_next(page, "g", current)
+        page.evaluate(harness.LATENCY_PROBE, [harness.COMPLETION_CAPTION])
+        t0 = time.perf_counter()
+        for i in range(n_items):
+            current = harness.press_and_wait_next(page, "gb"[i % 2], current)
+        elapsed = time.perf_counter() - t0
+        lat = page.evaluate("window.__lat")
+        page.screenshot(path=str(tmp / "bench.png"))
+    return {"latencies": lat, "elapsed_s": elapsed, "n": n_items}
+
+
+def bench_db(tmp: Path, n_writes: int) -> dict:
+    import db
+
+    url = f"sqlite:///{tmp / 'writes.sqlite'}"
+    seed(url, n_writes)
+    engine = db.connect(url)
+    lid = db.get_or_create_labeler(engine, "writer")
+    writes, fetches = [], []
+    for _ in range(n_writes):
+        t = time.perf_counter()
+        item = db.next_item(engine, lid, session_key="benchsession", overlap=1)
+        fetches.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        db.record_judgement(engine, labeler_id=lid, completion_id=item.completion_id, label="good", seconds=1.0)
+        writes.append((time.perf_counter() - t) * 1000)
+    return {"writes": writes, "fetches": fetches}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=100, help="judgements timed in the browser")
+    parser.add_argument("--writes", type=int, default=300, help="db writes timed")
+    parser.add_argument("--screenshot", type=Path, default=None, help="also save the last page as PNG here")
+    args = parser.parse_args()
+    if not harness.CHROMIUM.exists():
+        raise SystemExit("error: /usr/bin/chromium is missing. Fix: apt-get install -y chromium")
+    command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
+    base = {"command": command, **machine()}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        d_res = bench_db(tmp, args.writes)
+        print(json.dumps({**base, "figure": "db_write_ms", "backend": "sqlite", "n": args.writes,
+                          "p50": pct(d_res["writes"], 50), "p95": pct(d_res["writes"], 95)}))
+        print(json.dumps({**base, "figure": "db_next_item_ms", "backend": "sqlite", "n": args.writes,
+                          "p50": pct(d_res["fetches"], 50), "p95": pct(d_res["fetches"], 95)}))
+        b = bench_browser(tmp, args.items)
+        lat = b["latencies"]
+        print(json.dumps({**base, "figure": "next_item_ms", "n": len(lat), "p50": pct(lat, 50), "p95": pct(lat, 95),
+                          "max": round(max(lat), 2), "goal_p95": 100.0, "goal_met": pct(lat, 95) <= 100.0}))
+        print(json.dumps({**base, "figure": "judgements_per_minute", "n": b["n"],
+                          "value": round(b["n"] / b["elapsed_s"] * 60, 1)}))
+        if args.screenshot:
+            args.screenshot.write_bytes((tmp / "bench.png").read_bytes())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The labelling app in a real browser: Debian's chromium driven by Playwright, keyboard only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from labeling_app import harness
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not harness.CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
+]
+pytest.importorskip("playwright")
+
+REPO = Path(__file__).resolve().parent.parent
+NASTY = "<script>document.title='pwned'</script> **bold** [link](http://x)"
+
+
+def _seed(url: str, n: int) -> list[int]:
+    import db
+
+    engine = db.connect(url)
+    texts = [f" and the acting was fine, item {i}." for i in range(n - 1)] + [NASTY]
+    return db.add_completions(engine, [
+        db.NewCompletion(prompt=f"I watched film {i}", text=t, model_version_id=None, gen_params={})
+        for i, t in enumerate(texts)
+    ])
+
+
+def test_label_20_items_with_the_keyboard_and_undo_one(tmp_path):
+    import db
+
+    url = f"sqlite:///{tmp_path / 'feedback.sqlite'}"
+    _seed(url, 25)
+    env = {"RLHF_DB_URL": url, "RLHF_CONFIG": str(REPO / "configs" / "smoke.yaml"),
+           "RLHF_ARTIFACTS": str(tmp_path / "artifacts")}
+    keys = {"g": "good", "b": "bad", "s": "skip"}
+    pressed: list[tuple[int, str]] = []
+    with harness.running_app(env, log_path=tmp_path / "streamlit.log") as base, harness.chromium_page() as page:
+        harness.sign_in(page, base, "browser-tester")
+        current = harness.current_completion_id(page)
+        assert current is not None
+        for i in range(20):
+            key = "gbgs"[i % 4]
+            text = page.locator(harness.COMPLETION_TEXT).inner_text()
+            if "<script>" in text:  # generated text is shown literally, never run or rendered
+                assert text.strip() == NASTY and page.title() != "pwned"
+            pressed.append((current, keys[key]))
+            current = harness.press_and_wait_next(page, key, current)
+        assert current is not None
+        # undo the last judgement: that item comes back on screen
+        undone = pressed.pop()
+        harness.press_and_wait_next(page, "u", current)
+        assert harness.current_completion_id(page) == undone[0]
+        # a reload resumes the same item, and keys work at once (no click into the page)
+        page.reload()
+        page.locator(harness.COMPLETION_CAPTION).wait_for()
+        assert harness.current_completion_id(page) == undone[0]
+        assert page.get_by_text("Keys:").count() == 1
+
+    frame = db.judgements_frame(db.connect(url))
+    got = sorted(zip(frame["completion_id"].tolist(), frame["label"].tolist()))
+    assert len(frame) == 19
+    assert got == sorted(pressed)
+    assert set(frame["labeler"]) == {"browser-tester"}
+    assert frame["seconds"].notna().all()
