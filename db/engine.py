@@ -69,7 +69,7 @@ def resolve_url(url: str | None = None) -> tuple[URL, str]:
         )
     try:
         parsed = make_url(url)
-    except sa_exc.ArgumentError:
+    except (sa_exc.ArgumentError, ValueError):
         raise DatabaseError(
             f"{origin}={url!r} cannot be parsed as a database URL.",
             f"{fix_var} to sqlite:///path/to/feedback.sqlite or postgresql+psycopg://user:pass@host:5432/dbname.",

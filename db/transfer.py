@@ -11,7 +11,6 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from common.errors import UserError
-from common.imdb import read_prompt_file
 from common.paths import atomic_dir
 from db.reads import JUDGEMENT_COLUMNS, judgement_rows
 from db.writes import add_prompts_counted
@@ -83,12 +82,14 @@ def _write_hf(rows: list[dict], dest: Path) -> None:
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{str(dest)!r} is a file; the hf export writes a folder.", "give a folder path.")
     with atomic_dir(dest) as tmp:
-        ds.save_to_disk(str(tmp))
+        ds.save_to_disk(str(tmp), num_shards=1)  # (0 rows would otherwise write 0 shards, unloadable)
 
 
 def import_prompts(engine: Engine, path: Path) -> int:
     """Add the prompts in a text file (one per line; blank lines skipped, duplicates dropped);
     returns how many were new."""
+    from common.imdb import read_prompt_file  # (imports numpy; only needed here)
+
     prompts = read_prompt_file(path)
     _, n_new = add_prompts_counted(engine, prompts, source="custom")
     log.info("%s: %d prompts, %d new", path, len(prompts), n_new)

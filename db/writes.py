@@ -115,14 +115,14 @@ def _prompt_ids(session: Session, texts: Sequence[str], source: str) -> tuple[li
     keys = {t: text_sha256(t) for t in dict.fromkeys(texts)}
     found: dict[str, int] = {}
     for chunk in _chunks(list(keys.values())):
-        found.update(session.execute(select(Prompt.text_sha256, Prompt.id).where(Prompt.text_sha256.in_(chunk))).tuples().all())
+        found.update(session.execute(select(Prompt.text_sha256, Prompt.id).where(Prompt.text_sha256.in_(chunk))).all())
     missing = [t for t, k in keys.items() if k not in found]
     if missing:
         now = utcnow()
         ins = dialect_insert(session, Prompt).on_conflict_do_nothing(index_elements=["text_sha256"])
         session.execute(ins, [{"text": t, "text_sha256": keys[t], "source": source, "created_at": now} for t in missing])
         for chunk in _chunks([keys[t] for t in missing]):
-            found.update(session.execute(select(Prompt.text_sha256, Prompt.id).where(Prompt.text_sha256.in_(chunk))).tuples().all())
+            found.update(session.execute(select(Prompt.text_sha256, Prompt.id).where(Prompt.text_sha256.in_(chunk))).all())
     return [found[keys[t]] for t in texts], len(missing)
 
 

@@ -66,3 +66,39 @@ def tiny_reward_dir(tmp_path_factory) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+# --- db backends (owned by the db helper) -----------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL server (Debian's `postgresql` package) in a temporary folder, for the
+    whole session. Skips when the server binaries are missing, unless RLHF_REQUIRE_POSTGRES=1 (CI)."""
+    from db.testing import PostgresUnavailable, TempPostgres
+
+    try:
+        server = TempPostgres().start()
+    except PostgresUnavailable as err:
+        if os.environ.get("RLHF_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"RLHF_REQUIRE_POSTGRES=1 but {err}")
+        pytest.skip(str(err))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend_url(request, tmp_path) -> str:
+    """An empty database URL, once per backend: a SQLite file under tmp_path, and an emptied
+    database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'feedback.sqlite'}"
+    return request.getfixturevalue("postgres_server").empty_database()
+
+
+@pytest.fixture
+def db_engine(backend_url):
+    """`db.connect(backend_url)` (migrated to head), disposed afterwards."""
+    import db
+
+    engine = db.connect(backend_url)
+    yield engine
+    engine.dispose()
