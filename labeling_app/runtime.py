@@ -49,10 +49,11 @@ def valid_session_key(key: object) -> bool:
 
 
 def resolve_policy(engine, policy: str) -> Path | None:
-    """The policy folder used for refills: 'latest' = the newest registered policy whose folder
-    exists, else the base policy under ``$RLHF_ARTIFACTS``; any other value is a folder."""
+    """The policy folder used for refills: 'latest' = the newest policy registered in the database
+    whose folder exists, else the newest PPO run, else the base policy under ``$RLHF_ARTIFACTS``;
+    any other value is a folder. None when there is no policy at all."""
     import db
-    from common.paths import base_policy_dir
+    from common.paths import base_policy_dir, policies_dir, resolve_latest
 
     if policy != "latest":
         path = Path(policy)
@@ -60,6 +61,9 @@ def resolve_policy(engine, policy: str) -> Path | None:
     latest = db.latest_model_version(engine, "policy")
     if latest is not None and Path(latest.path).is_dir():
         return Path(latest.path)
+    ppo = resolve_latest(policies_dir())
+    if ppo is not None:
+        return ppo
     base = base_policy_dir()
     return base if (base / "config.json").is_file() else None
 
@@ -136,24 +140,25 @@ class Refiller:
             self.status.finished_at = time.time()
 
 
-def refill_job(engine, policy_path: Path, n: int):
-    """The work of one refill: ``n`` completions from ``policy_path`` on prompts from the profile."""
+def refill_job(engine, policy_path: Path, n: int, prompts: list[str] | None = None):
+    """The work of one refill: ``n`` completions from ``policy_path`` (for ``prompts``, or fresh
+    prompts chosen by ``rl_finetune.generate`` from the ``generate`` section of the profile)."""
 
     def job() -> int:
-        from rl_finetune.generate import fill_queue, refill_prompts  # heavy imports, off the page thread
-
         from common.config import load_config
-        from rl_finetune.generate import GenerateConfig
+        from rl_finetune.generate import GenerateConfig, fill_queue  # heavy imports, off the page thread
 
         cfg = load_config(GenerateConfig, "generate")
-        prompts = refill_prompts(engine, n, cfg)
-        return fill_queue(engine, policy_path, prompts, n, cfg)
+        return fill_queue(engine, policy_path, n, cfg, prompts=prompts)
 
     return job
 
 
-def maybe_refill(refiller: Refiller, engine, cfg: LabelConfig, queue_left: int, *, force: bool = False) -> str | None:
-    """Start a background refill when the queue is low (or when ``force``); return a message to show."""
+def maybe_refill(refiller: Refiller, engine, cfg: LabelConfig, queue_left: int, *, force: bool = False,
+                 prompts: list[str] | None = None) -> str | None:
+    """Start a background refill when the queue is low (or when ``force``); return a message to show.
+
+    With ``prompts`` (e.g. just imported), the refill writes one completion per prompt for them."""
     if refiller.running():
         return refiller.status.message
     if not force:
@@ -168,7 +173,8 @@ def maybe_refill(refiller: Refiller, engine, cfg: LabelConfig, queue_left: int, 
             "pretrain`), or `python -m rl_finetune generate`, or set label.policy to a model folder."
         )
         return refiller.status.message
-    refiller.start(refill_job(engine, policy_path, cfg.refill_batch), reason=f"from {policy_path.name}")
+    n = len(prompts) if prompts else cfg.refill_batch
+    refiller.start(refill_job(engine, policy_path, n, prompts), reason=f"{n} from {policy_path.name}")
     return refiller.status.message
 
 

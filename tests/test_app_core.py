@@ -140,3 +140,22 @@ def test_reward_accuracy_reads_metrics_oldest_first():
     assert table["name"].tolist() == ["old", "new", "none"]
     assert table["accuracy"].tolist()[:2] == [0.6, 0.8] and np.isnan(table["accuracy"].iloc[2])
     assert table["roc_auc"].iloc[1] == 0.9
+
+
+def test_background_refill_writes_completions(smoke_env, tiny_policy_dir):
+    import db
+
+    engine = db.connect(smoke_env["db_url"])
+    refiller = runtime.Refiller()
+    cfg = LabelConfig(prefetch=4, refill_batch=3, policy=str(tiny_policy_dir))
+    msg = runtime.maybe_refill(refiller, engine, cfg, queue_left=0)
+    assert "generating" in msg
+    assert not refiller.start(lambda: 0), "only one refill at a time"
+    refiller.wait(120)
+    assert refiller.status.last_error is None, refiller.status.message
+    assert db.stats(engine)["completions"] == 3
+    # imported prompts get one completion each
+    runtime.maybe_refill(refiller, engine, cfg, queue_left=99, force=True, prompts=["My own prompt", "Another one"])
+    refiller.wait(120)
+    items = db.unlabelled_completions(engine)
+    assert {"My own prompt", "Another one"} <= {it.prompt for it in items} and len(items) == 5

@@ -233,3 +233,28 @@ def test_data_page_exports_and_imports(smoke_env):
     at.radio(key="export_fmt").set_value("csv").run()
     at.button(key="export").click().run()
     assert at.session_state["export_file"][0] == "labels.csv"
+
+
+def test_data_page_imports_prompts(smoke_env):
+    url = smoke_env["db_url"]
+    seed(url, 1)
+    at = start()
+    at.switch_page("views/data.py").run()
+    at.file_uploader(key="prompt_file").upload("p.txt", "A custom opening\n\nA custom opening\nSecond one\n".encode(),
+                                               "text/plain").run()
+    at.button(key="import").click().run()
+    assert not at.exception, at.exception
+    assert any("Imported 2 new prompt(s)" in s.value for s in at.success)
+    assert db.stats(db.connect(url))["prompts"] == 3
+    # no policy in this environment: the refill for the new prompts says so instead of failing
+    assert any("No policy" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("text", ["مرحبا بالعالم — שלום 🎬🍿 ünïcödé", "x" * 100_000, "   leading spaces\nand\ttabs"])
+def test_unusual_completions_are_shown_verbatim(smoke_env, text):
+    seed(smoke_env["db_url"], texts=[text])
+    at = start()
+    assert text.strip() in texts(at)  # st.text trims the ends, nothing else
+    at.button(key=f"good-{shown_id(at)}").click().run()
+    assert not at.exception
+    assert judgements(smoke_env["db_url"])[0][2] == "good"

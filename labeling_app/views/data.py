@@ -10,6 +10,7 @@ import streamlit as st
 
 import db
 from common.errors import UserError
+from common.imdb import read_prompt_file
 from labeling_app import runtime, ui
 
 ctx = ui.context()
@@ -48,7 +49,7 @@ if "export_file" in st.session_state:
 # ---------------------------------------------------------------------------- import
 st.markdown("#### Import custom prompts")
 st.caption("A UTF-8 text file, one prompt per line (blank lines skipped, duplicates dropped). "
-           "The next refill writes completions for them.")
+           "A background refill then writes one completion per prompt (when a policy exists).")
 upload = st.file_uploader("Prompt file", type=["txt"], key="prompt_file")
 if upload is not None and st.button("Import prompts", key="import"):
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,9 +57,14 @@ if upload is not None and st.button("Import prompts", key="import"):
         path.write_bytes(upload.getvalue())
         try:
             n = db.import_prompts(ctx.engine, path)
-            st.success(f"Imported {n} prompt(s).")
+            prompts = read_prompt_file(path)
         except UserError as err:
             st.error(str(err))
+        else:
+            st.success(f"Imported {n} new prompt(s) ({len(prompts)} in the file).")
+            message = runtime.maybe_refill(ui.get_refiller(ctx.url), ctx.engine, cfg, 0, force=True, prompts=prompts)
+            if message:
+                st.caption(message)
 
 # ---------------------------------------------------------------------------- queue
 st.markdown("#### Queue")
