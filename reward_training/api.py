@@ -1,0 +1,129 @@
+"""The course API: ``reward_model(strings)`` and ``load_reward_fn(path)``, plus queue scoring.
+
+Both read a saved reward model folder (``$RLHF_ARTIFACTS/reward_models/<run-id>``; ``None``
+means the one ``latest`` names). The model is loaded once per (folder, device) and cached.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from common.errors import UserError
+from common.paths import resolve_latest, reward_models_dir
+
+log = logging.getLogger(__name__)
+
+ScoreKind = Literal["prob", "logit", "logit_diff"]
+KINDS = ("prob", "logit", "logit_diff")
+
+
+def resolve_model_dir(path: str | Path | None = None) -> Path:
+    """The reward model folder: ``path`` itself, the run ``path/latest`` names, or the latest
+    run under ``$RLHF_ARTIFACTS/reward_models``."""
+    if path is None:
+        found = resolve_latest(reward_models_dir())
+        if found is None:
+            raise UserError(f"there is no reward model under {str(reward_models_dir())!r} yet.",
+                            "train one with `make reward-model` (python -m reward_training).")
+        return found
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    found = resolve_latest(path)
+    if found is not None:
+        return found
+    raise UserError(f"{str(path)!r} is not a reward model folder (no config.json, no `latest`).",
+                    "give a folder written by `python -m reward_training`, or leave the path out for the latest one.")
+
+
+@functools.lru_cache(maxsize=4)
+def _load(folder: str, device: str, mtime: float):
+    """(model, tokenizer, settings), cached per folder, device and weights' modification time."""
+    from reward_training.model import load_backbone
+
+    model, tok = load_backbone(folder)
+    model.to(torch.device(device)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    settings = {"max_length": min(tok.model_max_length or 512, 512), "bf16": True}
+    f = Path(folder) / "reward_config.json"
+    if f.is_file():
+        settings.update(json.loads(f.read_text()))
+    return model, tok, settings
+
+
+def _weights_mtime(folder: Path) -> float:
+    files = list(folder.glob("*.safetensors")) or list(folder.glob("*.bin")) or [folder / "config.json"]
+    return max(p.stat().st_mtime for p in files)
+
+
+def load_reward_fn(path: str | Path | None = None, *, kind: ScoreKind = "prob", device: str | torch.device | None = None,
+                   batch_size: int = 32, bf16: bool | None = None) -> Callable[[list[str]], torch.Tensor]:
+    """A function ``texts -> scores`` (float32 tensor of shape (N,), on ``device``) for PPO.
+
+    ``kind``: ``prob`` = P(good) in [0, 1]; ``logit`` = the raw POSITIVE logit (what the course
+    took from ``lvwerra/distilbert-imdb``); ``logit_diff`` = POSITIVE - NEGATIVE logit = log-odds of good.
+    Batched, no gradient; bf16 autocast as the model was trained unless ``bf16`` says otherwise.
+    """
+    from reward_training.model import predict_logits
+
+    if kind not in KINDS:
+        raise UserError(f"unknown reward kind {kind!r}.", f"use one of {', '.join(KINDS)}.")
+    folder = resolve_model_dir(path).resolve()
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    model, tok, settings = _load(str(folder), str(dev), _weights_mtime(folder))
+    use_bf16 = settings.get("bf16", True) if bf16 is None else bf16
+
+    def reward_fn(texts: list[str]) -> torch.Tensor:
+        texts = [str(t) for t in texts]
+        logits = predict_logits(model, tok, texts, max_length=settings["max_length"], batch_size=batch_size,
+                                bf16=use_bf16, device=dev)  # (N, 2) float32 on CPU
+        if kind == "prob":
+            scores = torch.softmax(logits, dim=-1)[:, 1]
+        elif kind == "logit":
+            scores = logits[:, 1]
+        else:
+            scores = logits[:, 1] - logits[:, 0]
+        return scores.to(dev)
+
+    reward_fn.model_dir = folder  # type: ignore[attr-defined]
+    reward_fn.kind = kind  # type: ignore[attr-defined]
+    return reward_fn
+
+
+def reward_model(strings: list[str], path: str | Path | None = None) -> dict[str, float]:
+    """The course's ``reward_model``: each string mapped to its probability of being good."""
+    strings = list(strings)
+    probs = load_reward_fn(path, kind="prob")(strings)
+    return {s: float(p) for s, p in zip(strings, probs.tolist())}
+
+
+def score_completions(engine, path: str | Path | None = None, *, limit: int = 5000, batch_size: int = 64) -> int:
+    """Write P(good) for unlabelled completions into the database (the app's "uncertain first"
+    order); returns how many were scored. The model must be registered in the database."""
+    import db
+
+    folder = resolve_model_dir(path).resolve()
+    version = next((v for v in db.list_model_versions(engine, kind="reward")
+                    if Path(v.path).resolve() == folder), None)
+    if version is None:
+        raise UserError(f"the reward model {str(folder)!r} is not registered in the database.",
+                        "score with a model trained by `python -m reward_training` against this RLHF_DB_URL.")
+    items = db.unlabelled_completions(engine, limit)
+    if not items:
+        return 0
+    reward_fn = load_reward_fn(folder, kind="prob", batch_size=batch_size)
+    probs = reward_fn([join_text(it.prompt, it.completion) for it in items]).tolist()
+    db.set_reward_scores(engine, {it.completion_id: float(p) for it, p in zip(items, probs)}, version.id)
+    return len(items)
+
+
+def join_text(prompt: str, completion: str) -> str:
+    """Prompt + completion as the labeller sees it (the same text as ``db.LabelledExample.text``)."""
+    return prompt + completion

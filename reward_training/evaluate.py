@@ -1,0 +1,154 @@
+"""Evaluation: accuracy, ROC-AUC, log-loss, calibration (ECE), the TF-IDF baseline, and plots."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-7
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> tuple[float, dict]:
+    """ECE over ``n_bins`` equal-width bins of P(good): the count-weighted mean |accuracy - confidence|
+    gap, here |mean label - mean P(good)| per bin. Also returns the curve (per non-empty bin)."""
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    curve = {"mean_predicted": [], "fraction_good": [], "count": []}
+    for b in range(n_bins):
+        mask = bins == b
+        if not mask.any():
+            continue
+        conf, frac = float(p[mask].mean()), float(y[mask].mean())
+        ece += mask.mean() * abs(frac - conf)
+        curve["mean_predicted"].append(conf)
+        curve["fraction_good"].append(frac)
+        curve["count"].append(int(mask.sum()))
+    return float(ece), curve
+
+
+def binary_metrics(y: Sequence[float], p: Sequence[float]) -> dict:
+    """Accuracy (P(good) > 0.5 vs label > 0.5), ROC-AUC, log-loss, ECE and the calibration curve.
+    ``y`` may hold soft labels (fractions good): log-loss and ECE use them as they are."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y, dtype=float)
+    p = np.clip(np.asarray(p, dtype=float), EPS, 1 - EPS)
+    n = int(len(y))
+    if n == 0:
+        return {"n": 0}
+    hard = y > 0.5
+    decided = y != 0.5
+    out: dict = {"n": n, "positive_share": float(hard.mean())}
+    out["accuracy"] = float(((p > 0.5) == hard)[decided].mean()) if decided.any() else None
+    both = decided.any() and 0 < hard[decided].sum() < decided.sum()
+    out["roc_auc"] = float(roc_auc_score(hard[decided], p[decided])) if both else None
+    out["log_loss"] = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    out["ece"], out["calibration"] = expected_calibration_error(y, p)
+    return out
+
+
+class TfidfBaseline:
+    """TF-IDF (word 1-2-grams) + logistic regression, fitted on the same texts as the model."""
+
+    def __init__(self, C: float = 4.0, seed: int = 0):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        self.pipe = make_pipeline(
+            TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, strip_accents="unicode"),
+            LogisticRegression(C=C, max_iter=2000, random_state=seed),
+        )
+
+    def fit(self, texts: Sequence[str], labels: Sequence[float]) -> "TfidfBaseline":
+        y = (np.asarray(labels, dtype=float) > 0.5).astype(int)
+        self.pipe.fit(list(texts), y)
+        return self
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros(0)
+        return self.pipe.predict_proba(list(texts))[:, 1]
+
+
+def short(m: dict) -> dict:
+    """The headline numbers of a metrics dict (no curve), rounded for logs and cards."""
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items() if k != "calibration"}
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_calibration(path: Path, curves: dict[str, dict]) -> None:
+    """One reliability diagram; ``curves`` maps a legend name to a metrics dict with ``calibration``."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect")
+    for name, m in curves.items():
+        cal = m.get("calibration") if m else None
+        if not cal or not cal["count"]:
+            continue
+        ax.plot(cal["mean_predicted"], cal["fraction_good"], marker="o",
+                label=f"{name} (ECE {m['ece']:.3f}, n={m['n']})")
+    ax.set_xlabel("predicted P(good)")
+    ax.set_ylabel("fraction labelled good")
+    ax.set_title("Calibration on held-out data")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_losses(path: Path, phases: dict[str, list[float]]) -> None:
+    """Training loss per step for each phase (smoothed over 20 steps)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    offset = 0
+    for name, losses in phases.items():
+        if not losses:
+            continue
+        k = min(20, len(losses))
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax.plot(np.arange(len(smooth)) + offset + k - 1, smooth, label=name)
+        offset += len(losses)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("cross-entropy")
+    ax.set_title("Reward-model training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_learning_curve(path: Path, rows: list[dict]) -> None:
+    """Held-out human accuracy vs number of human labels, one line per method."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in sorted({r["method"] for r in rows}):
+        pts = sorted((r["n_labels"], r["accuracy"]) for r in rows if r["method"] == method and r["accuracy"] is not None)
+        if pts:
+            ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("human labels used for training")
+    ax.set_ylabel("accuracy on held-out human labels")
+    ax.set_title("Learning curve")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,326 @@
+"""The two training phases and the whole run: data → seed phase → human phase → evaluation → save.
+
+``train(cfg, engine)`` is what ``python -m reward_training`` calls; ``train(cfg, examples=[...])``
+takes the human labels directly (tests, benchmarks, notebooks).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import to_dict
+from common.errors import UserError
+from common.paths import artifacts_root, atomic_dir, new_run_id, reward_models_dir, write_json, write_latest
+from reward_training import data as D
+from reward_training.config import RewardConfig, seed_cache_key
+from reward_training.evaluate import (
+    TfidfBaseline, binary_metrics, plot_calibration, plot_learning_curve, plot_losses, short,
+)
+from reward_training.model import FitResult, fit, load_backbone, predict_proba, quiet_hf
+
+log = logging.getLogger(__name__)
+
+#: Written beside the weights; ``load_reward_fn`` reads it for the truncation length and bf16.
+INFERENCE_FILE = "reward_config.json"
+
+
+def seed_cache_root() -> Path:
+    return artifacts_root() / "reward_seed"
+
+
+@dataclass
+class SeedResult:
+    model: torch.nn.Module
+    tok: object
+    info: dict = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- phase 1: IMDB seed
+
+def seed_phase(cfg: RewardConfig, data_cfg, seed_examples: Sequence[D.Example], *, progress: bool = True,
+               cache_root: Path | None = None) -> SeedResult:
+    """The backbone after the IMDB seed phase, from the cache when the seed config is unchanged.
+
+    With ``seed: skip`` the backbone is returned as it is (it is already an IMDB classifier).
+    """
+    backbone = cfg.backbone_or_default
+    if cfg.seed == "skip":
+        model, tok = load_backbone(backbone, freeze_embeddings=cfg.freeze_embeddings)
+        return SeedResult(model, tok, {"skipped": True, "backbone": backbone})
+    folder = (cache_root or seed_cache_root()) / seed_cache_key(cfg, data_cfg)
+    info_file = folder / "seed_info.json"
+    if info_file.is_file():
+        info = json.loads(info_file.read_text())
+        log.info("seed phase: reusing the cached seed model %s (trained on %d IMDB snippets)", folder, info["examples"])
+        model, tok = load_backbone(str(folder), freeze_embeddings=cfg.freeze_embeddings)
+        return SeedResult(model, tok, {**info, "cached": True, "path": str(folder)}, info.get("losses", []))
+    log.info("seed phase: %d IMDB snippets, %.1f epoch(s) on %s", len(seed_examples), cfg.seed_epochs, backbone)
+    torch.manual_seed(cfg.random_seed)
+    model, tok = load_backbone(backbone, freeze_embeddings=cfg.freeze_embeddings)
+    res = fit(model, tok, [e.text for e in seed_examples], [e.label for e in seed_examples],
+              epochs=cfg.seed_epochs, lr=cfg.seed_lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
+              weight_decay=cfg.weight_decay, warmup_fraction=cfg.warmup_fraction, bf16=cfg.bf16,
+              seed=cfg.random_seed, desc="seed phase", progress=progress)
+    info = {"backbone": backbone, "examples": len(seed_examples), **res.summary(), "losses": res.losses}
+    info.pop("evals", None)
+    with atomic_dir(folder) as tmp, quiet_hf():
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "seed_info.json", info)
+    log.info("seed phase: %.0f s, %.1f examples/s, loss %.3f -> %.3f; cached in %s",
+             res.seconds, res.examples_per_s, np.mean(res.losses[:10]), np.mean(res.losses[-10:]), folder)
+    return SeedResult(model, tok, {**info, "cached": False, "path": str(folder)}, res.losses)
+
+
+# ----------------------------------------------------------------------------- phase 2: human labels
+
+def human_phase(model, tok, cfg: RewardConfig, train: Sequence[D.Example], heldout: Sequence[D.Example],
+                seed_pool: Sequence[D.Example], *, mix_ratio: float | None = None, progress: bool = True) -> FitResult:
+    """Fine-tune on the human labels (plus ``mix_ratio`` seed snippets per label), early-stopping on
+    the held-out human log-loss when there is a held-out split."""
+    ratio = cfg.mix_seed_ratio if mix_ratio is None else mix_ratio
+    mixed = D.mix_in_seed(train, seed_pool, ratio, cfg.random_seed)
+    evaluate = None
+    if heldout:
+        texts, labels = [e.text for e in heldout], [e.label for e in heldout]
+
+        def evaluate() -> dict:
+            m = binary_metrics(labels, predict_proba(model, tok, texts, max_length=cfg.max_length,
+                                                     batch_size=cfg.eval_batch_size, bf16=cfg.bf16))
+            return {"loss": m["log_loss"], "accuracy": m["accuracy"]}
+
+    return fit(model, tok, [e.text for e in mixed], [e.label for e in mixed], epochs=cfg.human_epochs,
+               lr=cfg.human_lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
+               weight_decay=cfg.weight_decay, warmup_fraction=cfg.warmup_fraction, bf16=cfg.bf16,
+               seed=cfg.random_seed + 1, evaluate=evaluate, patience=cfg.patience, desc="human phase",
+               progress=progress)
+
+
+# ----------------------------------------------------------------------------- the run
+
+def train(
+    cfg: RewardConfig, engine=None, *, data_cfg=None, examples: Sequence | None = None,
+    require_labels: bool = False, learning_curve: bool = False, run_id: str | None = None,
+    register: bool = True, progress: bool = True,
+) -> Path:
+    """Train, evaluate and save a reward model; return its folder ``$RLHF_ARTIFACTS/reward_models/<run-id>``.
+
+    ``examples``: ``db.LabelledExample``-like records to use instead of the database (then
+    nothing is registered unless an ``engine`` is given too).
+    """
+    from common.config import load_config
+    from common.imdb import DataConfig
+
+    started = time.perf_counter()
+    data_cfg = data_cfg or load_config(DataConfig, "data")
+    if examples is None:
+        if engine is None:
+            import db
+
+            engine = db.connect()
+        human = D.load_human_examples(engine, cfg.combine)
+    else:
+        human = D.human_examples(examples)
+
+    # 1. the human labels: check, split (the held-out part is never trained on)
+    if not human:
+        if require_labels:
+            raise UserError("there are no human labels in the database yet (--require-labels was given).",
+                            "label some completions first (`make label`), or drop --require-labels for the seed-only model.")
+        log.warning("no human labels yet: training the SEED-ONLY model (IMDB sentiment stands in for the labellers). "
+                    "Label completions with `make label` and train again to learn what your labellers want.")
+    else:
+        D.check_two_classes(human)
+    human_train, human_heldout = D.split_heldout(human, cfg.heldout_fraction, cfg.random_seed) if human else ([], [])
+    if human and len(human_heldout) < cfg.min_heldout:
+        log.warning("only %d held-out human labels (of %d): the human metrics below are rough; "
+                    "label more for a trustworthy estimate (reward.min_heldout=%d).",
+                    len(human_heldout), len(human), cfg.min_heldout)
+
+    # 2. IMDB snippets: seed training set and held-out evaluation set
+    seed_examples, imdb_eval = D.seed_and_eval_snippets(cfg, data_cfg)
+
+    # 3. phase 1: seed on IMDB (cached), then phase 2: the human labels
+    seed = seed_phase(cfg, data_cfg, seed_examples, progress=progress)
+    model, tok = seed.model, seed.tok
+    seed_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if learning_curve else None
+    metrics: dict = {"counts": {}, "model": {}, "tfidf": {}, "seed_model": {}}
+    score = lambda texts: predict_proba(model, tok, texts, max_length=cfg.max_length,  # noqa: E731
+                                        batch_size=cfg.eval_batch_size, bf16=cfg.bf16, progress=progress)
+    if human_heldout:
+        metrics["seed_model"]["human_heldout"] = binary_metrics([e.label for e in human_heldout],
+                                                                score([e.text for e in human_heldout]))
+    human_fit = None
+    if human_train:
+        human_fit = human_phase(model, tok, cfg, human_train, human_heldout, seed_examples, progress=progress)
+
+    # 4. evaluation: the model and the TF-IDF baseline, on held-out human labels and IMDB snippets
+    sets = {"human_heldout": human_heldout, "imdb_snippets": imdb_eval}
+    for name, exs in sets.items():
+        if exs:
+            metrics["model"][name] = binary_metrics([e.label for e in exs], score([e.text for e in exs]))
+    if cfg.baseline:
+        base_train = list(seed_examples if cfg.seed == "train" else []) + list(human_train)
+        if len({e.label > 0.5 for e in base_train}) == 2:
+            baseline = TfidfBaseline(seed=cfg.random_seed).fit([e.text for e in base_train], [e.label for e in base_train])
+            for name, exs in sets.items():
+                if exs:
+                    metrics["tfidf"][name] = binary_metrics([e.label for e in exs], baseline.predict_proba([e.text for e in exs]))
+    metrics["counts"] = {
+        "human_total": D.label_counts(human), "human_train": D.label_counts(human_train),
+        "human_heldout": D.label_counts(human_heldout), "seed_snippets": len(seed_examples) if cfg.seed == "train" else 0,
+        "seed_mixed_into_human_phase": min(int(round(len(human_train) * cfg.mix_seed_ratio)), len(seed_examples)) if human_train else 0,
+        "imdb_eval_snippets": len(imdb_eval),
+    }
+    metrics["seed_phase"] = {k: v for k, v in seed.info.items() if k != "losses"}
+    metrics["human_phase"] = human_fit.summary() if human_fit else None
+    metrics["seed_only"] = not human_train
+    metrics["combine"] = cfg.combine
+    metrics["config"] = to_dict(cfg)
+    metrics["data_config"] = to_dict(data_cfg)
+    if learning_curve:
+        metrics["learning_curve"] = run_learning_curve(cfg, seed_state, human_train, human_heldout, seed_examples, progress=progress)
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    for name in sets:
+        if name in metrics["model"]:
+            log.info("%s: model %s | tfidf %s", name, short(metrics["model"][name]), short(metrics["tfidf"].get(name, {})))
+
+    # 5. save atomically, point `latest` at it, register it
+    run_id = run_id or new_run_id()
+    parent = reward_models_dir()
+    final = parent / run_id
+    with atomic_dir(final) as tmp:
+        save_model(model, tok, cfg, tmp)
+        write_json(tmp / "metrics.json", metrics)
+        if cfg.plots:
+            plot_calibration(tmp / "calibration.png", {
+                f"{m} on {s}": metrics[m].get(s) for m in ("model", "tfidf") for s in sets if metrics[m].get(s)})
+            plot_losses(tmp / "training_loss.png", {"seed phase": seed.losses, "human phase": human_fit.losses if human_fit else []})
+            if learning_curve and metrics["learning_curve"]:
+                plot_learning_curve(tmp / "learning_curve.png", metrics["learning_curve"])
+        (tmp / "README.md").write_text(model_card(run_id, cfg, metrics))
+    write_latest(parent, run_id)
+    log.info("reward model saved to %s (%s)", final, "seed-only" if metrics["seed_only"] else "seed + human labels")
+    if register and engine is not None:
+        import db
+
+        version = db.register_model_version(engine, kind="reward", name=run_id, path=str(final.resolve()),
+                                            metrics=headline(metrics))
+        log.info("registered as reward model version %s", version)
+    return final
+
+
+def save_model(model, tok, cfg: RewardConfig, folder: Path) -> None:
+    """Weights, tokenizer (truncating at ``max_length``) and the inference settings."""
+    tok.model_max_length = cfg.max_length
+    model.config.id2label = {0: "NEGATIVE", 1: "POSITIVE"}
+    model.config.label2id = {"NEGATIVE": 0, "POSITIVE": 1}
+    with quiet_hf():
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+    write_json(folder / INFERENCE_FILE, {"max_length": cfg.max_length, "bf16": cfg.bf16,
+                                         "good_label": "POSITIVE", "good_index": 1})
+
+
+def headline(metrics: dict) -> dict:
+    """The few numbers stored in the database row."""
+    out = {"seed_only": metrics["seed_only"], "counts": {k: v for k, v in metrics["counts"].items()}}
+    for who in ("model", "tfidf"):
+        for name, m in metrics[who].items():
+            for k in ("accuracy", "roc_auc", "log_loss", "ece", "n"):
+                out[f"{who}/{name}/{k}"] = m.get(k)
+    return out
+
+
+# ----------------------------------------------------------------------------- learning curve
+
+def run_learning_curve(cfg: RewardConfig, seed_state, train: Sequence[D.Example], heldout: Sequence[D.Example],
+                       seed_pool: Sequence[D.Example], *, progress: bool = True) -> list[dict]:
+    """Held-out human accuracy vs number of human labels: seeded (from the seed model, seed
+    snippets mixed in), unseeded (from the bare backbone, human labels only), and TF-IDF on each."""
+    if not heldout or not train:
+        log.warning("learning curve skipped: it needs human labels on both sides of the split")
+        return []
+    y_held = [e.label for e in heldout]
+    texts_held = [e.text for e in heldout]
+    sizes = sorted({n for n in cfg.learning_curve_sizes if n <= len(train)} | {len(train)})
+    rows = []
+    for n in sizes:
+        sub = D.stratified_subset(train, n, cfg.random_seed)
+        if len({e.label > 0.5 for e in sub}) < 2:
+            continue
+        for method in ("seeded", "unseeded"):
+            torch.manual_seed(cfg.random_seed)
+            model, tok = load_backbone(cfg.backbone_or_default, freeze_embeddings=cfg.freeze_embeddings)
+            if method == "seeded" and seed_state is not None:
+                model.load_state_dict(seed_state)
+            res = human_phase(model, tok, cfg, sub, heldout, seed_pool, mix_ratio=cfg.mix_seed_ratio if method == "seeded" else 0.0,
+                              progress=progress)
+            m = binary_metrics(y_held, predict_proba(model, tok, texts_held, max_length=cfg.max_length,
+                                                     batch_size=cfg.eval_batch_size, bf16=cfg.bf16))
+            rows.append({"method": method, "n_labels": n, "accuracy": m["accuracy"], "roc_auc": m["roc_auc"],
+                         "log_loss": m["log_loss"], "epochs": len(res.evals)})
+            log.info("learning curve n=%d %s: accuracy %.3f", n, method, m["accuracy"] or float("nan"))
+        for method, extra in (("tfidf seeded", list(seed_pool)), ("tfidf unseeded", [])):
+            base = extra + list(sub)
+            p = TfidfBaseline(seed=cfg.random_seed).fit([e.text for e in base], [e.label for e in base]).predict_proba(texts_held)
+            m = binary_metrics(y_held, p)
+            rows.append({"method": method, "n_labels": n, "accuracy": m["accuracy"], "roc_auc": m["roc_auc"],
+                         "log_loss": m["log_loss"]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- model card
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def model_card(run_id: str, cfg: RewardConfig, metrics: dict) -> str:
+    c = metrics["counts"]
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: text-classification", "tags: [reward-model, rlhf]", "---", "",
+        f"# Reward model `{run_id}`", "",
+        "A two-label sequence classifier (NEGATIVE = bad, POSITIVE = good) that stands in for the human "
+        "labellers during PPO. P(good) = softmax(logits)[1].", "",
+    ]
+    if metrics["seed_only"]:
+        lines += ["**Seed-only model: no human labels were available.** It has learned IMDB sentiment "
+                  "(positive = good), not what your labellers want. Label completions (`make label`) and train again.", ""]
+    sp = metrics["seed_phase"]
+    lines += [
+        "## Training", "",
+        f"- backbone: `{sp.get('backbone', cfg.backbone_or_default)}`",
+        f"- seed phase: {'skipped (IMDB-tuned backbone)' if sp.get('skipped') else str(sp.get('examples')) + ' IMDB snippets' + (' (cached)' if sp.get('cached') else '')}",
+        f"- human labels: {c['human_total']['n']} usable ({c['human_total']['good']} good, {c['human_total']['bad']} bad; "
+        f"combine = {metrics['combine']}); trained on {c['human_train']['n']}, held out {c['human_heldout']['n']} "
+        "(stratified, grouped by completion, never trained on; also used for early stopping)",
+        f"- seed snippets mixed into the human phase: {c['seed_mixed_into_human_phase']}",
+        f"- held-out IMDB test-split snippets for evaluation: {c['imdb_eval_snippets']}",
+        f"- texts truncated at {cfg.max_length} tokens; bf16 autocast: {cfg.bf16}", "",
+        "## Evaluation (held out)", "",
+        "| data | model | n | accuracy | ROC-AUC | log-loss | ECE |", "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("human_heldout", "imdb_snippets"):
+        for who, label in (("seed_model", "seed model (before human phase)"), ("model", "this model"), ("tfidf", "TF-IDF + LR baseline")):
+            m = metrics.get(who, {}).get(name)
+            if m:
+                lines.append(f"| {name} | {label} | {m['n']} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('roc_auc'))} | "
+                             f"{_fmt(m.get('log_loss'))} | {_fmt(m.get('ece'))} |")
+    lines += ["", "Plots: `calibration.png`, `training_loss.png`" + (", `learning_curve.png`" if metrics.get("learning_curve") else "") +
+              "; all numbers in `metrics.json`.", "",
+              "## Use", "", "```python",
+              "from transformers import pipeline", f'clf = pipeline("text-classification", model="{run_id}")',
+              "from reward_training import load_reward_fn, reward_model",
+              f'reward_fn = load_reward_fn("{run_id}", kind="prob")   # list[str] -> torch.Tensor', "```", ""]
+    return "\n".join(lines)
