@@ -96,6 +96,7 @@ class Completion(Base):
     """A text the policy wrote after a prompt; what labellers judge."""
 
     __tablename__ = "completions"
+    __table_args__ = (Index("ix_completions_n_labels_id", "n_labels", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
@@ -105,6 +106,8 @@ class Completion(Base):
     # Probability of "good" under a reward model, for "uncertain first" ordering.
     reward_score: Mapped[float | None] = mapped_column(Float)
     reward_model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    # Good/bad judgements on this completion (skips excluded), kept in step by record_judgement/undo_last.
+    n_labels: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     prompt: Mapped[Prompt] = relationship(lazy="joined")

@@ -8,8 +8,9 @@ Rules (``next_item``):
    and does not hold in another session (two tabs never show the same item), and whose
    good/bad labels plus the active leases of *other* labellers number fewer than ``overlap``
    (with overlap 1 no item is handed to two labellers; with k, to at most k).
-3. Items with the fewest labels (+ leases) come first; among equals, ``random`` order, or
-   ``uncertain`` (reward score closest to 0.5 first, unscored last).
+3. Items with the fewest labels come first (``completions.n_labels``, kept in step with the
+   judgements); among equals, ``random`` (the walk along the id index starts at a random id), or
+   ``uncertain`` (reward score closest to 0.5 first, unscored last, then by id).
 4. The chosen item is leased to (labeller, session) for ``lease_seconds``; recording a
    judgement on it releases the lease.
 
@@ -22,7 +23,9 @@ first statement's snapshot.
 """
 from __future__ import annotations
 
-from sqlalchemy import Engine, and_, case, delete, exists, func, select, update
+import random
+
+from sqlalchemy import Engine, case, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from common.errors import UserError
@@ -47,7 +50,8 @@ def _check_args(session_key: str, overlap: int, order: str, lease_seconds: float
 
 
 def n_labels_expr():  # noqa: ANN201
-    """Correlated count of good/bad judgements on ``Completion`` (skips excluded)."""
+    """Count of good/bad judgements on ``Completion`` (skips excluded), recounted from the judgements
+    table; the queue uses the maintained column ``Completion.n_labels`` instead (a test checks they agree)."""
     return (select(func.count(Judgement.id))
             .where(Judgement.completion_id == Completion.id, Judgement.label != "skip")
             .correlate(Completion).scalar_subquery())
@@ -63,13 +67,17 @@ def _judged_by(labeler_id: int):  # noqa: ANN202
     return exists().where(Judgement.completion_id == Completion.id, Judgement.labeler_id == labeler_id)
 
 
-def _eligible(labeler_id: int, session_key: str | None, overlap: int, now):  # noqa: ANN001, ANN202
-    """(where clause, load expression) for items ``labeler_id`` may be handed in ``session_key``."""
+def _level_conditions(labeler_id: int, session_key: str, overlap: int, level: int, now) -> list:  # noqa: ANN001
+    """Items with exactly ``level`` labels that this (labeller, session) may be handed."""
     my_other_sessions = exists().where(Lease.completion_id == Completion.id, Lease.labeler_id == labeler_id,
-                                       Lease.expires_at > now,
-                                       *( [Lease.session_key != session_key] if session_key is not None else []))
-    load = n_labels_expr() + _others_leases_expr(labeler_id, now)
-    return and_(~_judged_by(labeler_id), ~my_other_sessions, load < overlap), load
+                                       Lease.expires_at > now, Lease.session_key != session_key)
+    room = overlap - level  # labellers that may still take it
+    if room == 1:
+        others = ~exists().where(Lease.completion_id == Completion.id, Lease.labeler_id != labeler_id,
+                                 Lease.expires_at > now)
+    else:
+        others = _others_leases_expr(labeler_id, now) < room
+    return [Completion.n_labels == level, ~_judged_by(labeler_id), ~my_other_sessions, others]
 
 
 def get_item(engine: Engine, completion_id: int) -> Item | None:
@@ -80,7 +88,7 @@ def get_item(engine: Engine, completion_id: int) -> Item | None:
 
 def _item(s: Session, completion_id: int) -> Item | None:
     row = s.execute(select(Completion.id, Prompt.text, Completion.text, Completion.model_version_id,
-                           n_labels_expr()).join(Prompt, Prompt.id == Completion.prompt_id)
+                           Completion.n_labels).join(Prompt, Prompt.id == Completion.prompt_id)
                     .where(Completion.id == completion_id)).first()
     return Item(*row) if row is not None else None
 
@@ -106,33 +114,47 @@ def next_item(engine: Engine, labeler_id: int, *, session_key: str, overlap: int
                 put_lease(s, labeler_id=labeler_id, session_key=session_key, completion_id=mine, seconds=lease_seconds)
                 return _item(s, mine)
 
-        # 2. choose a new one
-        where, load = _eligible(labeler_id, session_key, overlap, now)
-        if order == "uncertain":
-            tie = (case((Completion.reward_score.is_(None), 1), else_=0),
-                   func.abs(Completion.reward_score - 0.5), Completion.id)
-        else:
-            tie = (func.random(),)
-        q = select(Completion.id).where(where).order_by(load, *tie).limit(1)
-        if not pg:
-            chosen = s.scalar(q)
-        else:
-            chosen = None
-            q = q.with_for_update(of=Completion, skip_locked=True, key_share=True)
-            for _ in range(PG_CANDIDATE_TRIES):
-                cid = s.scalar(q)
-                if cid is None:
-                    break
-                # fresh snapshot, now that we hold the row lock: is it still free?
-                if s.scalar(select(func.count()).select_from(Completion).where(Completion.id == cid, where)):
-                    chosen = cid
-                    break
+        # 2. choose a new one: fewest labels first
+        chosen = _choose(s, labeler_id, session_key, overlap, order, now, pg)
         if chosen is None:
             return None
         put_lease(s, labeler_id=labeler_id, session_key=session_key, completion_id=chosen, seconds=lease_seconds)
         return _item(s, chosen)
 
     return run_write(engine, work, what="fetch the next item")
+
+
+def _choose(s: Session, labeler_id: int, session_key: str, overlap: int, order: str, now, pg: bool) -> int | None:  # noqa: ANN001
+    for level in range(overlap):
+        base = select(Completion.id).where(*_level_conditions(labeler_id, session_key, overlap, level, now))
+        if order == "uncertain":
+            queries = [base.order_by(case((Completion.reward_score.is_(None), 1), else_=0),
+                                     func.abs(Completion.reward_score - 0.5), Completion.id).limit(1)]
+        else:
+            # random: start at a random id and walk the (n_labels, id) index from there, wrapping round
+            lo, hi = s.execute(select(func.min(Completion.id), func.max(Completion.id))).one()
+            if lo is None:
+                return None
+            pivot = random.randint(lo, hi)
+            queries = [base.where(Completion.id >= pivot).order_by(Completion.id).limit(1),
+                       base.where(Completion.id < pivot).order_by(Completion.id).limit(1)]
+        for q in queries:
+            if not pg:
+                cid = s.scalar(q)
+                if cid is not None:
+                    return cid
+                continue
+            q = q.with_for_update(of=Completion, skip_locked=True, key_share=True)
+            for _ in range(PG_CANDIDATE_TRIES):
+                cid = s.scalar(q)
+                if cid is None:
+                    break
+                # fresh snapshot, now that we hold the row lock: is it still free?
+                recheck = select(func.count()).select_from(Completion).where(
+                    Completion.id == cid, *_level_conditions(labeler_id, session_key, overlap, level, now))
+                if s.scalar(recheck):
+                    return cid
+    return None
 
 
 def extend_lease(engine: Engine, labeler_id: int, session_key: str, lease_seconds: float = 600) -> bool:
@@ -150,9 +172,8 @@ def extend_lease(engine: Engine, labeler_id: int, session_key: str, lease_second
 def queue_size(engine: Engine, labeler_id: int, overlap: int = 1) -> int:
     """How many items ``labeler_id`` could still be handed (including the ones they hold now)."""
     now = utcnow()
-    where, _ = _eligible(labeler_id, None, overlap, now)
     mine = exists().where(Lease.completion_id == Completion.id, Lease.labeler_id == labeler_id, Lease.expires_at > now)
-    load_ok = (n_labels_expr() + _others_leases_expr(labeler_id, now)) < overlap
+    load_ok = (Completion.n_labels + _others_leases_expr(labeler_id, now)) < overlap
     with Session(engine) as s:
         return s.scalar(select(func.count()).select_from(Completion)
                         .where(~_judged_by(labeler_id), mine | load_ok)) or 0

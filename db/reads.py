@@ -8,7 +8,6 @@ from sqlalchemy.orm import Session
 
 from common.errors import UserError
 from db.models import LABELS, MODEL_KINDS, Completion, Judgement, Labeler, Lease, ModelVersion, Prompt, utcnow
-from db.queue import n_labels_expr
 from db.types import Combine, Item, LabelledExample, ModelVersionInfo
 
 if TYPE_CHECKING:
@@ -75,7 +74,7 @@ def list_model_versions(engine: Engine, kind: str | None = None) -> list[ModelVe
 
 def unlabelled_completions(engine: Engine, limit: int | None = None) -> list[Item]:
     """Completions nobody has labelled good or bad yet, oldest first (e.g. for reward scoring)."""
-    n = n_labels_expr()
+    n = Completion.n_labels
     q = (select(Completion.id, Prompt.text, Completion.text, Completion.model_version_id, n)
          .join(Prompt, Prompt.id == Completion.prompt_id).where(n == 0).order_by(Completion.id))
     if limit is not None:

@@ -265,12 +265,16 @@ def record_judgement(engine: Engine, *, labeler_id: int, completion_id: int, lab
 
     def work(s: Session) -> None:
         now = utcnow()
+        lock_labeler(s, labeler_id)  # this labeller's previous label below stays accurate on PostgreSQL
+        old = s.scalar(select(Judgement.label).where(Judgement.completion_id == completion_id,
+                                                     Judgement.labeler_id == labeler_id))
         ins = dialect_insert(s, Judgement).values(completion_id=completion_id, labeler_id=labeler_id, label=label,
                                                   seconds=seconds, created_at=now, updated_at=now)
         s.execute(ins.on_conflict_do_update(
             index_elements=["completion_id", "labeler_id"],
             set_={"label": ins.excluded.label, "seconds": ins.excluded.seconds, "updated_at": ins.excluded.updated_at},
             where=Judgement.label != ins.excluded.label))
+        _count_label(s, completion_id, int(label != "skip") - int(old is not None and old != "skip"))
         s.execute(delete(Lease).where(Lease.labeler_id == labeler_id, Lease.completion_id == completion_id))
 
     try:
@@ -278,6 +282,13 @@ def record_judgement(engine: Engine, *, labeler_id: int, completion_id: int, lab
     except sa_exc.IntegrityError:
         _missing(engine, labeler_id=labeler_id, completion_id=completion_id)
         raise
+
+
+def _count_label(s: Session, completion_id: int, delta: int) -> None:
+    """Keep ``completions.n_labels`` in step (an atomic increment, safe under concurrent labellers)."""
+    if delta:
+        s.execute(update(Completion).where(Completion.id == completion_id)
+                  .values(n_labels=Completion.n_labels + delta).execution_options(synchronize_session=False))
 
 
 def _missing(engine: Engine, *, labeler_id: int, completion_id: int) -> None:
@@ -297,11 +308,13 @@ def undo_last(engine: Engine, labeler_id: int, *, session_key: str | None = None
 
     def work(s: Session) -> int | None:
         lock_labeler(s, labeler_id)
-        row = s.execute(select(Judgement.id, Judgement.completion_id).where(Judgement.labeler_id == labeler_id)
+        row = s.execute(select(Judgement.id, Judgement.completion_id, Judgement.label)
+                        .where(Judgement.labeler_id == labeler_id)
                         .order_by(Judgement.updated_at.desc(), Judgement.id.desc()).limit(1)).first()
         if row is None:
             return None
         s.execute(delete(Judgement).where(Judgement.id == row.id))
+        _count_label(s, row.completion_id, -int(row.label != "skip"))
         if session_key is not None:
             put_lease(s, labeler_id=labeler_id, session_key=session_key, completion_id=row.completion_id,
                       seconds=lease_seconds)
