@@ -5,7 +5,9 @@ Figures (one JSON line each):
   (keydown timed in the page's capture phase; "rendered" = the completion caption in the DOM changed);
 - ``judgements_per_minute``: a scripted labeller that presses the next key as soon as the item shows;
 - ``db_write_ms``: ``db.record_judgement`` alone (one committed upsert), p50/p95 over ``--writes``;
-- ``db_next_item_ms``: ``db.next_item`` alone (lease the next item), p50/p95.
+- ``db_next_item_ms``: ``db.next_item`` alone (lease the next item), p50/p95;
+- ``streamlit_floor_ms``: the key-to-render time of a one-button Streamlit app on the same machine,
+  i.e. what Streamlit, the websocket and the browser cost before this app does anything.
 
 Run: ``flock /tmp/rlhf-cpu.lock python benchmarks/bench_labeling.py`` (about a minute).
 """
@@ -44,15 +46,27 @@ def machine() -> dict:
     return {"nproc": os.cpu_count(), "torch": tv, "streamlit": streamlit.__version__, "python": platform.python_version()}
 
 
+def review_pieces(n: int) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs cut from real IMDB reviews: the first 6 words, then the next 40."""
+    from common.imdb import DataConfig, load_imdb
+
+    texts = load_imdb(DataConfig(max_reviews=max(n, 50)))["train"]["text"]
+    out = []
+    for t in texts:
+        words = t.split()
+        if len(words) >= 46:
+            out.append((" ".join(words[:6]), " " + " ".join(words[6:46])))
+        if len(out) == n:
+            break
+    return out
+
+
 def seed(url: str, n: int) -> None:
     import db
 
     engine = db.connect(url)
-    db.add_completions(engine, [
-        db.NewCompletion(prompt=f"The film number {i} was", text=f" a quiet, well acted drama about item {i}; "
-                         "the ending surprised me and the score was lovely.", model_version_id=None, gen_params={})
-        for i in range(n)
-    ])
+    db.add_completions(engine, [db.NewCompletion(prompt=p, text=c, model_version_id=None, gen_params={})
+                                for p, c in review_pieces(n)])
 
 
 def bench_browser(tmp: Path, n_items: int) -> dict:
@@ -73,6 +87,56 @@ def bench_browser(tmp: Path, n_items: int) -> dict:
         lat = page.evaluate("window.__lat")
         page.screenshot(path=str(tmp / "bench.png"))
     return {"latencies": lat, "elapsed_s": elapsed, "n": n_items}
+
+
+FLOOR_APP = """
+import streamlit as st
+st.session_state.setdefault("n", 0)
+def inc():
+    st.session_state.n += 1
+@st.fragment
+def f():
+    st.button("Good", key="good", on_click=inc, shortcut="G")
+    with st.container(key="completion_box"):
+        st.caption(f"COMPLETION #{st.session_state.n}")
+f()
+"""
+
+
+def bench_floor(tmp: Path, n_items: int) -> list[float]:
+    """The same measurement on a one-button Streamlit app: what Streamlit and the browser cost alone."""
+    import subprocess
+    import urllib.request
+
+    app = tmp / "floor_app.py"
+    app.write_text(FLOOR_APP)
+    port = harness.free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address",
+           "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        with harness.chromium_page() as page:
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator(harness.COMPLETION_CAPTION).wait_for()
+            page.locator("button").first.wait_for()
+            time.sleep(0.5)
+            current = harness.current_completion_id(page)
+            for _ in range(5):
+                current = harness.press_and_wait_next(page, "g", current)
+            page.evaluate(harness.LATENCY_PROBE, [harness.COMPLETION_CAPTION])
+            for _ in range(n_items):
+                current = harness.press_and_wait_next(page, "g", current)
+            return page.evaluate("window.__lat")
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def bench_db(tmp: Path, n_writes: int) -> dict:
@@ -116,6 +180,9 @@ def main() -> None:
                           "max": round(max(lat), 2), "goal_p95": 100.0, "goal_met": pct(lat, 95) <= 100.0}))
         print(json.dumps({**base, "figure": "judgements_per_minute", "n": b["n"],
                           "value": round(b["n"] / b["elapsed_s"] * 60, 1)}))
+        floor = bench_floor(tmp, args.items)
+        print(json.dumps({**base, "figure": "streamlit_floor_ms", "n": len(floor), "p50": pct(floor, 50),
+                          "p95": pct(floor, 95), "note": "one-button Streamlit app, same measurement"}))
         if args.screenshot:
             args.screenshot.write_bytes((tmp / "bench.png").read_bytes())
 

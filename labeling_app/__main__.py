@@ -24,7 +24,7 @@ def streamlit_args(port: int, address: str) -> list[str]:
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.port", str(port), "--server.address", address, "--server.headless", "true",
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-        "--server.runOnSave", "false", "--global.developmentMode", "false",
+        "--server.runOnSave", "false", "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
     ]
 
 

@@ -126,12 +126,13 @@ def labelling() -> None:
         texts = st.container()
         cols = st.columns(4)
         cols[0].button("Good", key=f"good-{cid}", on_click=_judge, args=(cid, "good"), type="primary",
-                       shortcut=SHORTCUTS["good"], width="stretch")
-        cols[1].button("Bad", key=f"bad-{cid}", on_click=_judge, args=(cid, "bad"), type="primary",
+                       icon=":material/thumb_up:", shortcut=SHORTCUTS["good"], width="stretch")
+        cols[1].button("Bad", key=f"bad-{cid}", on_click=_judge, args=(cid, "bad"), icon=":material/thumb_down:",
                        shortcut=SHORTCUTS["bad"], width="stretch")
-        cols[2].button("Skip", key=f"skip-{cid}", on_click=_judge, args=(cid, "skip"),
+        cols[2].button("Skip", key=f"skip-{cid}", on_click=_judge, args=(cid, "skip"), icon=":material/skip_next:",
                        shortcut=SHORTCUTS["skip"], width="stretch")
-        cols[3].button("Undo", key="undo", on_click=_undo, shortcut=SHORTCUTS["undo"], width="stretch")
+        cols[3].button("Undo", key="undo", on_click=_undo, shortcut=SHORTCUTS["undo"], width="stretch",
+                       icon=":material/undo:")
         with texts:
             with st.container(border=True, key="prompt_box"):
                 st.caption("PROMPT (the opening the model was given)")
