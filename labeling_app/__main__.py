@@ -1,4 +1,4 @@
-"""``python -m labeling_app [--port N]``: start the labelling app with Streamlit.
+"""Start the labelling app with Streamlit: ``python -m labeling_app [--port N]``.
 
 A thin wrapper over ``streamlit run labeling_app/app.py`` with settings for a closed network
 (headless, no usage statistics, no file watcher). The database is ``RLHF_DB_URL``, the

@@ -35,8 +35,8 @@ class LabelConfig:
         metadata={"help": "start a background refill automatically when the queue runs low"})
     policy: str = field(
         default="latest",
-        metadata={"help": "policy used for refills: 'latest' (newest registered policy, else the base policy) "
-                          "or a model folder"})
+        metadata={"help": "policy used for refills: 'latest' (newest policy registered in the database, else the "
+                          "newest PPO run, else the base policy) or a model folder"})
 
     def validate(self) -> None:
         if not self.instructions.strip():

@@ -159,3 +159,18 @@ def test_background_refill_writes_completions(smoke_env, tiny_policy_dir):
     refiller.wait(120)
     items = db.unlabelled_completions(engine)
     assert {"My own prompt", "Another one"} <= {it.prompt for it in items} and len(items) == 5
+
+
+def test_cli_help_and_bad_port(capsys):
+    from labeling_app.__main__ import main, streamlit_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "refill_batch" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--port", "70000"])
+    assert exit_info.value.code == 2
+    assert "--port 70000" in capsys.readouterr().err
+    args = streamlit_args(8765, "127.0.0.1")
+    assert args[args.index("--server.port") + 1] == "8765" and args[3] == "run"
