@@ -460,3 +460,52 @@ def test_cli_stats_export_import_and_errors(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["stats"])
     assert exit_.value.code == 2 and "RLHF_DB_URL" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# schema upgrades and the maintained label count
+
+
+def test_upgrade_from_0001_backfills_label_counts(backend_url):
+    """A database created at revision 0001 (before completions.n_labels) with judgements in it is
+    upgraded by connect() and its label counts are filled in from the judgements."""
+    from db.engine import make_engine, migrate, resolve_url
+
+    url = resolve_url(backend_url)[0]
+    if url.get_backend_name() == "sqlite":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(url)
+    migrate(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO prompts (id, text, text_sha256, source, created_at) "
+                          "VALUES (1, 'P', 'x', 'imdb', '2026-01-01 00:00:00')"))
+        for cid in (1, 2):
+            conn.execute(text("INSERT INTO completions (id, prompt_id, text, gen_params, created_at) "
+                              "VALUES (:c, 1, ' t', '{}', '2026-01-01 00:00:00')"), {"c": cid})
+        for lid, name in ((1, "a"), (2, "b")):
+            conn.execute(text("INSERT INTO labelers (id, name, created_at) VALUES (:i, :n, '2026-01-01 00:00:00')"),
+                         {"i": lid, "n": name})
+        for cid, lid, label in ((1, 1, "good"), (1, 2, "bad"), (2, 1, "skip")):
+            conn.execute(text("INSERT INTO judgements (completion_id, labeler_id, label, created_at, updated_at) "
+                              "VALUES (:c, :l, :lab, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"),
+                         {"c": cid, "l": lid, "lab": label})
+    engine.dispose()
+    upgraded = db.connect(backend_url)
+    assert db.current_revision(upgraded) == db.head_revision()
+    assert db.get_item(upgraded, 1).n_labels == 2 and db.get_item(upgraded, 2).n_labels == 0
+    upgraded.dispose()
+
+
+def test_label_counts_stay_in_step(db_engine):
+    from db.drill import count_drift
+
+    c1, c2 = _completions(db_engine, 2)
+    a, b = (db.get_or_create_labeler(db_engine, n) for n in ("a", "b"))
+    steps = [(a, c1, "good"), (a, c1, "good"), (a, c1, "skip"), (a, c1, "bad"), (b, c1, "good"), (b, c2, "skip")]
+    for lab, cid, label in steps:
+        db.record_judgement(db_engine, labeler_id=lab, completion_id=cid, label=label)
+        assert count_drift(db_engine) == 0
+    assert db.get_item(db_engine, c1).n_labels == 2 and db.get_item(db_engine, c2).n_labels == 0
+    db.undo_last(db_engine, b)  # the skip on c2
+    db.undo_last(db_engine, b)  # the good on c1
+    assert db.get_item(db_engine, c1).n_labels == 1 and count_drift(db_engine) == 0
