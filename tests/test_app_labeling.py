@@ -233,6 +233,15 @@ def test_data_page_exports_and_imports(smoke_env):
     at.radio(key="export_fmt").set_value("csv").run()
     at.button(key="export").click().run()
     assert at.session_state["export_file"][0] == "labels.csv"
+    at.radio(key="export_fmt").set_value("hf").run()
+    at.button(key="export").click().run()
+    assert not at.exception, at.exception
+    name, data, mime = at.session_state["export_file"]
+    import io
+    import zipfile
+
+    assert name == "labels_dataset.zip" and mime == "application/zip"
+    assert zipfile.ZipFile(io.BytesIO(data)).namelist()
 
 
 def test_data_page_imports_prompts(smoke_env):
@@ -258,3 +267,20 @@ def test_unusual_completions_are_shown_verbatim(smoke_env, text):
     at.button(key=f"good-{shown_id(at)}").click().run()
     assert not at.exception
     assert judgements(smoke_env["db_url"])[0][2] == "good"
+
+
+def test_label_flow_on_both_backends(smoke_env, monkeypatch, backend_url):
+    monkeypatch.setenv("RLHF_DB_URL", backend_url)
+    seed(backend_url, 3)
+    at = start()
+    first = shown_id(at)
+    at.button(key=f"good-{first}").click().run()
+    second = shown_id(at)
+    at.button(key=f"bad-{second}").click().run()
+    at.button(key="undo").click().run()
+    assert shown_id(at) == second
+    at.button(key=f"skip-{second}").click().run()
+    assert not at.exception, at.exception
+    assert judgements(backend_url) == sorted([(first, "alice", "good"), (second, "alice", "skip")])
+    at.switch_page("views/stats.py").run()
+    assert not at.exception, at.exception

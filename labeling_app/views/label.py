@@ -113,7 +113,11 @@ def _flash() -> None:
 @st.fragment
 def labelling() -> None:
     if state.get("item") is None:
-        _fetch_next()
+        try:
+            _fetch_next()
+        except Exception as err:  # e.g. the database went away: say so, keep the page
+            st.error(f"Could not fetch the next item ({type(err).__name__}: {err}). Reload the page to retry.")
+            return
     item = state.item
     if item is None:
         st.success("Nothing left for you to label right now.")
