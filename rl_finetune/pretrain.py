@@ -234,7 +234,7 @@ def evaluate(model, stream: np.ndarray, cfg: PretrainConfig, chars_per_token: fl
         rows = [stream[j * block:(j + 1) * block] for j in range(i, min(i + cfg.batch_size, n_windows))]
         x = torch.from_numpy(np.stack(rows).astype(np.int64))
         with autocast(cfg):
-            logits = model(input_ids=x).logits
+            logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="sum")
         total += float(loss)
@@ -383,7 +383,8 @@ def train(
         else:
             x = sample_batch(train_stream, cfg.batch_size, cfg.block_size, rng)
         with autocast(cfg):
-            loss = fwd(input_ids=x, labels=x).loss
+            # the stream holds <|endoftext|> (= pad) between reviews: an explicit all-ones mask
+            loss = fwd(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -391,7 +392,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tokens_seen += x.numel()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if on_step:
             on_step(step, losses[-1])
         if step % 10 == 0:

@@ -13,6 +13,9 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Idle OpenMP threads sleep instead of spinning: with other jobs on the 2 cores, spinning threads
+# stall each other (a tiny pretraining loop went from 30 s to 2 s). Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture

@@ -1,0 +1,152 @@
+"""Generation: batched sampling with left padding, and filling the labelling queue in the db."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import db
+from common.errors import UserError
+from rl_finetune.generate import GenerateConfig, fill_queue, generate_completions, left_pad
+from rl_finetune.policy import ensure_registered, find_policy_version, load_policy
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_policy_dir):
+    return load_policy(tiny_policy_dir)
+
+
+def _completions(engine) -> list:
+    with Session(engine) as s:
+        return list(s.scalars(select(db.Completion).order_by(db.Completion.id)))
+
+
+def test_left_pad_masks_the_padding():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_completions_per_prompt_and_params_are_recorded(policy):
+    model, tok = policy
+    cfg = GenerateConfig(completions_per_prompt=2, prompts_per_batch=2, max_new_tokens=6, top_k=5, top_p=0.9,
+                         temperature=0.7, seed=1)
+    rows = generate_completions(model, tok, ["This movie", "I hated it", "Great"], cfg)
+    assert [r["prompt"] for r in rows] == ["This movie"] * 2 + ["I hated it"] * 2 + ["Great"] * 2
+    for r in rows:
+        assert 0 <= r["n_tokens"] <= 6
+        assert r["finish_reason"] in ("eos", "length")
+        assert r["gen_params"] == {"max_new_tokens": 6, "temperature": 0.7, "top_k": 5, "top_p": 0.9,
+                                   "do_sample": True, "seed": 1}
+    again = generate_completions(model, tok, ["This movie", "I hated it", "Great"], cfg)
+    assert [r["text"] for r in again] == [r["text"] for r in rows]  # seeded
+
+
+def test_batched_left_padded_generation_matches_one_at_a_time(policy):
+    model, tok = policy
+    cfg = GenerateConfig(max_new_tokens=8, temperature=0.0, prompts_per_batch=8)
+    prompts = ["Hi", "This is a much longer prompt about a film that I saw"]
+    batched = [r["text"] for r in generate_completions(model, tok, prompts, cfg)]
+    alone = [generate_completions(model, tok, [p], cfg)[0]["text"] for p in prompts]
+    assert batched == alone
+
+
+def test_completion_is_cut_at_end_of_text(policy):
+    _, tok = policy
+    eos = tok.eos_token_id
+    word = tok.encode(" good")[0]
+
+    class Scripted(torch.nn.Module):
+        """Stands in for a model: appends ' good', <|endoftext|>, then padding."""
+        config = type("C", (), {"n_positions": 64})()
+
+        def generate(self, input_ids, attention_mask, **kwargs):
+            tail = torch.tensor([[word, eos, eos]] * input_ids.shape[0])
+            return torch.cat([input_ids, tail], dim=1)
+
+    rows = generate_completions(Scripted(), tok, ["It was"], GenerateConfig(max_new_tokens=3))
+    assert rows[0]["text"] == " good"
+    assert rows[0]["n_tokens"] == 1 and rows[0]["finish_reason"] == "eos"
+
+
+def test_long_prompt_is_cut_from_the_left_with_a_warning(policy, caplog):
+    model, tok = policy
+    long = "word " * 400  # > 128 positions of the tiny model
+    with caplog.at_level(logging.WARNING, logger="rl_finetune.generate"):
+        rows = generate_completions(model, tok, [long + "END"], GenerateConfig(max_new_tokens=4, temperature=0.0))
+    assert len(rows) == 1
+    assert "truncated from the left" in caplog.text
+
+
+def test_empty_prompt_list_is_an_error(policy):
+    model, tok = policy
+    with pytest.raises(UserError, match="empty"):
+        generate_completions(model, tok, [], GenerateConfig())
+
+
+def test_missing_policy_names_the_path_and_the_command(smoke_env):
+    missing = smoke_env["artifacts"] / "base_policy"
+    with pytest.raises(UserError) as err:
+        load_policy(None)
+    assert str(missing) in str(err.value) and "make base-model" in str(err.value)
+    with pytest.raises(UserError, match="does not exist"):
+        load_policy(str(smoke_env["artifacts"] / "nowhere" / "model"))
+    (smoke_env["artifacts"] / "empty").mkdir(parents=True)
+    with pytest.raises(UserError, match="no config.json"):
+        load_policy(str(smoke_env["artifacts"] / "empty"))
+
+
+def test_fill_queue_writes_completions_with_version_and_params(smoke_env, tiny_policy_dir):
+    engine = db.connect(smoke_env["db_url"])
+    cfg = GenerateConfig(completions_per_prompt=2, prompts_per_batch=3, max_new_tokens=5, seed=0)
+    written = fill_queue(engine, tiny_policy_dir, 6, cfg, prompts=["A film", "The plot", "I laughed"])
+    assert written == 6
+    rows = _completions(engine)
+    assert len(rows) == 6
+    version = find_policy_version(engine, tiny_policy_dir)
+    assert version is not None
+    assert {r.model_version_id for r in rows} == {version}
+    assert all(r.gen_params["top_k"] == 0 and r.gen_params["temperature"] == 1.0
+               and r.gen_params["max_new_tokens"] == 5 for r in rows)
+    # the labelling app's argument order (engine, path, prompts, n, cfg); the same version is reused
+    assert fill_queue(engine, tiny_policy_dir, ["Another prompt"], 2, cfg) == 2
+    assert {r.model_version_id for r in _completions(engine)} == {version}
+    assert len(db.list_model_versions(engine, kind="policy")) == 1
+    assert ensure_registered(engine, tiny_policy_dir) == version
+
+
+def test_cli_generate_writes_n_completions(smoke_env, tiny_policy_dir, capsys):
+    from rl_finetune.__main__ import main
+
+    assert main(["generate", "--policy", str(tiny_policy_dir), "-n", "5", "--completions-per-prompt", "1",
+                 "--max-new-tokens", "4"]) == 0
+    engine = db.connect(smoke_env["db_url"])
+    rows = _completions(engine)
+    assert len(rows) == 5
+    assert all(r.model_version_id is not None for r in rows)
+    assert "wrote 5 completions" in capsys.readouterr().out
+
+
+def test_cli_generate_from_prompt_file(smoke_env, tiny_policy_dir, tmp_path, capsys):
+    import json
+
+    from rl_finetune.__main__ import main
+
+    f = tmp_path / "prompts.txt"
+    f.write_text("First prompt\n\nSecond prompt\n")
+    assert main(["generate", "--policy", str(tiny_policy_dir), "-n", "2", "--prompt-file", str(f),
+                 "--max-new-tokens", "3", "--print"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["prompt"] for x in lines] == ["First prompt", "Second prompt"]
+
+
+def test_cli_generate_without_base_policy_exits_2(smoke_env, capsys):
+    from rl_finetune.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "-n", "2"])
+    assert exc.value.code == 2
+    assert "make base-model" in capsys.readouterr().err
