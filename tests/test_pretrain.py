@@ -177,3 +177,18 @@ def test_cli_bad_config_exits_2(smoke_env, capsys):
 def test_weights_are_finite(trained):
     _, result, _ = trained
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_init_from_a_saved_model_with_zero_steps_saves_it_as_is(smoke_env, tiny_policy_dir):
+    from rl_finetune.policy import load_policy
+
+    cfg = load_config(PretrainConfig, "pretrain", overrides={
+        "init_from": str(tiny_policy_dir), "max_steps": 0, "eval_tokens": 256, "sample_prompts": ["Hi"],
+        "sample_max_new_tokens": 2})
+    result = train(cfg, load_config(DataConfig, "data"), progress=False)
+    folder = save_base_policy(result)
+    assert result.metrics["steps"] == 0 and result.metrics["vocab_size"] == 50257
+    original, _ = load_policy(tiny_policy_dir)
+    saved, tok = load_policy(folder)
+    assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), saved.state_dict().values()))
+    assert tok.padding_side == "left" and tok.pad_token == tok.eos_token
