@@ -349,6 +349,14 @@ def _explain(err: sa_exc.DBAPIError, url: URL, origin: str) -> DatabaseError:
         if "locked" in low:
             return DatabaseError(f"{where} stayed locked ({msg}).", "stop the process holding it, then try again.")
         return DatabaseError(f"cannot use {where} ({msg}).", f"check the file, or {_fix(origin)} to another one.")
+    if isinstance(err, sa_exc.OperationalError) and "does not exist" in low and "database" in low:
+        return DatabaseError(
+            f"the PostgreSQL server at {where} has no database {url.database!r} ({msg}).",
+            f"create it (e.g. `createdb {url.database}` as a user allowed to), or {_fix(origin)}.",
+        )
+    if isinstance(err, sa_exc.OperationalError) and "password authentication failed" in low:
+        return DatabaseError(f"the PostgreSQL server at {where} refused the login ({msg}).",
+                             f"check the user name and password in the URL, or {_fix(origin)}.")
     if isinstance(err, sa_exc.OperationalError):
         return DatabaseError(
             f"cannot reach the PostgreSQL server at {where} ({msg}).",

@@ -139,4 +139,7 @@ def judgements_frame(engine: Engine) -> pd.DataFrame:
     """:func:`judgement_rows` as a pandas DataFrame (one row per judgement), for the stats page."""
     import pandas as pd
 
-    return pd.DataFrame(judgement_rows(engine), columns=JUDGEMENT_COLUMNS)
+    frame = pd.DataFrame(judgement_rows(engine), columns=JUDGEMENT_COLUMNS)
+    for col in ("created_at", "updated_at"):  # datetime64 even when empty, so .dt works
+        frame[col] = pd.to_datetime(frame[col])
+    return frame

@@ -509,3 +509,17 @@ def test_label_counts_stay_in_step(db_engine):
     db.undo_last(db_engine, b)  # the skip on c2
     db.undo_last(db_engine, b)  # the good on c1
     assert db.get_item(db_engine, c1).n_labels == 1 and count_drift(db_engine) == 0
+
+
+def test_in_memory_sqlite_works_for_quick_scripts():
+    engine = db.connect("sqlite://")
+    (c,) = _completions(engine, 1)
+    lab = db.get_or_create_labeler(engine, "ann")
+    assert db.next_item(engine, lab, session_key="s").completion_id == c
+
+
+@pytest.mark.postgres
+def test_missing_postgres_database_is_named(postgres_server):
+    url = postgres_server.url("no_such_db")
+    with pytest.raises(db.DatabaseError, match="no database 'no_such_db'.*createdb"):
+        db.connect(url)
