@@ -364,8 +364,10 @@ def train(
     tokens_per_step = cfg.batch_size * cfg.block_size
 
     # 3. the loop: until the step or time budget is spent
-    bar = tqdm(total=cfg.max_steps or int(cfg.max_seconds or 0), initial=step if cfg.max_steps else int(elapsed),
-               unit="step" if cfg.max_steps else "s", disable=not progress, dynamic_ncols=True, desc="pretrain")
+    by_time = not cfg.max_steps  # the bar counts seconds of the time budget, or steps
+    bar = tqdm(total=int(cfg.max_seconds or 0) if by_time else cfg.max_steps, initial=int(elapsed) if by_time else step,
+               unit="step", disable=not progress, dynamic_ncols=True, desc="pretrain",
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]" if by_time else None)
     evals: list[dict[str, Any]] = []
     loop_start = time.time() - elapsed
     rate_t, rate_tokens = time.time(), tokens_seen
@@ -399,11 +401,11 @@ def train(
             now = time.time()
             rate = (tokens_seen - rate_tokens) / max(now - rate_t, 1e-9)
             rate_t, rate_tokens = now, tokens_seen
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}")
-        if cfg.max_steps:
-            bar.update(1)
+            bar.set_postfix(step=step, loss=f"{np.mean(losses[-10:]):.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}")
+        if by_time:
+            bar.update(min(int(time.time() - loop_start), bar.total) - bar.n)
         else:
-            bar.update(int(time.time() - loop_start) - bar.n)
+            bar.update(1)
         if cfg.eval_every and step % cfg.eval_every == 0:
             ev = evaluate(model, test_stream, cfg, chars_per_token)
             evals.append({"step": step, "tokens_seen": tokens_seen, **ev})
