@@ -144,12 +144,14 @@ def generate_for_labelling(cfg: DemoConfig, engine, policy: str, round_no: int) 
 
 
 def train_reward_model(cfg: DemoConfig, engine, run_id: str, *, progress: bool) -> tuple[Path, dict]:
-    import reward_training
     from common.imdb import DataConfig
     from reward_training.config import RewardConfig
+    # the function from its module: once ``reward_training.train`` (the submodule) is imported,
+    # the package attribute of that name is the module, not the function
+    from reward_training.train import train as train_rm
 
     rcfg = load_config(RewardConfig, "reward", overrides=cfg.reward_set)
-    path = Path(reward_training.train(rcfg, engine, data_cfg=load_config(DataConfig, "data"), run_id=run_id,
+    path = Path(train_rm(rcfg, engine, data_cfg=load_config(DataConfig, "data"), run_id=run_id,
                                       progress=progress))
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
     return path, metrics
@@ -299,9 +301,6 @@ def run(cfg: DemoConfig, *, run_id: str | None = None, progress: bool = True, ec
         md = report_markdown(report)
         (out / "report.md").write_text(md, encoding="utf-8")
         write_latest(out.parent, run_id)
-    report["timings_s"] = {**steps.times}
-    report["total_seconds"] = round(steps.elapsed, 1)
-    write_json(out / "report.json", report)
     echo("\n" + md)
     echo(f"report: {out / 'report.md'} (total {steps.elapsed:.1f} s)")
     return out

@@ -1,0 +1,78 @@
+"""make demo: the pure report helpers, the config, and the whole loop on the smoke profile."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from common.errors import ConfigError
+from demo.config import DemoConfig
+from demo.run import finite_numbers, overopt_series, report_markdown, summarize_scores
+
+
+def test_completions_per_round_fits_the_overlap():
+    cfg = DemoConfig(n_labels=1000)
+    cfg.simulate.overlap = 2
+    assert cfg.completions_per_round == 500
+    cfg.simulate.overlap = 3
+    assert cfg.completions_per_round == 334
+    with pytest.raises(ConfigError):
+        DemoConfig(n_labels=100, n_prompts=10).validate()
+    with pytest.raises(ConfigError):
+        DemoConfig(rounds=0).validate()
+
+
+def test_overopt_series_keeps_eval_rows_only():
+    rows = [{"step": 0, "eval/kl": 0.0, "eval/rm_prob": 0.5, "eval/gold": 0.5},
+            {"step": 1, "kl": 0.3, "reward_mean": 1.0},
+            {"step": 2, "eval/kl": 4.0, "eval/rm_prob": 0.9, "eval/gold": 0.6},
+            {"step": 3, "eval/kl": -0.01, "eval/rm_prob": 0.9, "eval/gold": 0.6}]
+    s = overopt_series(rows)
+    assert s["step"] == [0, 2, 3] and s["sqrt_kl"] == [0.0, 2.0, 0.0]
+    assert s["proxy"] == [0.5, 0.9, 0.9] and s["gold"] == [0.5, 0.6, 0.6]
+
+
+def test_summarize_scores():
+    s = summarize_scores([0.9, 0.2, 0.7, 0.4], [0.8, 0.6, 0.4, 0.1])
+    assert s["gold_positive_rate"] == 0.5 and s["rm_positive_rate"] == 0.5
+    assert s["rm_gold_agreement"] == 0.5 and s["n"] == 4
+    assert finite_numbers({"a": [1, 2.5, {"b": None, "c": True}], "d": "x"}) == [1.0, 2.5]
+
+
+def test_smoke_demo_end_to_end(smoke_env, tiny_policy_dir, tiny_reward_dir, capsys):
+    """Two rounds and the over-optimisation run on the smoke profile, from a tiny base policy with
+    a tiny BERT reward backbone (`CONFIG=configs/smoke.yaml make demo` in CI covers pretraining)."""
+    import db
+    from demo.__main__ import main
+
+    assert main(["--quiet", "--rounds", "2", "--overoptimization", "--set", f"base_policy={tiny_policy_dir}",
+                 "--set", f"reward_set=[backbone={tiny_reward_dir}]", "--run-id", "t"]) == 0
+    out = smoke_env["artifacts"] / "demo" / "t"
+    report = json.loads((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+    assert "## Round 2" in md and "Reward hacking" in md and md in capsys.readouterr().out
+
+    # the numbers are there and finite
+    for side in ("before", "after"):
+        for key in ("gold_mean", "gold_positive_rate", "rm_mean", "rm_gold_agreement"):
+            assert math.isfinite(report[side][key])
+    assert all(math.isfinite(x) for x in finite_numbers(report))
+    assert all(v is not None for v in report["kl"].values())
+    assert report["samples"] and report["samples"][0]["before"] is not None
+
+    # labels went through the db: two rounds of 60, with overlap 2 and agreement statistics
+    engine = db.connect()
+    st = db.stats(engine)
+    assert sum(r["labels"]["n_recorded"] for r in report["rounds"]) == 120
+    assert report["rounds"][0]["labels"]["mean_kappa"] is not None
+    assert len(db.list_model_versions(engine, "reward")) == 2
+    assert len(db.list_model_versions(engine, "policy")) == 3  # base + one per round
+    assert st  # the stats page has something to show
+    # round 2 labelled the round-1 policy's completions
+    assert report["rounds"][1]["policy_in"] == report["rounds"][0]["ppo"]["policy_out"]
+    for png in report["plots"]:
+        assert (out / png).stat().st_size > 1000
+    assert "overoptimization.png" in report["plots"]
+    assert report["overoptimization"]["curve"]["sqrt_kl"]
+    assert report_markdown(report).splitlines()[:12] == md.splitlines()[:12]  # the table is rebuilt from the JSON
