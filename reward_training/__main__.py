@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--require-labels", action="store_true", help="fail instead of training a seed-only model when there are no human labels")
     p.add_argument("--learning-curve", action="store_true", help="also measure accuracy vs number of human labels, seeded vs unseeded (slow)")
+    p.add_argument("--score-queue", action="store_true", help="after training, write P(good) of unlabelled completions into the database (for the app's 'uncertain first' order)")
     p.add_argument("--run-id", default=None, help="name of the output folder (default: a timestamp)")
     p.add_argument("--model", default=None, help="reward model folder for `score`/`predict` (default: the latest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     data_cfg = load_config(DataConfig, "data", profile=args.config)
     out = train(cfg, engine, data_cfg=data_cfg, require_labels=args.require_labels,
                 learning_curve=args.learning_curve, run_id=args.run_id, progress=not args.no_progress)
+    if args.score_queue:
+        from reward_training.api import score_completions
+
+        log.info("scored %d unlabelled completions", score_completions(engine, out))
     print(out)
     return 0
 

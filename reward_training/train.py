@@ -243,21 +243,28 @@ def headline(metrics: dict) -> dict:
 # ----------------------------------------------------------------------------- learning curve
 
 def run_learning_curve(cfg: RewardConfig, seed_state, train: Sequence[D.Example], heldout: Sequence[D.Example],
-                       seed_pool: Sequence[D.Example], *, progress: bool = True) -> list[dict]:
+                       seed_pool: Sequence[D.Example], *, sizes: Sequence[int] | None = None,
+                       unseeded_sizes: Sequence[int] | None = None, progress: bool = True) -> list[dict]:
     """Held-out human accuracy vs number of human labels: seeded (from the seed model, seed
-    snippets mixed in), unseeded (from the bare backbone, human labels only), and TF-IDF on each."""
+    snippets mixed in), unseeded (from the bare backbone, human labels only), and TF-IDF on each.
+
+    ``sizes`` defaults to ``cfg.learning_curve_sizes`` plus all labels; ``unseeded_sizes`` limits
+    the (slow to converge) unseeded runs to some sizes (default: every size)."""
     if not heldout or not train:
         log.warning("learning curve skipped: it needs human labels on both sides of the split")
         return []
     y_held = [e.label for e in heldout]
     texts_held = [e.text for e in heldout]
-    sizes = sorted({n for n in cfg.learning_curve_sizes if n <= len(train)} | {len(train)})
+    wanted = sizes if sizes is not None else [*cfg.learning_curve_sizes, len(train)]
+    sizes = sorted({n for n in wanted if n <= len(train)})
     rows = []
     for n in sizes:
         sub = D.stratified_subset(train, n, cfg.random_seed)
         if len({e.label > 0.5 for e in sub}) < 2:
             continue
         for method in ("seeded", "unseeded"):
+            if method == "unseeded" and unseeded_sizes is not None and n not in unseeded_sizes:
+                continue
             torch.manual_seed(cfg.random_seed)
             model, tok = load_backbone(cfg.backbone_or_default, freeze_embeddings=cfg.freeze_embeddings)
             if method == "seeded" and seed_state is not None:
