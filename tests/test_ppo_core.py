@@ -11,7 +11,7 @@ from common.errors import ConfigError, UserError
 from rl_finetune.ppo import core
 from rl_finetune.ppo.config import GenKwargs, PPOConfig
 from rl_finetune.ppo.kl import AdaptiveKLController, FixedKLController, make_kl_controller
-from rl_finetune.ppo.rollout import left_pad, position_ids, response_mask
+from rl_finetune.ppo.rollout import left_pad, position_ids, response_mask, sample_from_logits
 from rl_finetune.ppo.trainer import check_scores
 
 t = torch.tensor
@@ -174,6 +174,15 @@ def test_response_mask_through_first_eos():
     resp = t([[5, 7, 0, 9], [5, 6, 7, 8], [0, 0, 0, 0]])
     assert response_mask(resp, eos_id=0, stop_at_eos=True).tolist() == [[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert response_mask(resp, eos_id=0, stop_at_eos=False).tolist() == [[1] * 4] * 3
+
+
+def test_sampling_follows_the_distribution_and_skips_impossible_tokens():
+    probs = t([0.0, 0.1, 0.0, 0.6, 0.3])
+    logits = probs.log().expand(20000, 5)                 # log 0 = -inf: never sampled
+    draws = sample_from_logits(logits, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=5).float() / draws.numel()
+    assert freq[0] == 0 and freq[2] == 0
+    assert close(freq, probs, tol=0.015)
 
 
 def test_left_pad_and_positions():

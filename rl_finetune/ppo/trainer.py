@@ -110,6 +110,23 @@ def check_scores(scores, n: int, where: str) -> torch.Tensor:
     return t
 
 
+def make_accelerator(mixed_precision: str):
+    """An ``Accelerator`` for this run. ``cpu=True`` on a machine without CUDA lets
+    ``torchrun --nproc_per_node N`` run N CPU processes (gloo DDP). In a single process, a second
+    run with another precision resets accelerate's process-wide state instead of failing."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
+
+    cpu = not torch.cuda.is_available()
+    try:
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    except ValueError:
+        if PartialState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state()
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
 def _seeded(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(int(seed) % (2**63))
@@ -180,15 +197,11 @@ class PPOTrainer:
                  tokenizer=None, eval_prompts: list[str] | None = None, gold_fn: RewardFn | None = None,
                  eval_fns: dict[str, RewardFn] | None = None, work_dir: Path | None = None,
                  accelerator=None, progress: bool = True):
-        from accelerate import Accelerator
-
         config.validate()
         self.cfg = cfg = config
         if not prompts:
             raise UserError("train() got no prompts.", "pass a non-empty list of prompt strings.")
-        # cpu=True on a machine without CUDA lets `torchrun --nproc_per_node N` give N CPU processes (gloo DDP)
-        self.accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision,
-                                                      cpu=not torch.cuda.is_available())
+        self.accelerator = accelerator or make_accelerator(cfg.mixed_precision)
         acc = self.accelerator
         threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // acc.num_processes)
         if acc.device.type == "cpu":
@@ -223,6 +236,7 @@ class PPOTrainer:
         self.progress = progress
         self.step = 0
         self.elapsed = 0.0
+        self.reward_time = 0.0
         self.before: list[dict] = []
         if acc.is_main_process:
             log.info("PPO: %d prompts, %d eval prompts, %d trainable parameters, %d process(es), %d thread(s), %s",
@@ -243,6 +257,7 @@ class PPOTrainer:
         cfg, acc, dev = self.cfg, self.accelerator, self.accelerator.device
         gen = _seeded(cfg.seed * 1_000_003 + step * 7919 + acc.process_index)
         idx = self.stream.take(step, cfg.num_rollouts)
+        self.reward_time = 0.0
         chunks = []
         for c, start in enumerate(range(0, len(idx), cfg.chunk_size)):
             part = idx[start:start + cfg.chunk_size]
@@ -251,8 +266,10 @@ class PPOTrainer:
             with acc.autocast():
                 response, mask = sample(self.unwrapped, batch, cfg.gen_kwargs, self.eos_id, self.pad_id, gen)
             texts = decode_responses(self.tokenizer, response, mask)
+            t_reward = time.perf_counter()
             scores = check_scores(self.reward_fn([p + r for p, r in zip(batch.texts, texts)]), len(texts),
                                   f"step {step}, rollout chunk {c}")
+            self.reward_time += time.perf_counter() - t_reward
             chunks.append(Rollout(batch.input_ids, batch.attention_mask, response, mask, scores.to(dev),
                                   batch.texts, texts))
         return _join_chunks(chunks, self.pad_id)
@@ -283,6 +300,7 @@ class PPOTrainer:
         t_rollout = time.perf_counter() - t0
         # 2. log-probs and values under the policy (before any update), log-probs under the reference
         tk = self.score_tokens(ro)
+        t_forward = time.perf_counter() - t0 - t_rollout
         mask = ro.mask.float()
         # 3. scores -> scaled, clipped; per-token rewards with the KL penalty
         if cfg.scale_reward == "running":
@@ -298,7 +316,9 @@ class PPOTrainer:
         if cfg.whiten_advantages:
             advantages = core.whiten(advantages, mask)
         # 5. PPO epochs over minibatches
+        t1 = time.perf_counter()
         stats = self.optimise(ro, tk, advantages, returns, mask, step)
+        t_optimise = time.perf_counter() - t1
         # 6. KL controller, on the mean per-sample KL of all processes
         kl_per_sample = kl.sum(-1)
         kl_mean = acc.reduce(kl_per_sample.mean().detach(), reduction="mean").item()
@@ -325,7 +345,10 @@ class PPOTrainer:
             **{k: float(v) for k, v in zip(keys, reduced.tolist())},
             "samples_per_s": cfg.num_rollouts * acc.num_processes / dt,
             "step_time": dt,
-            "rollout_time": t_rollout,
+            "time/rollout": t_rollout,      # sampling + reward_fn
+            "time/reward": self.reward_time,
+            "time/forward": t_forward,      # old log-probs, values, reference log-probs
+            "time/optimise": t_optimise,    # ppo_epochs of forward + backward + step
         }
         return row
 

@@ -1,0 +1,138 @@
+"""PPO throughput of our trainer: episodes/s and s/step at batch 16, response 32, 4 PPO epochs, 1 minibatch.
+
+    flock /tmp/rlhf-cpu.lock python benchmarks/bench_ppo.py [--steps 12] [--policy DIR] [--reward DIR]
+
+Policy: ``--policy`` or the base policy (``$RLHF_ARTIFACTS/base_policy``) when it exists, else a randomly
+initialised 4-layer d=256 GPT-2 with the project's 8k IMDB BPE (cached under
+``$RLHF_ARTIFACTS/cache/tokenizers``) or GPT-2's tokenizer. Reward: ``--reward`` or the latest reward
+model, else all-MiniLM-L6-v2 with an untrained 2-way head (the same cost as a trained one).
+Prints one JSON line per precision with the figures, the command, ``nproc`` and the torch version.
+The TRL 1.12 side-by-side is ``benchmarks/bench_ppo_trl.py`` (a throwaway venv).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+
+def random_policy():
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from common.paths import artifacts_root
+
+    cached = sorted((artifacts_root() / "cache" / "tokenizers").glob("bpe8192-*/tokenizer.json"))
+    if cached:
+        tok = AutoTokenizer.from_pretrained(cached[-1].parent)
+        source = f"random 4-layer d=256 GPT-2, 8k BPE ({cached[-1].parent.name})"
+    else:
+        from common.assets import gpt2_tokenizer
+
+        tok = gpt2_tokenizer()
+        source = "random 4-layer d=256 GPT-2, GPT-2 tokenizer (no cached 8k BPE)"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    eos = tok.eos_token_id if tok.eos_token_id is not None else 0
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=256, n_layer=4, n_head=4,
+                     bos_token_id=eos, eos_token_id=eos)
+    return (GPT2LMHeadModel(cfg), tok), source
+
+
+def minilm_reward():
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from common.assets import minilm_dir
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2).eval()
+
+    @torch.no_grad()
+    def reward_fn(texts):
+        enc = tok(list(texts), padding=True, truncation=True, max_length=128, return_tensors="pt")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(**enc).logits.float()
+        return logits[:, 1] - logits[:, 0]
+
+    return reward_fn, "all-MiniLM-L6-v2 + untrained 2-way head (bf16)"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=12, help="PPO steps timed (after --warmup)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--policy", default=None)
+    p.add_argument("--reward", default=None)
+    p.add_argument("--precision", nargs="+", default=["bf16", "no"], choices=["bf16", "no"])
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args()
+
+    from common.assets import offline_env
+    from common.config import from_dict
+    from common.paths import base_policy_dir, resolve_latest, reward_models_dir
+    from rl_finetune.ppo import PPOConfig, train
+
+    offline_env()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    policy_path = args.policy or (str(base_policy_dir()) if (base_policy_dir() / "config.json").is_file() else None)
+    reward_path = args.reward or resolve_latest(reward_models_dir())
+    if reward_path is not None:
+        from reward_training import load_reward_fn
+
+        reward_fn, reward_source = load_reward_fn(reward_path, kind="logit_diff"), f"reward model {reward_path}"
+    else:
+        reward_fn, reward_source = minilm_reward()
+    from common.imdb import DataConfig, load_imdb, make_prompts
+
+    ds = load_imdb(DataConfig())
+    prompts = make_prompts(list(ds["train"]["text"]), 512, DataConfig())
+
+    for precision in args.precision:
+        if policy_path:
+            from rl_finetune.policy import load_policy
+
+            policy, source = load_policy(policy_path), f"policy {policy_path}"
+        else:
+            policy, source = random_policy()
+        raw = {"total_steps": args.warmup + args.steps, "num_rollouts": 16, "chunk_size": 16, "batch_size": 16,
+               "ppo_epochs": 4, "gen_kwargs": {"max_new_tokens": 32, "stop_at_eos": False},
+               "mixed_precision": precision, "eval_interval": 10**9, "checkpoint_interval": 0}
+        for item in args.overrides:
+            k, v = item.split("=", 1)
+            import yaml
+
+            raw[k] = yaml.safe_load(v)
+        cfg = from_dict(PPOConfig, raw)
+        t0 = time.perf_counter()
+        res = train(policy, reward_fn, prompts, cfg, progress=False)
+        wall = time.perf_counter() - t0
+        rows = [r for r in res.metrics if "step_time" in r][args.warmup:]
+        med = {k: statistics.median(r[k] for r in rows) for k in
+               ("step_time", "time/rollout", "time/reward", "time/forward", "time/optimise")}
+        print(json.dumps({
+            "bench": "ppo_ours", "precision": precision, "batch": 16, "response_tokens": 32, "ppo_epochs": 4,
+            "minibatches": 1, "steps_timed": len(rows),
+            "s_per_step_median": round(med["step_time"], 3),
+            "episodes_per_s": round(16 / med["step_time"], 2),
+            "s_per_step_mean": round(statistics.mean(r["step_time"] for r in rows), 3),
+            "breakdown_s": {k.split("/")[-1]: round(v, 3) for k, v in med.items() if k != "step_time"},
+            "wall_s_incl_setup": round(wall, 1),
+            "policy": source, "reward": reward_source,
+            "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
+            "nproc": os.cpu_count(), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
