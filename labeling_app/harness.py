@@ -90,10 +90,19 @@ def sign_in(page, url: str, name: str, token: str | None = None, timeout_ms: int
     if token is not None:
         page.get_by_label("Access token").fill(token)
     box.press("Enter")
-    page.locator(COMPLETION_CAPTION).or_(page.get_by_text("Nothing left for you to label")).first.wait_for(
-        timeout=timeout_ms)
+    wait_ready(page, timeout_ms)
     # Keyboard shortcuts must work without clicking into the page: move focus off the form.
     page.evaluate("document.activeElement && document.activeElement.blur()")
+
+
+def wait_ready(page, timeout_ms: int = 30_000) -> None:
+    """Wait until the labelling page has finished its first full run (the progress line is drawn).
+
+    Measured here: a key pressed while Streamlit is still running the whole page for the first
+    time after a load (the first ~100-300 ms) is often dropped; presses during the labelling
+    fragment's own reruns are not.
+    """
+    page.get_by_text("You today:").wait_for(timeout=timeout_ms)
 
 
 def current_completion_id(page) -> int | None:
