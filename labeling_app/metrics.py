@@ -35,16 +35,21 @@ def per_labeller(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols).sort_values("judgements", ascending=False, ignore_index=True)
 
 
-def labels_over_time(frame: pd.DataFrame, freq: str | None = None) -> pd.DataFrame:
-    """Cumulative judgements per labeller over time (one column per labeller), for a line chart."""
+def labels_over_time(frame: pd.DataFrame, bins: int = 60) -> pd.DataFrame:
+    """Cumulative judgements per labeller over time (one column per labeller), for a line chart.
+
+    Time is cut into about ``bins`` equal steps of whole seconds between the first and the last
+    judgement, so a short session and a month of labelling both give a readable curve.
+    """
     if frame.empty:
         return pd.DataFrame()
-    if freq is None:
-        span = frame["created_at"].max() - frame["created_at"].min()
-        freq = "min" if span <= pd.Timedelta(hours=3) else ("h" if span <= pd.Timedelta(days=7) else "D")
-    binned = frame.assign(t=frame["created_at"].dt.floor(freq))
+    start, end = frame["created_at"].min(), frame["created_at"].max()
+    step = max(int((end - start).total_seconds() // bins), 1)
+    t = start.floor(f"{step}s")
+    index = pd.date_range(t, end.floor(f"{step}s") + pd.Timedelta(seconds=step), freq=f"{step}s")
+    binned = frame.assign(t=frame["created_at"].dt.floor(f"{step}s"))
     table = binned.pivot_table(index="t", columns="labeler", values="label", aggfunc="count", fill_value=0)
-    table = table.asfreq(freq, fill_value=0) if len(table) > 1 else table
+    table = table.reindex(index, fill_value=0)
     table.columns.name = None
     table.index.name = "time"
     return table.cumsum()
