@@ -40,7 +40,10 @@ def read_profile(path: Path | str | None = None) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config profile {str(path)!r} is not valid YAML ({err}).", "fix the syntax.") from None
+        mark = getattr(err, "problem_mark", None)  # one line: the problem and where, not PyYAML's snippet
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config profile {str(path)!r} is not valid YAML ({what}{where}).", "fix the syntax.") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config profile {str(path)!r} must be a mapping of sections.", f"use sections {list(SECTIONS)}.")
     for key in raw:
