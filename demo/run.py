@@ -341,14 +341,13 @@ def _acc_line(rm: dict) -> str:
 
 
 def write_plots(report: dict, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figure objects without pyplot: no global backend switch (a notebook importing this keeps its own)
+    from matplotlib.figure import Figure
 
     files = []
     # 1. gold and reward-model scores before vs after
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
     bins = np.linspace(0, 1, 21)
     for ax, key, title in ((axes[0], "gold", "gold judge P(positive)"), (axes[1], "rm", "reward model P(good)")):
         ax.hist(report["before"][key], bins=bins, alpha=0.6, label="before (base policy)")
@@ -359,7 +358,6 @@ def write_plots(report: dict, out: Path) -> list[str]:
     axes[0].set_ylabel("eval samples")
     fig.tight_layout()
     fig.savefig(out / "scores_before_after.png", dpi=110)
-    plt.close(fig)
     files.append("scores_before_after.png")
 
     # 2. proxy reward and gold score against sqrt(KL) (Gao et al. 2022)
@@ -367,7 +365,8 @@ def write_plots(report: dict, out: Path) -> list[str]:
     if report.get("overoptimization"):
         curves.append((f"KL coef {report['overoptimization']['kl_coef']}", report["overoptimization"]["curve"]))
     if any(c["sqrt_kl"] for _, c in curves):
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        fig = Figure(figsize=(6.5, 4.2))
+        ax = fig.subplots()
         for i, (name, c) in enumerate(curves):
             color = f"C{i}"
             ax.plot(c["sqrt_kl"], c["proxy"], "-o", color=color, ms=3, label=f"proxy (reward model), {name}")
@@ -378,7 +377,6 @@ def write_plots(report: dict, out: Path) -> list[str]:
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "overoptimization.png", dpi=110)
-        plt.close(fig)
         files.append("overoptimization.png")
     return files
 
