@@ -111,3 +111,20 @@ def test_config_from_profile_and_overrides(tmp_path):
         SimulateConfig(labelers=[LabelerSpec("x", noise=1.5)]).validate()
     with pytest.raises(ConfigError):
         load_simulate_config(prof, ["nonsense=1"])
+
+
+def test_cli_labels_the_queue_and_refuses_an_empty_one(engine, capsys):
+    import json
+
+    import db
+    from labeling_app.simulate import main
+
+    small_gold = ["--set", "gold.max_reviews=200", "--set", "gold.include_rotten_tomatoes=false"]
+    with pytest.raises(SystemExit) as exc:
+        main(["--quiet", *small_gold])
+    assert exc.value.code == 2 and "queue is empty" in capsys.readouterr().err
+    fill(engine, 10)
+    assert main(["--quiet", "--n-labels", "12", "--set", "overlap=2", *small_gold]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_recorded"] == 12 and db.stats(engine)["judgements"] == 12
+    assert out["agreement"]["pairs"]  # overlap 2: pairs of labellers share items
