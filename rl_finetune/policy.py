@@ -81,10 +81,12 @@ def load_policy(path_or_name: str | Path | None = None, *, device: str = "cpu"):
         raise UserError(f"policy path {spec!r} does not exist.", _missing_fix(spec))
     else:
         source = spec  # a hub name such as gpt2 or lvwerra/gpt2-imdb
+    from safetensors import SafetensorError  # a damaged model.safetensors
+
     try:
         tok = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source)
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError, EnvironmentError, SafetensorError) as err:
         where = "folder" if source == str(path) else "hub model"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
