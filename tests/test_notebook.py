@@ -25,7 +25,8 @@ def test_saved_without_outputs_and_up_to_date():
 
 
 def test_notebook_runs_on_the_smoke_profile(smoke_env, tiny_policy_dir, tiny_reward_dir, tmp_path, monkeypatch):
-    from nbclient import NotebookClient
+    sys.path.insert(0, str(REPO / "notebooks"))
+    from run_notebook import execute
 
     profile = yaml.safe_load(smoke_env["profile"].read_text())
     profile["demo"] = {**(profile.get("demo") or {}), "base_policy": str(tiny_policy_dir),
@@ -33,11 +34,10 @@ def test_notebook_runs_on_the_smoke_profile(smoke_env, tiny_policy_dir, tiny_rew
     fast = tmp_path / "notebook_profile.yaml"
     fast.write_text(yaml.safe_dump(profile))
     monkeypatch.setenv("RLHF_CONFIG", str(fast))
-    # the kernel is the interpreter running the tests (jupyter_client maps "python" to sys.executable)
-    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    nb = nbformat.read(NB, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}})
-    client.execute()
+    monkeypatch.setenv("PATH", os.environ.get("PATH", ""))  # execute() prepends the venv's bin; undo after
+    out = tmp_path / "executed.ipynb"
+    nb = execute(NB, out, timeout=600)
+    assert out.is_file()
     outputs = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
                         for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "I would love to eat your pet puppy" in outputs
