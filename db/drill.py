@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import random
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -105,7 +106,12 @@ def run(url: str, *, procs: int = 8, per_proc: int = 150, undo_prob: float = 0.1
     ps = [ctx.Process(target=worker, args=(url, i, per_proc, undo_prob, seed, barrier, out)) for i in range(procs)]
     for p in ps:
         p.start()
-    barrier.wait(timeout=300)
+    try:
+        barrier.wait(timeout=600)  # every worker has imported, connected and signed in
+    except threading.BrokenBarrierError:
+        for p in ps:
+            p.kill()
+        raise RuntimeError("drill workers did not start; run a worker alone to see its error") from None
     t0 = time.perf_counter()
     results = [out.get(timeout=3600) for _ in ps]
     wall = time.perf_counter() - t0

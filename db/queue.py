@@ -23,10 +23,8 @@ first statement's snapshot.
 """
 from __future__ import annotations
 
-import random
-
-from sqlalchemy import Engine, case, delete, exists, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, Integer, case, cast, exists, func, select, update
+from sqlalchemy.orm import Session, aliased
 
 from common.errors import UserError
 from db.engine import run_write
@@ -86,10 +84,13 @@ def get_item(engine: Engine, completion_id: int) -> Item | None:
         return _item(s, completion_id)
 
 
+def _item_select():  # noqa: ANN202
+    return (select(Completion.id, Prompt.text, Completion.text, Completion.model_version_id, Completion.n_labels)
+            .join(Prompt, Prompt.id == Completion.prompt_id))
+
+
 def _item(s: Session, completion_id: int) -> Item | None:
-    row = s.execute(select(Completion.id, Prompt.text, Completion.text, Completion.model_version_id,
-                           Completion.n_labels).join(Prompt, Prompt.id == Completion.prompt_id)
-                    .where(Completion.id == completion_id)).first()
+    row = s.execute(_item_select().where(Completion.id == completion_id)).first()
     return Item(*row) if row is not None else None
 
 
@@ -101,59 +102,62 @@ def next_item(engine: Engine, labeler_id: int, *, session_key: str, overlap: int
 
     def work(s: Session) -> Item | None:
         now = utcnow()
-        pg = s.get_bind().dialect.name == "postgresql"
         lock_labeler(s, labeler_id)
-        s.execute(delete(Lease).where(Lease.labeler_id == labeler_id, Lease.expires_at <= now))
 
-        # 1. resume this session's item
-        mine = s.scalar(select(Lease.completion_id).where(Lease.labeler_id == labeler_id,
-                                                          Lease.session_key == session_key))
-        if mine is not None:
-            judged = s.scalar(select(exists().where(Judgement.completion_id == mine, Judgement.labeler_id == labeler_id)))
-            if not judged:
-                put_lease(s, labeler_id=labeler_id, session_key=session_key, completion_id=mine, seconds=lease_seconds)
-                return _item(s, mine)
-
-        # 2. choose a new one: fewest labels first
-        chosen = _choose(s, labeler_id, session_key, overlap, order, now, pg)
-        if chosen is None:
-            return None
-        put_lease(s, labeler_id=labeler_id, session_key=session_key, completion_id=chosen, seconds=lease_seconds)
-        return _item(s, chosen)
+        # 1. resume this session's item (unexpired, not judged by this labeller meanwhile)
+        row = s.execute(_item_select().join(Lease, Lease.completion_id == Completion.id)
+                        .where(Lease.labeler_id == labeler_id, Lease.session_key == session_key,
+                               Lease.expires_at > now, ~_judged_by(labeler_id))).first()
+        if row is None:
+            # 2. choose a new one: fewest labels first
+            row = _choose(s, labeler_id, session_key, overlap, order, now)
+            if row is None:
+                return None
+        put_lease(s, labeler_id=labeler_id, session_key=session_key, completion_id=row[0], seconds=lease_seconds)
+        return Item(*row)
 
     return run_write(engine, work, what="fetch the next item")
 
 
-def _choose(s: Session, labeler_id: int, session_key: str, overlap: int, order: str, now, pg: bool) -> int | None:  # noqa: ANN001
+def _random_pivot(dialect: str):  # noqa: ANN202
+    """A random id between the smallest and the largest completion id, computed by the database."""
+    c = aliased(Completion)
+    lo = select(func.min(c.id)).scalar_subquery()  # separate min and max: each is one index lookup
+    span = select(func.max(c.id)).scalar_subquery() - lo + 1
+    if dialect == "postgresql":
+        offset = cast(func.floor(func.random() * span), Integer)
+    else:  # SQLite's random() is a signed 64-bit integer
+        offset = func.abs(func.random() % span)
+    return lo + offset
+
+
+def _choose(s: Session, labeler_id: int, session_key: str, overlap: int, order: str, now):  # noqa: ANN001, ANN202
+    dialect = s.get_bind().dialect.name
     for level in range(overlap):
-        base = select(Completion.id).where(*_level_conditions(labeler_id, session_key, overlap, level, now))
+        base = _item_select().where(*_level_conditions(labeler_id, session_key, overlap, level, now))
         if order == "uncertain":
             queries = [base.order_by(case((Completion.reward_score.is_(None), 1), else_=0),
                                      func.abs(Completion.reward_score - 0.5), Completion.id).limit(1)]
         else:
-            # random: start at a random id and walk the (n_labels, id) index from there, wrapping round
-            lo, hi = s.execute(select(func.min(Completion.id), func.max(Completion.id))).one()
-            if lo is None:
-                return None
-            pivot = random.randint(lo, hi)
-            queries = [base.where(Completion.id >= pivot).order_by(Completion.id).limit(1),
-                       base.where(Completion.id < pivot).order_by(Completion.id).limit(1)]
+            # random: walk the (n_labels, id) index from a random id; if nothing is left above it, from the start
+            queries = [base.where(Completion.id >= _random_pivot(dialect)).order_by(Completion.id).limit(1),
+                       base.order_by(Completion.id).limit(1)]
         for q in queries:
-            if not pg:
-                cid = s.scalar(q)
-                if cid is not None:
-                    return cid
+            if dialect != "postgresql":
+                row = s.execute(q).first()
+                if row is not None:
+                    return row
                 continue
             q = q.with_for_update(of=Completion, skip_locked=True, key_share=True)
             for _ in range(PG_CANDIDATE_TRIES):
-                cid = s.scalar(q)
-                if cid is None:
+                row = s.execute(q).first()
+                if row is None:
                     break
                 # fresh snapshot, now that we hold the row lock: is it still free?
                 recheck = select(func.count()).select_from(Completion).where(
-                    Completion.id == cid, *_level_conditions(labeler_id, session_key, overlap, level, now))
+                    Completion.id == row[0], *_level_conditions(labeler_id, session_key, overlap, level, now))
                 if s.scalar(recheck):
-                    return cid
+                    return row
     return None
 
 

@@ -275,7 +275,9 @@ def record_judgement(engine: Engine, *, labeler_id: int, completion_id: int, lab
             set_={"label": ins.excluded.label, "seconds": ins.excluded.seconds, "updated_at": ins.excluded.updated_at},
             where=Judgement.label != ins.excluded.label))
         _count_label(s, completion_id, int(label != "skip") - int(old is not None and old != "skip"))
-        s.execute(delete(Lease).where(Lease.labeler_id == labeler_id, Lease.completion_id == completion_id))
+        # release the lease on this item, and tidy this labeller's expired ones
+        s.execute(delete(Lease).where(Lease.labeler_id == labeler_id,
+                                      (Lease.completion_id == completion_id) | (Lease.expires_at <= now)))
 
     try:
         run_write(engine, work, what="record a judgement")
