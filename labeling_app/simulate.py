@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class SimulateConfig:
     labelers: list[LabelerSpec] = field(default_factory=_default_labelers, metadata={"help": "the simulated labellers (name, noise, bias, skip_rate)"})
     overlap: int = field(default=2, metadata={"help": "at most this many labellers judge one item (>1 gives agreement statistics)"})
     threshold: float = field(default=0.5, metadata={"help": "gold P(positive) above which an unbiased labeller says good"})
-    order: str = field(default="random", metadata={"help": "queue order passed to db.next_item: 'random' or 'uncertain'"})
+    order: Literal["random", "uncertain"] = field(default="random", metadata={"help": "queue order passed to db.next_item: 'random' or 'uncertain'"})
     seed: int = field(default=0, metadata={"help": "seed of every labeller's decisions"})
     seconds: float = field(default=2.0, metadata={"help": "'seconds spent' recorded with each judgement"})
 
