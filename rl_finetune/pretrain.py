@@ -319,6 +319,8 @@ def train(
     Saves nothing but checkpoints (see :func:`save_base_policy`)."""
     from tqdm.auto import tqdm
 
+    if resume and not (checkpoint_dir() / "last.pt").is_file():
+        load_checkpoint(checkpoint_dir(), cfg)  # the one-line "no checkpoint" error, before any data work
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.time()
