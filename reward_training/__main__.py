@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # `predict --model DIR "text"` works too
     setup_logging(args.verbose)
     from common.assets import offline_env
 
