@@ -22,9 +22,15 @@ from dataclasses import dataclass, field
 import db
 
 
+def labeller_name(index: int, tabs: int) -> str:
+    """Process ``index`` is tab ``index % tabs`` of labeller ``index // tabs``."""
+    return f"worker-{index // tabs}"
+
+
 @dataclass
 class WorkerResult:
     worker: int
+    labeller: str = ""
     expected: dict[int, str] = field(default_factory=dict)  # completion id -> label standing
     served: list[int] = field(default_factory=list)  # ids next_item handed out (new ones only)
     write_latencies: list[float] = field(default_factory=list)  # seconds per record_judgement
@@ -44,12 +50,13 @@ def prepare(url: str, n_items: int) -> None:
     engine.dispose()
 
 
-def worker(url: str, index: int, per_proc: int, undo_prob: float, seed: int, barrier, out) -> None:  # noqa: ANN001
-    res = WorkerResult(index)
+def worker(url: str, index: int, per_proc: int, undo_prob: float, seed: int, barrier, out,  # noqa: ANN001
+           tabs: int = 1) -> None:
+    res = WorkerResult(index, labeller_name(index, tabs))
     try:
         engine = db.connect(url, upgrade=False)
         rng = random.Random(seed * 1000 + index)
-        lab = db.get_or_create_labeler(engine, f"worker-{index}")
+        lab = db.get_or_create_labeler(engine, labeller_name(index, tabs))
         key = f"session-{index}"
         barrier.wait()
         t0 = time.perf_counter()
@@ -96,14 +103,19 @@ def worker(url: str, index: int, per_proc: int, undo_prob: float, seed: int, bar
 
 
 def run(url: str, *, procs: int = 8, per_proc: int = 150, undo_prob: float = 0.1, seed: int = 0,
-        spare: float = 0.1) -> dict:
-    """Prepare, run ``procs`` labellers at once, check; returns the report (see :func:`check`)."""
+        spare: float = 0.1, tabs: int = 1) -> dict:
+    """Prepare, run ``procs`` processes at once, check; returns the report (see :func:`check`).
+
+    With ``tabs`` > 1 every labeller works in that many processes at once (browser tabs, one
+    session each); undo is then off, since "undo my last judgement" may concern the other tab."""
+    if tabs > 1:
+        undo_prob = 0.0
     n_items = int(procs * per_proc * (1 + spare)) + 20
     prepare(url, n_items)
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(procs + 1)
     out = ctx.Queue()
-    ps = [ctx.Process(target=worker, args=(url, i, per_proc, undo_prob, seed, barrier, out)) for i in range(procs)]
+    ps = [ctx.Process(target=worker, args=(url, i, per_proc, undo_prob, seed, barrier, out, tabs)) for i in range(procs)]
     for p in ps:
         p.start()
     try:
@@ -146,7 +158,7 @@ def check(url: str, results: list[WorkerResult], *, wall: float) -> dict:
     drift = count_drift(engine)
     engine.dispose()
     actual = [(r["labeler"], r["completion_id"], r["label"]) for r in rows]
-    expected = {(f"worker-{r.worker}", cid, lab) for r in results for cid, lab in r.expected.items()}
+    expected = {(r.labeller, cid, lab) for r in results for cid, lab in r.expected.items()}
     problems: list[str] = [f"worker {r.worker}: {e}" for r in results for e in r.errors]
     if len(actual) != len(set(actual)):
         problems.append(f"{len(actual) - len(set(actual))} duplicated judgements")

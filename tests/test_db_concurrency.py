@@ -85,3 +85,11 @@ def test_sigkill_during_writes_loses_no_acknowledged_judgement(tmp_path):
     stored = {r["completion_id"] for r in db.judgement_rows(engine)}
     assert set(acked) <= stored and len(stored) <= len(acked) + 1  # at most the one in flight
     engine.dispose()
+
+
+def test_two_tabs_per_labeller_never_share_an_item(backend_url):
+    """4 labellers x 2 tabs (8 processes): no item is handed to two tabs or two labellers."""
+    report = drill.run(backend_url, procs=8, per_proc=20, tabs=2, seed=2)
+    assert report["problems"] == []
+    assert report["judgements_in_db"] == report["judgements_expected"] == 8 * 20
+    assert report["served_to_two"] == 0
