@@ -71,7 +71,8 @@ def load_policy(path_or_name: str | Path | None = None, *, device: str = "cpu"):
 
     spec = resolve_policy(path_or_name)
     path = Path(spec).expanduser()
-    if path.exists():
+    local = path.exists()
+    if local:
         if not path.is_dir() or not (path / "config.json").is_file():
             raise UserError(f"policy path {spec!r} is not a saved model folder (no config.json).", _missing_fix(spec))
         if not any((path / f).is_file() for f in WEIGHT_FILES):
@@ -87,7 +88,7 @@ def load_policy(path_or_name: str | Path | None = None, *, device: str = "cpu"):
         tok = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source)
     except (OSError, ValueError, EnvironmentError, SafetensorError) as err:
-        where = "folder" if source == str(path) else "hub model"
+        where = "folder" if local else "hub model"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"could not load the policy {where} {spec!r} ({first[:200]}).",
