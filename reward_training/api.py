@@ -51,7 +51,8 @@ def _load(folder: str, device: str, mtime: float):
     model.to(torch.device(device)).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    settings = {"max_length": min(tok.model_max_length or 512, 512), "bf16": True}
+    positions = getattr(model.config, "max_position_embeddings", None) or 512  # a 100 kB text must fit the model
+    settings = {"max_length": min(tok.model_max_length or 512, 512, positions), "bf16": True}
     f = Path(folder) / "reward_config.json"
     if f.is_file():
         settings.update(json.loads(f.read_text()))
