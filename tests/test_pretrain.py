@@ -192,3 +192,13 @@ def test_init_from_a_saved_model_with_zero_steps_saves_it_as_is(smoke_env, tiny_
     saved, tok = load_policy(folder)
     assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), saved.state_dict().values()))
     assert tok.padding_side == "left" and tok.pad_token == tok.eos_token
+
+
+@pytest.mark.parametrize("curriculum", ["short", "rt"])
+def test_curriculum_phase_keeps_tokens_per_step(smoke_env, curriculum):
+    cfg = load_config(PretrainConfig, "pretrain", overrides={
+        "max_steps": 4, "curriculum": curriculum, "curriculum_fraction": 0.5, "curriculum_block": 16,
+        "eval_tokens": 256, "sample_prompts": ["Hi"], "sample_max_new_tokens": 2})
+    result = train(cfg, load_config(DataConfig, "data"), progress=False)
+    assert result.metrics["steps"] == 4
+    assert result.metrics["tokens_seen"] == 4 * cfg.batch_size * cfg.block_size
