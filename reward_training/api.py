@@ -47,7 +47,11 @@ def _load(folder: str, device: str, mtime: float):
     """(model, tokenizer, settings), cached per folder, device and weights' modification time."""
     from reward_training.model import load_backbone
 
-    model, tok = load_backbone(folder)
+    try:
+        model, tok = load_backbone(folder)
+    except UserError as err:  # a damaged reward model: the fix is not about reward.backbone
+        raise UserError(err.problem.replace("the reward backbone", "the reward model", 1),
+                        "train it again (`make reward-model`), or pass another reward model folder.") from None
     model.to(torch.device(device)).eval()
     for p in model.parameters():
         p.requires_grad_(False)
