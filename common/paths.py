@@ -77,7 +77,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(final)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_dead_tmp(final.parent)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
@@ -109,10 +110,39 @@ def recover_dir(final: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def remove_dead_tmp(parent: Path) -> list[str]:
+    """Remove the hidden ``.<name>.tmp-<pid>-<hex>`` folders and files in ``parent`` left by a
+    process that was killed mid-save (its pid is no longer running); returns their names.
+
+    :func:`recover_dir` cleans a crashed save of the same folder; this also catches saves under
+    another name (each reward-model or PPO run writes a new run folder)."""
+    removed = []
+    for p in Path(parent).glob(".*.tmp-*"):
+        pid = p.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p.name)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
 def write_latest(parent: Path, name: str) -> None:
     """Point ``parent/latest`` (a small text file) at the run folder ``name``, atomically."""
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".latest.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = parent / f".latest.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.write_text(name + "\n")
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
