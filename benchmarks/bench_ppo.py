@@ -74,6 +74,9 @@ def main() -> None:
     p.add_argument("--reward", default=None)
     p.add_argument("--precision", nargs="+", default=["bf16", "no"], choices=["bf16", "no"])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--trl", action="store_true", help="also run TRL 1.12's PPOTrainer (in --trl-python's venv) on the same setup")
+    p.add_argument("--trl-python", default="/tmp/trl-venv/bin/python")
+    p.add_argument("--trl-only", action="store_true", help="only the TRL side")
     args = p.parse_args()
 
     from common.assets import offline_env
@@ -98,13 +101,21 @@ def main() -> None:
     ds = load_imdb(DataConfig())
     prompts = make_prompts(list(ds["train"]["text"]), 512, DataConfig())
 
-    for precision in args.precision:
-        if policy_path:
-            from rl_finetune.policy import load_policy
+    import tempfile
 
-            policy, source = load_policy(policy_path), f"policy {policy_path}"
-        else:
-            policy, source = random_policy()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
+    if policy_path:
+        source = f"policy {policy_path}"
+    else:  # save the random policy once, so both sides (and both precisions) start from the same weights
+        (model, tok), source = random_policy()
+        policy_path = str(tmp / "policy")
+        model.save_pretrained(policy_path)
+        tok.save_pretrained(policy_path)
+    results = {}
+    for precision in ([] if args.trl_only else args.precision):
+        from rl_finetune.policy import load_policy
+
+        policy = load_policy(policy_path)
         raw = {"total_steps": args.warmup + args.steps, "num_rollouts": 16, "chunk_size": 16, "batch_size": 16,
                "ppo_epochs": 4, "gen_kwargs": {"max_new_tokens": 32, "stop_at_eos": False},
                "mixed_precision": precision, "eval_interval": 10**9, "checkpoint_interval": 0}
@@ -120,6 +131,7 @@ def main() -> None:
         rows = [r for r in res.metrics if "step_time" in r][args.warmup:]
         med = {k: statistics.median(r[k] for r in rows) for k in
                ("step_time", "time/rollout", "time/reward", "time/forward", "time/optimise")}
+        results[precision] = 16 / med["step_time"]
         print(json.dumps({
             "bench": "ppo_ours", "precision": precision, "batch": 16, "response_tokens": 32, "ppo_epochs": 4,
             "minibatches": 1, "steps_timed": len(rows),
@@ -132,6 +144,35 @@ def main() -> None:
             "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
             "nproc": os.cpu_count(), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         }), flush=True)
+
+    if args.trl or args.trl_only:
+        import subprocess
+
+        from common.assets import minilm_dir
+
+        prompt_file = tmp / "prompts.txt"
+        prompt_file.write_text("\n".join(prompts) + "\n")
+        trl_reward = str(reward_path) if reward_path is not None else str(minilm_dir())
+        trl_results = {}
+        for precision in args.precision:
+            cmd = [args.trl_python, str(Path(__file__).with_name("bench_ppo_trl.py")), "--policy", policy_path,
+                   "--reward", trl_reward, "--prompts", str(prompt_file), "--steps", str(args.steps),
+                   "--warmup", str(args.warmup)] + (["--bf16"] if precision == "bf16" else [])
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            if proc.returncode != 0 or not lines:
+                print(json.dumps({"bench": "ppo_trl", "precision": precision, "error": proc.stderr[-1500:]}), flush=True)
+                continue
+            row = json.loads(lines[-1])
+            trl_results[precision] = row["episodes_per_s"]
+            print(json.dumps(row), flush=True)
+        if results and trl_results:
+            best_ours, best_trl = max(results.values()), max(trl_results.values())
+            print(json.dumps({"bench": "ppo_ratio", "ours_best_episodes_per_s": round(best_ours, 2),
+                              "trl_best_episodes_per_s": round(best_trl, 2),
+                              "ratio_ours_over_trl": round(best_ours / best_trl, 2),
+                              "per_precision": {p_: round(results[p_] / trl_results[p_], 2)
+                                                for p_ in results if p_ in trl_results}}), flush=True)
 
 
 if __name__ == "__main__":

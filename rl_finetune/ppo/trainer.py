@@ -14,6 +14,7 @@ Device placement, mixed precision and DDP go through ``accelerate``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -251,6 +252,20 @@ class PPOTrainer:
     def metrics_path(self) -> Path | None:
         return self.work_dir / "metrics.jsonl" if self.work_dir else None
 
+    @contextlib.contextmanager
+    def sampling_threads(self):
+        """Token-by-token sampling runs with ``sample_threads`` torch threads (on CPU)."""
+        n = self.cfg.sample_threads
+        if n is None or self.accelerator.device.type != "cpu" or n == torch.get_num_threads():
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     # ------------------------------------------------------------------ 1. rollout
     @torch.no_grad()
     def rollout(self, step: int) -> Rollout:
@@ -263,7 +278,7 @@ class PPOTrainer:
             part = idx[start:start + cfg.chunk_size]
             batch = left_pad([self.stream.tokens[i] for i in part], self.pad_id, [self.stream.texts[i] for i in part])
             batch.input_ids, batch.attention_mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
-            with acc.autocast():
+            with acc.autocast(), self.sampling_threads():
                 response, mask = sample(self.unwrapped, batch, cfg.gen_kwargs, self.eos_id, self.pad_id, gen)
             texts = decode_responses(self.tokenizer, response, mask)
             t_reward = time.perf_counter()
@@ -276,11 +291,16 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ 2. log-probs, values, reference
     @torch.no_grad()
-    def score_tokens(self, ro: Rollout) -> dict[str, torch.Tensor]:
+    def score_tokens(self, ro: Rollout, policy_out=None) -> dict[str, torch.Tensor]:
+        """Log-probs, values and entropy under the current policy (``policy_out``: an already computed
+        (logits, values) of the same inputs), and log-probs under the reference."""
         T = self.cfg.gen_kwargs.temperature
         inputs = ro.model_inputs()
         with self.accelerator.autocast():
-            logits, values = self.unwrapped(**inputs)
+            if policy_out is not None:
+                logits, values = (x.detach() for x in policy_out)
+            else:
+                logits, values = self.unwrapped(**inputs)
             start = inputs.pop("start")
             ref_h = self.ref.base_model(**inputs, use_cache=False).last_hidden_state[:, start:-1]
             ref_logits = self.ref.get_output_embeddings()(ref_h)
@@ -298,8 +318,11 @@ class PPOTrainer:
         # 1. rollout
         ro = self.rollout(step)
         t_rollout = time.perf_counter() - t0
-        # 2. log-probs and values under the policy (before any update), log-probs under the reference
-        tk = self.score_tokens(ro)
+        # 2. log-probs and values under the policy (before any update), log-probs under the reference.
+        #    With one minibatch per epoch, the first update's forward pass *is* the old policy's:
+        #    run it once, with gradients, and reuse it (one forward pass less per step).
+        first = self.model(**ro.model_inputs()) if cfg.minibatches_per_epoch == 1 else None
+        tk = self.score_tokens(ro, policy_out=first)
         t_forward = time.perf_counter() - t0 - t_rollout
         mask = ro.mask.float()
         # 3. scores -> scaled, clipped; per-token rewards with the KL penalty
@@ -317,7 +340,7 @@ class PPOTrainer:
             advantages = core.whiten(advantages, mask)
         # 5. PPO epochs over minibatches
         t1 = time.perf_counter()
-        stats = self.optimise(ro, tk, advantages, returns, mask, step)
+        stats = self.optimise(ro, tk, advantages, returns, mask, step, first=first)
         t_optimise = time.perf_counter() - t1
         # 6. KL controller, on the mean per-sample KL of all processes
         kl_per_sample = kl.sum(-1)
@@ -352,7 +375,7 @@ class PPOTrainer:
         }
         return row
 
-    def optimise(self, ro: Rollout, tk: dict, advantages, returns, mask, step: int) -> dict:
+    def optimise(self, ro: Rollout, tk: dict, advantages, returns, mask, step: int, first=None) -> dict:
         cfg, acc = self.cfg, self.accelerator
         T = cfg.gen_kwargs.temperature
         B = ro.response.shape[0]
@@ -364,7 +387,10 @@ class PPOTrainer:
             order = torch.randperm(B, generator=g) if cfg.minibatches_per_epoch > 1 else torch.arange(B)
             for mb in order.split(cfg.batch_size):
                 mb = mb.to(acc.device)
-                logits, values = self.model(**ro.model_inputs(mb))
+                if first is not None:   # the forward pass of step 2, on the whole rollout (= this minibatch)
+                    (logits, values), first = first, None
+                else:
+                    logits, values = self.model(**ro.model_inputs(mb))
                 logp = core.logprobs_from_logits(logits, ro.response[mb], T)
                 m = mask[mb]
                 pg_loss, pg_stats = core.policy_loss(logp, tk["logprobs"][mb], advantages[mb], m, cfg.cliprange)
@@ -412,7 +438,7 @@ class PPOTrainer:
             texts_p = self.eval_prompts[start:start + cfg.chunk_size]
             batch = left_pad(toks, self.pad_id, texts_p)
             batch.input_ids, batch.attention_mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
-            with acc.autocast():
+            with acc.autocast(), self.sampling_threads():
                 response, mask = sample(self.unwrapped, batch, cfg.gen_kwargs, self.eos_id, self.pad_id, gen)
             responses = decode_responses(self.tokenizer, response, mask)
             full = [p + r for p, r in zip(texts_p, responses)]
