@@ -116,7 +116,7 @@ def predict_logits(model, tok, texts: Sequence[str], *, max_length: int, batch_s
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="scoring", unit="batch", leave=False)
+        starts = tqdm(starts, desc="scoring", unit="batch", leave=False, disable=None)
     for s in starts:
         idx = order[s:s + batch_size]
         batch = collate(tok, [ids[i] for i in idx], device)
@@ -190,7 +190,7 @@ def fit(
     )
     best_loss, best_state, since_best = math.inf, None, 0
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, desc=desc, unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=total_steps, desc=desc, unit="step", disable=None if progress else True, leave=False)  # None: off when not a terminal
     model.train()
     epoch = 0
     step = 0
