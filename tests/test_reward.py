@@ -304,3 +304,12 @@ def test_cli_errors_exit_2(smoke_env, capsys):
     with pytest.raises(SystemExit) as err:
         main(["--set", "heldout_fraction=2"])
     assert err.value.code == 2
+
+
+def test_cli_predict_prints_probabilities(trained, capsys):
+    from reward_training.__main__ import main
+
+    assert main(["predict", "--model", str(trained["out"]), f"a {WORD} here", "nothing here"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == [f"a {WORD} here", "nothing here"]
+    assert all(0.0 <= r["p_good"] <= 1.0 for r in rows)
