@@ -47,18 +47,18 @@ def machine() -> dict:
 
 
 def review_pieces(n: int) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs cut from real IMDB reviews: the first 6 words, then the next 40."""
+    """``n`` (prompt, completion) pairs cut from real IMDB reviews: the first 6 words, then the next 40
+    (reused with a number appended when the sample holds fewer long reviews than ``n``)."""
     from common.imdb import DataConfig, load_imdb
 
-    texts = load_imdb(DataConfig(max_reviews=max(n, 50)))["train"]["text"]
-    out = []
+    texts = load_imdb(DataConfig(max_reviews=2 * n + 100))["train"]["text"]
+    pieces = []
     for t in texts:
         words = t.split()
         if len(words) >= 46:
-            out.append((" ".join(words[:6]), " " + " ".join(words[6:46])))
-        if len(out) == n:
-            break
-    return out
+            pieces.append((" ".join(words[:6]), " " + " ".join(words[6:46])))
+    return [(p, c if i < len(pieces) else f"{c} ({i})") for i, (p, c) in
+            ((i, pieces[i % len(pieces)]) for i in range(n))]
 
 
 def seed(url: str, n: int) -> None:
