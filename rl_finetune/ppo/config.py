@@ -39,6 +39,7 @@ class PPOConfig:
 
     # -- optimiser -------------------------------------------------------------------------------
     lr: float = field(default=3e-5, metadata={"help": "AdamW learning rate (policy and value head)"})
+    value_head_lr: float | None = field(default=None, metadata={"help": "learning rate of the (zero-initialised) value head (None: lr); ARENA uses a larger one for the head"})
     weight_decay: float = field(default=1e-6, metadata={"help": "AdamW weight decay (trlx default)"})
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95], metadata={"help": "AdamW betas (trlx default)"})
     adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})

@@ -220,7 +220,10 @@ class PPOTrainer:
         self.n_trainable = freeze_bottom(lm, cfg.num_layers_unfrozen)
         policy_model = PolicyWithValueHead(lm)
         params = [p for p in policy_model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+        head = [p for p in policy_model.v_head.parameters()]
+        trunk = [p for p in params if all(p is not h for h in head)]
+        opt = torch.optim.AdamW([{"params": trunk}, {"params": head, "lr": cfg.value_head_lr or cfg.lr}],
+                                lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                                 weight_decay=cfg.weight_decay)
         self.model, self.opt = acc.prepare(policy_model, opt)
         self.params = params
