@@ -169,19 +169,24 @@ def _is_retryable(err: BaseException) -> bool:
     return sqlstate in ("40001", "40P01", "55P03")
 
 
-def retrying(fn: Callable[[], T], *, what: str, engine: Engine, attempts: int = 12, base_delay: float = 0.02) -> T:
+def retrying(fn: Callable[[], T], *, what: str, engine: Engine, attempts: int = 12, base_delay: float = 0.02,
+             give_up_after: float = 60.0) -> T:
     """Run ``fn`` (one whole transaction), retrying with jittered exponential backoff when the
-    database reports a lock or serialization conflict. After the last attempt the labeller sees a
-    :class:`DatabaseError`, never a raw "database is locked"."""
+    database reports a lock or serialization conflict. Each SQLite attempt already waits up to the
+    busy timeout for the lock; retries cover the cases SQLite reports at once. After ``attempts``
+    tries or ``give_up_after`` seconds the caller gets a :class:`DatabaseError` naming the
+    database, never a raw "database is locked"."""
+    start = time.monotonic()
     for attempt in range(attempts):
         try:
             return fn()
         except (sa_exc.OperationalError, sa_exc.DBAPIError) as err:
             if not _is_retryable(err):
                 raise
-            if attempt == attempts - 1:
+            if attempt == attempts - 1 or time.monotonic() - start > give_up_after:
                 raise DatabaseError(
-                    f"{describe(engine)} stayed busy while trying to {what} ({attempts} attempts).",
+                    f"{describe(engine)} stayed busy while trying to {what} "
+                    f"({attempt + 1} attempts, {time.monotonic() - start:.0f} s).",
                     "check for a process holding a long write transaction, then try again.",
                 ) from err
             delay = min(2.0, base_delay * 2**attempt) * (0.5 + random.random())

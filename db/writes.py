@@ -336,6 +336,3 @@ def release_leases(engine: Engine, labeler_id: int, session_key: str | None = No
 
     return run_write(engine, work, what="release leases")
 
-
-def count_rows(session: Session, entity) -> int:  # noqa: ANN001
-    return session.scalar(select(func.count()).select_from(entity)) or 0

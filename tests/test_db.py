@@ -523,3 +523,45 @@ def test_missing_postgres_database_is_named(postgres_server):
     url = postgres_server.url("no_such_db")
     with pytest.raises(db.DatabaseError, match="no database 'no_such_db'.*createdb"):
         db.connect(url)
+
+
+def test_retrying_hides_transient_locks_and_names_the_database_when_it_gives_up(tmp_path):
+    from db.engine import retrying
+
+    engine = db.connect(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    locked = sa_exc.OperationalError("UPDATE ...", {}, sqlite3.OperationalError("database is locked"))
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise locked
+        return "done"
+
+    assert retrying(flaky, what="test", engine=engine, base_delay=0.001) == "done" and len(calls) == 3
+
+    def always():
+        raise locked
+
+    with pytest.raises(db.DatabaseError, match=r"r\.sqlite.*stayed busy"):
+        retrying(always, what="test", engine=engine, attempts=3, base_delay=0.001)
+    with pytest.raises(sa_exc.OperationalError):  # other errors are not retried
+        retrying(lambda: (_ for _ in ()).throw(sa_exc.OperationalError("x", {}, sqlite3.OperationalError("no such table"))),
+                 what="test", engine=engine)
+
+
+def test_a_writer_waits_for_another_process_holding_the_write_lock(tmp_path):
+    import threading
+
+    path = tmp_path / "lock.sqlite"
+    engine = db.connect(f"sqlite:///{path}")
+    (c,) = _completions(engine, 1)
+    lab = db.get_or_create_labeler(engine, "ann")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock...
+    release = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+    release.start()
+    db.record_judgement(engine, labeler_id=lab, completion_id=c, label="good")  # ...and we wait, not fail
+    release.join()
+    other.close()
+    assert len(db.judgement_rows(engine)) == 1
