@@ -35,7 +35,7 @@ def resolve_model_dir(path: str | Path | None = None) -> Path:
     path = Path(path)
     if (path / "config.json").is_file():
         return path
-    found = resolve_latest(path)
+    found = resolve_latest(path.parent if path.name == "latest" and path.is_file() else path)  # also .../latest itself
     if found is not None:
         return found
     raise UserError(f"{str(path)!r} is not a reward model folder (no config.json, no `latest`).",
@@ -47,6 +47,11 @@ def _load(folder: str, device: str, mtime: float):
     """(model, tokenizer, settings), cached per folder, device and weights' modification time."""
     from reward_training.model import load_backbone
 
+    config = Path(folder) / "config.json"
+    arch = (json.loads(config.read_text()).get("architectures") or []) if config.is_file() else []
+    if arch and not any(a.endswith("ForSequenceClassification") for a in arch):  # e.g. a policy folder by mistake
+        raise UserError(f"{folder!r} holds a {arch[0]}, not a reward model (a sequence classifier).",
+                        "pass a folder written by `python -m reward_training` (make reward-model), or leave the path out for the latest one.")
     try:
         model, tok = load_backbone(folder)
     except UserError as err:  # a damaged reward model: the fix is not about reward.backbone
