@@ -77,6 +77,11 @@ def load_policy(path_or_name: str | Path | None = None, *, device: str = "cpu"):
             raise UserError(f"policy path {spec!r} is not a saved model folder (no config.json).", _missing_fix(spec))
         if not any((path / f).is_file() for f in WEIGHT_FILES):
             raise UserError(f"policy folder {spec!r} has a config but no weights ({', '.join(WEIGHT_FILES[:2])}).", _missing_fix(spec))
+        import json
+
+        arch = json.loads((path / "config.json").read_text()).get("architectures") or []
+        if arch and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in arch):  # e.g. a reward model by mistake
+            raise UserError(f"policy folder {spec!r} holds a {arch[0]}, not a causal language model.", _missing_fix(spec))
         source = str(path)
     elif _looks_local(spec):
         raise UserError(f"policy path {spec!r} does not exist.", _missing_fix(spec))
