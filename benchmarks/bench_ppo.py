@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # as the PPO CLI does (before torch loads); TRL inherits it
 
 import torch  # noqa: E402
 
