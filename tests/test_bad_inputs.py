@@ -239,6 +239,10 @@ CLI_CASES = [
     Case("missing-reward-folder", "ppo", "rl_finetune",
          lambda e: ["ppo", "--policy", str(e.policy), "--reward", str(e.root / "no-such-rm")],
          ("not a reward model folder", "no-such-rm")),
+    Case("policy-as-reward-model", "ppo", "rl_finetune",
+         lambda e: ["ppo", "--reward", str(e.policy)], ("GPT2LMHeadModel", "not a reward model", "reward_training")),
+    Case("reward-model-as-policy", "generate", "rl_finetune",
+         lambda e: ["generate", "--print", "--policy", str(e.reward)], ("BertForSequenceClassification", "not a causal language model")),
     Case("no-reward-model-yet", "reward", "reward_training",
          lambda e: shutil.rmtree(e.artifacts / "reward_models") or ["predict", "a fine film"],
          ("no reward model", "make reward-model")),
@@ -474,3 +478,10 @@ def test_catalogue_lists_every_case():
         "duplicate-prompts", "prompt-longer-than-context", "wrong-access-token"]
     missing = [i for i in ids if f"`{i}`" not in doc]
     assert not missing, f"docs/bad_inputs.md lacks {missing}"
+
+
+def test_latest_pointer_file_is_accepted_as_the_reward_model(env: Env, capsys):
+    code, out, err = call_main("reward_training", ["predict", "--model", str(env.artifacts / "reward_models" / "latest"),
+                                                   "a fine film"], capsys)
+    assert code == 0, err
+    assert 0.0 <= json.loads(out.splitlines()[0])["p_good"] <= 1.0
