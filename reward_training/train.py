@@ -327,7 +327,8 @@ def model_card(run_id: str, cfg: RewardConfig, metrics: dict) -> str:
     lines += ["", "Plots: `calibration.png`, `training_loss.png`" + (", `learning_curve.png`" if metrics.get("learning_curve") else "") +
               "; all numbers in `metrics.json`.", "",
               "## Use", "", "```python",
-              "from transformers import pipeline", f'clf = pipeline("text-classification", model="{run_id}")',
+              "from transformers import pipeline", 'clf = pipeline("text-classification", model="path/to/this/folder")',
               "from reward_training import load_reward_fn, reward_model",
-              f'reward_fn = load_reward_fn("{run_id}", kind="prob")   # list[str] -> torch.Tensor', "```", ""]
+              'reward_fn = load_reward_fn("path/to/this/folder", kind="prob")   # list[str] -> torch.Tensor',
+              'reward_model(["What a film."], path="path/to/this/folder")       # {text: P(good)}', "```", ""]
     return "\n".join(lines)
