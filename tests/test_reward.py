@@ -313,3 +313,19 @@ def test_cli_predict_prints_probabilities(trained, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in rows] == [f"a {WORD} here", "nothing here"]
     assert all(0.0 <= r["p_good"] <= 1.0 for r in rows)
+
+
+def test_soft_labels_train_towards_the_fraction():
+    from reward_training.model import soft_cross_entropy
+
+    logits = torch.zeros(4, 2, requires_grad=True)
+    target = torch.tensor([0.75, 0.75, 0.25, 1.0])
+    opt = torch.optim.SGD([logits], lr=1.0)
+    for _ in range(300):
+        opt.zero_grad()
+        soft_cross_entropy(logits, target).backward()
+        opt.step()
+    p = torch.softmax(logits, -1)[:, 1].detach()
+    assert torch.allclose(p[:3], target[:3], atol=0.02) and p[3] > 0.95
+    ex = D.human_examples([{"completion_id": 1, "text": "x", "label": 2 / 3}])
+    assert ex[0].label == pytest.approx(2 / 3)
