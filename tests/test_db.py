@@ -565,3 +565,19 @@ def test_a_writer_waits_for_another_process_holding_the_write_lock(tmp_path):
     release.join()
     other.close()
     assert len(db.judgement_rows(engine)) == 1
+
+
+def test_extend_and_release_leases(db_engine):
+    c1, c2 = _completions(db_engine, 2)
+    a = db.get_or_create_labeler(db_engine, "a")
+    b = db.get_or_create_labeler(db_engine, "b")
+    assert db.extend_lease(db_engine, a, "s") is False  # holds nothing yet
+    first = db.next_item(db_engine, a, session_key="s", lease_seconds=0.3)
+    assert db.extend_lease(db_engine, a, "s", lease_seconds=600) is True
+    time.sleep(0.5)  # the original lease would have run out; the extended one has not
+    other = db.next_item(db_engine, b, session_key="s")
+    assert other.completion_id != first.completion_id
+    db.release_leases(db_engine, b, "s")
+    assert db.release_leases(db_engine, a) == 1  # tab closed: a's item goes back to the queue
+    assert db.next_item(db_engine, b, session_key="t").completion_id in (c1, c2)
+    assert db.stats(db_engine)["active_leases"] == 1
