@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--port {args.port} is not a port number.", "use 1-65535, e.g. --port 8501.")
     if args.config is not None:
         os.environ["RLHF_CONFIG"] = str(args.config)
+    if args.address not in ("127.0.0.1", "localhost", "::1") and not os.environ.get("RLHF_LABEL_TOKEN"):
+        print(f"warning: serving on {args.address} without RLHF_LABEL_TOKEN: anyone who can reach this port can label. "
+              "Set RLHF_LABEL_TOKEN to a shared secret (see docs/security.md).", file=sys.stderr)
     cmd = streamlit_args(args.port, args.address)
     print(f"labelling app on http://{args.address}:{args.port}", file=sys.stderr)
     os.execv(sys.executable, cmd)
