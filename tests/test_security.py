@@ -187,3 +187,28 @@ def test_labeller_names_are_validated(name):
 def test_app_signs_in_through_the_validating_db_function():
     src = (REPO / "labeling_app" / "ui.py").read_text(encoding="utf-8")
     assert "db.get_or_create_labeler(" in src
+
+
+# ------------------------------------------------------------------------------------ serving to a network
+
+@pytest.mark.parametrize("address,token,warned", [("0.0.0.0", None, True), ("0.0.0.0", "s3cret", False),
+                                                  ("127.0.0.1", None, False)])
+def test_open_app_on_the_network_warns(monkeypatch, capsys, address, token, warned):
+    import labeling_app.__main__ as cli
+
+    class Exec(Exception):
+        pass
+
+    def fake_execv(*_args):
+        raise Exec
+
+    monkeypatch.setattr(cli.os, "execv", fake_execv)
+    if token:
+        monkeypatch.setenv("RLHF_LABEL_TOKEN", token)
+    else:
+        monkeypatch.delenv("RLHF_LABEL_TOKEN", raising=False)
+    with pytest.raises(Exec):
+        cli.main(["--address", address, "--port", "8599"])
+    err = capsys.readouterr().err
+    assert ("without RLHF_LABEL_TOKEN" in err) is warned
+    assert "s3cret" not in err
