@@ -35,7 +35,7 @@ SEED = 8  # issue 8
 
 # Per stage: extra arguments (same for every run of the stage), whether it resumes from checkpoints.
 PRETRAIN_ARGS = ["--no-progress", "--set", "max_steps=120", "--set", "checkpoint_every=10"]
-PPO_ARGS = ["--set", "total_steps=6", "--set", "checkpoint_interval=1"]
+PPO_ARGS = ["--set", "total_steps=10", "--set", "checkpoint_interval=1"]
 STAGES = ("pretrain", "reward", "ppo")
 
 
@@ -75,17 +75,22 @@ def run(cmd: list[str], root: Path, log_name: str) -> tuple[int, str, float]:
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - t0
 
 
-def run_and_kill(cmd: list[str], root: Path, *, delay: float | None, watch: Path | None, log_name: str) -> str:
-    """Start ``cmd``; SIGKILL it after ``delay`` s, or as soon as a hidden temporary folder appears
-    in ``watch`` (a save in progress). Returns why it stopped."""
+def run_and_kill(cmd: list[str], root: Path, *, delay: float | None, watch: Path | None, log_name: str,
+                 after: tuple[Path, str] | None = None) -> str:
+    """Start ``cmd``; SIGKILL it ``delay`` s after it started (or after a file matching ``after``
+    = (folder, glob) was written by it: its first checkpoint), or as soon as a hidden temporary
+    folder appears in ``watch`` (a save in progress). Returns why it stopped."""
     log = open(root / f"{log_name}.log", "w")
+    started = time.time()
     proc = subprocess.Popen(cmd, env=stage_env(root), cwd=root, stdout=log, stderr=subprocess.STDOUT)
-    t0 = time.monotonic()
+    t0 = None if after else time.monotonic()
     why = "finished before the kill"
     try:
         while proc.poll() is None:
-            if delay is not None and time.monotonic() - t0 >= delay:
-                why = f"killed after {delay:.1f} s"
+            if t0 is None and any(p.stat().st_mtime >= started for p in after[0].glob(after[1])):
+                t0 = time.monotonic()
+            if delay is not None and t0 is not None and time.monotonic() - t0 >= delay:
+                why = f"killed {delay:.2f} s after {'its first checkpoint' if after else 'the start'}"
             elif watch is not None and watch.is_dir() and any(
                     ".tmp-" in p.name and not p.name.startswith(".latest") for p in watch.iterdir()):
                 why = f"killed mid-save after {time.monotonic() - t0:.1f} s"
@@ -193,9 +198,15 @@ def test_sigkill_keeps_previous_model_and_rerun_finishes(world, stage, mode):
     assert previous.is_dir()
     previous_digest = tree_digest(previous)
 
-    if mode == "random":  # a seeded point within the first run's duration
-        delay = random.Random(f"{SEED}-{stage}").uniform(0.3, 0.9) * world["durations"][stage]
+    rng = random.Random(f"{SEED}-{stage}")
+    if mode == "random" and stage == "reward":  # no checkpoints: a seeded point within the first run's duration
+        delay = rng.uniform(0.3, 0.9) * world["durations"][stage]
         why = run_and_kill(stage_cmd(stage, world), root, delay=delay, watch=None, log_name=f"{stage}-{mode}-killed")
+    elif mode == "random":  # a seeded point in training, after the first checkpoint (so --resume has work)
+        after = (artifacts / "checkpoints" / "pretrain", "last.pt") if stage == "pretrain" else (parent, ".work-*/checkpoint/state.json")
+        why = run_and_kill(stage_cmd(stage, world), root, delay=rng.uniform(0.0, 0.4), watch=None,
+                           log_name=f"{stage}-{mode}-killed", after=after)
+        assert why.startswith("killed"), why
     else:  # while the new model folder is being written
         why = run_and_kill(stage_cmd(stage, world), root, delay=None, watch=parent, log_name=f"{stage}-{mode}-killed")
         assert why.startswith("killed mid-save"), why
@@ -232,6 +243,8 @@ def test_sigkill_keeps_previous_model_and_rerun_finishes(world, stage, mode):
     print(f"{stage}: re-run {'with' if resume else 'without'} --resume")
     if resume:
         assert "resumed from" in out, out[-2000:]
+    if mode == "random" and stage != "reward":
+        assert resume
     assert hidden_leftovers(parent) == [], f"{why}: the re-run left temporary folders"
     final = parent / "base_policy" if stage == "pretrain" else parent / latest_name(parent)
     load_ok(stage, final)
