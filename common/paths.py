@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -118,9 +119,9 @@ def remove_dead_tmp(parent: Path) -> list[str]:
     another name (each reward-model or PPO run writes a new run folder)."""
     removed = []
     for p in Path(parent).glob(".*.tmp-*"):
-        pid = p.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
-            continue
+        m = re.fullmatch(r"(\d+)-[0-9a-f]{8}", p.name.rsplit(".tmp-", 1)[1])
+        if m is None or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue  # not ours (no pid), or its writer is still running
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:

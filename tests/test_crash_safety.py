@@ -316,7 +316,9 @@ def test_a_later_save_removes_what_a_killed_process_left(tmp_path):
     stale_file.write_text("run-a\n")
     live = tmp_path / f".run-c.tmp-{os.getpid()}-0000beef"  # this process: still writing
     live.mkdir()
+    no_pid = tmp_path / ".m.json.tmp-12345678"  # another writer's name without a pid: never touched
+    no_pid.write_text("{}")
     with atomic_dir(tmp_path / "run-b") as tmp:
         (tmp / "config.json").write_text("{}")
     write_latest(tmp_path, "run-b")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "latest", "run-b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, no_pid.name, "latest", "run-b"])
