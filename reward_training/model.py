@@ -163,9 +163,10 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place on (text, P(good)) pairs.
 
-    ``evaluate`` (called after every full epoch) returns a dict with a ``loss``; with it the
-    weights of the epoch with the lowest loss are restored at the end, and with ``patience``
-    training stops after that many epochs without improvement.
+    ``evaluate`` (called before training and after every full epoch) returns a dict with a
+    ``loss``; with it the weights with the lowest loss are restored at the end (epoch 0 = the
+    starting weights), and with ``patience`` training stops after that many epochs without
+    improvement.
     """
     from tqdm.auto import tqdm
 
@@ -190,6 +191,12 @@ def fit(
     )
     best_loss, best_state, since_best = math.inf, None, 0
     start = time.perf_counter()
+    if evaluate is not None:  # the starting weights are a candidate too: never end worse than we began
+        model.eval()
+        ev = {"epoch": 0, "step": 0, **evaluate()}
+        result.evals.append(ev)
+        best_loss, result.best_epoch = ev["loss"], 0
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     bar = tqdm(total=total_steps, desc=desc, unit="step", disable=None if progress else True, leave=False)  # None: off when not a terminal
     model.train()
     epoch = 0

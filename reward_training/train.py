@@ -161,6 +161,10 @@ def train(
     human_fit = None
     if human_train:
         human_fit = human_phase(model, tok, cfg, human_train, human_heldout, seed_examples, progress=progress)
+        if human_fit.best_epoch == 0:
+            log.warning("the human phase did not lower the held-out human log-loss below the seed model's "
+                        "(%.4f): keeping the seed weights. More labels, or labels that differ from sentiment, "
+                        "give it something to learn.", human_fit.evals[0]["loss"])
 
     # 4. evaluation: the model and the TF-IDF baseline, on held-out human labels and IMDB snippets
     sets = {"human_heldout": human_heldout, "imdb_snippets": imdb_eval}
@@ -304,6 +308,10 @@ def model_card(run_id: str, cfg: RewardConfig, metrics: dict) -> str:
     if metrics["seed_only"]:
         lines += ["**Seed-only model: no human labels were available.** It has learned IMDB sentiment "
                   "(positive = good), not what your labellers want. Label completions (`make label`) and train again.", ""]
+    hp = metrics.get("human_phase") or {}
+    if hp.get("best_epoch") == 0:
+        lines += ["**The human phase did not beat the seed model on the held-out human labels, so the seed "
+                  "weights were kept.**", ""]
     sp = metrics["seed_phase"]
     lines += [
         "## Training", "",

@@ -329,3 +329,20 @@ def test_soft_labels_train_towards_the_fraction():
     assert torch.allclose(p[:3], target[:3], atol=0.02) and p[3] > 0.95
     ex = D.human_examples([{"completion_id": 1, "text": "x", "label": 2 / 3}])
     assert ex[0].label == pytest.approx(2 / 3)
+
+
+def test_early_stopping_keeps_the_starting_weights_when_nothing_beats_them(tiny_reward_dir):
+    from reward_training.model import fit, load_backbone
+
+    model, tok = load_backbone(str(tiny_reward_dir))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+
+    def evaluate():  # every epoch looks worse than the start
+        calls.append(1)
+        return {"loss": float(len(calls))}
+
+    res = fit(model, tok, ["good film", "bad film"] * 8, [1.0, 0.0] * 8, epochs=5, lr=1e-2, batch_size=4,
+              max_length=16, bf16=False, evaluate=evaluate, patience=2, progress=False)
+    assert res.best_epoch == 0 and res.stopped_early and len(res.evals) == 3  # start + 2 epochs
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
