@@ -52,9 +52,8 @@ bench: setup ## Run every benchmark in benchmarks/ (prints JSON lines; long)
 demo: setup ## The whole loop on the current profile: base policy, labels, reward model, PPO, report (ROUNDS=2 for two rounds)
 	$(PY) -m demo --rounds $(ROUNDS) $(ARGS)
 
-label: setup ## Open the labelling app in the browser (PORT=8501)
-	$(PY) -m streamlit run labeling_app/app.py --server.port $(PORT) --server.headless true \
-		--browser.gatherUsageStats false $(ARGS)
+label: setup ## Open the labelling app on http://localhost:$(PORT) (keys G/B/S/U; RLHF_LABEL_TOKEN for teams)
+	$(PY) -m labeling_app --port $(PORT) $(ARGS)
 
 base-model: setup ## Stage 1: pretrain the small GPT-2 base policy on IMDB into $RLHF_ARTIFACTS/base_policy
 	$(PY) -m rl_finetune pretrain $(ARGS)
