@@ -87,6 +87,21 @@ def overopt_series(rows: list[dict], proxy_key: str = "eval/rm_prob", gold_key: 
     return out
 
 
+def binned_means(x, *ys, n_bins: int = 12) -> tuple[list[float], ...]:
+    """Means of ``x`` and each of ``ys`` in equal-width bins of ``x`` (empty bins dropped)."""
+    x = np.asarray(x, dtype=float)
+    if x.size == 0:
+        return ([],) * (1 + len(ys))
+    edges = np.linspace(x.min(), x.max() + 1e-9, min(n_bins, x.size) + 1)
+    idx = np.clip(np.digitize(x, edges) - 1, 0, len(edges) - 2)
+    keep = [b for b in range(len(edges) - 1) if (idx == b).any()]
+    out = [[float(x[idx == b].mean()) for b in keep]]
+    for y in ys:
+        y = np.asarray(y, dtype=float)
+        out.append([float(y[idx == b].mean()) for b in keep])
+    return tuple(out)
+
+
 def finite_numbers(obj: Any) -> list[float]:
     """Every number in a nested JSON-like object (for checks)."""
     if isinstance(obj, bool) or obj is None:
@@ -369,8 +384,12 @@ def write_plots(report: dict, out: Path) -> list[str]:
         ax = fig.subplots()
         for i, (name, c) in enumerate(curves):
             color = f"C{i}"
-            ax.plot(c["sqrt_kl"], c["proxy"], "-o", color=color, ms=3, label=f"proxy (reward model), {name}")
-            ax.plot(c["sqrt_kl"], c["gold"], "--s", color=color, ms=3, label=f"gold judge, {name}")
+            # every evaluation as a faint point, and the mean in bins of sqrt(KL) as a line (KL is not monotone in steps)
+            ax.scatter(c["sqrt_kl"], c["proxy"], color=color, s=8, alpha=0.3, marker="o")
+            ax.scatter(c["sqrt_kl"], c["gold"], color=color, s=8, alpha=0.3, marker="s")
+            x, proxy, gold = binned_means(c["sqrt_kl"], c["proxy"], c["gold"])
+            ax.plot(x, proxy, "-o", color=color, ms=4, label=f"proxy (reward model), {name}")
+            ax.plot(x, gold, "--s", color=color, ms=4, label=f"gold judge, {name}")
         ax.set_xlabel("sqrt(KL(policy || start policy)) per sample, sqrt(nats)")
         ax.set_ylabel("mean P(positive) on eval prompts")
         ax.set_title("Reward model over-optimisation")

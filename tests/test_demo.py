@@ -8,7 +8,7 @@ import pytest
 
 from common.errors import ConfigError
 from demo.config import DemoConfig
-from demo.run import finite_numbers, overopt_series, report_markdown, summarize_scores
+from demo.run import binned_means, finite_numbers, overopt_series, report_markdown, summarize_scores
 
 
 def test_completions_per_round_fits_the_overlap():
@@ -31,6 +31,12 @@ def test_overopt_series_keeps_eval_rows_only():
     s = overopt_series(rows)
     assert s["step"] == [0, 2, 3] and s["sqrt_kl"] == [0.0, 2.0, 0.0]
     assert s["proxy"] == [0.5, 0.9, 0.9] and s["gold"] == [0.5, 0.6, 0.6]
+
+
+def test_binned_means():
+    x, y = binned_means([0.0, 0.1, 1.2, 1.4, 3.0], [1, 3, 5, 7, 9], n_bins=3)
+    assert x == pytest.approx([0.05, 1.3, 3.0]) and y == [2.0, 6.0, 9.0]
+    assert binned_means([], []) == ([], [])
 
 
 def test_summarize_scores():
