@@ -433,8 +433,12 @@ def report_markdown(report: dict) -> str:
         lines += ["## Reward hacking (over-optimisation)", "",
                   f"PPO with KL coefficient {o['kl_coef']} for {o['steps']} steps: reward-model P(good) "
                   f"{_fmt(s.get('eval/rm_prob_before'))} -> {_fmt(s.get('eval/rm_prob_after'))}, gold "
-                  f"{_fmt(s.get('eval/gold_before'))} -> {_fmt(s.get('eval/gold_after'))}, KL {_fmt(s.get('eval/kl_after'))} nats.",
-                  "When the proxy keeps rising while the gold score stalls or falls, the policy is exploiting the reward model.", ""]
+                  f"{_fmt(s.get('eval/gold_before'))} -> {_fmt(s.get('eval/gold_after'))}, KL {_fmt(s.get('eval/kl_after'))} nats, "
+                  f"distinct-2 {_fmt(s.get('eval/distinct_2_before'))} -> {_fmt(s.get('eval/distinct_2_after'))} "
+                  "(samples: `ppo-overopt/samples.md`).",
+                  "When the proxy keeps rising while the gold score stalls or falls, the policy is exploiting the reward model. "
+                  "The gold judge here is itself a bag of words, so word salad full of positive words can fool it too: "
+                  "then the hacking shows in a collapsing distinct-2 and in the samples rather than in the gold score.", ""]
     lines += ["## Samples", "", "| prompt | before | gold / RM | after | gold / RM |", "|---|---|---|---|---|"]
     for s in report["samples"]:
         lines.append(f"| {_cell(s['prompt'])} | {_cell(s['before'])} | {_fmt(s['gold_before'], 2)} / {_fmt(s['rm_before'], 2)} "
