@@ -20,6 +20,9 @@ export RLHF_ARTIFACTS ?= artifacts
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# Idle OpenMP threads sleep instead of spinning: with other jobs on few cores, spinning threads
+# stall each other (measured: a 4x256 GPT-2 trained at 840 tokens/s with spinning, 1,900 without).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 PORT   ?= 8501
 ROUNDS ?= 1
