@@ -29,7 +29,7 @@ ROUNDS ?= 1
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-slow bench demo label base-model generate reward-model finetune \
+.PHONY: help setup test test-slow bench demo label base-model generate reward-model score-queue finetune \
         db-upgrade db-stats export notebook clean clean-all
 
 help: ## List the targets
@@ -66,6 +66,9 @@ generate: setup ## Fill the labelling queue with completions from the newest pol
 
 reward-model: setup ## Stage 2: train the reward model (IMDB seed + human labels) into $RLHF_ARTIFACTS/reward_models
 	$(PY) -m reward_training $(ARGS)
+
+score-queue: setup ## Write the newest reward model's P(good) of unlabelled completions into the db ("uncertain first" order)
+	$(PY) -m reward_training score $(ARGS)
 
 finetune: setup ## Stage 3: PPO against the newest reward model into $RLHF_ARTIFACTS/policies
 	$(PY) -m rl_finetune ppo $(ARGS)
