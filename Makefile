@@ -25,7 +25,6 @@ export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE
 
 PORT   ?= 8501
-ROUNDS ?= 1
 ARGS   ?=
 PYTEST_ARGS ?=
 
@@ -53,7 +52,7 @@ bench: setup ## Run every benchmark in benchmarks/ (prints JSON lines; long)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b $(ARGS); done
 
 demo: setup ## The whole loop on the current profile: base policy, labels, reward model, PPO, report (ROUNDS=2 for two rounds)
-	$(PY) -m demo --rounds $(ROUNDS) $(ARGS)
+	$(PY) -m demo $(if $(ROUNDS),--rounds $(ROUNDS)) $(ARGS)
 
 label: setup ## Open the labelling app on http://localhost:$(PORT) (keys G/B/S/U; RLHF_LABEL_TOKEN for teams)
 	$(PY) -m labeling_app --port $(PORT) $(ARGS)
@@ -82,8 +81,8 @@ db-stats: setup ## Print database counts as JSON
 export: setup ## Export the labels (FORMAT=jsonl|csv|hf, DEST=path)
 	$(PY) -m db export --format $(or $(FORMAT),jsonl) $(or $(DEST),$(RLHF_ARTIFACTS)/labels.$(or $(FORMAT),jsonl))
 
-notebook: setup ## Open the walkthrough notebook's folder in Jupyter-less form: run it top to bottom
-	$(PY) -m nbclient notebooks/rlhf_walkthrough.ipynb 2>/dev/null || $(PY) notebooks/run_notebook.py
+notebook: setup ## Execute the walkthrough notebook top to bottom into $RLHF_ARTIFACTS/notebook/
+	$(PY) notebooks/run_notebook.py $(ARGS)
 
 clean: ## Remove run outputs (artifacts/, data/), keeping .venv
 	rm -rf artifacts data

@@ -91,7 +91,7 @@ def main() -> None:
     from reward_training.config import RewardConfig
     from reward_training.evaluate import short
     from reward_training.model import fit, load_backbone, predict_logits
-    from reward_training.train import run_learning_curve, seed_phase, train
+    from reward_training.training import run_learning_curve, seed_phase, train
 
     overrides = list(args.overrides)
     if args.quick:

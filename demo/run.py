@@ -161,9 +161,7 @@ def generate_for_labelling(cfg: DemoConfig, engine, policy: str, round_no: int) 
 def train_reward_model(cfg: DemoConfig, engine, run_id: str, *, progress: bool) -> tuple[Path, dict]:
     from common.imdb import DataConfig
     from reward_training.config import RewardConfig
-    # the function from its module: once ``reward_training.train`` (the submodule) is imported,
-    # the package attribute of that name is the module, not the function
-    from reward_training.train import train as train_rm
+    from reward_training.training import train as train_rm
 
     rcfg = load_config(RewardConfig, "reward", overrides=cfg.reward_set)
     path = Path(train_rm(rcfg, engine, data_cfg=load_config(DataConfig, "data"), run_id=run_id,

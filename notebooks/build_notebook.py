@@ -174,7 +174,7 @@ out to measure its accuracy against a TF-IDF baseline.
 """),
     code("""
 from reward_training.config import RewardConfig
-from reward_training.train import train as train_reward_model
+from reward_training.training import train as train_reward_model
 from demo.run import reward_accuracy
 
 reward_cfg = load_config(RewardConfig, "reward", overrides=demo_cfg.reward_set)

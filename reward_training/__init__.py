@@ -18,7 +18,7 @@ def __getattr__(name: str):
 
         return RewardConfig
     if name == "train":
-        from reward_training.train import train
+        from reward_training.training import train
 
         return train
     if name in ("load_reward_fn", "reward_model", "score_completions"):

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = load_config(RewardConfig, "reward", profile=args.config, overrides=args.overrides)
     from common.imdb import DataConfig
-    from reward_training.train import train
+    from reward_training.training import train
 
     data_cfg = load_config(DataConfig, "data", profile=args.config)
     out = train(cfg, engine, data_cfg=data_cfg, require_labels=args.require_labels,

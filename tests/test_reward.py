@@ -66,7 +66,7 @@ def banana_records(n: int = 320, seed: int = 0) -> list[dict]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_reward_dir):
     """One reward model trained on the banana records (seed phase + human phase), in its own artifacts root."""
-    from reward_training.train import train
+    from reward_training.training import train
 
     root = tmp_path_factory.mktemp("reward_run")
     with pytest.MonkeyPatch.context() as mp:
@@ -114,7 +114,7 @@ def test_heldout_split_is_grouped_stratified_and_disjoint():
 
 
 def test_one_class_labels_fail_with_counts(smoke_env, tiny_reward_dir):
-    from reward_training.train import train
+    from reward_training.training import train
 
     recs = [{"completion_id": i, "text": f"text {i}", "label": 1.0} for i in range(7)]
     with pytest.raises(UserError, match=r"7 good, 0 bad"):
@@ -146,7 +146,7 @@ def test_metrics_helpers():
 def test_seed_phase_lowers_loss_and_is_cached(smoke_env, tiny_reward_dir):
     from reward_training.evaluate import binary_metrics
     from reward_training.model import load_backbone, predict_proba
-    from reward_training.train import seed_phase
+    from reward_training.training import seed_phase
 
     cfg = tiny_cfg(tiny_reward_dir, seed_epochs=4)
     seed_ex, _ = D.seed_and_eval_snippets(cfg, data_cfg())
@@ -216,7 +216,7 @@ def test_reward_model_and_load_reward_fn_agree(trained, monkeypatch):
 
 def test_interrupted_save_keeps_previous_model(trained, monkeypatch):
     from common.paths import resolve_latest
-    from reward_training import train as T
+    from reward_training import training as T
 
     monkeypatch.setenv("RLHF_ARTIFACTS", str(trained["artifacts"]))
     before = (trained["out"] / "model.safetensors").read_bytes()
@@ -237,7 +237,7 @@ def test_interrupted_save_keeps_previous_model(trained, monkeypatch):
 
 
 def test_no_labels_gives_seed_only_model_or_fails_when_required(smoke_env, tiny_reward_dir, caplog):
-    from reward_training.train import train
+    from reward_training.training import train
 
     cfg = tiny_cfg(tiny_reward_dir)
     with pytest.raises(UserError, match="no human labels"):
@@ -251,7 +251,7 @@ def test_no_labels_gives_seed_only_model_or_fails_when_required(smoke_env, tiny_
 
 
 def test_few_heldout_labels_warn_and_still_report(smoke_env, tiny_reward_dir, caplog):
-    from reward_training.train import train
+    from reward_training.training import train
 
     recs = banana_records(12)
     with caplog.at_level("WARNING"):
