@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rl_finetune.generate import left_pad as left_pad_ids
 from rl_finetune.ppo.config import GenKwargs
 
 
@@ -30,12 +31,8 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_tokens: int) -> list[lis
 
 
 def left_pad(token_lists: list[list[int]], pad_id: int, texts: list[str]) -> PromptBatch:
-    P = max(len(t) for t in token_lists)
-    ids = torch.full((len(token_lists), P), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(token_lists), P), dtype=torch.long)
-    for i, toks in enumerate(token_lists):
-        ids[i, P - len(toks):] = torch.tensor(toks, dtype=torch.long)
-        mask[i, P - len(toks):] = 1
+    """The prompts as one left-padded batch (the same padding as generation uses)."""
+    ids, mask = left_pad_ids(token_lists, pad_id)
     return PromptBatch(ids, mask, list(texts))
 
 
