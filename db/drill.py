@@ -118,8 +118,20 @@ def run(url: str, *, procs: int = 8, per_proc: int = 150, undo_prob: float = 0.1
     ps = [ctx.Process(target=worker, args=(url, i, per_proc, undo_prob, seed, barrier, out, tabs)) for i in range(procs)]
     for p in ps:
         p.start()
+    # Wait until every worker has imported, connected and signed in; a worker that dies on the
+    # way (its error is on stderr) ends the drill at once instead of leaving the barrier waiting.
+    deadline = time.monotonic() + 600
+    while barrier.n_waiting < procs:
+        dead = [p.exitcode for p in ps if p.exitcode is not None]
+        if dead or time.monotonic() > deadline:
+            for p in ps:
+                p.kill()
+            raise RuntimeError(
+                f"drill workers did not start (exit codes {dead or 'none yet, timed out'}); "
+                "their error is on stderr above")
+        time.sleep(0.05)
     try:
-        barrier.wait(timeout=600)  # every worker has imported, connected and signed in
+        barrier.wait(timeout=60)
     except threading.BrokenBarrierError:
         for p in ps:
             p.kill()

@@ -3,6 +3,7 @@ the smoke profile), and tiny models built from small configs."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Idle OpenMP threads sleep instead of spinning: with other jobs on the 2 cores, spinning threads
 # stall each other (a tiny pretraining loop went from 30 s to 2 s). Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module():
+    """Streamlit's AppTest runs page scripts as ``__main__`` and leaves them there; a process
+    started with the "spawn" method (the db drill, DDP) would then re-run that page and die.
+    Put the real ``__main__`` back after every test."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
 
 
 @pytest.fixture
