@@ -81,6 +81,22 @@ def chromium_page(viewport: tuple[int, int] = (1100, 900)):
             browser.close()
 
 
+def apptest_signed_in(name: str | None = "alice", token: str | None = None, timeout: float = 60):
+    """The app run headless (``streamlit.testing.v1.AppTest``), signed in as ``name`` (with
+    ``token`` when given); ``name=None`` stops at the sign-in form."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parent / "app.py"), default_timeout=timeout).run()
+    assert not at.exception, at.exception
+    if name is not None:
+        at.text_input(key="sign_in_name").input(name)
+        if token is not None:
+            at.text_input(key="sign_in_token").input(token)
+        at.button[0].click().run()
+        assert not at.exception, at.exception
+    return at
+
+
 def sign_in(page, url: str, name: str, token: str | None = None, timeout_ms: int = 30_000) -> None:
     """Open the app and sign in with the keyboard only (type, Tab, Enter)."""
     page.goto(url)

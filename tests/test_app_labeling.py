@@ -9,6 +9,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import db  # noqa: E402
+from labeling_app import harness  # noqa: E402
 
 APP = str(Path(__file__).resolve().parent.parent / "labeling_app" / "app.py")
 TIMEOUT = 60
@@ -25,15 +26,7 @@ def seed(url: str, n: int = 5, texts: list[str] | None = None) -> list[int]:
 
 
 def start(name: str | None = "alice", token: str | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
-    assert not at.exception, at.exception
-    if name is not None:
-        at.text_input(key="sign_in_name").input(name)
-        if token is not None:
-            at.text_input(key="sign_in_token").input(token)
-        at.button[0].click().run()
-        assert not at.exception, at.exception
-    return at
+    return harness.apptest_signed_in(name, token, timeout=TIMEOUT)
 
 
 def texts(at: AppTest) -> list[str]:

@@ -404,16 +404,9 @@ APP = str(REPO / "labeling_app" / "app.py")
 
 
 def _app(name: str, token: str | None = None):
-    from streamlit.testing.v1 import AppTest
+    from labeling_app.harness import apptest_signed_in
 
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    assert not at.exception, at.exception
-    at.text_input(key="sign_in_name").input(name)
-    if token is not None:
-        at.text_input(key="sign_in_token").input(token)
-    at.button[0].click().run()
-    assert not at.exception, at.exception
-    return at
+    return apptest_signed_in(name, token)
 
 
 @pytest.mark.parametrize("name,token,expect", [
