@@ -6,8 +6,8 @@ Figures (one JSON line each):
 - ``judgements_per_minute``: a scripted labeller that presses the next key as soon as the item shows;
 - ``db_write_ms``: ``db.record_judgement`` alone (one committed upsert), p50/p95 over ``--writes``;
 - ``db_next_item_ms``: ``db.next_item`` alone (lease the next item), p50/p95;
-- ``streamlit_floor_ms``: the key-to-render time of a one-button Streamlit app on the same machine,
-  i.e. what Streamlit, the websocket and the browser cost before this app does anything.
+- ``streamlit_floor_ms``: the key-to-render time of a one-button Streamlit app on the same machine
+  and server settings, i.e. what Streamlit, the websocket and the browser cost before this app does anything.
 
 Run: ``flock /tmp/rlhf-cpu.lock python benchmarks/bench_labeling.py`` (about a minute).
 """
@@ -111,9 +111,9 @@ def bench_floor(tmp: Path, n_items: int) -> list[float]:
     app = tmp / "floor_app.py"
     app.write_text(FLOOR_APP)
     port = harness.free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.address",
-           "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]
+    from labeling_app.__main__ import streamlit_args
+
+    cmd = streamlit_args(port, "127.0.0.1", app=app)  # the app's own server settings
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(300):
