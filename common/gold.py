@@ -16,6 +16,16 @@ points on snippets and doubled the fit time, so it is off by default (``snippets
     judge = GoldJudge.load_or_fit(GoldConfig())
     judge.score(["What a wonderful film.", "Dull and far too long."])  # -> array([0.9.., 0.0..])
 
+Coherence. The labelling instructions say "Good = a positive, *coherent* movie-review continuation",
+and a bag of words cannot see coherence: without a KL leash PPO drives the policy to word salad of
+positive words ("best also also's best really also ...") that a TF-IDF judge scores 0.94, as high as
+the reward model does, so reward hacking never showed as a falling gold curve. The judge therefore
+multiplies P(positive) by a repetition factor: the share of distinct word bigrams in the text
+(distinct-2), mapped linearly from ``distinct2_low`` (factor 0) to ``distinct2_high`` (factor 1).
+Measured on 2,000 real IMDB 40-word spans: median distinct-2 0.98, 1% below 0.77, 0.1% below 0.64,
+so real review text keeps a factor of 1 (rarely a little less); "great great great ..." has 0.14
+and the salad above 0.57. ``coherence: false`` gives the plain sentiment classifier.
+
 The fitted judge is cached under ``$RLHF_ARTIFACTS/gold/<key>.joblib``, keyed by its config, so
 the ~20 s fit happens once per machine and config.
 """
@@ -26,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +51,21 @@ log = logging.getLogger(__name__)
 
 #: Bump when the fitting code changes in a way that makes old caches wrong.
 _CACHE_VERSION = 1
+_SCORING_ONLY = ("coherence", "distinct2_low", "distinct2_high")
+_WORDS = re.compile(r"[\w']+|[^\w\s]")
+
+
+def distinct2(text: str) -> float:
+    """Distinct word bigrams / word bigrams in one text (lower-cased, punctuation as words); 1.0 below 3 words."""
+    words = _WORDS.findall(text.lower())
+    bigrams = list(zip(words, words[1:]))
+    return len(set(bigrams)) / len(bigrams) if len(bigrams) >= 2 else 1.0
+
+
+def coherence_factor(texts: list[str], low: float = 0.5, high: float = 0.8) -> np.ndarray:
+    """Per text: 0 at distinct-2 <= ``low``, 1 at >= ``high``, linear between."""
+    d2 = np.array([distinct2(t) for t in texts], dtype=np.float64)
+    return np.clip((d2 - low) / (high - low), 0.0, 1.0)
 
 
 @dataclass
@@ -54,6 +80,9 @@ class GoldConfig:
     include_rotten_tomatoes: bool = field(default=True, metadata={"help": "also train on the 8,530 short Rotten Tomatoes sentences (better on short text)"})
     snippets_per_review: int = field(default=0, metadata={"help": "extra random 10-40-word windows per review, labelled like the review"})
     seed: int = field(default=0, metadata={"help": "seed for subsampling and snippets"})
+    coherence: bool = field(default=True, metadata={"help": "multiply P(positive) by a repetition factor from the text's distinct-2 (see the module doc)"})
+    distinct2_low: float = field(default=0.5, metadata={"help": "distinct-2 at or below which the coherence factor is 0"})
+    distinct2_high: float = field(default=0.8, metadata={"help": "distinct-2 at or above which the coherence factor is 1"})
 
     def validate(self) -> None:
         if self.ngram_max < 1:
@@ -62,11 +91,16 @@ class GoldConfig:
             raise ConfigError(f"gold.C={self.C} must be positive.", "use e.g. 8.0.")
         if self.max_reviews is not None and self.max_reviews < 10:
             raise ConfigError(f"gold.max_reviews={self.max_reviews} is too small to fit a classifier.", "use >= 10 or null for all.")
+        if not 0.0 <= self.distinct2_low < self.distinct2_high <= 1.0:
+            raise ConfigError(f"gold.distinct2_low={self.distinct2_low} and gold.distinct2_high={self.distinct2_high} must satisfy "
+                              "0 <= low < high <= 1.", "use e.g. distinct2_low=0.5, distinct2_high=0.8.")
 
     @property
     def key(self) -> str:
-        """A short hash of the config: the cache file name."""
-        blob = json.dumps({**dataclasses.asdict(self), "v": _CACHE_VERSION}, sort_keys=True)
+        """A short hash of the fitting settings: the cache file name (the coherence settings only act at
+        scoring time, so they share the fitted classifier)."""
+        fit = {k: v for k, v in dataclasses.asdict(self).items() if k not in _SCORING_ONLY}
+        blob = json.dumps({**fit, "v": _CACHE_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -153,12 +187,20 @@ class GoldJudge:
         return judge
 
     # ------------------------------------------------------------------ using
-    def score(self, texts: list[str]) -> np.ndarray:
-        """P(positive) for each text, shape (len(texts),), float64."""
+    def sentiment(self, texts: list[str]) -> np.ndarray:
+        """The classifier's P(positive) for each text, shape (len(texts),), float64."""
         texts = list(texts)
         if not texts:
             return np.zeros(0, dtype=np.float64)
         return self.pipeline.predict_proba(texts)[:, 1].astype(np.float64)
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        """The gold score of each text: P(positive), times the coherence factor unless ``coherence`` is off."""
+        texts = list(texts)
+        p = self.sentiment(texts)
+        if self.cfg.coherence and texts:
+            p = p * coherence_factor(texts, self.cfg.distinct2_low, self.cfg.distinct2_high)
+        return p
 
     __call__ = score
 
@@ -175,4 +217,4 @@ def cache_root() -> Path:
     return artifacts_root() / "gold"
 
 
-__all__ = ["GoldConfig", "GoldJudge", "training_texts", "cache_root"]
+__all__ = ["GoldConfig", "GoldJudge", "training_texts", "cache_root", "distinct2", "coherence_factor"]

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError
-from common.gold import GoldConfig, GoldJudge, training_texts
+import dataclasses
+
+from common.gold import GoldConfig, GoldJudge, coherence_factor, distinct2, training_texts
 
 SMALL = GoldConfig(max_reviews=1500, include_rotten_tomatoes=True)
 
@@ -20,8 +22,24 @@ def test_scores_obvious_sentiment(judge):
                      "Terrible, boring and a waste of time. The worst movie ever."])
     assert s.shape == (2,) and s.dtype == np.float64
     assert s[0] > 0.6 > 0.4 > s[1]
-    assert list(judge.labels(["great great great", "awful awful awful"])) == [1, 0]
+    assert list(judge.labels(["great fun, great cast", "awful plot, awful cast"])) == [1, 0]
     assert judge.score([]).shape == (0,)
+
+
+def test_repetition_lowers_the_gold_score(judge):
+    """Word salad of positive words fools the classifier but not the gold score (the instructions ask for
+    coherent text); ordinary sentences keep their sentiment score."""
+    salad = "best also also's best really also best also also's best really also great best also"
+    prose = "A wonderful, moving film with great acting. I loved it."
+    assert distinct2(prose) == 1.0 and distinct2("great great great great great") == 0.25
+    assert distinct2("two words") == 1.0
+    assert judge.sentiment([salad])[0] > 0.8
+    assert judge.score([salad])[0] < 0.35 * judge.sentiment([salad])[0]
+    np.testing.assert_allclose(judge.score([prose]), judge.sentiment([prose]))
+    np.testing.assert_allclose(coherence_factor(["a b a b a b a b a", prose], 0.5, 0.8), [0.0, 1.0])
+    plain = GoldJudge(dataclasses.replace(judge.cfg, coherence=False), judge.pipeline, judge.info)
+    np.testing.assert_allclose(plain.score([salad]), judge.sentiment([salad]))
+    assert GoldConfig(coherence=False).key == GoldConfig().key  # scoring-only: same fitted classifier
 
 
 def test_held_out_accuracy_beats_chance(judge):
@@ -48,3 +66,5 @@ def test_cache_defaults_under_artifacts(smoke_env):
 def test_bad_config():
     with pytest.raises(ConfigError):
         GoldConfig(C=0).validate()
+    with pytest.raises(ConfigError, match="distinct2_low"):
+        GoldConfig(distinct2_low=0.9, distinct2_high=0.8).validate()
