@@ -35,6 +35,9 @@ class DataConfig:
     def validate(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction={self.test_fraction} must be between 0 and 1.", "use e.g. 0.2.")
+        if self.max_reviews is not None and self.max_reviews < 1:
+            raise ConfigError(f"data.max_reviews={self.max_reviews} must be a positive number of reviews.",
+                              "use e.g. 400 for a small profile, or null for all of them.")
         if not 1 <= self.prompt_min_words <= self.prompt_max_words:
             raise ConfigError(
                 f"data.prompt_min_words={self.prompt_min_words} and prompt_max_words={self.prompt_max_words} do not make a range.",

@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer, GPT2TokenizerFast
 
 from common import assets
-from common.errors import AssetMissing
+from common.errors import AssetMissing, ConfigError
 from common.imdb import DataConfig, clean_review, load_imdb, make_prompts, read_prompt_file, rotten_tomatoes_sentences
 
 
@@ -106,3 +106,11 @@ def test_prompt_file_errors(tmp_path):
 
 
 _ = builtins
+
+
+@pytest.mark.parametrize("bad", [dict(max_reviews=-5), dict(max_reviews=0), dict(test_fraction=1.0),
+                                 dict(prompt_min_words=9, prompt_max_words=8)])
+def test_bad_data_config_names_the_key(bad):
+    key = next(iter(bad))
+    with pytest.raises(ConfigError, match=f"data.{key}"):
+        DataConfig(**bad).validate()
