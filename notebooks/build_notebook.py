@@ -145,10 +145,11 @@ print(n_written, "completions in the queue;", db.stats(engine))
 """),
     md("""
 Labelling a thousand items by hand is what makes RLHF expensive. For the demo and the tests,
-**simulated labellers** stand in for people: each judges an item with a *gold* sentiment judge (a
-TF-IDF + logistic-regression classifier trained on all IMDB reviews, which the reward model never
-sees), then flips its answer with some probability (noise) and may be harsher or more lenient
-(bias). Several labellers see the same item (overlap), so we can measure their agreement with
+**simulated labellers** stand in for people: each judges an item with a *gold* judge (a
+TF-IDF + logistic-regression sentiment classifier trained on all IMDB reviews, which the reward model
+never sees, times a coherence factor that goes to zero for repetitive word salad, because the
+instructions ask for *coherent* text), then flips its answer with some probability (noise) and may be
+harsher or more lenient (bias). Several labellers see the same item (overlap), so we can measure their agreement with
 Cohen's kappa, as the app's stats page does for people.
 """),
     code("""
