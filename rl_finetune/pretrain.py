@@ -80,7 +80,7 @@ class PretrainConfig:
     curriculum_fraction: float = field(default=0.2, metadata={"help": "share of the budget spent in the curriculum phase"})
     curriculum_block: int = field(default=48, metadata={"help": "window length in the curriculum phase (tokens per step stay the same)"})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CPU (about 2x faster matmuls here); weights stay fp32"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model (needs a C++ compiler; slow first steps)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model: ~30% more tokens/s on CPU after ~20 s of compiling; needs a C++ compiler (without one, or if compiling fails, training goes on uncompiled with a warning)"})
     eval_every: int = field(default=0, metadata={"help": "evaluate on the test text every N steps (0 = only at the end)"})
     eval_tokens: int = field(default=65536, metadata={"help": "test tokens per evaluation"})
     checkpoint_every: int = field(default=500, metadata={"help": "save a resumable checkpoint every N steps (0 = never)"})
@@ -222,6 +222,20 @@ def autocast(cfg: PretrainConfig):
 
 
 @torch.no_grad()
+def maybe_compile(model, wanted: bool):
+    """``torch.compile(model)`` when asked and a C++ compiler is on the PATH (inductor needs one on CPU);
+    else the model itself, with a warning when compiling was asked for."""
+    if not wanted:
+        return model
+    import shutil
+
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        log.warning("pretrain.compile is on but no C++ compiler (g++, c++, clang++) is on the PATH: training "
+                    "without torch.compile (about 30%% slower). Fix: apt-get install g++, or set pretrain.compile=false.")
+        return model
+    return torch.compile(model)
+
+
 def evaluate(model, stream: np.ndarray, cfg: PretrainConfig, chars_per_token: float | None = None) -> dict[str, float]:
     """Mean next-token loss on consecutive windows of ``stream`` (up to ``eval_tokens``), its
     perplexity, and bits per character (comparable across tokenizers)."""
@@ -361,7 +375,7 @@ def train(
         rng.bit_generator.state = ckpt["rng"]
         torch.set_rng_state(ckpt["torch_rng"])
         log.info("resumed from %s at step %d (%.1f min trained)", ckpt_dir, step, elapsed / 60)
-    fwd = torch.compile(model) if cfg.compile else model
+    fwd = maybe_compile(model, cfg.compile)
     model.train()
     tokens_per_step = cfg.batch_size * cfg.block_size
 
@@ -386,9 +400,19 @@ def train(
             x = sample_batch(short_stream, max(1, tokens_per_step // block), block, rng)
         else:
             x = sample_batch(train_stream, cfg.batch_size, cfg.block_size, rng)
-        with autocast(cfg):
-            # the stream holds <|endoftext|> (= pad) between reviews: an explicit all-ones mask
-            loss = fwd(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
+        try:
+            with autocast(cfg):
+                # the stream holds <|endoftext|> (= pad) between reviews: an explicit all-ones mask
+                loss = fwd(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
+        except Exception as err:  # torch.compile failing on this machine: carry on uncompiled
+            if fwd is model:
+                raise
+            log.warning("torch.compile failed (%s: %s); training without it. Set pretrain.compile=false to skip "
+                        "the attempt.", type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+            fwd = model
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(cfg):
+                loss = fwd(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -202,3 +202,40 @@ def test_curriculum_phase_keeps_tokens_per_step(smoke_env, curriculum):
     result = train(cfg, load_config(DataConfig, "data"), progress=False)
     assert result.metrics["steps"] == 4
     assert result.metrics["tokens_seen"] == 4 * cfg.batch_size * cfg.block_size
+
+
+def test_compile_failure_falls_back_to_eager(smoke_env, monkeypatch, caplog):
+    """A machine where torch.compile breaks (no working compiler, an inductor bug) still trains."""
+    def broken_compile(model, *args, **kwargs):
+        def fwd(*a, **k):
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error")
+        return fwd
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    cfg = load_config(PretrainConfig, "pretrain", overrides={
+        "max_steps": 3, "compile": True, "eval_tokens": 256, "sample_prompts": ["Hi"], "sample_max_new_tokens": 2})
+    with caplog.at_level("WARNING"):
+        result = train(cfg, load_config(DataConfig, "data"), progress=False)
+    assert result.metrics["steps"] == 3 and all(math.isfinite(x) for x in result.losses)
+    assert "torch.compile failed" in caplog.text and "pretrain.compile=false" in caplog.text
+
+
+def test_compile_without_a_cxx_compiler_warns_and_trains_eager(monkeypatch, caplog):
+    import shutil
+
+    from rl_finetune.pretrain import maybe_compile
+
+    model = torch.nn.Linear(2, 2)
+    assert maybe_compile(model, False) is model
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with caplog.at_level("WARNING"):
+        assert maybe_compile(model, True) is model
+    assert "no C++ compiler" in caplog.text and "apt-get install g++" in caplog.text
+
+
+@pytest.mark.slow
+def test_real_torch_compile_trains(smoke_env):
+    cfg = load_config(PretrainConfig, "pretrain", overrides={
+        "max_steps": 5, "compile": True, "eval_tokens": 256, "sample_prompts": ["Hi"], "sample_max_new_tokens": 2})
+    result = train(cfg, load_config(DataConfig, "data"), progress=False)
+    assert result.metrics["steps"] == 5 and result.losses[-1] < result.losses[0]
