@@ -132,6 +132,9 @@ def ensure_base_policy(cfg: DemoConfig, engine, *, progress: bool) -> tuple[str,
     from rl_finetune import pretrain
 
     pcfg = load_config(pretrain.PretrainConfig, "pretrain", overrides=cfg.pretrain_set)
+    if cfg.pretrain_set:
+        log.info("no base policy in %s: pretraining one with the demo's settings %s (`make base-model` trains the "
+                 "full-budget one; the demo reuses whichever exists)", folder, cfg.pretrain_set)
     result = pretrain.train(pcfg, load_config(DataConfig, "data"), progress=progress)
     path = pretrain.save_base_policy(result)
     pretrain.register_base_policy(path, result.metrics, engine=engine)
