@@ -51,6 +51,20 @@ def test_logprobs_and_temperature():
     assert close(core.entropy_from_logits(t([[[0.0, 0.0]]])), [[math.log(2)]])
 
 
+def test_exact_kl_over_the_vocabulary():
+    # policy softmax([0, ln 3]) = [0.25, 0.75]; reference [0.5, 0.5]
+    # KL = 0.25 ln(0.25/0.5) + 0.75 ln(0.75/0.5) = -0.17329 + 0.30410 = 0.13081
+    logits = t([[[0.0, math.log(3.0)]]], requires_grad=True)
+    ref = torch.log(t([[[0.5, 0.5]]]))
+    kl = core.exact_kl(logits, ref)
+    assert close(kl, [[0.13081]])
+    kl.sum().backward()
+    assert logits.grad.abs().sum() > 0                                   # differentiable in the policy's logits
+    assert close(core.exact_kl(t([[[1.0, 2.0, 3.0]]]), torch.log_softmax(t([[[1.0, 2.0, 3.0]]]), -1)), [[0.0]])
+    # temperature 2: softmax([0, ln 9] / 2) = softmax([0, ln 3]) -> the same 0.13081
+    assert close(core.exact_kl(t([[[0.0, math.log(9.0)]]]), ref, temperature=2.0), [[0.13081]])
+
+
 def test_kl_estimators():
     logp, ref = t([-1.0, -2.0]), t([-2.0, -1.0])            # r = +1, -1
     assert close(core.kl_per_token(logp, ref, "k1"), [1.0, -1.0])

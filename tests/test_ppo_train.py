@@ -95,6 +95,18 @@ def test_adaptive_kl_moves_the_coefficient(tiny_policy_dir):
     assert coefs[0] == pytest.approx(0.1) and coefs[1] != pytest.approx(0.1)
 
 
+def test_exact_kl_loss_is_logged_and_holds_the_policy_nearer_the_reference(tiny_policy_dir):
+    common = dict(total_steps=3, init_kl_coef=0.0, num_rollouts=4, chunk_size=4, batch_size=4, ppo_epochs=2, lr=3e-3,
+                  gen_kwargs=GenKwargs(max_new_tokens=6, stop_at_eos=False))
+    free = train(load_tiny(tiny_policy_dir), count_chosen, PROMPTS, tiny_config(**common), progress=False)
+    held = train(load_tiny(tiny_policy_dir), count_chosen, PROMPTS, tiny_config(kl_loss_coef=5.0, **common), progress=False)
+    rows = [r for r in held.metrics if "loss/kl" in r]
+    assert rows and all(r["loss/kl"] >= 0 for r in rows)
+    assert not any("loss/kl" in r for r in free.metrics)
+    last = [[r for r in res.metrics if "kl_k3" in r][-1]["kl_k3"] for res in (free, held)]
+    assert last[1] < last[0]
+
+
 @pytest.mark.parametrize("bad, match", [
     (lambda texts: [float("nan")] * len(texts), "NaN/inf .* at step 0, rollout chunk 0"),
     (lambda texts: [1.0] * (len(texts) + 1), "returned 5 scores for 4 texts at step 0, rollout chunk 0"),

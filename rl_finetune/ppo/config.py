@@ -60,6 +60,7 @@ class PPOConfig:
     init_kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient (beta) at the start"})
     target: float | None = field(default=None, metadata={"help": "adaptive KL: target KL per sample in nats (None: fixed coefficient)"})
     horizon: int | None = field(default=None, metadata={"help": "adaptive KL: horizon in episodes (required with target)"})
+    kl_loss_coef: float = field(default=0.0, metadata={"help": "weight of the exact KL(policy || reference) over the whole vocabulary, per response token, added to the PPO loss (0: off; not in trlx): a noise-free pull back to the reference beside the KL penalty in the reward"})
     kl_estimator: Literal["k1", "k3"] = field(default="k1", metadata={"help": "per-token KL penalty: k1 = log-ratio, k3 = exp(-r) - 1 + r (always >= 0)"})
     scale_reward: Literal["none", "running", "whiten"] | None = field(default=None, metadata={"help": "scale scores: none, running (divide by running std), whiten (per-batch mean 0, std 1)"})
     cliprange_reward: float = field(default=10.0, metadata={"help": "clip (scaled) scores to +/- this"})
@@ -117,5 +118,7 @@ class PPOConfig:
             )
         if not 0 <= self.lam <= 1 or not 0 <= self.gamma <= 1:
             raise ConfigError("ppo.gamma and ppo.lam must lie in [0, 1].", "use e.g. gamma=1, lam=0.95.")
+        if self.kl_loss_coef < 0 or self.ent_coef < 0:
+            raise ConfigError("ppo.kl_loss_coef and ppo.ent_coef must be >= 0.", "use 0 to turn them off.")
         if len(self.adam_betas) != 2:
             raise ConfigError("ppo.adam_betas must hold two numbers.", "e.g. [0.9, 0.95].")

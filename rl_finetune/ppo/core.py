@@ -59,6 +59,15 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     return -(logp.exp() * logp).sum(-1)
 
 
+def exact_kl(logits: torch.Tensor, ref_logp: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Exact KL(policy || reference) over the whole vocabulary at each position: (B, T, V) logits of the
+    policy and (B, T, V) reference log-probabilities -> (B, T). Differentiable in ``logits``; unlike the
+    sampled estimates below it has no sampling noise, so its gradient pulls every next-token distribution
+    back towards the reference, not just the sampled token's probability."""
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    return (logp.exp() * (logp - ref_logp)).sum(-1)
+
+
 def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from samples of the policy.
 

@@ -307,12 +307,15 @@ class PPOTrainer:
             start = inputs.pop("start")
             ref_h = self.ref.base_model(**inputs, use_cache=False).last_hidden_state[:, start:-1]
             ref_logits = self.ref.get_output_embeddings()(ref_h)
-        return {
+        out = {
             "logprobs": core.logprobs_from_logits(logits, ro.response, T),
             "ref_logprobs": core.logprobs_from_logits(ref_logits, ro.response, T),
             "values": values.float(),
             "entropy": core.entropy_from_logits(logits, T),
         }
+        if self.cfg.kl_loss_coef:  # the reference's full next-token distributions, for the exact KL in the loss
+            out["ref_logp_full"] = torch.log_softmax(ref_logits.float() / T, dim=-1).detach()
+        return out
 
     # ------------------------------------------------------------------ one PPO iteration
     def train_step(self, step: int) -> dict:
@@ -401,6 +404,10 @@ class PPOTrainer:
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if cfg.ent_coef:
                     loss = loss - cfg.ent_coef * core.masked_mean(core.entropy_from_logits(logits, T), m)
+                kl_loss = None
+                if cfg.kl_loss_coef:
+                    kl_loss = core.masked_mean(core.exact_kl(logits, tk["ref_logp_full"][mb], T), m)
+                    loss = loss + cfg.kl_loss_coef * kl_loss
                 acc.backward(loss)
                 grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm) if cfg.max_grad_norm else None
                 self.opt.step()
@@ -408,6 +415,8 @@ class PPOTrainer:
                 cur = {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), "loss/total": loss.item(),
                        "clipfrac": pg_stats["clipfrac"].item(), "approx_kl": pg_stats["approx_kl"].item(),
                        "vf_clipfrac": vf_stats["vf_clipfrac"].item()}
+                if kl_loss is not None:
+                    cur["loss/kl"] = kl_loss.item()
                 if grad_norm is not None:
                     cur["grad_norm"] = float(grad_norm)
                 for k, v in cur.items():
