@@ -41,7 +41,7 @@ def emit(**fields) -> None:
 def bench_training(cfg, vocab: int, steps: int, warmup: int = 3) -> dict:
     """Optimisation steps of the profile's model at ``vocab`` entries on random tokens (tokens/s
     depends on shapes only)."""
-    from rl_finetune.pretrain import autocast, make_optimizer
+    from rl_finetune.pretrain import autocast, make_optimizer, maybe_compile
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -49,13 +49,14 @@ def bench_training(cfg, vocab: int, steps: int, warmup: int = 3) -> dict:
                                        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
                                        attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))
     opt = make_optimizer(model, cfg)
+    fwd = maybe_compile(model, cfg.compile)  # as pretraining does (the warm-up steps include compiling)
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.integers(1, vocab, size=(cfg.batch_size, cfg.block_size)))
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
         with autocast(cfg):
-            loss = model(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
+            loss = fwd(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -105,7 +106,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cfg = load_config(PretrainConfig, "pretrain", args.config)
     shape = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "block_size": cfg.block_size,
-             "batch_size": cfg.batch_size, "bf16": cfg.bf16}
+             "batch_size": cfg.batch_size, "bf16": cfg.bf16, "compile": cfg.compile}
 
     for name, vocab in (("bpe8k", cfg.vocab_size), ("gpt2", 50257)):
         emit(figure="pretrain_tokens_per_second", tokenizer=name, vocab=vocab, **shape,
