@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overoptimization", action="store_true",
                    help="also run PPO with (almost) no KL penalty and plot proxy and gold against sqrt(KL)")
     p.add_argument("--no-kl", action="store_true", help="same as --overoptimization with demo.overopt_kl_coef=0")
-    p.add_argument("--run", type=Path, default=None, help="report folder for `overoptimization` (default: the newest)")
+    p.add_argument("--run", type=Path, default=None, help="report folder or run id (under $RLHF_ARTIFACTS/demo/) for `overoptimization` (default: the newest)")
     p.add_argument("--run-id", default=None, help="name of the report folder (default: demo-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -457,10 +457,17 @@ def overoptimization_only(cfg: DemoConfig, run_dir: Path | None = None, *, progr
     from common.gold import GoldJudge
     from common.paths import resolve_latest
 
-    run_dir = Path(run_dir) if run_dir is not None else resolve_latest(artifacts_root() / "demo")
+    if run_dir is None:
+        run_dir = resolve_latest(artifacts_root() / "demo")
+    else:  # a report folder, or a run id under $RLHF_ARTIFACTS/demo/
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir() and (artifacts_root() / "demo" / run_dir).is_dir():
+            run_dir = artifacts_root() / "demo" / run_dir
     if run_dir is None or not (run_dir / "report.json").is_file():
-        raise UserError("there is no demo report to add the over-optimisation run to.",
-                        "run `make demo` first (or `python -m demo --overoptimization` to do both at once).")
+        where = f" in {run_dir}" if run_dir is not None else f" under {artifacts_root() / 'demo'}"
+        raise UserError(f"there is no demo report{where} to add the over-optimisation run to.",
+                        "run `make demo` first (or `python -m demo --overoptimization` to do both at once); "
+                        "--run takes a report folder or a run id under $RLHF_ARTIFACTS/demo/.")
     report = json.loads((run_dir / "report.json").read_text())
     steps = Steps(2, echo)
     engine = db.connect()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,15 @@ def test_smoke_demo_end_to_end(smoke_env, tiny_policy_dir, tiny_reward_dir, caps
     assert "overoptimization.png" in report["plots"]
     assert report["overoptimization"]["curve"]["sqrt_kl"]
     assert report_markdown(report).splitlines()[:12] == md.splitlines()[:12]  # the table is rebuilt from the JSON
+
+
+def test_overoptimization_run_is_found_by_id_and_a_missing_one_is_named(smoke_env):
+    from common.errors import UserError
+    from demo.config import DemoConfig
+    from demo.run import overoptimization_only
+
+    (smoke_env["artifacts"] / "demo" / "r7").mkdir(parents=True)  # a folder without report.json
+    with pytest.raises(UserError, match=r"no demo report in .*demo/r7 "):
+        overoptimization_only(DemoConfig(), Path("r7"), progress=False)
+    with pytest.raises(UserError, match="no demo report in nowhere"):
+        overoptimization_only(DemoConfig(), Path("nowhere"), progress=False)
