@@ -20,11 +20,17 @@ Coherence. The labelling instructions say "Good = a positive, *coherent* movie-r
 and a bag of words cannot see coherence: without a KL leash PPO drives the policy to word salad of
 positive words ("best also also's best really also ...") that a TF-IDF judge scores 0.94, as high as
 the reward model does, so reward hacking never showed as a falling gold curve. The judge therefore
-multiplies P(positive) by a repetition factor: the share of distinct word bigrams in the text
-(distinct-2), mapped linearly from ``distinct2_low`` (factor 0) to ``distinct2_high`` (factor 1).
-Measured on 2,000 real IMDB 40-word spans: median distinct-2 0.98, 1% below 0.77, 0.1% below 0.64,
-so real review text keeps a factor of 1 (rarely a little less); "great great great ..." has 0.14
-and the salad above 0.57. ``coherence: false`` gives the plain sentiment classifier.
+multiplies P(positive) by a coherence factor, the smaller of two linear ramps:
+- repetition: the share of distinct word bigrams in the text (distinct-2), from ``distinct2_low``
+  (factor 0) to ``distinct2_high`` (factor 1). On 2,000 real IMDB 40-word spans: median 0.98, 1% below
+  0.77, 0.1% below 0.64; "great great great ..." has 0.14 and the salad above 0.57;
+- grammar: the share of English function words ("the", "was", "it", ...), from ``function_words_low``
+  (0) to ``function_words_high`` (1). Real spans: median 0.53, 1% below 0.32, 0.1% below 0.22. A no-KL
+  PPO run on the 24 Nov base policy found a salad of varied adjectives that the repetition ramp misses
+  ("great novel and superb superb romance complex and great superb family ...": distinct-2 high, but
+  13% function words).
+Real review text keeps a factor of 1 (rarely a little less). ``coherence: false`` gives the plain
+sentiment classifier.
 
 The fitted judge is cached under ``$RLHF_ARTIFACTS/gold/<key>.joblib``, keyed by its config, so
 the ~20 s fit happens once per machine and config.
@@ -51,7 +57,8 @@ log = logging.getLogger(__name__)
 
 #: Bump when the fitting code changes in a way that makes old caches wrong.
 _CACHE_VERSION = 1
-_SCORING_ONLY = ("coherence", "distinct2_low", "distinct2_high")
+_SCORING_ONLY = ("coherence", "distinct2_low", "distinct2_high", "function_words_low", "function_words_high")
+_LETTERS = re.compile(r"[a-z']+")
 _WORDS = re.compile(r"[\w']+|[^\w\s]")
 
 
@@ -62,10 +69,21 @@ def distinct2(text: str) -> float:
     return len(set(bigrams)) / len(bigrams) if len(bigrams) >= 2 else 1.0
 
 
-def coherence_factor(texts: list[str], low: float = 0.5, high: float = 0.8) -> np.ndarray:
-    """Per text: 0 at distinct-2 <= ``low``, 1 at >= ``high``, linear between."""
+def function_word_share(text: str) -> float:
+    """Share of the words that are English function words (scikit-learn's stop-word list); 1.0 below 4 words."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    words = _LETTERS.findall(text.lower())
+    return sum(w in ENGLISH_STOP_WORDS for w in words) / len(words) if len(words) >= 4 else 1.0
+
+
+def coherence_factor(texts: list[str], low: float = 0.5, high: float = 0.8, fw_low: float = 0.15,
+                     fw_high: float = 0.30) -> np.ndarray:
+    """Per text, the smaller of two ramps: distinct-2 from ``low`` (0) to ``high`` (1), and the share of
+    function words from ``fw_low`` (0) to ``fw_high`` (1)."""
     d2 = np.array([distinct2(t) for t in texts], dtype=np.float64)
-    return np.clip((d2 - low) / (high - low), 0.0, 1.0)
+    fw = np.array([function_word_share(t) for t in texts], dtype=np.float64)
+    return np.minimum(np.clip((d2 - low) / (high - low), 0.0, 1.0), np.clip((fw - fw_low) / (fw_high - fw_low), 0.0, 1.0))
 
 
 @dataclass
@@ -83,6 +101,8 @@ class GoldConfig:
     coherence: bool = field(default=True, metadata={"help": "multiply P(positive) by a repetition factor from the text's distinct-2 (see the module doc)"})
     distinct2_low: float = field(default=0.5, metadata={"help": "distinct-2 at or below which the coherence factor is 0"})
     distinct2_high: float = field(default=0.8, metadata={"help": "distinct-2 at or above which the coherence factor is 1"})
+    function_words_low: float = field(default=0.15, metadata={"help": "share of English function words at or below which the coherence factor is 0"})
+    function_words_high: float = field(default=0.30, metadata={"help": "share of English function words at or above which the coherence factor is 1"})
 
     def validate(self) -> None:
         if self.ngram_max < 1:
@@ -91,6 +111,9 @@ class GoldConfig:
             raise ConfigError(f"gold.C={self.C} must be positive.", "use e.g. 8.0.")
         if self.max_reviews is not None and self.max_reviews < 10:
             raise ConfigError(f"gold.max_reviews={self.max_reviews} is too small to fit a classifier.", "use >= 10 or null for all.")
+        if not 0.0 <= self.function_words_low < self.function_words_high <= 1.0:
+            raise ConfigError(f"gold.function_words_low={self.function_words_low} and gold.function_words_high="
+                              f"{self.function_words_high} must satisfy 0 <= low < high <= 1.", "use e.g. 0.15 and 0.30.")
         if not 0.0 <= self.distinct2_low < self.distinct2_high <= 1.0:
             raise ConfigError(f"gold.distinct2_low={self.distinct2_low} and gold.distinct2_high={self.distinct2_high} must satisfy "
                               "0 <= low < high <= 1.", "use e.g. distinct2_low=0.5, distinct2_high=0.8.")
@@ -199,7 +222,8 @@ class GoldJudge:
         texts = list(texts)
         p = self.sentiment(texts)
         if self.cfg.coherence and texts:
-            p = p * coherence_factor(texts, self.cfg.distinct2_low, self.cfg.distinct2_high)
+            c = self.cfg
+            p = p * coherence_factor(texts, c.distinct2_low, c.distinct2_high, c.function_words_low, c.function_words_high)
         return p
 
     __call__ = score
@@ -217,4 +241,4 @@ def cache_root() -> Path:
     return artifacts_root() / "gold"
 
 
-__all__ = ["GoldConfig", "GoldJudge", "training_texts", "cache_root", "distinct2", "coherence_factor"]
+__all__ = ["GoldConfig", "GoldJudge", "training_texts", "cache_root", "distinct2", "function_word_share", "coherence_factor"]

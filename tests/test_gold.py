@@ -7,7 +7,7 @@ import pytest
 from common.errors import ConfigError
 import dataclasses
 
-from common.gold import GoldConfig, GoldJudge, coherence_factor, distinct2, training_texts
+from common.gold import GoldConfig, GoldJudge, coherence_factor, distinct2, function_word_share, training_texts
 
 SMALL = GoldConfig(max_reviews=1500, include_rotten_tomatoes=True)
 
@@ -22,7 +22,7 @@ def test_scores_obvious_sentiment(judge):
                      "Terrible, boring and a waste of time. The worst movie ever."])
     assert s.shape == (2,) and s.dtype == np.float64
     assert s[0] > 0.6 > 0.4 > s[1]
-    assert list(judge.labels(["great fun, great cast", "awful plot, awful cast"])) == [1, 0]
+    assert list(judge.labels(["It was great fun, with a great cast.", "It was an awful plot and an awful cast."])) == [1, 0]
     assert judge.score([]).shape == (0,)
 
 
@@ -37,6 +37,11 @@ def test_repetition_lowers_the_gold_score(judge):
     assert judge.score([salad])[0] < 0.35 * judge.sentiment([salad])[0]
     np.testing.assert_allclose(judge.score([prose]), judge.sentiment([prose]))
     np.testing.assert_allclose(coherence_factor(["a b a b a b a b a", prose], 0.5, 0.8), [0.0, 1.0])
+    adjectives = ("great novel and superb superb romance complex and great superb family great family great "
+                  "particular journey romance and superb journey stunning superb childhood great mystery tale")
+    assert distinct2(adjectives) > 0.8 and function_word_share(adjectives) < 0.15  # only the grammar ramp sees it
+    assert judge.score([adjectives])[0] == 0.0 < 0.8 < judge.sentiment([adjectives])[0]
+    assert function_word_share("It was the best film of the year.") == pytest.approx(5 / 8)
     plain = GoldJudge(dataclasses.replace(judge.cfg, coherence=False), judge.pipeline, judge.info)
     np.testing.assert_allclose(plain.score([salad]), judge.sentiment([salad]))
     assert GoldConfig(coherence=False).key == GoldConfig().key  # scoring-only: same fitted classifier
@@ -68,3 +73,5 @@ def test_bad_config():
         GoldConfig(C=0).validate()
     with pytest.raises(ConfigError, match="distinct2_low"):
         GoldConfig(distinct2_low=0.9, distinct2_high=0.8).validate()
+    with pytest.raises(ConfigError, match="function_words_low"):
+        GoldConfig(function_words_low=0.5, function_words_high=0.3).validate()
