@@ -438,8 +438,9 @@ def report_markdown(report: dict) -> str:
                   f"distinct-2 {_fmt(s.get('eval/distinct_2_before'))} -> {_fmt(s.get('eval/distinct_2_after'))} "
                   "(samples: `ppo-overopt/samples.md`).",
                   "When the proxy keeps rising while the gold score stalls or falls, the policy is exploiting the reward model. "
-                  "The gold judge here is itself a bag of words, so word salad full of positive words can fool it too: "
-                  "then the hacking shows in a collapsing distinct-2 and in the samples rather than in the gold score.", ""]
+                  "The gold judge scores positive *and* coherent text (sentiment times a coherence factor that falls for "
+                  "repetition and for text without function words), so the word salad of positive words that fools the "
+                  "reward model scores low on it; a collapsing distinct-2 and the samples show the same thing.", ""]
     lines += ["## Samples", "", "| prompt | before | gold / RM | after | gold / RM |", "|---|---|---|---|---|"]
     for s in report["samples"]:
         lines.append(f"| {_cell(s['prompt'])} | {_cell(s['before'])} | {_fmt(s['gold_before'], 2)} / {_fmt(s['rm_before'], 2)} "
