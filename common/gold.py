@@ -98,7 +98,7 @@ class GoldConfig:
     include_rotten_tomatoes: bool = field(default=True, metadata={"help": "also train on the 8,530 short Rotten Tomatoes sentences (better on short text)"})
     snippets_per_review: int = field(default=0, metadata={"help": "extra random 10-40-word windows per review, labelled like the review"})
     seed: int = field(default=0, metadata={"help": "seed for subsampling and snippets"})
-    coherence: bool = field(default=True, metadata={"help": "multiply P(positive) by a repetition factor from the text's distinct-2 (see the module doc)"})
+    coherence: bool = field(default=True, metadata={"help": "multiply P(positive) by a coherence factor: the smaller of a repetition ramp (distinct-2) and a grammar ramp (share of function words); see the module doc"})
     distinct2_low: float = field(default=0.5, metadata={"help": "distinct-2 at or below which the coherence factor is 0"})
     distinct2_high: float = field(default=0.8, metadata={"help": "distinct-2 at or above which the coherence factor is 1"})
     function_words_low: float = field(default=0.15, metadata={"help": "share of English function words at or below which the coherence factor is 0"})
