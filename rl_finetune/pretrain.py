@@ -221,7 +221,6 @@ def autocast(cfg: PretrainConfig):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
 
 
-@torch.no_grad()
 def maybe_compile(model, wanted: bool):
     """``torch.compile(model)`` when asked and a C++ compiler is on the PATH (inductor needs one on CPU);
     else the model itself, with a warning when compiling was asked for."""
@@ -236,6 +235,7 @@ def maybe_compile(model, wanted: bool):
     return torch.compile(model)
 
 
+@torch.no_grad()
 def evaluate(model, stream: np.ndarray, cfg: PretrainConfig, chars_per_token: float | None = None) -> dict[str, float]:
     """Mean next-token loss on consecutive windows of ``stream`` (up to ``eval_tokens``), its
     perplexity, and bits per character (comparable across tokenizers)."""

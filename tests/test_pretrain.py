@@ -239,3 +239,19 @@ def test_real_torch_compile_trains(smoke_env):
         "max_steps": 5, "compile": True, "eval_tokens": 256, "sample_prompts": ["Hi"], "sample_max_new_tokens": 2})
     result = train(cfg, load_config(DataConfig, "data"), progress=False)
     assert result.metrics["steps"] == 5 and result.losses[-1] < result.losses[0]
+
+
+def test_evaluation_runs_without_autograd(trained):
+    import numpy as np
+
+    from rl_finetune.pretrain import evaluate
+
+    cfg, result, _ = trained
+    seen = []
+    handle = result.model.register_forward_hook(lambda module, args, out: seen.append(torch.is_grad_enabled()))
+    try:
+        stream = (np.arange(4 * cfg.block_size) % result.model.config.vocab_size).astype(np.int64)
+        ev = evaluate(result.model, stream, cfg)
+    finally:
+        handle.remove()
+    assert seen and not any(seen) and math.isfinite(ev["val_loss"])
