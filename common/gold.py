@@ -77,13 +77,18 @@ def function_word_share(text: str) -> float:
     return sum(w in ENGLISH_STOP_WORDS for w in words) / len(words) if len(words) >= 4 else 1.0
 
 
-def coherence_factor(texts: list[str], low: float = 0.5, high: float = 0.8, fw_low: float = 0.15,
-                     fw_high: float = 0.30) -> np.ndarray:
-    """Per text, the smaller of two ramps: distinct-2 from ``low`` (0) to ``high`` (1), and the share of
-    function words from ``fw_low`` (0) to ``fw_high`` (1)."""
+def coherence_factor(texts: list[str], cfg: GoldConfig | None = None) -> np.ndarray:
+    """Per text, the smaller of two ramps (bounds from ``cfg``): distinct-2 from ``distinct2_low`` (0) to
+    ``distinct2_high`` (1), and the share of function words from ``function_words_low`` (0) to ``function_words_high`` (1)."""
+    cfg = cfg or GoldConfig()
+
+    def ramp(x: np.ndarray, low: float, high: float) -> np.ndarray:
+        return np.clip((x - low) / (high - low), 0.0, 1.0)
+
     d2 = np.array([distinct2(t) for t in texts], dtype=np.float64)
     fw = np.array([function_word_share(t) for t in texts], dtype=np.float64)
-    return np.minimum(np.clip((d2 - low) / (high - low), 0.0, 1.0), np.clip((fw - fw_low) / (fw_high - fw_low), 0.0, 1.0))
+    return np.minimum(ramp(d2, cfg.distinct2_low, cfg.distinct2_high),
+                      ramp(fw, cfg.function_words_low, cfg.function_words_high))
 
 
 @dataclass
@@ -222,8 +227,7 @@ class GoldJudge:
         texts = list(texts)
         p = self.sentiment(texts)
         if self.cfg.coherence and texts:
-            c = self.cfg
-            p = p * coherence_factor(texts, c.distinct2_low, c.distinct2_high, c.function_words_low, c.function_words_high)
+            p = p * coherence_factor(texts, self.cfg)
         return p
 
     __call__ = score

@@ -36,7 +36,7 @@ def test_repetition_lowers_the_gold_score(judge):
     assert judge.sentiment([salad])[0] > 0.8
     assert judge.score([salad])[0] < 0.35 * judge.sentiment([salad])[0]
     np.testing.assert_allclose(judge.score([prose]), judge.sentiment([prose]))
-    np.testing.assert_allclose(coherence_factor(["a b a b a b a b a", prose], 0.5, 0.8), [0.0, 1.0])
+    np.testing.assert_allclose(coherence_factor(["a b a b a b a b a", prose], GoldConfig(distinct2_low=0.5, distinct2_high=0.8)), [0.0, 1.0])
     adjectives = ("great novel and superb superb romance complex and great superb family great family great "
                   "particular journey romance and superb journey stunning superb childhood great mystery tale")
     assert distinct2(adjectives) > 0.8 and function_word_share(adjectives) < 0.15  # only the grammar ramp sees it
