@@ -53,6 +53,38 @@ def binary_metrics(y: Sequence[float], p: Sequence[float]) -> dict:
     return out
 
 
+def accuracy_difference(y: Sequence[float], p_a: Sequence[float], p_b: Sequence[float], *, reps: int = 2000,
+                        seed: int = 0) -> dict | None:
+    """Accuracy of A minus accuracy of B on the same examples, in points, with a 95% paired
+    bootstrap interval (the examples are resampled together, so what both get right or wrong
+    cancels). ``None`` when no example has a decided (non-0.5) label.
+
+    With n = 1,000 held-out labels and accuracies near 75%, the interval is roughly +-3 points:
+    one run's gap of "+4" may well be +1 or +7.
+    """
+    y = np.asarray(y, dtype=float)
+    decided = y != 0.5
+    if not decided.any():
+        return None
+    hard = y[decided] > 0.5
+    a = ((np.asarray(p_a, dtype=float)[decided] > 0.5) == hard).astype(float)
+    b = ((np.asarray(p_b, dtype=float)[decided] > 0.5) == hard).astype(float)
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    boot = diff[rng.integers(0, len(diff), size=(reps, len(diff)))].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"points": round(100 * float(diff.mean()), 2), "ci95": [round(100 * float(lo), 2), round(100 * float(hi), 2)],
+            "n": int(len(diff))}
+
+
+def fmt_difference(d: dict | None) -> str:
+    """'+4.9 points (95% CI +2.0 to +7.8, n=1000)' or '-' ."""
+    if not d:
+        return "–"
+    lo, hi = d["ci95"]
+    return f"{d['points']:+.1f} points (95% CI {lo:+.1f} to {hi:+.1f}, n={d['n']})"
+
+
 class TfidfBaseline:
     """TF-IDF (word 1-2-grams) + logistic regression, fitted on the same texts as the model."""
 

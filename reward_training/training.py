@@ -21,7 +21,8 @@ from common.paths import artifacts_root, atomic_dir, new_run_id, reward_models_d
 from reward_training import data as D
 from reward_training.config import RewardConfig, seed_cache_key
 from reward_training.evaluate import (
-    TfidfBaseline, binary_metrics, plot_calibration, plot_learning_curve, plot_losses, short,
+    TfidfBaseline, accuracy_difference, binary_metrics, fmt_difference, plot_calibration, plot_learning_curve, plot_losses,
+    short,
 )
 from reward_training.model import FitResult, fit, load_backbone, predict_proba, quiet_hf
 
@@ -88,6 +89,7 @@ def human_phase(model, tok, cfg: RewardConfig, train: Sequence[D.Example], heldo
     the held-out human log-loss when there is a held-out split."""
     ratio = cfg.mix_seed_ratio if mix_ratio is None else mix_ratio
     mixed = D.mix_in_seed(train, seed_pool, ratio, cfg.random_seed)
+    torch.manual_seed(cfg.random_seed + 1)  # dropout masks: the same labels give the same model, whatever ran before
     evaluate = None
     if heldout:
         texts, labels = [e.text for e in heldout], [e.label for e in heldout]
@@ -152,7 +154,7 @@ def train(
     seed = seed_phase(cfg, data_cfg, seed_examples, progress=progress)
     model, tok = seed.model, seed.tok
     seed_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if learning_curve else None
-    metrics: dict = {"counts": {}, "model": {}, "tfidf": {}, "seed_model": {}}
+    metrics: dict = {"counts": {}, "model": {}, "tfidf": {}, "seed_model": {}, "model_minus_tfidf": {}}
     score = lambda texts: predict_proba(model, tok, texts, max_length=cfg.max_length,  # noqa: E731
                                         batch_size=cfg.eval_batch_size, bf16=cfg.bf16, progress=progress)
     if human_heldout:
@@ -168,16 +170,20 @@ def train(
 
     # 4. evaluation: the model and the TF-IDF baseline, on held-out human labels and IMDB snippets
     sets = {"human_heldout": human_heldout, "imdb_snippets": imdb_eval}
+    predicted = {name: score([e.text for e in exs]) for name, exs in sets.items() if exs}
     for name, exs in sets.items():
         if exs:
-            metrics["model"][name] = binary_metrics([e.label for e in exs], score([e.text for e in exs]))
+            metrics["model"][name] = binary_metrics([e.label for e in exs], predicted[name])
     if cfg.baseline:
         base_train = list(seed_examples if cfg.seed == "train" else []) + list(human_train)
         if len({e.label > 0.5 for e in base_train}) == 2:
             baseline = TfidfBaseline(seed=cfg.random_seed).fit([e.text for e in base_train], [e.label for e in base_train])
             for name, exs in sets.items():
                 if exs:
-                    metrics["tfidf"][name] = binary_metrics([e.label for e in exs], baseline.predict_proba([e.text for e in exs]))
+                    y = [e.label for e in exs]
+                    p_base = baseline.predict_proba([e.text for e in exs])
+                    metrics["tfidf"][name] = binary_metrics(y, p_base)
+                    metrics["model_minus_tfidf"][name] = accuracy_difference(y, predicted[name], p_base, seed=cfg.random_seed)
     metrics["counts"] = {
         "human_total": D.label_counts(human), "human_train": D.label_counts(human_train),
         "human_heldout": D.label_counts(human_heldout), "seed_snippets": len(seed_examples) if cfg.seed == "train" else 0,
@@ -195,7 +201,8 @@ def train(
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     for name in sets:
         if name in metrics["model"]:
-            log.info("%s: model %s | tfidf %s", name, short(metrics["model"][name]), short(metrics["tfidf"].get(name, {})))
+            log.info("%s: model %s | tfidf %s | model - tfidf accuracy: %s", name, short(metrics["model"][name]),
+                     short(metrics["tfidf"].get(name, {})), fmt_difference(metrics["model_minus_tfidf"].get(name)))
 
     # 5. save atomically, point `latest` at it, register it
     run_id = run_id or new_run_id()
@@ -241,6 +248,10 @@ def headline(metrics: dict) -> dict:
         for name, m in metrics[who].items():
             for k in ("accuracy", "roc_auc", "log_loss", "ece", "n"):
                 out[f"{who}/{name}/{k}"] = m.get(k)
+    for name, d in (metrics.get("model_minus_tfidf") or {}).items():
+        if d:
+            out[f"model_minus_tfidf/{name}/points"] = d["points"]
+            out[f"model_minus_tfidf/{name}/ci95"] = d["ci95"]
     return out
 
 
@@ -332,6 +343,11 @@ def model_card(run_id: str, cfg: RewardConfig, metrics: dict) -> str:
             if m:
                 lines.append(f"| {name} | {label} | {m['n']} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('roc_auc'))} | "
                              f"{_fmt(m.get('log_loss'))} | {_fmt(m.get('ece'))} |")
+    diffs = metrics.get("model_minus_tfidf") or {}
+    if any(diffs.values()):
+        lines += ["", "Accuracy of this model minus the TF-IDF baseline on the same held-out examples "
+                  "(95% paired bootstrap interval):", ""]
+        lines += [f"- {name}: {fmt_difference(d)}" for name, d in diffs.items() if d]
     lines += ["", "Plots: `calibration.png`, `training_loss.png`" + (", `learning_curve.png`" if metrics.get("learning_curve") else "") +
               "; all numbers in `metrics.json`.", "",
               "## Use", "", "```python",

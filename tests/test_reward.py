@@ -140,6 +140,25 @@ def test_metrics_helpers():
     assert binary_metrics([1.0, 1.0], [0.6, 0.7])["roc_auc"] is None  # one class: no AUC
 
 
+def test_accuracy_difference_is_paired_with_an_interval():
+    from reward_training.evaluate import accuracy_difference, fmt_difference
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) > 0.5).astype(float)
+    right = np.where(y > 0.5, 0.9, 0.1)
+    wrong = 1.0 - right
+    p_b = np.where(rng.random(400) < 0.7, right, wrong)  # B is right 70% of the time
+    p_a = np.where(rng.random(400) < 0.5, right, p_b)  # A = B, but fixes about half of B's mistakes
+    d = accuracy_difference(y, p_a, p_b, seed=1)
+    true = 100 * (((p_a > 0.5) == (y > 0.5)).mean() - ((p_b > 0.5) == (y > 0.5)).mean())
+    assert math.isclose(d["points"], round(true, 2)) and d["n"] == 400
+    assert d["ci95"][0] < d["points"] < d["ci95"][1] and d["ci95"][0] > 0  # clearly better, and the interval says so
+    same = accuracy_difference(y, p_b, p_b)
+    assert same["points"] == 0 and same["ci95"] == [0, 0]  # paired: identical predictions have no spread
+    assert accuracy_difference([0.5, 0.5], [0.9, 0.1], [0.1, 0.9]) is None  # no decided label
+    assert fmt_difference(d).startswith(f"{d['points']:+.1f} points (95% CI") and fmt_difference(None) == "–"
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -184,6 +203,10 @@ def test_saved_folder_card_plots_and_latest(trained):
         assert (out / f).is_file(), f
     card = (out / "README.md").read_text()
     assert "human_heldout" in card and "TF-IDF" in card
+    diff = trained["metrics"]["model_minus_tfidf"]["human_heldout"]
+    acc = trained["metrics"]["model"]["human_heldout"]["accuracy"] - trained["metrics"]["tfidf"]["human_heldout"]["accuracy"]
+    assert math.isclose(diff["points"], round(100 * acc, 2), abs_tol=0.01) and diff["ci95"][0] <= diff["points"] <= diff["ci95"][1]
+    assert "95% paired bootstrap interval" in card
     assert not list(out.parent.glob(".r1.tmp-*"))
 
 
@@ -212,6 +235,25 @@ def test_reward_model_and_load_reward_fn_agree(trained, monkeypatch):
     assert probs[texts[0]] > probs[texts[1]]
     with pytest.raises(UserError):
         load_reward_fn(trained["out"], kind="nope")
+
+
+def test_human_phase_is_reproducible_whatever_ran_before(tiny_reward_dir):
+    """The same labels from the same starting weights give the same model, even when other code
+    used torch's random generator in between (dropout masks are seeded by the phase)."""
+    from reward_training.model import load_backbone
+    from reward_training.training import human_phase
+
+    cfg = tiny_cfg(tiny_reward_dir, human_epochs=1)
+    exs = D.human_examples(banana_records(48))
+    weights = []
+    for noise_draws in (0, 5):
+        model, tok = load_backbone(str(tiny_reward_dir), freeze_embeddings=False)
+        torch.rand(noise_draws)  # unrelated use of the global generator
+        human_phase(model, tok, cfg, exs, [], [], progress=False)
+        weights.append(model.classifier.weight.detach().clone())
+    start = load_backbone(str(tiny_reward_dir))[0].classifier.weight
+    assert not torch.equal(weights[0], start)  # it trained
+    assert torch.equal(weights[0], weights[1])
 
 
 def test_interrupted_save_keeps_previous_model(trained, monkeypatch):
