@@ -37,7 +37,7 @@ class RewardConfig:
     seed_examples: int = field(default=6000, metadata={"help": "IMDB training reviews turned into seed snippets (one snippet each)"})
     seed_epochs: float = field(default=1.0, metadata={"help": "passes over the seed snippets"})
     seed_lr: float = field(default=1e-4, metadata={"help": "peak learning rate of the seed phase (AdamW, linear warm-up and decay)"})
-    eval_snippets: int = field(default=1000, metadata={"help": "held-out IMDB test-split snippets for evaluation (never trained on)"})
+    eval_snippets: int = field(default=2000, metadata={"help": "held-out IMDB test-split snippets for evaluation (never trained on)"})
 
     # --- human phase
     combine: Literal["majority", "soft"] = field(default="majority", metadata={"help": "several labellers on one item: majority vote (ties dropped) or soft label = fraction good"})
