@@ -159,7 +159,8 @@ def main() -> None:
     seed = seed_phase(cfg, data_cfg, seed_ex, progress=False)  # cached by the full run
     state = {k: v.detach().clone() for k, v in seed.model.state_dict().items()}
     rows = run_learning_curve(cfg, state, tr, held, seed_ex, sizes=args.sizes, unseeded_sizes=args.unseeded, progress=False)
-    emit("learning_curve", command, human=args.human, heldout=len(held), noise=args.noise, rows=rows)
+    emit("learning_curve", command, human=args.human, heldout=len(held), noise=args.noise if args.human == "gold" else None,
+         rows=rows)
 
 
 def speed(cfg, seed_ex, eval_ex, command: str) -> None:
