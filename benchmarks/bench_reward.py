@@ -131,7 +131,7 @@ def main() -> None:
     if not args.skip_speed:
         speed(cfg, seed_ex, eval_ex, command)
 
-    # 2. the full default run on (simulated or real) human labels
+    # the full default run on (simulated or real) human labels
     if args.heldout:
         cfg.heldout_fraction = args.heldout / (args.labels + args.heldout)
     n_total = int(round(args.labels / (1 - cfg.heldout_fraction)))
@@ -153,7 +153,7 @@ def main() -> None:
     if not args.sizes and not args.unseeded:
         return
 
-    # 3. learning curve on the same held-out split
+    # the learning curve on the same held-out split
     human = D.human_examples(records)
     tr, held = D.split_heldout(human, cfg.heldout_fraction, cfg.random_seed)
     seed = seed_phase(cfg, data_cfg, seed_ex, progress=False)  # cached by the full run

@@ -71,7 +71,9 @@ def accuracy_difference(y: Sequence[float], p_a: Sequence[float], p_b: Sequence[
     b = ((np.asarray(p_b, dtype=float)[decided] > 0.5) == hard).astype(float)
     diff = a - b
     rng = np.random.default_rng(seed)
-    boot = diff[rng.integers(0, len(diff), size=(reps, len(diff)))].mean(axis=1)
+    chunk = max(1, 4_000_000 // len(diff))  # resampled indices held at once: ~32 MB whatever the size
+    boot = np.concatenate([diff[rng.integers(0, len(diff), size=(min(chunk, reps - i), len(diff)))].mean(axis=1)
+                           for i in range(0, reps, chunk)])
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return {"points": round(100 * float(diff.mean()), 2), "ci95": [round(100 * float(lo), 2), round(100 * float(hi), 2)],
             "n": int(len(diff))}
