@@ -180,6 +180,10 @@ def reward_accuracy(metrics: dict) -> dict:
         for where, m in (metrics.get(who) or {}).items():
             if isinstance(m, dict):
                 out[f"{who}/{where}"] = {k: m.get(k) for k in ("accuracy", "roc_auc", "ece", "n") if k in m}
+    for where, d in (metrics.get("model_minus_tfidf") or {}).items():
+        if d:  # accuracy difference in points with its 95% paired bootstrap interval
+            out[f"model_minus_tfidf/{where}"] = {"points": d["points"], "ci95_low": d["ci95"][0], "ci95_high": d["ci95"][1],
+                                                 "n": d["n"]}
     out["counts"] = metrics.get("counts", {})
     return out
 
@@ -352,7 +356,10 @@ def _acc_line(rm: dict) -> str:
     for where in ("human_heldout", "imdb_snippets"):
         m, t = rm.get(f"model/{where}", {}), rm.get(f"tfidf/{where}", {})
         if m:
-            parts.append(f"{where}: accuracy {_fmt(m.get('accuracy'))} (TF-IDF {_fmt(t.get('accuracy'))}, n={m.get('n', '?')})")
+            d = rm.get(f"model_minus_tfidf/{where}")
+            diff = (f", model - TF-IDF {d['points']:+.1f} points, 95% CI {d['ci95_low']:+.1f} to {d['ci95_high']:+.1f}"
+                    if d else "")
+            parts.append(f"{where}: accuracy {_fmt(m.get('accuracy'))} (TF-IDF {_fmt(t.get('accuracy'))}, n={m.get('n', '?')}{diff})")
     return "; ".join(parts) or "no evaluation metrics"
 
 

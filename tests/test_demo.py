@@ -47,6 +47,21 @@ def test_summarize_scores():
     assert finite_numbers({"a": [1, 2.5, {"b": None, "c": True}], "d": "x"}) == [1.0, 2.5]
 
 
+def test_reward_accuracy_line_shows_the_difference_with_its_interval():
+    from demo.run import _acc_line, reward_accuracy
+
+    metrics = {"model": {"human_heldout": {"accuracy": 0.78, "n": 1000}}, "tfidf": {"human_heldout": {"accuracy": 0.72, "n": 1000}},
+               "model_minus_tfidf": {"human_heldout": {"points": 6.0, "ci95": [2.6, 9.1], "n": 1000}, "imdb_snippets": None},
+               "counts": {}}
+    acc = reward_accuracy(metrics)
+    assert acc["model_minus_tfidf/human_heldout"] == {"points": 6.0, "ci95_low": 2.6, "ci95_high": 9.1, "n": 1000}
+    assert "model_minus_tfidf/imdb_snippets" not in acc
+    line = _acc_line(acc)
+    assert "accuracy 0.780 (TF-IDF 0.720, n=1000, model - TF-IDF +6.0 points, 95% CI +2.6 to +9.1)" in line
+    older = reward_accuracy({k: v for k, v in metrics.items() if k != "model_minus_tfidf"})  # models trained before it
+    assert _acc_line(older) == "human_heldout: accuracy 0.780 (TF-IDF 0.720, n=1000)"
+
+
 def test_smoke_demo_end_to_end(smoke_env, tiny_policy_dir, tiny_reward_dir, capsys):
     """Two rounds and the over-optimisation run on the smoke profile, from a tiny base policy with
     a tiny BERT reward backbone (`CONFIG=configs/smoke.yaml make demo` in CI covers pretraining)."""
