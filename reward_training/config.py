@@ -34,7 +34,7 @@ class RewardConfig:
     follow_fraction: float = field(default=0.5, metadata={"help": "share of snippets whose span directly follows the opening; the rest take the span from a random place in the review"})
 
     # --- seed phase (IMDB sentiment: positive = good)
-    seed_examples: int = field(default=6000, metadata={"help": "IMDB training reviews turned into seed snippets (one snippet each)"})
+    seed_examples: int = field(default=12000, metadata={"help": "IMDB training reviews turned into seed snippets (one snippet each)"})
     seed_epochs: float = field(default=1.0, metadata={"help": "passes over the seed snippets"})
     seed_lr: float = field(default=1e-4, metadata={"help": "peak learning rate of the seed phase (AdamW, linear warm-up and decay)"})
     eval_snippets: int = field(default=2000, metadata={"help": "held-out IMDB test-split snippets for evaluation (never trained on)"})
