@@ -352,14 +352,17 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def _acc_line(rm: dict) -> str:
+    from reward_training.evaluate import fmt_difference
+
     parts = []
     for where in ("human_heldout", "imdb_snippets"):
         m, t = rm.get(f"model/{where}", {}), rm.get(f"tfidf/{where}", {})
         if m:
+            line = f"{where}: accuracy {_fmt(m.get('accuracy'))} (TF-IDF {_fmt(t.get('accuracy'))}, n={m.get('n', '?')})"
             d = rm.get(f"model_minus_tfidf/{where}")
-            diff = (f", model - TF-IDF {d['points']:+.1f} points, 95% CI {d['ci95_low']:+.1f} to {d['ci95_high']:+.1f}"
-                    if d else "")
-            parts.append(f"{where}: accuracy {_fmt(m.get('accuracy'))} (TF-IDF {_fmt(t.get('accuracy'))}, n={m.get('n', '?')}{diff})")
+            if d:
+                line += ", model - TF-IDF " + fmt_difference({"points": d["points"], "ci95": [d["ci95_low"], d["ci95_high"]], "n": d["n"]})
+            parts.append(line)
     return "; ".join(parts) or "no evaluation metrics"
 
 

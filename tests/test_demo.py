@@ -57,7 +57,7 @@ def test_reward_accuracy_line_shows_the_difference_with_its_interval():
     assert acc["model_minus_tfidf/human_heldout"] == {"points": 6.0, "ci95_low": 2.6, "ci95_high": 9.1, "n": 1000}
     assert "model_minus_tfidf/imdb_snippets" not in acc
     line = _acc_line(acc)
-    assert "accuracy 0.780 (TF-IDF 0.720, n=1000, model - TF-IDF +6.0 points, 95% CI +2.6 to +9.1)" in line
+    assert "accuracy 0.780 (TF-IDF 0.720, n=1000), model - TF-IDF +6.0 points (95% CI +2.6 to +9.1, n=1000)" in line
     older = reward_accuracy({k: v for k, v in metrics.items() if k != "model_minus_tfidf"})  # models trained before it
     assert _acc_line(older) == "human_heldout: accuracy 0.780 (TF-IDF 0.720, n=1000)"
 
