@@ -291,7 +291,14 @@ def load_checkpoint(folder: Path, cfg: PretrainConfig) -> dict[str, Any]:
     path = folder / "last.pt"
     if not path.is_file():
         raise UserError(f"--resume: no checkpoint at {str(path)!r}.", "run `python -m rl_finetune pretrain` without --resume first.")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no pickled code runs
+    except Exception as err:  # noqa: BLE001 - truncated, foreign or code-carrying files all end here
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UserError(
+            f"--resume: {str(path)!r} is not a checkpoint this program can read ({type(err).__name__}: {first_line}).",
+            "delete it and start fresh without --resume (checkpoints hold only tensors and plain values).",
+        ) from None
     if ckpt.get("arch") != cfg.arch:
         raise UserError(
             f"--resume: the checkpoint in {str(folder)!r} was trained with {ckpt.get('arch')}, not {cfg.arch}.",

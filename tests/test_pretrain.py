@@ -102,6 +102,27 @@ def test_resume_continues_from_the_checkpoint(smoke_env):
         train(wider, data, resume=True, progress=False)
 
 
+class _NotAPlainValue:
+    """Any class instance: a checkpoint holding one needs code to unpickle, which --resume refuses."""
+
+
+def test_resume_refuses_a_checkpoint_that_is_not_plain_data(smoke_env):
+    import torch
+
+    from rl_finetune.pretrain import checkpoint_dir, load_checkpoint
+
+    cfg = load_config(PretrainConfig, "pretrain", overrides={"max_steps": 2})
+    folder = checkpoint_dir()
+    folder.mkdir(parents=True)
+    torch.save({"arch": cfg.arch, "payload": _NotAPlainValue()}, folder / "last.pt")
+    with pytest.raises(UserError, match="not a checkpoint this program can read") as err:
+        load_checkpoint(folder, cfg)
+    assert "without --resume" in str(err.value)
+    (folder / "last.pt").write_bytes(b"half a file")  # a truncated write
+    with pytest.raises(UserError, match="not a checkpoint this program can read"):
+        load_checkpoint(folder, cfg)
+
+
 def test_resume_without_checkpoint_names_the_fix(smoke_env):
     cfg = load_config(PretrainConfig, "pretrain", overrides={"max_steps": 2})
     with pytest.raises(UserError, match="without --resume"):
