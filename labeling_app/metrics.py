@@ -110,9 +110,23 @@ def reward_accuracy(versions) -> pd.DataFrame:
             key = next((k for k, x in flat.items() if "acc" in k.lower() and isinstance(x, (int, float))), None)
         auc = next((x for k, x in flat.items() if "auc" in k.lower() and isinstance(x, (int, float))), None)
         rows.append({"created_at": v.created_at, "name": v.name, "metric": key,
-                     "accuracy": float(flat[key]) if key else np.nan, "roc_auc": float(auc) if auc is not None else np.nan})
-    frame = pd.DataFrame(rows, columns=["created_at", "name", "metric", "accuracy", "roc_auc"])
+                     "accuracy": float(flat[key]) if key else np.nan, "roc_auc": float(auc) if auc is not None else np.nan,
+                     **_against_tfidf(flat, key)})
+    frame = pd.DataFrame(rows, columns=["created_at", "name", "metric", "accuracy", "roc_auc", "tfidf_accuracy", "vs_tfidf"])
     return frame.sort_values("created_at", ignore_index=True) if not frame.empty else frame
+
+
+def _against_tfidf(flat: dict, key: str | None) -> dict:
+    """The TF-IDF baseline's accuracy on the same held-out set as ``key`` (``model/<set>/accuracy``,
+    as ``reward_training`` registers it) and the difference with its 95% interval, as text."""
+    parts = key.split("/") if key else []
+    where = parts[1] if len(parts) == 3 and parts[0] == "model" else None
+    base = flat.get(f"tfidf/{where}/accuracy")
+    points, ci = flat.get(f"model_minus_tfidf/{where}/points"), flat.get(f"model_minus_tfidf/{where}/ci95")
+    text = ""
+    if isinstance(points, (int, float)):
+        text = f"{points:+.1f} points" + (f" (95% CI {ci[0]:+.1f} to {ci[1]:+.1f})" if isinstance(ci, list) and len(ci) == 2 else "")
+    return {"tfidf_accuracy": float(base) if isinstance(base, (int, float)) else np.nan, "vs_tfidf": text}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -140,6 +140,20 @@ def test_reward_accuracy_reads_metrics_oldest_first():
     assert table["name"].tolist() == ["old", "new", "none"]
     assert table["accuracy"].tolist()[:2] == [0.6, 0.8] and np.isnan(table["accuracy"].iloc[2])
     assert table["roc_auc"].iloc[1] == 0.9
+    assert np.isnan(table["tfidf_accuracy"].iloc[0]) and table["vs_tfidf"].tolist() == ["", "", ""]  # no baseline recorded
+
+
+def test_reward_accuracy_shows_the_baseline_as_reward_training_registers_it():
+    from reward_training.training import headline
+
+    run = {"seed_only": False, "counts": {"human_total": {"n": 2000}},
+           "model": {"human_heldout": {"accuracy": 0.783, "roc_auc": 0.866, "n": 1000}, "imdb_snippets": {"accuracy": 0.756}},
+           "tfidf": {"human_heldout": {"accuracy": 0.725, "n": 1000}, "imdb_snippets": {"accuracy": 0.725}},
+           "model_minus_tfidf": {"human_heldout": {"points": 5.8, "ci95": [2.6, 9.1], "n": 1000}, "imdb_snippets": None}}
+    table = metrics.reward_accuracy([SimpleNamespace(created_at=datetime(2026, 1, 1), name="rm", metrics=headline(run))])
+    row = table.iloc[0]
+    assert row["metric"] == "model/human_heldout/accuracy" and row["accuracy"] == 0.783 and row["roc_auc"] == 0.866
+    assert row["tfidf_accuracy"] == 0.725 and row["vs_tfidf"] == "+5.8 points (95% CI +2.6 to +9.1)"
 
 
 def test_background_refill_writes_completions(smoke_env, tiny_policy_dir):
