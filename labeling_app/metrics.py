@@ -121,11 +121,11 @@ def _against_tfidf(flat: dict, key: str | None) -> dict:
     as ``reward_training`` registers it) and the difference with its 95% interval, as text."""
     parts = key.split("/") if key else []
     where = parts[1] if len(parts) == 3 and parts[0] == "model" else None
+    from reward_training.evaluate import fmt_difference  # numpy only: no torch in the app
+
     base = flat.get(f"tfidf/{where}/accuracy")
-    points, ci = flat.get(f"model_minus_tfidf/{where}/points"), flat.get(f"model_minus_tfidf/{where}/ci95")
-    text = ""
-    if isinstance(points, (int, float)):
-        text = f"{points:+.1f} points" + (f" (95% CI {ci[0]:+.1f} to {ci[1]:+.1f})" if isinstance(ci, list) and len(ci) == 2 else "")
+    diff = {"points": flat.get(f"model_minus_tfidf/{where}/points"), "ci95": flat.get(f"model_minus_tfidf/{where}/ci95")}
+    text = fmt_difference(diff) if isinstance(diff["points"], (int, float)) else ""
     return {"tfidf_accuracy": float(base) if isinstance(base, (int, float)) else np.nan, "vs_tfidf": text}
 
 

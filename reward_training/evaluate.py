@@ -80,11 +80,16 @@ def accuracy_difference(y: Sequence[float], p_a: Sequence[float], p_b: Sequence[
 
 
 def fmt_difference(d: dict | None) -> str:
-    """'+4.9 points (95% CI +2.0 to +7.8, n=1000)' or '-' ."""
-    if not d:
+    """'+4.9 points (95% CI +2.0 to +7.8, n=1000)' (each part when present) or '–'."""
+    if not d or not isinstance(d.get("points"), (int, float)):
         return "–"
-    lo, hi = d["ci95"]
-    return f"{d['points']:+.1f} points (95% CI {lo:+.1f} to {hi:+.1f}, n={d['n']})"
+    inside = []
+    ci = d.get("ci95")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        inside.append(f"95% CI {ci[0]:+.1f} to {ci[1]:+.1f}")
+    if d.get("n") is not None:
+        inside.append(f"n={d['n']}")
+    return f"{d['points']:+.1f} points" + (f" ({', '.join(inside)})" if inside else "")
 
 
 class TfidfBaseline:
