@@ -28,7 +28,7 @@ PORT   ?= 8501
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-slow bench demo label base-model generate reward-model score-queue finetune \
+.PHONY: help setup lint format test test-slow bench demo label base-model generate reward-model score-queue finetune \
         db-upgrade db-stats export notebook clean clean-all
 
 help: ## List the targets
@@ -41,6 +41,14 @@ setup: $(STAMP) ## Create .venv and install everything (torch 2.13.0 CPU first);
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	scripts/setup.sh $(VENV) $(PYTHON)
+
+lint: setup ## Check the code with ruff (lint rules and formatting), as CI does
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup ## Fix what ruff can: import order, modern syntax, formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test: setup ## Run the test suite (smoke profile, real browser and PostgreSQL included)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -58,10 +66,10 @@ label: setup ## Open the labelling app on http://localhost:$(PORT) (keys G/B/S/U
 	$(PY) -m labeling_app --port $(PORT) $(ARGS)
 
 base-model: setup ## Stage 1: pretrain the small GPT-2 base policy on IMDB into $RLHF_ARTIFACTS/base_policy
-	$(PY) -m rl_finetune pretrain $(ARGS)
+	$(PY) -m base_policy pretrain $(ARGS)
 
 generate: setup ## Fill the labelling queue with completions from the newest policy
-	$(PY) -m rl_finetune generate $(ARGS)
+	$(PY) -m base_policy generate $(ARGS)
 
 reward-model: setup ## Stage 2: train the reward model (IMDB seed + human labels) into $RLHF_ARTIFACTS/reward_models
 	$(PY) -m reward_training $(ARGS)

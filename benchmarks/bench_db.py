@@ -9,6 +9,7 @@ line per backend with the uncontended single-process write latency.
 
 Run under the CPU lock:  flock /tmp/rlhf-cpu.lock python benchmarks/bench_db.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import db  # noqa: E402
-from db import drill  # noqa: E402
+import db
+from tests.support import drill
 
 
 def machine() -> dict:
@@ -33,8 +34,13 @@ def machine() -> dict:
         torch_version = version("torch")
     except PackageNotFoundError:
         torch_version = None
-    return {"command": " ".join(shlex.quote(a) for a in sys.argv), "nproc": os.cpu_count(),
-            "torch": torch_version, "sqlalchemy": version("SQLAlchemy"), "python": platform.python_version()}
+    return {
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "nproc": os.cpu_count(),
+        "torch": torch_version,
+        "sqlalchemy": version("SQLAlchemy"),
+        "python": platform.python_version(),
+    }
 
 
 def single_writer_latency(url: str, n: int = 300) -> dict:
@@ -51,10 +57,13 @@ def single_writer_latency(url: str, n: int = 300) -> dict:
         db.record_judgement(engine, labeler_id=lab, completion_id=item.completion_id, label="good" if i % 2 else "bad")
         writes.append(time.perf_counter() - t)
     engine.dispose()
-    return {"judgements": n, "write_latency_p50_ms": 1000 * drill._pct(writes, 0.5),
-            "write_latency_p95_ms": 1000 * drill._pct(writes, 0.95),
-            "next_item_latency_p50_ms": 1000 * drill._pct(nexts, 0.5),
-            "next_item_latency_p95_ms": 1000 * drill._pct(nexts, 0.95)}
+    return {
+        "judgements": n,
+        "write_latency_p50_ms": 1000 * drill._pct(writes, 0.5),
+        "write_latency_p95_ms": 1000 * drill._pct(writes, 0.95),
+        "next_item_latency_p50_ms": 1000 * drill._pct(nexts, 0.5),
+        "next_item_latency_p95_ms": 1000 * drill._pct(nexts, 0.95),
+    }
 
 
 def main() -> int:
@@ -74,7 +83,7 @@ def main() -> int:
                 if backend == "sqlite":
                     url, solo_url = f"sqlite:///{tmp}/drill.sqlite", f"sqlite:///{tmp}/solo.sqlite"
                 else:
-                    from db.testing import TempPostgres
+                    from tests.support.postgres import TempPostgres
 
                     server = TempPostgres(durable=True).start()
                     url, solo_url = server.create_database("drill"), server.create_database("solo")
@@ -82,7 +91,9 @@ def main() -> int:
                 print(json.dumps({"bench": "db_single_writer", "backend": backend, **solo, **machine()}), flush=True)
                 report = drill.run(url, procs=args.procs, per_proc=per_proc, undo_prob=args.undo_prob, seed=args.seed)
                 ok &= not report["problems"]
-                print(json.dumps({"bench": "db_concurrency_drill", "backend": backend, **report, **machine()}), flush=True)
+                print(
+                    json.dumps({"bench": "db_concurrency_drill", "backend": backend, **report, **machine()}), flush=True
+                )
             finally:
                 if server is not None:
                     server.stop()

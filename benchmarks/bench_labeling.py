@@ -11,6 +11,7 @@ Figures (one JSON line each):
 
 Run: ``flock /tmp/rlhf-cpu.lock python benchmarks/bench_labeling.py`` (about a minute).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labeling_app import harness  # noqa: E402
+from tests.support import harness  # noqa: E402
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -43,7 +44,12 @@ def machine() -> dict:
         tv = None
     import streamlit
 
-    return {"nproc": os.cpu_count(), "torch": tv, "streamlit": streamlit.__version__, "python": platform.python_version()}
+    return {
+        "nproc": os.cpu_count(),
+        "torch": tv,
+        "streamlit": streamlit.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def review_pieces(n: int) -> list[tuple[str, str]]:
@@ -57,23 +63,28 @@ def review_pieces(n: int) -> list[tuple[str, str]]:
         words = t.split()
         if len(words) >= 46:
             pieces.append((" ".join(words[:6]), " " + " ".join(words[6:46])))
-    return [(p, c if i < len(pieces) else f"{c} ({i})") for i, (p, c) in
-            ((i, pieces[i % len(pieces)]) for i in range(n))]
+    return [
+        (p, c if i < len(pieces) else f"{c} ({i})") for i, (p, c) in ((i, pieces[i % len(pieces)]) for i in range(n))
+    ]
 
 
 def seed(url: str, n: int) -> None:
     import db
 
     engine = db.connect(url)
-    db.add_completions(engine, [db.NewCompletion(prompt=p, text=c, model_version_id=None, gen_params={})
-                                for p, c in review_pieces(n)])
+    db.add_completions(
+        engine, [db.NewCompletion(prompt=p, text=c, model_version_id=None, gen_params={}) for p, c in review_pieces(n)]
+    )
 
 
 def bench_browser(tmp: Path, n_items: int) -> dict:
     url = f"sqlite:///{tmp / 'browser.sqlite'}"
     seed(url, n_items + 30)
-    env = {"RLHF_DB_URL": url, "RLHF_CONFIG": str(REPO / "configs" / "smoke.yaml"),
-           "RLHF_ARTIFACTS": str(tmp / "artifacts")}
+    env = {
+        "RLHF_DB_URL": url,
+        "RLHF_CONFIG": str(REPO / "configs" / "smoke.yaml"),
+        "RLHF_ARTIFACTS": str(tmp / "artifacts"),
+    }
     with harness.running_app(env, log_path=tmp / "streamlit.log") as base, harness.chromium_page() as page:
         harness.sign_in(page, base, "bench")
         current = harness.current_completion_id(page)
@@ -170,19 +181,69 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         d_res = bench_db(tmp, args.writes)
-        print(json.dumps({**base, "figure": "db_write_ms", "backend": "sqlite", "n": args.writes,
-                          "p50": pct(d_res["writes"], 50), "p95": pct(d_res["writes"], 95)}))
-        print(json.dumps({**base, "figure": "db_next_item_ms", "backend": "sqlite", "n": args.writes,
-                          "p50": pct(d_res["fetches"], 50), "p95": pct(d_res["fetches"], 95)}))
+        print(
+            json.dumps(
+                {
+                    **base,
+                    "figure": "db_write_ms",
+                    "backend": "sqlite",
+                    "n": args.writes,
+                    "p50": pct(d_res["writes"], 50),
+                    "p95": pct(d_res["writes"], 95),
+                }
+            )
+        )
+        print(
+            json.dumps(
+                {
+                    **base,
+                    "figure": "db_next_item_ms",
+                    "backend": "sqlite",
+                    "n": args.writes,
+                    "p50": pct(d_res["fetches"], 50),
+                    "p95": pct(d_res["fetches"], 95),
+                }
+            )
+        )
         b = bench_browser(tmp, args.items)
         lat = b["latencies"]
-        print(json.dumps({**base, "figure": "next_item_ms", "n": len(lat), "p50": pct(lat, 50), "p95": pct(lat, 95),
-                          "max": round(max(lat), 2), "goal_p95": 100.0, "goal_met": pct(lat, 95) <= 100.0}))
-        print(json.dumps({**base, "figure": "judgements_per_minute", "n": b["n"],
-                          "value": round(b["n"] / b["elapsed_s"] * 60, 1)}))
+        print(
+            json.dumps(
+                {
+                    **base,
+                    "figure": "next_item_ms",
+                    "n": len(lat),
+                    "p50": pct(lat, 50),
+                    "p95": pct(lat, 95),
+                    "max": round(max(lat), 2),
+                    "goal_p95": 100.0,
+                    "goal_met": pct(lat, 95) <= 100.0,
+                }
+            )
+        )
+        print(
+            json.dumps(
+                {
+                    **base,
+                    "figure": "judgements_per_minute",
+                    "n": b["n"],
+                    "value": round(b["n"] / b["elapsed_s"] * 60, 1),
+                }
+            )
+        )
         floor = bench_floor(tmp, args.items)
-        print(json.dumps({**base, "figure": "streamlit_floor_ms", "n": len(floor), "p50": pct(floor, 50),
-                          "p95": pct(floor, 95), "note": "one-button Streamlit app, same measurement"}))
+        print(
+            json.dumps(
+                {
+                    **base,
+                    "figure": "streamlit_floor_ms",
+                    "n": len(floor),
+                    "p50": pct(floor, 50),
+                    "p95": pct(floor, 95),
+                    "note": "one-button Streamlit app, same measurement",
+                }
+            )
+        )
         if args.screenshot:
             args.screenshot.write_bytes((tmp / "bench.png").read_bytes())
 

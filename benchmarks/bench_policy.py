@@ -6,25 +6,26 @@
 Run it under the CPU lock: the figures are only meaningful when nothing else trains.
 The load average printed with each line shows how busy the machine was.
 """
+
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does (see rl_finetune/__main__.py)
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import shlex  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 
 def peak_rss_mib() -> float:
@@ -32,22 +33,40 @@ def peak_rss_mib() -> float:
 
 
 def emit(**fields) -> None:
-    fields.update(command=" ".join(shlex.quote(a) for a in ["python", *sys.argv]), nproc=os.cpu_count(),
-                  torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
-                  loadavg_1min=round(os.getloadavg()[0], 2), peak_rss_mib=round(peak_rss_mib(), 1))
+    fields.update(
+        command=" ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+        nproc=os.cpu_count(),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        machine=platform.machine(),
+        loadavg_1min=round(os.getloadavg()[0], 2),
+        peak_rss_mib=round(peak_rss_mib(), 1),
+    )
     print(json.dumps(fields), flush=True)
 
 
 def bench_training(cfg, vocab: int, steps: int, warmup: int = 3) -> dict:
     """Optimisation steps of the profile's model at ``vocab`` entries on random tokens (tokens/s
     depends on shapes only)."""
-    from rl_finetune.pretrain import autocast, make_optimizer, maybe_compile
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from base_policy.pretrain import autocast, make_optimizer, maybe_compile
+
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=cfg.n_ctx, n_embd=cfg.n_embd,
-                                       n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-                                       attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=vocab,
+            n_positions=cfg.n_ctx,
+            n_embd=cfg.n_embd,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    )
     opt = make_optimizer(model, cfg)
     fwd = maybe_compile(model, cfg.compile)  # as pretraining does (the warm-up steps include compiling)
     rng = np.random.default_rng(0)
@@ -64,14 +83,17 @@ def bench_training(cfg, vocab: int, steps: int, warmup: int = 3) -> dict:
         if i >= warmup:
             times.append(time.perf_counter() - t)
     per_step = float(np.median(times))
-    return {"tokens_per_second": cfg.batch_size * cfg.block_size / per_step, "seconds_per_step": per_step,
-            "params_millions": sum(p.numel() for p in model.parameters()) / 1e6}
+    return {
+        "tokens_per_second": cfg.batch_size * cfg.block_size / per_step,
+        "seconds_per_step": per_step,
+        "params_millions": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
 
 
 def bench_generation(model, tok, n_prompts: int = 16, new_tokens: int = 48, repeats: int = 3) -> dict:
     """Sampling exactly ``new_tokens`` for ``n_prompts`` IMDB openings in one batch (KV cache)."""
+    from base_policy.generate import encode_prompts, left_pad
     from common.imdb import DataConfig, load_imdb, make_prompts
-    from rl_finetune.generate import encode_prompts, left_pad
 
     prompts = make_prompts(load_imdb(DataConfig(max_reviews=500))["test"]["text"], n_prompts, DataConfig(seed=1))
     ids, mask = left_pad(encode_prompts(tok, prompts, model.config.n_positions - new_tokens), tok.eos_token_id)
@@ -80,47 +102,77 @@ def bench_generation(model, tok, n_prompts: int = 16, new_tokens: int = 48, repe
         torch.manual_seed(i)
         t = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
-                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
-                                 pad_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=True,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                use_cache=True,
+                pad_token_id=tok.eos_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
         if i:
             times.append(time.perf_counter() - t)
         assert out.shape[1] - ids.shape[1] == new_tokens
     per_batch = float(np.median(times))
-    return {"new_tokens_per_second": n_prompts * new_tokens / per_batch, "seconds_per_batch": per_batch,
-            "prompts": n_prompts, "new_tokens": new_tokens, "prompt_tokens_max": int(ids.shape[1])}
+    return {
+        "new_tokens_per_second": n_prompts * new_tokens / per_batch,
+        "seconds_per_batch": per_batch,
+        "prompts": n_prompts,
+        "new_tokens": new_tokens,
+        "prompt_tokens_max": int(ids.shape[1]),
+    }
 
 
 def main() -> None:
+    from base_policy.pretrain import PretrainConfig
     from common.config import load_config
-    from rl_finetune.pretrain import PretrainConfig
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=None, help="profile (default $RLHF_CONFIG or configs/default.yaml)")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per tokenizer")
-    p.add_argument("--policy", default=None, help="policy for the generation figure (default: the base policy; "
-                                                  "a random model of the profile's size when there is none)")
+    p.add_argument(
+        "--policy",
+        default=None,
+        help="policy for the generation figure (default: the base policy; "
+        "a random model of the profile's size when there is none)",
+    )
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(PretrainConfig, "pretrain", args.config)
-    shape = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "block_size": cfg.block_size,
-             "batch_size": cfg.batch_size, "bf16": cfg.bf16, "compile": cfg.compile}
+    shape = {
+        "n_layer": cfg.n_layer,
+        "n_embd": cfg.n_embd,
+        "n_head": cfg.n_head,
+        "block_size": cfg.block_size,
+        "batch_size": cfg.batch_size,
+        "bf16": cfg.bf16,
+        "compile": cfg.compile,
+    }
 
     for name, vocab in (("bpe8k", cfg.vocab_size), ("gpt2", 50257)):
-        emit(figure="pretrain_tokens_per_second", tokenizer=name, vocab=vocab, **shape,
-             **bench_training(cfg, vocab, args.steps))
+        emit(
+            figure="pretrain_tokens_per_second",
+            tokenizer=name,
+            vocab=vocab,
+            **shape,
+            **bench_training(cfg, vocab, args.steps),
+        )
 
-    from rl_finetune.policy import load_policy, resolve_policy
+    from base_policy.loading import load_policy, resolve_policy
 
     spec = resolve_policy(args.policy)
     if Path(spec).is_dir() or args.policy:
         model, tok = load_policy(spec)
         which = spec
     else:
-        from rl_finetune.pretrain import build_model
-        from rl_finetune.tokenizer import train_bpe
+        from base_policy.pretrain import build_model
+        from base_policy.tokenizer import train_bpe
 
         tok = train_bpe(["This movie was good. That film was bad."] * 10, vocab_size=300)
         model = build_model(cfg, tok)

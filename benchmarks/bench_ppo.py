@@ -9,6 +9,7 @@ model, else all-MiniLM-L6-v2 with an untrained 2-way head (the same cost as a tr
 Prints one JSON line per precision with the figures, the command, ``nproc`` and the torch version.
 The TRL 1.12 side-by-side is ``benchmarks/bench_ppo_trl.py`` (a throwaway venv).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # as the PPO CLI does (before torch loads); TRL inherits it
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the PPO CLI does (before torch loads); TRL inherits it
 
-import torch  # noqa: E402
+import torch
 
 
 def random_policy():
@@ -44,8 +45,9 @@ def random_policy():
         tok.pad_token = tok.eos_token
     eos = tok.eos_token_id if tok.eos_token_id is not None else 0
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=256, n_layer=4, n_head=4,
-                     bos_token_id=eos, eos_token_id=eos)
+    cfg = GPT2Config(
+        vocab_size=len(tok), n_positions=256, n_embd=256, n_layer=4, n_head=4, bos_token_id=eos, eos_token_id=eos
+    )
     return (GPT2LMHeadModel(cfg), tok), source
 
 
@@ -75,7 +77,9 @@ def main() -> None:
     p.add_argument("--reward", default=None)
     p.add_argument("--precision", nargs="+", default=["bf16", "no"], choices=["bf16", "no"])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--trl", action="store_true", help="also run TRL 1.12's PPOTrainer (in --trl-python's venv) on the same setup")
+    p.add_argument(
+        "--trl", action="store_true", help="also run TRL 1.12's PPOTrainer (in --trl-python's venv) on the same setup"
+    )
     p.add_argument("--trl-python", default="/tmp/trl-venv/bin/python")
     p.add_argument("--trl-only", action="store_true", help="only the TRL side")
     args = p.parse_args()
@@ -113,13 +117,21 @@ def main() -> None:
         model.save_pretrained(policy_path)
         tok.save_pretrained(policy_path)
     results = {}
-    for precision in ([] if args.trl_only else args.precision):
-        from rl_finetune.policy import load_policy
+    for precision in [] if args.trl_only else args.precision:
+        from base_policy.loading import load_policy
 
         policy = load_policy(policy_path)
-        raw = {"total_steps": args.warmup + args.steps, "num_rollouts": 16, "chunk_size": 16, "batch_size": 16,
-               "ppo_epochs": 4, "gen_kwargs": {"max_new_tokens": 32, "stop_at_eos": False},
-               "mixed_precision": precision, "eval_interval": 10**9, "checkpoint_interval": 0}
+        raw = {
+            "total_steps": args.warmup + args.steps,
+            "num_rollouts": 16,
+            "chunk_size": 16,
+            "batch_size": 16,
+            "ppo_epochs": 4,
+            "gen_kwargs": {"max_new_tokens": 32, "stop_at_eos": False},
+            "mixed_precision": precision,
+            "eval_interval": 10**9,
+            "checkpoint_interval": 0,
+        }
         for item in args.overrides:
             k, v = item.split("=", 1)
             import yaml
@@ -129,22 +141,37 @@ def main() -> None:
         t0 = time.perf_counter()
         res = train(policy, reward_fn, prompts, cfg, progress=False)
         wall = time.perf_counter() - t0
-        rows = [r for r in res.metrics if "step_time" in r][args.warmup:]
-        med = {k: statistics.median(r[k] for r in rows) for k in
-               ("step_time", "time/rollout", "time/reward", "time/forward", "time/optimise")}
+        rows = [r for r in res.metrics if "step_time" in r][args.warmup :]
+        med = {
+            k: statistics.median(r[k] for r in rows)
+            for k in ("step_time", "time/rollout", "time/reward", "time/forward", "time/optimise")
+        }
         results[precision] = 16 / med["step_time"]
-        print(json.dumps({
-            "bench": "ppo_ours", "precision": precision, "batch": 16, "response_tokens": 32, "ppo_epochs": 4,
-            "minibatches": 1, "steps_timed": len(rows),
-            "s_per_step_median": round(med["step_time"], 3),
-            "episodes_per_s": round(16 / med["step_time"], 2),
-            "s_per_step_mean": round(statistics.mean(r["step_time"] for r in rows), 3),
-            "breakdown_s": {k.split("/")[-1]: round(v, 3) for k, v in med.items() if k != "step_time"},
-            "wall_s_incl_setup": round(wall, 1),
-            "policy": source, "reward": reward_source,
-            "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
-            "nproc": os.cpu_count(), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "ppo_ours",
+                    "precision": precision,
+                    "batch": 16,
+                    "response_tokens": 32,
+                    "ppo_epochs": 4,
+                    "minibatches": 1,
+                    "steps_timed": len(rows),
+                    "s_per_step_median": round(med["step_time"], 3),
+                    "episodes_per_s": round(16 / med["step_time"], 2),
+                    "s_per_step_mean": round(statistics.mean(r["step_time"] for r in rows), 3),
+                    "breakdown_s": {k.split("/")[-1]: round(v, 3) for k, v in med.items() if k != "step_time"},
+                    "wall_s_incl_setup": round(wall, 1),
+                    "policy": source,
+                    "reward": reward_source,
+                    "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
+                    "nproc": os.cpu_count(),
+                    "torch": torch.__version__,
+                    "machine": platform.processor() or platform.machine(),
+                }
+            ),
+            flush=True,
+        )
 
     if args.trl or args.trl_only:
         import subprocess
@@ -156,24 +183,46 @@ def main() -> None:
         trl_reward = str(reward_path) if reward_path is not None else str(minilm_dir())
         trl_results = {}
         for precision in args.precision:
-            cmd = [args.trl_python, str(Path(__file__).with_name("bench_ppo_trl.py")), "--policy", policy_path,
-                   "--reward", trl_reward, "--prompts", str(prompt_file), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup)] + (["--bf16"] if precision == "bf16" else [])
+            cmd = [
+                args.trl_python,
+                str(Path(__file__).with_name("bench_ppo_trl.py")),
+                "--policy",
+                policy_path,
+                "--reward",
+                trl_reward,
+                "--prompts",
+                str(prompt_file),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+            ] + (["--bf16"] if precision == "bf16" else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode != 0 or not lines:
-                print(json.dumps({"bench": "ppo_trl", "precision": precision, "error": proc.stderr[-1500:]}), flush=True)
+                print(
+                    json.dumps({"bench": "ppo_trl", "precision": precision, "error": proc.stderr[-1500:]}), flush=True
+                )
                 continue
             row = json.loads(lines[-1])
             trl_results[precision] = row["episodes_per_s"]
             print(json.dumps(row), flush=True)
         if results and trl_results:
             best_ours, best_trl = max(results.values()), max(trl_results.values())
-            print(json.dumps({"bench": "ppo_ratio", "ours_best_episodes_per_s": round(best_ours, 2),
-                              "trl_best_episodes_per_s": round(best_trl, 2),
-                              "ratio_ours_over_trl": round(best_ours / best_trl, 2),
-                              "per_precision": {p_: round(results[p_] / trl_results[p_], 2)
-                                                for p_ in results if p_ in trl_results}}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "bench": "ppo_ratio",
+                        "ours_best_episodes_per_s": round(best_ours, 2),
+                        "trl_best_episodes_per_s": round(best_trl, 2),
+                        "ratio_ours_over_trl": round(best_ours / best_trl, 2),
+                        "per_precision": {
+                            p_: round(results[p_] / trl_results[p_], 2) for p_ in results if p_ in trl_results
+                        },
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

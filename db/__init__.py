@@ -3,6 +3,7 @@
 ``engine = db.connect()`` opens (and migrates) the database named by ``RLHF_DB_URL``; every other
 function takes that engine first. See ``docs/INTERFACES.md`` and ``docs/database.md``.
 """
+
 from db.engine import DatabaseError, connect, current_revision, head_revision, migrate
 from db.models import Base, Completion, Judgement, Labeler, Lease, ModelVersion, Prompt
 from db.queue import extend_lease, get_item, next_item, queue_size
@@ -31,10 +32,43 @@ from db.writes import (
 )
 
 __all__ = [
-    "Base", "Completion", "DatabaseError", "Item", "Judgement", "LabelledExample", "Labeler", "Lease", "ModelVersion",
-    "ModelVersionInfo", "NewCompletion", "Prompt", "add_completions", "add_prompts", "connect", "current_revision",
-    "export_labels", "extend_lease", "get_item", "get_model_version", "get_or_create_labeler", "head_revision",
-    "import_prompts", "judgement_rows", "judgements_frame", "labelled_dataset", "latest_model_version",
-    "list_model_versions", "migrate", "next_item", "queue_size", "record_judgement", "register_model_version",
-    "release_leases", "set_reward_scores", "stats", "undo_last", "unlabelled_completions", "validate_labeler_name",
+    "Base",
+    "Completion",
+    "DatabaseError",
+    "Item",
+    "Judgement",
+    "LabelledExample",
+    "Labeler",
+    "Lease",
+    "ModelVersion",
+    "ModelVersionInfo",
+    "NewCompletion",
+    "Prompt",
+    "add_completions",
+    "add_prompts",
+    "connect",
+    "current_revision",
+    "export_labels",
+    "extend_lease",
+    "get_item",
+    "get_model_version",
+    "get_or_create_labeler",
+    "head_revision",
+    "import_prompts",
+    "judgement_rows",
+    "judgements_frame",
+    "labelled_dataset",
+    "latest_model_version",
+    "list_model_versions",
+    "migrate",
+    "next_item",
+    "queue_size",
+    "record_judgement",
+    "register_model_version",
+    "release_leases",
+    "set_reward_scores",
+    "stats",
+    "undo_last",
+    "unlabelled_completions",
+    "validate_labeler_name",
 ]

@@ -1,4 +1,5 @@
 """``python -m db upgrade | stats | export --format jsonl|csv|hf DEST | import-prompts FILE``."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,16 +13,23 @@ from db.engine import describe
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m db", description="The feedback database: migrate, count, export, import.")
-    p.add_argument("--url", default=None,
-                   help="database URL (default: $RLHF_DB_URL, else sqlite:///data/feedback.sqlite)")
+    p = argparse.ArgumentParser(
+        prog="python -m db", description="The feedback database: migrate, count, export, import."
+    )
+    p.add_argument(
+        "--url", default=None, help="database URL (default: $RLHF_DB_URL, else sqlite:///data/feedback.sqlite)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("upgrade", help="create the database or migrate it to the newest schema")
     sub.add_parser("stats", help="print counts as JSON")
     ex = sub.add_parser("export", help="export every judgement joined with its prompt and completion")
-    ex.add_argument("--format", choices=["jsonl", "csv", "hf"], default="jsonl",
-                    help="jsonl/csv: a file; hf: a `datasets` folder (load_from_disk)")
+    ex.add_argument(
+        "--format",
+        choices=["jsonl", "csv", "hf"],
+        default="jsonl",
+        help="jsonl/csv: a file; hf: a `datasets` folder (load_from_disk)",
+    )
     ex.add_argument("dest", type=Path, help="output file (jsonl/csv) or folder (hf)")
     im = sub.add_parser("import-prompts", help="add custom prompts from a text file (one per line)")
     im.add_argument("file", type=Path, help="UTF-8 text file; blank lines skipped, duplicates dropped")

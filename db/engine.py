@@ -9,6 +9,7 @@
 - runs the Alembic migrations shipped in ``db/migrations`` up to head (never ``create_all``);
 - turns every way this can fail into a one-line :class:`DatabaseError` naming the database and the fix.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -117,7 +118,7 @@ def _install_sqlite_events(engine: Engine) -> None:
     """
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+    def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         try:
@@ -130,7 +131,7 @@ def _install_sqlite_events(engine: Engine) -> None:
             cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # noqa: ANN001
+    def _on_begin(conn):
         immediate = conn.get_execution_options().get("sqlite_immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
@@ -169,8 +170,15 @@ def _is_retryable(err: BaseException) -> bool:
     return sqlstate in ("40001", "40P01", "55P03")
 
 
-def retrying(fn: Callable[[], T], *, what: str, engine: Engine, attempts: int = 12, base_delay: float = 0.02,
-             give_up_after: float = 60.0) -> T:
+def retrying(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    engine: Engine,
+    attempts: int = 12,
+    base_delay: float = 0.02,
+    give_up_after: float = 60.0,
+) -> T:
     """Run ``fn`` (one whole transaction), retrying with jittered exponential backoff when the
     database reports a lock or serialization conflict. Each SQLite attempt already waits up to the
     busy timeout for the lock; retries cover the cases SQLite reports at once. After ``attempts``
@@ -216,7 +224,7 @@ def run_write(engine: Engine, fn: Callable[[Session], T], *, what: str) -> T:
 # Migrations
 
 
-def alembic_config(connection=None):  # noqa: ANN001, ANN201
+def alembic_config(connection=None):
     """An Alembic Config built in code, pointing at the migrations inside this package
     (works from any working directory and from an installed package)."""
     cfg = Config()
@@ -291,7 +299,7 @@ def _check_not_newer(engine: Engine) -> str | None:
 # connect()
 
 
-def connect(url: str | None = None, *, upgrade: bool = True) -> Engine:  # noqa: C901
+def connect(url: str | None = None, *, upgrade: bool = True) -> Engine:
     """Open the feedback database and return an Engine.
 
     ``url`` defaults to ``RLHF_DB_URL`` (else ``sqlite:///data/feedback.sqlite``). With
@@ -305,7 +313,9 @@ def connect(url: str | None = None, *, upgrade: bool = True) -> Engine:  # noqa:
     if db_file is not None:
         path = Path(db_file)
         if path.is_dir():
-            raise DatabaseError(f"{where} is a folder, not a database file.", f"{_fix(origin)} to a file path inside it.")
+            raise DatabaseError(
+                f"{where} is a folder, not a database file.", f"{_fix(origin)} to a file path inside it."
+            )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -350,7 +360,9 @@ def _explain(err: sa_exc.DBAPIError, url: URL, origin: str) -> DatabaseError:
                 f"move that file away, or {_fix(origin)} to another file; a missing file is created.",
             )
         if "unable to open" in low or "readonly" in low or "read-only" in low:
-            return DatabaseError(f"cannot open {where} ({msg}).", f"check its permissions, or {_fix(origin)} elsewhere.")
+            return DatabaseError(
+                f"cannot open {where} ({msg}).", f"check its permissions, or {_fix(origin)} elsewhere."
+            )
         if "locked" in low:
             return DatabaseError(f"{where} stayed locked ({msg}).", "stop the process holding it, then try again.")
         return DatabaseError(f"cannot use {where} ({msg}).", f"check the file, or {_fix(origin)} to another one.")
@@ -360,8 +372,10 @@ def _explain(err: sa_exc.DBAPIError, url: URL, origin: str) -> DatabaseError:
             f"create it (e.g. `createdb {url.database}` as a user allowed to), or {_fix(origin)}.",
         )
     if isinstance(err, sa_exc.OperationalError) and "password authentication failed" in low:
-        return DatabaseError(f"the PostgreSQL server at {where} refused the login ({msg}).",
-                             f"check the user name and password in the URL, or {_fix(origin)}.")
+        return DatabaseError(
+            f"the PostgreSQL server at {where} refused the login ({msg}).",
+            f"check the user name and password in the URL, or {_fix(origin)}.",
+        )
     if isinstance(err, sa_exc.OperationalError):
         return DatabaseError(
             f"cannot reach the PostgreSQL server at {where} ({msg}).",

@@ -6,6 +6,7 @@ The schema itself is created and upgraded by the Alembic migrations in ``db/migr
 All timestamps are naive UTC (``datetime.now(UTC)`` without the tzinfo), the same on SQLite
 and PostgreSQL.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -101,7 +102,9 @@ class Completion(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
     text: Mapped[str] = mapped_column(Text)
-    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"), index=True)
+    model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), index=True
+    )
     gen_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Probability of "good" under a reward model, for "uncertain first" ordering.
     reward_score: Mapped[float | None] = mapped_column(Float)

@@ -21,6 +21,7 @@ consider the same row at once), and the candidate is re-checked with a fresh sna
 row lock is held, since a lease committed just before the lock was taken is invisible to the
 first statement's snapshot.
 """
+
 from __future__ import annotations
 
 from sqlalchemy import Engine, Integer, case, cast, exists, func, select, update
@@ -40,39 +41,52 @@ def _check_args(session_key: str, overlap: int, order: str, lease_seconds: float
     if not isinstance(session_key, str) or not session_key or len(session_key) > 128:
         raise UserError("session_key must be 1-128 characters.", "pass a stable id of the browser session.")
     if not isinstance(overlap, int) or overlap < 1:
-        raise UserError(f"overlap={overlap!r} must be a whole number >= 1.", "use 1 (each item once) or k (k labellers per item).")
+        raise UserError(
+            f"overlap={overlap!r} must be a whole number >= 1.", "use 1 (each item once) or k (k labellers per item)."
+        )
     if order not in ORDERS:
         raise UserError(f"order {order!r} is not one of {list(ORDERS)}.", "use 'random' or 'uncertain'.")
     if not lease_seconds > 0:
         raise UserError(f"lease_seconds={lease_seconds!r} must be positive.", "use e.g. 600.")
 
 
-def n_labels_expr():  # noqa: ANN201
+def n_labels_expr():
     """Count of good/bad judgements on ``Completion`` (skips excluded), recounted from the judgements
     table; the queue uses the maintained column ``Completion.n_labels`` instead (a test checks they agree)."""
-    return (select(func.count(Judgement.id))
-            .where(Judgement.completion_id == Completion.id, Judgement.label != "skip")
-            .correlate(Completion).scalar_subquery())
+    return (
+        select(func.count(Judgement.id))
+        .where(Judgement.completion_id == Completion.id, Judgement.label != "skip")
+        .correlate(Completion)
+        .scalar_subquery()
+    )
 
 
-def _others_leases_expr(labeler_id: int, now):  # noqa: ANN001, ANN202
-    return (select(func.count(Lease.id))
-            .where(Lease.completion_id == Completion.id, Lease.labeler_id != labeler_id, Lease.expires_at > now)
-            .correlate(Completion).scalar_subquery())
+def _others_leases_expr(labeler_id: int, now):
+    return (
+        select(func.count(Lease.id))
+        .where(Lease.completion_id == Completion.id, Lease.labeler_id != labeler_id, Lease.expires_at > now)
+        .correlate(Completion)
+        .scalar_subquery()
+    )
 
 
-def _judged_by(labeler_id: int):  # noqa: ANN202
+def _judged_by(labeler_id: int):
     return exists().where(Judgement.completion_id == Completion.id, Judgement.labeler_id == labeler_id)
 
 
-def _level_conditions(labeler_id: int, session_key: str, overlap: int, level: int, now) -> list:  # noqa: ANN001
+def _level_conditions(labeler_id: int, session_key: str, overlap: int, level: int, now) -> list:
     """Items with exactly ``level`` labels that this (labeller, session) may be handed."""
-    my_other_sessions = exists().where(Lease.completion_id == Completion.id, Lease.labeler_id == labeler_id,
-                                       Lease.expires_at > now, Lease.session_key != session_key)
+    my_other_sessions = exists().where(
+        Lease.completion_id == Completion.id,
+        Lease.labeler_id == labeler_id,
+        Lease.expires_at > now,
+        Lease.session_key != session_key,
+    )
     room = overlap - level  # labellers that may still take it
     if room == 1:
-        others = ~exists().where(Lease.completion_id == Completion.id, Lease.labeler_id != labeler_id,
-                                 Lease.expires_at > now)
+        others = ~exists().where(
+            Lease.completion_id == Completion.id, Lease.labeler_id != labeler_id, Lease.expires_at > now
+        )
     else:
         others = _others_leases_expr(labeler_id, now) < room
     return [Completion.n_labels == level, ~_judged_by(labeler_id), ~my_other_sessions, others]
@@ -84,9 +98,10 @@ def get_item(engine: Engine, completion_id: int) -> Item | None:
         return _item(s, completion_id)
 
 
-def _item_select():  # noqa: ANN202
-    return (select(Completion.id, Prompt.text, Completion.text, Completion.model_version_id, Completion.n_labels)
-            .join(Prompt, Prompt.id == Completion.prompt_id))
+def _item_select():
+    return select(Completion.id, Prompt.text, Completion.text, Completion.model_version_id, Completion.n_labels).join(
+        Prompt, Prompt.id == Completion.prompt_id
+    )
 
 
 def _item(s: Session, completion_id: int) -> Item | None:
@@ -94,8 +109,15 @@ def _item(s: Session, completion_id: int) -> Item | None:
     return Item(*row) if row is not None else None
 
 
-def next_item(engine: Engine, labeler_id: int, *, session_key: str, overlap: int = 1, order: Order = "random",
-              lease_seconds: float = 600) -> Item | None:
+def next_item(
+    engine: Engine,
+    labeler_id: int,
+    *,
+    session_key: str,
+    overlap: int = 1,
+    order: Order = "random",
+    lease_seconds: float = 600,
+) -> Item | None:
     """The item ``labeler_id`` should judge next in ``session_key`` (leased to that session), or None
     when nothing is left for them. See the module docstring for the rules."""
     _check_args(session_key, overlap, order, lease_seconds)
@@ -105,9 +127,16 @@ def next_item(engine: Engine, labeler_id: int, *, session_key: str, overlap: int
         lock_labeler(s, labeler_id)
 
         # 1. resume this session's item (unexpired, not judged by this labeller meanwhile)
-        row = s.execute(_item_select().join(Lease, Lease.completion_id == Completion.id)
-                        .where(Lease.labeler_id == labeler_id, Lease.session_key == session_key,
-                               Lease.expires_at > now, ~_judged_by(labeler_id))).first()
+        row = s.execute(
+            _item_select()
+            .join(Lease, Lease.completion_id == Completion.id)
+            .where(
+                Lease.labeler_id == labeler_id,
+                Lease.session_key == session_key,
+                Lease.expires_at > now,
+                ~_judged_by(labeler_id),
+            )
+        ).first()
         if row is None:
             # 2. choose a new one: fewest labels first
             row = _choose(s, labeler_id, session_key, overlap, order, now)
@@ -119,7 +148,7 @@ def next_item(engine: Engine, labeler_id: int, *, session_key: str, overlap: int
     return run_write(engine, work, what="fetch the next item")
 
 
-def _random_pivot(dialect: str):  # noqa: ANN202
+def _random_pivot(dialect: str):
     """A random id between the smallest and the largest completion id, computed by the database."""
     c = aliased(Completion)
     lo = select(func.min(c.id)).scalar_subquery()  # separate min and max: each is one index lookup
@@ -131,17 +160,24 @@ def _random_pivot(dialect: str):  # noqa: ANN202
     return lo + offset
 
 
-def _choose(s: Session, labeler_id: int, session_key: str, overlap: int, order: str, now):  # noqa: ANN001, ANN202
+def _choose(s: Session, labeler_id: int, session_key: str, overlap: int, order: str, now):
     dialect = s.get_bind().dialect.name
     for level in range(overlap):
         base = _item_select().where(*_level_conditions(labeler_id, session_key, overlap, level, now))
         if order == "uncertain":
-            queries = [base.order_by(case((Completion.reward_score.is_(None), 1), else_=0),
-                                     func.abs(Completion.reward_score - 0.5), Completion.id).limit(1)]
+            queries = [
+                base.order_by(
+                    case((Completion.reward_score.is_(None), 1), else_=0),
+                    func.abs(Completion.reward_score - 0.5),
+                    Completion.id,
+                ).limit(1)
+            ]
         else:
             # random: walk the (n_labels, id) index from a random id; if nothing is left above it, from the start
-            queries = [base.where(Completion.id >= _random_pivot(dialect)).order_by(Completion.id).limit(1),
-                       base.order_by(Completion.id).limit(1)]
+            queries = [
+                base.where(Completion.id >= _random_pivot(dialect)).order_by(Completion.id).limit(1),
+                base.order_by(Completion.id).limit(1),
+            ]
         for q in queries:
             if dialect != "postgresql":
                 row = s.execute(q).first()
@@ -154,8 +190,11 @@ def _choose(s: Session, labeler_id: int, session_key: str, overlap: int, order: 
                 if row is None:
                     break
                 # fresh snapshot, now that we hold the row lock: is it still free?
-                recheck = select(func.count()).select_from(Completion).where(
-                    Completion.id == row[0], *_level_conditions(labeler_id, session_key, overlap, level, now))
+                recheck = (
+                    select(func.count())
+                    .select_from(Completion)
+                    .where(Completion.id == row[0], *_level_conditions(labeler_id, session_key, overlap, level, now))
+                )
                 if s.scalar(recheck):
                     return row
     return None
@@ -166,8 +205,11 @@ def extend_lease(engine: Engine, labeler_id: int, session_key: str, lease_second
     from datetime import timedelta
 
     def work(s: Session) -> bool:
-        res = s.execute(update(Lease).where(Lease.labeler_id == labeler_id, Lease.session_key == session_key)
-                        .values(expires_at=utcnow() + timedelta(seconds=lease_seconds)))
+        res = s.execute(
+            update(Lease)
+            .where(Lease.labeler_id == labeler_id, Lease.session_key == session_key)
+            .values(expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        )
         return bool(res.rowcount)
 
     return run_write(engine, work, what="extend a lease")
@@ -179,5 +221,6 @@ def queue_size(engine: Engine, labeler_id: int, overlap: int = 1) -> int:
     mine = exists().where(Lease.completion_id == Completion.id, Lease.labeler_id == labeler_id, Lease.expires_at > now)
     load_ok = (Completion.n_labels + _others_leases_expr(labeler_id, now)) < overlap
     with Session(engine) as s:
-        return s.scalar(select(func.count()).select_from(Completion)
-                        .where(~_judged_by(labeler_id), mine | load_ok)) or 0
+        return (
+            s.scalar(select(func.count()).select_from(Completion).where(~_judged_by(labeler_id), mine | load_ok)) or 0
+        )

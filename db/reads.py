@@ -1,4 +1,5 @@
 """Read-only queries: the training set, model versions, counts for the stats page."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -23,12 +24,14 @@ def labelled_dataset(engine: Engine, *, combine: Combine = "majority") -> list[L
         raise UserError(f"combine={combine!r} is not 'majority' or 'soft'.", "use one of those two.")
     n_good = func.sum(case((Judgement.label == "good", 1), else_=0))
     n = func.count(Judgement.id)
-    q = (select(Completion.id, Prompt.text, Completion.text, n, n_good)
-         .join(Judgement, Judgement.completion_id == Completion.id)
-         .join(Prompt, Prompt.id == Completion.prompt_id)
-         .where(Judgement.label != "skip")
-         .group_by(Completion.id, Prompt.text, Completion.text)
-         .order_by(Completion.id))
+    q = (
+        select(Completion.id, Prompt.text, Completion.text, n, n_good)
+        .join(Judgement, Judgement.completion_id == Completion.id)
+        .join(Prompt, Prompt.id == Completion.prompt_id)
+        .where(Judgement.label != "skip")
+        .group_by(Completion.id, Prompt.text, Completion.text)
+        .order_by(Completion.id)
+    )
     out: list[LabelledExample] = []
     with Session(engine) as s:
         for cid, prompt, completion, n_labels, good in s.execute(q):
@@ -52,12 +55,16 @@ def latest_model_version(engine: Engine, kind: str) -> ModelVersionInfo | None:
     if kind not in MODEL_KINDS:
         raise UserError(f"model kind {kind!r} is not one of {list(MODEL_KINDS)}.", "use 'policy' or 'reward'.")
     with Session(engine) as s:
-        mv = s.scalars(select(ModelVersion).where(ModelVersion.kind == kind)
-                       .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc()).limit(1)).first()
+        mv = s.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.kind == kind)
+            .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
+            .limit(1)
+        ).first()
         return _info(mv) if mv else None
 
 
-def get_model_version(engine: Engine, id: int) -> ModelVersionInfo | None:  # noqa: A002
+def get_model_version(engine: Engine, id: int) -> ModelVersionInfo | None:
     with Session(engine) as s:
         mv = s.get(ModelVersion, id)
         return _info(mv) if mv else None
@@ -75,8 +82,12 @@ def list_model_versions(engine: Engine, kind: str | None = None) -> list[ModelVe
 def unlabelled_completions(engine: Engine, limit: int | None = None) -> list[Item]:
     """Completions nobody has labelled good or bad yet, oldest first (e.g. for reward scoring)."""
     n = Completion.n_labels
-    q = (select(Completion.id, Prompt.text, Completion.text, Completion.model_version_id, n)
-         .join(Prompt, Prompt.id == Completion.prompt_id).where(n == 0).order_by(Completion.id))
+    q = (
+        select(Completion.id, Prompt.text, Completion.text, Completion.model_version_id, n)
+        .join(Prompt, Prompt.id == Completion.prompt_id)
+        .where(n == 0)
+        .order_by(Completion.id)
+    )
     if limit is not None:
         q = q.limit(int(limit))
     with Session(engine) as s:
@@ -86,19 +97,26 @@ def unlabelled_completions(engine: Engine, limit: int | None = None) -> list[Ite
 def stats(engine: Engine) -> dict:
     """Counts for the stats page and ``python -m db stats`` (JSON-serialisable)."""
     with Session(engine) as s:
-        def count(entity) -> int:  # noqa: ANN001
+
+        def count(entity) -> int:
             return s.scalar(select(func.count()).select_from(entity)) or 0
 
         by_label = dict.fromkeys(LABELS, 0)
-        by_label.update({lab: n for lab, n in s.execute(select(Judgement.label, func.count()).group_by(Judgement.label))})
+        by_label.update(
+            {lab: n for lab, n in s.execute(select(Judgement.label, func.count()).group_by(Judgement.label))}
+        )
         per_labeler: dict[str, dict[str, int]] = {}
-        for name, lab, n in s.execute(select(Labeler.name, Judgement.label, func.count())
-                                      .join(Judgement, Judgement.labeler_id == Labeler.id)
-                                      .group_by(Labeler.name, Judgement.label)):
+        for name, lab, n in s.execute(
+            select(Labeler.name, Judgement.label, func.count())
+            .join(Judgement, Judgement.labeler_id == Labeler.id)
+            .group_by(Labeler.name, Judgement.label)
+        ):
             per_labeler.setdefault(name, dict.fromkeys(LABELS, 0))[lab] = n
         for row in per_labeler.values():
             row["total"] = sum(row[lab] for lab in LABELS)
-        labelled = s.scalar(select(func.count(func.distinct(Judgement.completion_id))).where(Judgement.label != "skip")) or 0
+        labelled = (
+            s.scalar(select(func.count(func.distinct(Judgement.completion_id))).where(Judgement.label != "skip")) or 0
+        )
         models = dict.fromkeys(MODEL_KINDS, 0)
         models.update({k: n for k, n in s.execute(select(ModelVersion.kind, func.count()).group_by(ModelVersion.kind))})
         n_completions = count(Completion)
@@ -111,26 +129,55 @@ def stats(engine: Engine) -> dict:
             "per_labeler": per_labeler,
             "labelled_completions": labelled,
             "unlabelled_completions": n_completions - labelled,
-            "scored_completions": s.scalar(select(func.count()).select_from(Completion)
-                                           .where(Completion.reward_score.is_not(None))) or 0,
+            "scored_completions": s.scalar(
+                select(func.count()).select_from(Completion).where(Completion.reward_score.is_not(None))
+            )
+            or 0,
             "active_leases": s.scalar(select(func.count()).select_from(Lease).where(Lease.expires_at > utcnow())) or 0,
             "model_versions": models,
         }
 
 
-JUDGEMENT_COLUMNS = ["judgement_id", "completion_id", "prompt_id", "labeler_id", "labeler", "label", "seconds",
-                     "created_at", "updated_at", "prompt", "completion", "model_version_id", "reward_score"]
+JUDGEMENT_COLUMNS = [
+    "judgement_id",
+    "completion_id",
+    "prompt_id",
+    "labeler_id",
+    "labeler",
+    "label",
+    "seconds",
+    "created_at",
+    "updated_at",
+    "prompt",
+    "completion",
+    "model_version_id",
+    "reward_score",
+]
 
 
 def judgement_rows(engine: Engine) -> list[dict]:
     """Every judgement joined with its labeller, prompt and completion, oldest first."""
-    q = (select(Judgement.id, Judgement.completion_id, Completion.prompt_id, Judgement.labeler_id, Labeler.name,
-                Judgement.label, Judgement.seconds, Judgement.created_at, Judgement.updated_at, Prompt.text,
-                Completion.text, Completion.model_version_id, Completion.reward_score)
-         .join(Completion, Completion.id == Judgement.completion_id)
-         .join(Prompt, Prompt.id == Completion.prompt_id)
-         .join(Labeler, Labeler.id == Judgement.labeler_id)
-         .order_by(Judgement.created_at, Judgement.id))
+    q = (
+        select(
+            Judgement.id,
+            Judgement.completion_id,
+            Completion.prompt_id,
+            Judgement.labeler_id,
+            Labeler.name,
+            Judgement.label,
+            Judgement.seconds,
+            Judgement.created_at,
+            Judgement.updated_at,
+            Prompt.text,
+            Completion.text,
+            Completion.model_version_id,
+            Completion.reward_score,
+        )
+        .join(Completion, Completion.id == Judgement.completion_id)
+        .join(Prompt, Prompt.id == Completion.prompt_id)
+        .join(Labeler, Labeler.id == Judgement.labeler_id)
+        .order_by(Judgement.created_at, Judgement.id)
+    )
     with Session(engine) as s:
         return [dict(zip(JUDGEMENT_COLUMNS, row)) for row in s.execute(q)]
 

@@ -1,4 +1,5 @@
 """Export labels (JSONL, CSV, a `datasets` folder) and import custom prompts."""
+
 from __future__ import annotations
 
 import csv
@@ -70,13 +71,24 @@ def export_labels(engine: Engine, fmt: str, dest: Path) -> Path:
 def _write_hf(rows: list[dict], dest: Path) -> None:
     from datasets import Dataset, Features, Value
 
-    features = Features({
-        "judgement_id": Value("int64"), "completion_id": Value("int64"), "prompt_id": Value("int64"),
-        "labeler_id": Value("int64"), "labeler": Value("string"), "label": Value("string"),
-        "seconds": Value("float64"), "created_at": Value("string"), "updated_at": Value("string"),
-        "prompt": Value("string"), "completion": Value("string"), "model_version_id": Value("int64"),
-        "reward_score": Value("float64"), "text": Value("string"),
-    })
+    features = Features(
+        {
+            "judgement_id": Value("int64"),
+            "completion_id": Value("int64"),
+            "prompt_id": Value("int64"),
+            "labeler_id": Value("int64"),
+            "labeler": Value("string"),
+            "label": Value("string"),
+            "seconds": Value("float64"),
+            "created_at": Value("string"),
+            "updated_at": Value("string"),
+            "prompt": Value("string"),
+            "completion": Value("string"),
+            "model_version_id": Value("int64"),
+            "reward_score": Value("float64"),
+            "text": Value("string"),
+        }
+    )
     columns = {c: [r[c] for r in rows] for c in EXPORT_COLUMNS}
     ds = Dataset.from_dict(columns, features=features)
     if dest.exists() and not dest.is_dir():

@@ -1,4 +1,5 @@
 """Plain, immutable records that db functions take and return (no ORM objects leave the package)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

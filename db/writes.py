@@ -3,6 +3,7 @@
 Every write is one transaction (``BEGIN IMMEDIATE`` on SQLite), retried as a whole with backoff
 when the database is busy, so callers never see "database is locked".
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, text, update
+from sqlalchemy import Engine, delete, insert, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
@@ -41,7 +42,7 @@ LOCK_LABELER = 1  # advisory-lock kinds (PostgreSQL): one labeller's queue/undo 
 # helpers
 
 
-def dialect_insert(session: Session, entity):  # noqa: ANN001, ANN201
+def dialect_insert(session: Session, entity):
     """``INSERT`` with ``on_conflict_do_*`` for the session's backend (SQLite or PostgreSQL)."""
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -55,18 +56,26 @@ def dialect_insert(session: Session, entity):  # noqa: ANN001, ANN201
 def lock_labeler(session: Session, labeler_id: int) -> None:
     """Serialise one labeller's queue operations on PostgreSQL (SQLite's BEGIN IMMEDIATE already does)."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:ns, :key)"),
-                        {"ns": PG_LOCK_NAMESPACE + LOCK_LABELER, "key": int(labeler_id)})
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:ns, :key)"),
+            {"ns": PG_LOCK_NAMESPACE + LOCK_LABELER, "key": int(labeler_id)},
+        )
 
 
 def put_lease(session: Session, *, labeler_id: int, session_key: str, completion_id: int, seconds: float) -> None:
     """Give (labeller, session) the lease on ``completion_id`` (replacing that session's previous lease)."""
     ins = dialect_insert(session, Lease).values(
-        labeler_id=labeler_id, session_key=session_key, completion_id=completion_id,
-        expires_at=utcnow() + timedelta(seconds=seconds))
-    session.execute(ins.on_conflict_do_update(
-        index_elements=["labeler_id", "session_key"],
-        set_={"completion_id": ins.excluded.completion_id, "expires_at": ins.excluded.expires_at}))
+        labeler_id=labeler_id,
+        session_key=session_key,
+        completion_id=completion_id,
+        expires_at=utcnow() + timedelta(seconds=seconds),
+    )
+    session.execute(
+        ins.on_conflict_do_update(
+            index_elements=["labeler_id", "session_key"],
+            set_={"completion_id": ins.excluded.completion_id, "expires_at": ins.excluded.expires_at},
+        )
+    )
 
 
 def json_safe(obj: Any) -> Any:
@@ -86,7 +95,7 @@ def json_safe(obj: Any) -> Any:
 
 def _chunks(seq: Sequence, n: int = CHUNK) -> Iterable[Sequence]:
     for i in range(0, len(seq), n):
-        yield seq[i:i + n]
+        yield seq[i : i + n]
 
 
 def _check_text(value: Any, what: str, *, allow_empty: bool = False) -> str:
@@ -99,7 +108,7 @@ def _check_text(value: Any, what: str, *, allow_empty: bool = False) -> str:
     return value
 
 
-def _ids(session: Session, column, wanted: set[int]) -> set[int]:  # noqa: ANN001
+def _ids(session: Session, column, wanted: set[int]) -> set[int]:
     found: set[int] = set()
     for chunk in _chunks(sorted(wanted)):
         found.update(session.scalars(select(column).where(column.in_(chunk))))
@@ -120,9 +129,13 @@ def _prompt_ids(session: Session, texts: Sequence[str], source: str) -> tuple[li
     if missing:
         now = utcnow()
         ins = dialect_insert(session, Prompt).on_conflict_do_nothing(index_elements=["text_sha256"])
-        session.execute(ins, [{"text": t, "text_sha256": keys[t], "source": source, "created_at": now} for t in missing])
+        session.execute(
+            ins, [{"text": t, "text_sha256": keys[t], "source": source, "created_at": now} for t in missing]
+        )
         for chunk in _chunks([keys[t] for t in missing]):
-            found.update(session.execute(select(Prompt.text_sha256, Prompt.id).where(Prompt.text_sha256.in_(chunk))).all())
+            found.update(
+                session.execute(select(Prompt.text_sha256, Prompt.id).where(Prompt.text_sha256.in_(chunk))).all()
+            )
     return [found[keys[t]] for t in texts], len(missing)
 
 
@@ -156,12 +169,22 @@ def add_completions(engine: Engine, items: list[NewCompletion]) -> list[int]:
         versions = {it.model_version_id for it in rows if it.model_version_id is not None}
         unknown = versions - _ids(s, ModelVersion.id, versions)
         if unknown:
-            raise UserError(f"model version(s) {sorted(unknown)} do not exist.",
-                            "register the model with db.register_model_version first.")
+            raise UserError(
+                f"model version(s) {sorted(unknown)} do not exist.",
+                "register the model with db.register_model_version first.",
+            )
         prompt_ids, _ = _prompt_ids(s, [it.prompt for it in rows], "generated")
         now = utcnow()
-        values = [{"prompt_id": pid, "text": it.text, "model_version_id": it.model_version_id,
-                   "gen_params": json_safe(it.gen_params), "created_at": now} for pid, it in zip(prompt_ids, rows)]
+        values = [
+            {
+                "prompt_id": pid,
+                "text": it.text,
+                "model_version_id": it.model_version_id,
+                "gen_params": json_safe(it.gen_params),
+                "created_at": now,
+            }
+            for pid, it in zip(prompt_ids, rows)
+        ]
         ids: list[int] = []
         stmt = insert(Completion).returning(Completion.id, sort_by_parameter_order=True)
         for chunk in _chunks(values):
@@ -177,8 +200,10 @@ def set_reward_scores(engine: Engine, scores: dict[int, float], model_version_id
     for cid, score in scores.items():
         score = float(score)
         if not math.isfinite(score):
-            raise UserError(f"reward score for completion {cid} is {score}.",
-                            "check the reward model's output; scores must be finite probabilities.")
+            raise UserError(
+                f"reward score for completion {cid} is {score}.",
+                "check the reward model's output; scores must be finite probabilities.",
+            )
         clean[int(cid)] = score
     if not clean:
         return
@@ -188,9 +213,13 @@ def set_reward_scores(engine: Engine, scores: dict[int, float], model_version_id
             raise UserError(f"model version {model_version_id} does not exist.", "register the reward model first.")
         unknown = set(clean) - _ids(s, Completion.id, set(clean))
         if unknown:
-            raise UserError(f"completion(s) {sorted(unknown)[:10]} do not exist.", "score completions read from the database.")
-        s.execute(update(Completion), [{"id": cid, "reward_score": sc, "reward_model_version_id": model_version_id}
-                                       for cid, sc in clean.items()])
+            raise UserError(
+                f"completion(s) {sorted(unknown)[:10]} do not exist.", "score completions read from the database."
+            )
+        s.execute(
+            update(Completion),
+            [{"id": cid, "reward_score": sc, "reward_model_version_id": model_version_id} for cid, sc in clean.items()],
+        )
 
     run_write(engine, work, what="store reward scores")
 
@@ -199,8 +228,9 @@ def set_reward_scores(engine: Engine, scores: dict[int, float], model_version_id
 # model versions and labellers
 
 
-def register_model_version(engine: Engine, *, kind: str, name: str, path: str, parent_id: int | None = None,
-                           metrics: dict | None = None) -> int:
+def register_model_version(
+    engine: Engine, *, kind: str, name: str, path: str, parent_id: int | None = None, metrics: dict | None = None
+) -> int:
     """Record a saved policy or reward model; returns its id."""
     if kind not in MODEL_KINDS:
         raise UserError(f"model kind {kind!r} is not one of {list(MODEL_KINDS)}.", "use 'policy' or 'reward'.")
@@ -210,9 +240,17 @@ def register_model_version(engine: Engine, *, kind: str, name: str, path: str, p
 
     def work(s: Session) -> int:
         if parent_id is not None and s.get(ModelVersion, parent_id) is None:
-            raise UserError(f"parent model version {parent_id} does not exist.", "pass the id of a registered model, or None.")
-        mv = ModelVersion(kind=kind, name=name[:200], path=str(path), parent_id=parent_id,
-                          metrics=json_safe(metrics) if metrics is not None else None, created_at=utcnow())
+            raise UserError(
+                f"parent model version {parent_id} does not exist.", "pass the id of a registered model, or None."
+            )
+        mv = ModelVersion(
+            kind=kind,
+            name=name[:200],
+            path=str(path),
+            parent_id=parent_id,
+            metrics=json_safe(metrics) if metrics is not None else None,
+            created_at=utcnow(),
+        )
         s.add(mv)
         s.flush()
         return mv.id
@@ -230,7 +268,9 @@ def validate_labeler_name(name: Any) -> str:
     if len(name) > 64:
         raise UserError(f"the labeller name is {len(name)} characters long.", "use at most 64 characters.")
     if not name.isprintable():
-        raise UserError("the labeller name contains control characters.", "use letters, digits, spaces and punctuation.")
+        raise UserError(
+            "the labeller name contains control characters.", "use letters, digits, spaces and punctuation."
+        )
     return name
 
 
@@ -239,8 +279,11 @@ def get_or_create_labeler(engine: Engine, name: str) -> int:
     name = validate_labeler_name(name)
 
     def work(s: Session) -> int:
-        s.execute(dialect_insert(s, Labeler).values(name=name, created_at=utcnow())
-                  .on_conflict_do_nothing(index_elements=["name"]))
+        s.execute(
+            dialect_insert(s, Labeler)
+            .values(name=name, created_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
         return s.scalars(select(Labeler.id).where(Labeler.name == name)).one()
 
     return run_write(engine, work, what="sign in a labeller")
@@ -250,8 +293,9 @@ def get_or_create_labeler(engine: Engine, name: str) -> int:
 # judgements
 
 
-def record_judgement(engine: Engine, *, labeler_id: int, completion_id: int, label: str,
-                     seconds: float | None = None) -> None:
+def record_judgement(
+    engine: Engine, *, labeler_id: int, completion_id: int, label: str, seconds: float | None = None
+) -> None:
     """Store (or change) ``labeler_id``'s label on ``completion_id`` and release their lease on it.
 
     One row per labeller and completion: repeating the same call (a double click) changes
@@ -266,18 +310,35 @@ def record_judgement(engine: Engine, *, labeler_id: int, completion_id: int, lab
     def work(s: Session) -> None:
         now = utcnow()
         lock_labeler(s, labeler_id)  # this labeller's previous label below stays accurate on PostgreSQL
-        old = s.scalar(select(Judgement.label).where(Judgement.completion_id == completion_id,
-                                                     Judgement.labeler_id == labeler_id))
-        ins = dialect_insert(s, Judgement).values(completion_id=completion_id, labeler_id=labeler_id, label=label,
-                                                  seconds=seconds, created_at=now, updated_at=now)
-        s.execute(ins.on_conflict_do_update(
-            index_elements=["completion_id", "labeler_id"],
-            set_={"label": ins.excluded.label, "seconds": ins.excluded.seconds, "updated_at": ins.excluded.updated_at},
-            where=Judgement.label != ins.excluded.label))
+        old = s.scalar(
+            select(Judgement.label).where(Judgement.completion_id == completion_id, Judgement.labeler_id == labeler_id)
+        )
+        ins = dialect_insert(s, Judgement).values(
+            completion_id=completion_id,
+            labeler_id=labeler_id,
+            label=label,
+            seconds=seconds,
+            created_at=now,
+            updated_at=now,
+        )
+        s.execute(
+            ins.on_conflict_do_update(
+                index_elements=["completion_id", "labeler_id"],
+                set_={
+                    "label": ins.excluded.label,
+                    "seconds": ins.excluded.seconds,
+                    "updated_at": ins.excluded.updated_at,
+                },
+                where=Judgement.label != ins.excluded.label,
+            )
+        )
         _count_label(s, completion_id, int(label != "skip") - int(old is not None and old != "skip"))
         # release the lease on this item, and tidy this labeller's expired ones
-        s.execute(delete(Lease).where(Lease.labeler_id == labeler_id,
-                                      (Lease.completion_id == completion_id) | (Lease.expires_at <= now)))
+        s.execute(
+            delete(Lease).where(
+                Lease.labeler_id == labeler_id, (Lease.completion_id == completion_id) | (Lease.expires_at <= now)
+            )
+        )
 
     try:
         run_write(engine, work, what="record a judgement")
@@ -289,8 +350,12 @@ def record_judgement(engine: Engine, *, labeler_id: int, completion_id: int, lab
 def _count_label(s: Session, completion_id: int, delta: int) -> None:
     """Keep ``completions.n_labels`` in step (an atomic increment, safe under concurrent labellers)."""
     if delta:
-        s.execute(update(Completion).where(Completion.id == completion_id)
-                  .values(n_labels=Completion.n_labels + delta).execution_options(synchronize_session=False))
+        s.execute(
+            update(Completion)
+            .where(Completion.id == completion_id)
+            .values(n_labels=Completion.n_labels + delta)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _missing(engine: Engine, *, labeler_id: int, completion_id: int) -> None:
@@ -301,8 +366,9 @@ def _missing(engine: Engine, *, labeler_id: int, completion_id: int) -> None:
             raise UserError(f"labeller {labeler_id} does not exist.", "sign in with db.get_or_create_labeler first.")
 
 
-def undo_last(engine: Engine, labeler_id: int, *, session_key: str | None = None,
-              lease_seconds: float = 600) -> int | None:
+def undo_last(
+    engine: Engine, labeler_id: int, *, session_key: str | None = None, lease_seconds: float = 600
+) -> int | None:
     """Delete ``labeler_id``'s most recent judgement; returns its completion id (None if there is none).
 
     With ``session_key`` the item is leased back to that session, so ``next_item`` shows it
@@ -310,16 +376,24 @@ def undo_last(engine: Engine, labeler_id: int, *, session_key: str | None = None
 
     def work(s: Session) -> int | None:
         lock_labeler(s, labeler_id)
-        row = s.execute(select(Judgement.id, Judgement.completion_id, Judgement.label)
-                        .where(Judgement.labeler_id == labeler_id)
-                        .order_by(Judgement.updated_at.desc(), Judgement.id.desc()).limit(1)).first()
+        row = s.execute(
+            select(Judgement.id, Judgement.completion_id, Judgement.label)
+            .where(Judgement.labeler_id == labeler_id)
+            .order_by(Judgement.updated_at.desc(), Judgement.id.desc())
+            .limit(1)
+        ).first()
         if row is None:
             return None
         s.execute(delete(Judgement).where(Judgement.id == row.id))
         _count_label(s, row.completion_id, -int(row.label != "skip"))
         if session_key is not None:
-            put_lease(s, labeler_id=labeler_id, session_key=session_key, completion_id=row.completion_id,
-                      seconds=lease_seconds)
+            put_lease(
+                s,
+                labeler_id=labeler_id,
+                session_key=session_key,
+                completion_id=row.completion_id,
+                seconds=lease_seconds,
+            )
         return row.completion_id
 
     return run_write(engine, work, what="undo a judgement")
@@ -335,4 +409,3 @@ def release_leases(engine: Engine, labeler_id: int, session_key: str | None = No
         return s.execute(q).rowcount or 0
 
     return run_write(engine, work, what="release leases")
-

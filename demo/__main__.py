@@ -1,8 +1,8 @@
 """CLI: ``python -m demo`` (``make demo``, ``ROUNDS=2``, ``CONFIG=configs/smoke.yaml``)."""
+
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from pathlib import Path
 
@@ -16,19 +16,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m demo",
         description="The whole RLHF loop with simulated labellers: base policy -> completions -> labels -> "
-                    "reward model -> PPO -> report in $RLHF_ARTIFACTS/demo/<run-id>/.",
+        "reward model -> PPO -> report in $RLHF_ARTIFACTS/demo/<run-id>/.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="demo settings (section `demo` of the profile, --set KEY=VALUE):\n" + describe(DemoConfig),
     )
-    p.add_argument("command", nargs="?", default="run", choices=["run", "overoptimization"],
-                   help="run = the loop (default); overoptimization = add a tiny-KL PPO run to an existing report")
+    p.add_argument(
+        "command",
+        nargs="?",
+        default="run",
+        choices=["run", "overoptimization"],
+        help="run = the loop (default); overoptimization = add a tiny-KL PPO run to an existing report",
+    )
     add_config_args(p)
     p.add_argument("--rounds", type=int, default=None, help="labelling rounds (overrides demo.rounds)")
-    p.add_argument("--n-labels", type=int, default=None, help="simulated judgements per round (overrides demo.n_labels)")
-    p.add_argument("--overoptimization", action="store_true",
-                   help="also run PPO with (almost) no KL penalty and plot proxy and gold against sqrt(KL)")
+    p.add_argument(
+        "--n-labels", type=int, default=None, help="simulated judgements per round (overrides demo.n_labels)"
+    )
+    p.add_argument(
+        "--overoptimization",
+        action="store_true",
+        help="also run PPO with (almost) no KL penalty and plot proxy and gold against sqrt(KL)",
+    )
     p.add_argument("--no-kl", action="store_true", help="same as --overoptimization with demo.overopt_kl_coef=0")
-    p.add_argument("--run", type=Path, default=None, help="report folder or run id (under $RLHF_ARTIFACTS/demo/) for `overoptimization` (default: the newest)")
+    p.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        help="report folder or run id (under $RLHF_ARTIFACTS/demo/) for `overoptimization` (default: the newest)",
+    )
     p.add_argument("--run-id", default=None, help="name of the report folder (default: demo-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -12,6 +12,7 @@
 
 Each step calls the stage's importable core; nothing here writes SQL or trains by itself.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 # ============================================================================ progress
 
+
 class Steps:
     """Numbered step headers with wall times: ``[3/7] label ...  done in 4.2 s``."""
 
@@ -51,7 +53,10 @@ class Steps:
         yield
         dt = time.perf_counter() - t
         self.times[name] = round(self.times.get(name, 0.0) + dt, 2)
-        self.echo(f"[{self.n}/{self.total}] {name} done in {dt:.1f} s (total {time.perf_counter() - self.t0:.1f} s)", flush=True)
+        self.echo(
+            f"[{self.n}/{self.total}] {name} done in {dt:.1f} s (total {time.perf_counter() - self.t0:.1f} s)",
+            flush=True,
+        )
 
     @property
     def elapsed(self) -> float:
@@ -59,6 +64,7 @@ class Steps:
 
 
 # ============================================================================ small pure helpers
+
 
 def positive_rate(scores) -> float:
     s = np.asarray(scores, dtype=float)
@@ -68,12 +74,19 @@ def positive_rate(scores) -> float:
 def summarize_scores(gold, rm) -> dict[str, float]:
     """Means and positive rates of gold and reward-model probabilities, and how often they agree."""
     gold, rm = np.asarray(gold, dtype=float), np.asarray(rm, dtype=float)
-    return {"gold_mean": float(gold.mean()), "gold_positive_rate": positive_rate(gold),
-            "rm_mean": float(rm.mean()), "rm_positive_rate": positive_rate(rm),
-            "rm_gold_agreement": float(((gold > 0.5) == (rm > 0.5)).mean()), "n": int(gold.size)}
+    return {
+        "gold_mean": float(gold.mean()),
+        "gold_positive_rate": positive_rate(gold),
+        "rm_mean": float(rm.mean()),
+        "rm_positive_rate": positive_rate(rm),
+        "rm_gold_agreement": float(((gold > 0.5) == (rm > 0.5)).mean()),
+        "n": int(gold.size),
+    }
 
 
-def overopt_series(rows: list[dict], proxy_key: str = "eval/rm_prob", gold_key: str = "eval/gold") -> dict[str, list[float]]:
+def overopt_series(
+    rows: list[dict], proxy_key: str = "eval/rm_prob", gold_key: str = "eval/gold"
+) -> dict[str, list[float]]:
     """(sqrt KL, proxy, gold) at every evaluation of a PPO run's metrics rows."""
     out = {"step": [], "sqrt_kl": [], "kl": [], "proxy": [], "gold": []}
     for r in rows:
@@ -117,9 +130,10 @@ def finite_numbers(obj: Any) -> list[float]:
 
 # ============================================================================ the stages (thin adapters)
 
+
 def ensure_base_policy(cfg: DemoConfig, engine, *, progress: bool) -> tuple[str, bool]:
     """The base policy folder (or hub name) and whether it was reused."""
-    from rl_finetune.policy import ensure_registered
+    from base_policy.registry import ensure_registered
 
     if cfg.base_policy != "auto":
         ensure_registered(engine, cfg.base_policy)
@@ -128,13 +142,17 @@ def ensure_base_policy(cfg: DemoConfig, engine, *, progress: bool) -> tuple[str,
     if (folder / "config.json").is_file():
         ensure_registered(engine, folder)
         return str(folder), True
+    from base_policy import pretrain
     from common.imdb import DataConfig
-    from rl_finetune import pretrain
 
     pcfg = load_config(pretrain.PretrainConfig, "pretrain", overrides=cfg.pretrain_set)
     if cfg.pretrain_set:
-        log.info("no base policy in %s: pretraining one with the demo's settings %s (`make base-model` trains the "
-                 "full-budget one; the demo reuses whichever exists)", folder, cfg.pretrain_set)
+        log.info(
+            "no base policy in %s: pretraining one with the demo's settings %s (`make base-model` trains the "
+            "full-budget one; the demo reuses whichever exists)",
+            folder,
+            cfg.pretrain_set,
+        )
     result = pretrain.train(pcfg, load_config(DataConfig, "data"), progress=progress)
     path = pretrain.save_base_policy(result)
     pretrain.register_base_policy(path, result.metrics, engine=engine)
@@ -148,12 +166,14 @@ def prompts_for(split: str, n: int, seed: int) -> list[str]:
     texts = load_imdb(data_cfg)[split]["text"]
     prompts = make_prompts(list(texts), n, data_cfg, seed=seed)
     if not prompts:
-        raise UserError(f"no prompts could be cut from the IMDB {split} split.", "check the data section of the profile.")
+        raise UserError(
+            f"no prompts could be cut from the IMDB {split} split.", "check the data section of the profile."
+        )
     return prompts
 
 
 def generate_for_labelling(cfg: DemoConfig, engine, policy: str, round_no: int) -> int:
-    from rl_finetune.generate import GenerateConfig, fill_queue
+    from base_policy.generate import GenerateConfig, fill_queue
 
     gcfg = load_config(GenerateConfig, "generate", overrides=[f"seed={cfg.seed + round_no}", *cfg.generate_set])
     n = cfg.completions_per_round
@@ -167,8 +187,7 @@ def train_reward_model(cfg: DemoConfig, engine, run_id: str, *, progress: bool) 
     from reward_training.training import train as train_rm
 
     rcfg = load_config(RewardConfig, "reward", overrides=cfg.reward_set)
-    path = Path(train_rm(rcfg, engine, data_cfg=load_config(DataConfig, "data"), run_id=run_id,
-                                      progress=progress))
+    path = Path(train_rm(rcfg, engine, data_cfg=load_config(DataConfig, "data"), run_id=run_id, progress=progress))
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
     return path, metrics
 
@@ -182,8 +201,12 @@ def reward_accuracy(metrics: dict) -> dict:
                 out[f"{who}/{where}"] = {k: m.get(k) for k in ("accuracy", "roc_auc", "ece", "n") if k in m}
     for where, d in (metrics.get("model_minus_tfidf") or {}).items():
         if d:  # accuracy difference in points with its 95% paired bootstrap interval
-            out[f"model_minus_tfidf/{where}"] = {"points": d["points"], "ci95_low": d["ci95"][0], "ci95_high": d["ci95"][1],
-                                                 "n": d["n"]}
+            out[f"model_minus_tfidf/{where}"] = {
+                "points": d["points"],
+                "ci95_low": d["ci95"][0],
+                "ci95_high": d["ci95"][1],
+                "n": d["n"],
+            }
     out["counts"] = metrics.get("counts", {})
     return out
 
@@ -194,27 +217,57 @@ def load_ppo_config(cfg: DemoConfig, extra: list[str] = ()):
     return load_config(PPOConfig, "ppo", overrides=[*cfg.ppo_set, *extra])
 
 
-def run_ppo(cfg: DemoConfig, engine, *, start_policy: str, reward_dir: Path, gold_fn, train_prompts: list[str],
-            eval_prompts: list[str], work_dir: Path, name: str, extra: list[str] = (), save: bool = True,
-            progress: bool = True):
+def run_ppo(
+    cfg: DemoConfig,
+    engine,
+    *,
+    start_policy: str,
+    reward_dir: Path,
+    gold_fn,
+    train_prompts: list[str],
+    eval_prompts: list[str],
+    work_dir: Path,
+    name: str,
+    extra: list[str] = (),
+    save: bool = True,
+    progress: bool = True,
+):
     """One PPO run; returns (PPOResult, saved policy folder or None)."""
+    from base_policy.registry import ensure_registered, register_policy
     from reward_training import load_reward_fn
-    from rl_finetune.policy import ensure_registered, register_policy
     from rl_finetune.ppo.trainer import save_policy, train
 
     pcfg = load_ppo_config(cfg, list(extra))
     reward_fn = load_reward_fn(reward_dir, kind=pcfg.reward_kind, batch_size=pcfg.reward_batch_size)
-    prob_fn = reward_fn if pcfg.reward_kind == "prob" else load_reward_fn(reward_dir, kind="prob", batch_size=pcfg.reward_batch_size)
-    result = train(start_policy, reward_fn, train_prompts, pcfg, eval_prompts=eval_prompts, gold_fn=gold_fn,
-                   eval_fns={"rm_prob": prob_fn}, work_dir=work_dir, progress=progress)
+    prob_fn = (
+        reward_fn
+        if pcfg.reward_kind == "prob"
+        else load_reward_fn(reward_dir, kind="prob", batch_size=pcfg.reward_batch_size)
+    )
+    result = train(
+        start_policy,
+        reward_fn,
+        train_prompts,
+        pcfg,
+        eval_prompts=eval_prompts,
+        gold_fn=gold_fn,
+        eval_fns={"rm_prob": prob_fn},
+        work_dir=work_dir,
+        progress=progress,
+    )
     if not save:
         return result, None
     folder = policies_dir() / name
     save_policy(result, folder)
     write_latest(policies_dir(), name)
     parent = ensure_registered(engine, start_policy)
-    register_policy(folder, name=name, parent_id=parent, engine=engine,
-                    metrics={k: v for k, v in result.summary.items() if isinstance(v, (int, float, str)) or v is None})
+    register_policy(
+        folder,
+        name=name,
+        parent_id=parent,
+        engine=engine,
+        metrics={k: v for k, v in result.summary.items() if isinstance(v, (int, float, str)) or v is None},
+    )
     return result, folder
 
 
@@ -227,6 +280,7 @@ def rescore(samples: list[dict], gold_fn, prob_fn) -> dict:
 
 
 # ============================================================================ the run
+
 
 def run(cfg: DemoConfig, *, run_id: str | None = None, progress: bool = True, echo=print) -> Path:
     """Run the demo; returns the report folder ``$RLHF_ARTIFACTS/demo/<run-id>``."""
@@ -261,34 +315,51 @@ def run(cfg: DemoConfig, *, run_id: str | None = None, progress: bool = True, ec
     last = None
     for r in range(1, cfg.rounds + 1):
         rnd: dict[str, Any] = {"round": r, "policy_in": policy}
-        with steps.step(f"generate r{r}", f"{cfg.completions_per_round} completions from {Path(policy).name} for labelling"):
+        with steps.step(
+            f"generate r{r}", f"{cfg.completions_per_round} completions from {Path(policy).name} for labelling"
+        ):
             rnd["completions"] = generate_for_labelling(cfg, engine, policy, r)
             echo(f"  wrote {rnd['completions']} completions to the queue")
-        with steps.step(f"label r{r}", f"{cfg.n_labels} judgements from {len(cfg.simulate.labelers)} simulated labellers "
-                                       f"(overlap {cfg.simulate.overlap})"):
+        with steps.step(
+            f"label r{r}",
+            f"{cfg.n_labels} judgements from {len(cfg.simulate.labelers)} simulated labellers "
+            f"(overlap {cfg.simulate.overlap})",
+        ):
             scfg = dataclasses.replace(cfg.simulate, n_labels=cfg.n_labels, seed=cfg.simulate.seed + r)
             res = simulate(engine, scfg, gold.score, progress=progress, session_prefix=f"{run_id}-r{r}")
             agree = agreement(engine)
             rnd["labels"] = {**res.as_dict(), "mean_kappa": agree["mean_kappa"], "pairs": agree["pairs"]}
-            echo(f"  {res.n_recorded} labels {res.label_counts}; agreement with gold {res.gold_agreement}; "
-                 f"mean Cohen's kappa {_fmt(agree['mean_kappa'])}")
+            echo(
+                f"  {res.n_recorded} labels {res.label_counts}; agreement with gold {res.gold_agreement}; "
+                f"mean Cohen's kappa {_fmt(agree['mean_kappa'])}"
+            )
         with steps.step(f"reward model r{r}", "IMDB seed + the simulated labels"):
             rm_dir, rm_metrics = train_reward_model(cfg, engine, f"{run_id}-r{r}", progress=progress)
             rnd["reward_model"] = {"path": str(rm_dir), **reward_accuracy(rm_metrics)}
             echo(f"  {rm_dir}: " + _acc_line(rnd["reward_model"]))
         with steps.step(f"ppo r{r}", f"PPO from {Path(policy).name} against the reward model (gold logged beside it)"):
-            result, folder = run_ppo(cfg, engine, start_policy=policy, reward_dir=rm_dir, gold_fn=gold.score,
-                                     train_prompts=train_prompts, eval_prompts=eval_prompts,
-                                     work_dir=out / f"ppo-r{r}", name=f"{run_id}-r{r}", progress=progress)
-            rnd["ppo"] = {"policy_out": str(folder), "summary": result.summary,
-                          "curve": overopt_series(result.metrics)}
+            result, folder = run_ppo(
+                cfg,
+                engine,
+                start_policy=policy,
+                reward_dir=rm_dir,
+                gold_fn=gold.score,
+                train_prompts=train_prompts,
+                eval_prompts=eval_prompts,
+                work_dir=out / f"ppo-r{r}",
+                name=f"{run_id}-r{r}",
+                progress=progress,
+            )
+            rnd["ppo"] = {"policy_out": str(folder), "summary": result.summary, "curve": overopt_series(result.metrics)}
             if before_samples is None:
                 before_samples = result.before
             last = (result, rm_dir)
             s = result.summary
-            echo(f"  gold {_fmt(s.get('eval/gold_before'))} -> {_fmt(s.get('eval/gold_after'))}, "
-                 f"reward-model P(good) {_fmt(s.get('eval/rm_prob_before'))} -> {_fmt(s.get('eval/rm_prob_after'))}, "
-                 f"KL {_fmt(s.get('eval/kl_after'))} nats; saved {folder}")
+            echo(
+                f"  gold {_fmt(s.get('eval/gold_before'))} -> {_fmt(s.get('eval/gold_after'))}, "
+                f"reward-model P(good) {_fmt(s.get('eval/rm_prob_before'))} -> {_fmt(s.get('eval/rm_prob_after'))}, "
+                f"KL {_fmt(s.get('eval/kl_after'))} nats; saved {folder}"
+            )
         policy = str(folder)
         report["rounds"].append(rnd)
 
@@ -296,9 +367,20 @@ def run(cfg: DemoConfig, *, run_id: str | None = None, progress: bool = True, ec
     report["final_policy"] = policy
     report["final_reward_model"] = str(rm_dir)
     if cfg.overoptimization:
-        with steps.step("over-optimisation", f"PPO with KL coefficient {cfg.overopt_kl_coef} against the same reward model"):
-            report["overoptimization"] = overoptimization_run(cfg, engine, out, report["rounds"][-1]["policy_in"],
-                                                              rm_dir, gold.score, train_prompts, eval_prompts, progress)
+        with steps.step(
+            "over-optimisation", f"PPO with KL coefficient {cfg.overopt_kl_coef} against the same reward model"
+        ):
+            report["overoptimization"] = overoptimization_run(
+                cfg,
+                engine,
+                out,
+                report["rounds"][-1]["policy_in"],
+                rm_dir,
+                gold.score,
+                train_prompts,
+                eval_prompts,
+                progress,
+            )
 
     with steps.step("report", "score before/after samples, write report.md, report.json and plots"):
         from reward_training import load_reward_fn
@@ -309,10 +391,23 @@ def run(cfg: DemoConfig, *, run_id: str | None = None, progress: bool = True, ec
         report["after"] = rescore(after_samples, gold.score, prob_fn)
         report["kl"] = {f"round {x['round']}": x["ppo"]["summary"].get("eval/kl_after") for x in report["rounds"]}
         report["samples"] = [
-            {"prompt": b["prompt"], "before": b["response"], "after": a["response"],
-             "gold_before": gb, "gold_after": ga, "rm_before": rb, "rm_after": ra}
-            for b, a, gb, ga, rb, ra in zip(before_samples, after_samples, report["before"]["gold"], report["after"]["gold"],
-                                              report["before"]["rm"], report["after"]["rm"])
+            {
+                "prompt": b["prompt"],
+                "before": b["response"],
+                "after": a["response"],
+                "gold_before": gb,
+                "gold_after": ga,
+                "rm_before": rb,
+                "rm_after": ra,
+            }
+            for b, a, gb, ga, rb, ra in zip(
+                before_samples,
+                after_samples,
+                report["before"]["gold"],
+                report["after"]["gold"],
+                report["before"]["rm"],
+                report["after"]["rm"],
+            )
         ][: cfg.n_report_samples]
         report["timings_s"] = {**steps.times}
         report["total_seconds"] = round(steps.elapsed, 1)
@@ -326,21 +421,51 @@ def run(cfg: DemoConfig, *, run_id: str | None = None, progress: bool = True, ec
     return out
 
 
-def overoptimization_run(cfg: DemoConfig, engine, out: Path, start_policy: str, rm_dir: Path, gold_fn,
-                         train_prompts, eval_prompts, progress: bool) -> dict:
+def overoptimization_run(
+    cfg: DemoConfig,
+    engine,
+    out: Path,
+    start_policy: str,
+    rm_dir: Path,
+    gold_fn,
+    train_prompts,
+    eval_prompts,
+    progress: bool,
+) -> dict:
     """A PPO run with (almost) no KL leash: proxy reward keeps rising while gold stalls or falls."""
     pcfg = load_ppo_config(cfg)
     steps = cfg.overopt_steps or pcfg.total_steps
-    extra = [f"init_kl_coef={cfg.overopt_kl_coef}", "target=null", "horizon=null", f"total_steps={steps}",
-             f"eval_interval={max(1, min(pcfg.eval_interval, steps // 8 or 1))}"]
-    result, _ = run_ppo(cfg, engine, start_policy=start_policy, reward_dir=rm_dir, gold_fn=gold_fn,
-                        train_prompts=train_prompts, eval_prompts=eval_prompts, work_dir=out / "ppo-overopt",
-                        name="overopt", extra=extra, save=False, progress=progress)
-    return {"kl_coef": cfg.overopt_kl_coef, "steps": steps, "summary": result.summary,
-            "curve": overopt_series(result.metrics)}
+    extra = [
+        f"init_kl_coef={cfg.overopt_kl_coef}",
+        "target=null",
+        "horizon=null",
+        f"total_steps={steps}",
+        f"eval_interval={max(1, min(pcfg.eval_interval, steps // 8 or 1))}",
+    ]
+    result, _ = run_ppo(
+        cfg,
+        engine,
+        start_policy=start_policy,
+        reward_dir=rm_dir,
+        gold_fn=gold_fn,
+        train_prompts=train_prompts,
+        eval_prompts=eval_prompts,
+        work_dir=out / "ppo-overopt",
+        name="overopt",
+        extra=extra,
+        save=False,
+        progress=progress,
+    )
+    return {
+        "kl_coef": cfg.overopt_kl_coef,
+        "steps": steps,
+        "summary": result.summary,
+        "curve": overopt_series(result.metrics),
+    }
 
 
 # ============================================================================ report
+
 
 def _fmt(x, digits: int = 3) -> str:
     if x is None:
@@ -358,10 +483,14 @@ def _acc_line(rm: dict) -> str:
     for where in ("human_heldout", "imdb_snippets"):
         m, t = rm.get(f"model/{where}", {}), rm.get(f"tfidf/{where}", {})
         if m:
-            line = f"{where}: accuracy {_fmt(m.get('accuracy'))} (TF-IDF {_fmt(t.get('accuracy'))}, n={m.get('n', '?')})"
+            line = (
+                f"{where}: accuracy {_fmt(m.get('accuracy'))} (TF-IDF {_fmt(t.get('accuracy'))}, n={m.get('n', '?')})"
+            )
             d = rm.get(f"model_minus_tfidf/{where}")
             if d:
-                line += ", model - TF-IDF " + fmt_difference({"points": d["points"], "ci95": [d["ci95_low"], d["ci95_high"]], "n": d["n"]})
+                line += ", model - TF-IDF " + fmt_difference(
+                    {"points": d["points"], "ci95": [d["ci95_low"], d["ci95_high"]], "n": d["n"]}
+                )
             parts.append(line)
     return "; ".join(parts) or "no evaluation metrics"
 
@@ -417,44 +546,61 @@ def _cell(text: str) -> str:
 
 def report_markdown(report: dict) -> str:
     b, a = report["before"], report["after"]
-    lines = [f"# RLHF demo {report['run_id']}", "",
-             f"Base policy: `{report['base_policy']['path']}` ({'reused' if report['base_policy']['reused'] else 'pretrained in this run'}); "
-             f"final policy: `{report['final_policy']}`; total time {report['total_seconds']} s.", "",
-             "## Before and after (the same held-out prompts)", "",
-             "| | before (base policy) | after PPO |", "|---|---|---|",
-             f"| gold judge: mean P(positive) | {_fmt(b['gold_mean'])} | {_fmt(a['gold_mean'])} |",
-             f"| gold judge: positive rate | {_fmt(b['gold_positive_rate'])} | {_fmt(a['gold_positive_rate'])} |",
-             f"| reward model: mean P(good) | {_fmt(b['rm_mean'])} | {_fmt(a['rm_mean'])} |",
-             f"| reward model agrees with gold | {_fmt(b['rm_gold_agreement'])} | {_fmt(a['rm_gold_agreement'])} |",
-             f"| samples | {b['n']} | {a['n']} |", ""]
+    lines = [
+        f"# RLHF demo {report['run_id']}",
+        "",
+        f"Base policy: `{report['base_policy']['path']}` ({'reused' if report['base_policy']['reused'] else 'pretrained in this run'}); "
+        f"final policy: `{report['final_policy']}`; total time {report['total_seconds']} s.",
+        "",
+        "## Before and after (the same held-out prompts)",
+        "",
+        "| | before (base policy) | after PPO |",
+        "|---|---|---|",
+        f"| gold judge: mean P(positive) | {_fmt(b['gold_mean'])} | {_fmt(a['gold_mean'])} |",
+        f"| gold judge: positive rate | {_fmt(b['gold_positive_rate'])} | {_fmt(a['gold_positive_rate'])} |",
+        f"| reward model: mean P(good) | {_fmt(b['rm_mean'])} | {_fmt(a['rm_mean'])} |",
+        f"| reward model agrees with gold | {_fmt(b['rm_gold_agreement'])} | {_fmt(a['rm_gold_agreement'])} |",
+        f"| samples | {b['n']} | {a['n']} |",
+        "",
+    ]
     for x in report["rounds"]:
         s, lab, rm = x["ppo"]["summary"], x["labels"], x["reward_model"]
-        lines += [f"## Round {x['round']}", "",
-                  f"- labelling: {x['completions']} completions from `{Path(x['policy_in']).name}`, {lab['n_recorded']} judgements "
-                  f"{lab['label_counts']}, per labeller {lab['per_labeler']}",
-                  f"- agreement: mean Cohen's kappa {_fmt(lab['mean_kappa'])}; agreement with gold per labeller {lab['gold_agreement']}",
-                  f"- reward model `{Path(rm['path']).name}`: {_acc_line(rm)}",
-                  f"- PPO: {s.get('steps')} steps in {_fmt(s.get('wall_time_s'), 1)} s; eval reward-model P(good) "
-                  f"{_fmt(s.get('eval/rm_prob_before'))} -> {_fmt(s.get('eval/rm_prob_after'))}, gold {_fmt(s.get('eval/gold_before'))} -> "
-                  f"{_fmt(s.get('eval/gold_after'))}, KL to the start policy {_fmt(s.get('eval/kl_after'))} nats, "
-                  f"distinct-2 {_fmt(s.get('eval/distinct_2_before'))} -> {_fmt(s.get('eval/distinct_2_after'))}", ""]
+        lines += [
+            f"## Round {x['round']}",
+            "",
+            f"- labelling: {x['completions']} completions from `{Path(x['policy_in']).name}`, {lab['n_recorded']} judgements "
+            f"{lab['label_counts']}, per labeller {lab['per_labeler']}",
+            f"- agreement: mean Cohen's kappa {_fmt(lab['mean_kappa'])}; agreement with gold per labeller {lab['gold_agreement']}",
+            f"- reward model `{Path(rm['path']).name}`: {_acc_line(rm)}",
+            f"- PPO: {s.get('steps')} steps in {_fmt(s.get('wall_time_s'), 1)} s; eval reward-model P(good) "
+            f"{_fmt(s.get('eval/rm_prob_before'))} -> {_fmt(s.get('eval/rm_prob_after'))}, gold {_fmt(s.get('eval/gold_before'))} -> "
+            f"{_fmt(s.get('eval/gold_after'))}, KL to the start policy {_fmt(s.get('eval/kl_after'))} nats, "
+            f"distinct-2 {_fmt(s.get('eval/distinct_2_before'))} -> {_fmt(s.get('eval/distinct_2_after'))}",
+            "",
+        ]
     if report.get("overoptimization"):
         o = report["overoptimization"]
         s = o["summary"]
-        lines += ["## Reward hacking (over-optimisation)", "",
-                  f"PPO with KL coefficient {o['kl_coef']} for {o['steps']} steps: reward-model P(good) "
-                  f"{_fmt(s.get('eval/rm_prob_before'))} -> {_fmt(s.get('eval/rm_prob_after'))}, gold "
-                  f"{_fmt(s.get('eval/gold_before'))} -> {_fmt(s.get('eval/gold_after'))}, KL {_fmt(s.get('eval/kl_after'))} nats, "
-                  f"distinct-2 {_fmt(s.get('eval/distinct_2_before'))} -> {_fmt(s.get('eval/distinct_2_after'))} "
-                  "(samples: `ppo-overopt/samples.md`).",
-                  "When the proxy keeps rising while the gold score stalls or falls, the policy is exploiting the reward model. "
-                  "The gold judge scores positive *and* coherent text (sentiment times a coherence factor that falls for "
-                  "repetition and for text without function words), so the word salad of positive words that fools the "
-                  "reward model scores low on it; a collapsing distinct-2 and the samples show the same thing.", ""]
+        lines += [
+            "## Reward hacking (over-optimisation)",
+            "",
+            f"PPO with KL coefficient {o['kl_coef']} for {o['steps']} steps: reward-model P(good) "
+            f"{_fmt(s.get('eval/rm_prob_before'))} -> {_fmt(s.get('eval/rm_prob_after'))}, gold "
+            f"{_fmt(s.get('eval/gold_before'))} -> {_fmt(s.get('eval/gold_after'))}, KL {_fmt(s.get('eval/kl_after'))} nats, "
+            f"distinct-2 {_fmt(s.get('eval/distinct_2_before'))} -> {_fmt(s.get('eval/distinct_2_after'))} "
+            "(samples: `ppo-overopt/samples.md`).",
+            "When the proxy keeps rising while the gold score stalls or falls, the policy is exploiting the reward model. "
+            "The gold judge scores positive *and* coherent text (sentiment times a coherence factor that falls for "
+            "repetition and for text without function words), so the word salad of positive words that fools the "
+            "reward model scores low on it; a collapsing distinct-2 and the samples show the same thing.",
+            "",
+        ]
     lines += ["## Samples", "", "| prompt | before | gold / RM | after | gold / RM |", "|---|---|---|---|---|"]
     for s in report["samples"]:
-        lines.append(f"| {_cell(s['prompt'])} | {_cell(s['before'])} | {_fmt(s['gold_before'], 2)} / {_fmt(s['rm_before'], 2)} "
-                     f"| {_cell(s['after'])} | {_fmt(s['gold_after'], 2)} / {_fmt(s['rm_after'], 2)} |")
+        lines.append(
+            f"| {_cell(s['prompt'])} | {_cell(s['before'])} | {_fmt(s['gold_before'], 2)} / {_fmt(s['rm_before'], 2)} "
+            f"| {_cell(s['after'])} | {_fmt(s['gold_after'], 2)} / {_fmt(s['rm_after'], 2)} |"
+        )
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
     lines += ["", "## Time per step (s)", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report["timings_s"].items()]
@@ -476,19 +622,31 @@ def overoptimization_only(cfg: DemoConfig, run_dir: Path | None = None, *, progr
             run_dir = artifacts_root() / "demo" / run_dir
     if run_dir is None or not (run_dir / "report.json").is_file():
         where = f" in {run_dir}" if run_dir is not None else f" under {artifacts_root() / 'demo'}"
-        raise UserError(f"there is no demo report{where} to add the over-optimisation run to.",
-                        "run `make demo` first (or `python -m demo --overoptimization` to do both at once); "
-                        "--run takes a report folder or a run id under $RLHF_ARTIFACTS/demo/.")
+        raise UserError(
+            f"there is no demo report{where} to add the over-optimisation run to.",
+            "run `make demo` first (or `python -m demo --overoptimization` to do both at once); "
+            "--run takes a report folder or a run id under $RLHF_ARTIFACTS/demo/.",
+        )
     report = json.loads((run_dir / "report.json").read_text())
     steps = Steps(2, echo)
     engine = db.connect()
     gold = GoldJudge.load_or_fit(cfg.gold)
     pcfg = load_ppo_config(cfg)
-    with steps.step("over-optimisation", f"PPO with KL coefficient {cfg.overopt_kl_coef} against {Path(report['final_reward_model']).name}"):
+    with steps.step(
+        "over-optimisation",
+        f"PPO with KL coefficient {cfg.overopt_kl_coef} against {Path(report['final_reward_model']).name}",
+    ):
         report["overoptimization"] = overoptimization_run(
-            cfg, engine, run_dir, report["rounds"][-1]["policy_in"], Path(report["final_reward_model"]), gold.score,
+            cfg,
+            engine,
+            run_dir,
+            report["rounds"][-1]["policy_in"],
+            Path(report["final_reward_model"]),
+            gold.score,
             prompts_for("train", pcfg.num_train_prompts, seed=cfg.seed + 11),
-            prompts_for("test", cfg.n_eval_prompts, seed=cfg.seed + 7), progress)
+            prompts_for("test", cfg.n_eval_prompts, seed=cfg.seed + 7),
+            progress,
+        )
     with steps.step("report", "update report.md, report.json and plots"):
         report["timings_s"]["over-optimisation"] = steps.times["over-optimisation"]
         report["plots"] = write_plots(report, run_dir)

@@ -4,6 +4,7 @@ A thin wrapper over ``streamlit run labeling_app/app.py`` with settings for a cl
 (headless, no usage statistics, no file watcher). The database is ``RLHF_DB_URL``, the
 profile ``RLHF_CONFIG`` (section ``label``), the access token ``RLHF_LABEL_TOKEN``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,27 +22,51 @@ APP = Path(__file__).resolve().parent / "app.py"
 def streamlit_args(port: int, address: str, app: Path = APP) -> list[str]:
     """The ``streamlit run`` command line (also used by the browser test and the benchmark)."""
     return [
-        sys.executable, "-m", "streamlit", "run", str(app),
-        "--server.port", str(port), "--server.address", address, "--server.headless", "true",
-        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-        "--server.runOnSave", "false", "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--server.runOnSave",
+        "false",
+        "--global.developmentMode",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
         # Streamlit runs a full gc.collect(2) after every script run by default: ~50 ms per judgement in this
         # process (profiled with py-spy), holding the GIL while the next item waits to be sent. Python's
         # own generational GC still runs.
-        "--runner.postScriptGC", "false",
+        "--runner.postScriptGC",
+        "false",
     ]
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m labeling_app", description=__doc__.split("\n\n")[0],
+        prog="python -m labeling_app",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config section `label` (set in the profile):\n" + describe(LabelConfig),
     )
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8501)), help="port (default: $PORT or 8501)")
-    parser.add_argument("--address", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1; 0.0.0.0 to serve a team, with RLHF_LABEL_TOKEN set)")
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("PORT", 8501)), help="port (default: $PORT or 8501)"
+    )
+    parser.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 to serve a team, with RLHF_LABEL_TOKEN set)",
+    )
     parser.add_argument("--config", type=Path, default=None, help="profile file (default: $RLHF_CONFIG)")
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
@@ -49,8 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.config is not None:
         os.environ["RLHF_CONFIG"] = str(args.config)
     if args.address not in ("127.0.0.1", "localhost", "::1") and not os.environ.get("RLHF_LABEL_TOKEN"):
-        print(f"warning: serving on {args.address} without RLHF_LABEL_TOKEN: anyone who can reach this port can label. "
-              "Set RLHF_LABEL_TOKEN to a shared secret (see docs/security.md).", file=sys.stderr)
+        print(
+            f"warning: serving on {args.address} without RLHF_LABEL_TOKEN: anyone who can reach this port can label. "
+            "Set RLHF_LABEL_TOKEN to a shared secret (see docs/security.md).",
+            file=sys.stderr,
+        )
     cmd = streamlit_args(args.port, args.address)
     print(f"labelling app on http://{args.address}:{args.port}", file=sys.stderr)
     os.execv(sys.executable, cmd)

@@ -2,6 +2,7 @@
 
 Pages only render and collect input; every read and write goes through ``db``.
 """
+
 from __future__ import annotations
 
 import sys

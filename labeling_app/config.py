@@ -1,4 +1,5 @@
 """The labelling app's typed config (profile section ``label``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,31 +13,38 @@ DEFAULT_INSTRUCTIONS = "Good = a positive, coherent movie-review continuation"
 @dataclass
 class LabelConfig:
     instructions: str = field(
-        default=DEFAULT_INSTRUCTIONS,
-        metadata={"help": "the criterion shown above every item (plain text)"})
+        default=DEFAULT_INSTRUCTIONS, metadata={"help": "the criterion shown above every item (plain text)"}
+    )
     overlap: int = field(
-        default=1,
-        metadata={"help": "how many different labellers judge each item (k > 1 gives overlap for agreement)"})
+        default=1, metadata={"help": "how many different labellers judge each item (k > 1 gives overlap for agreement)"}
+    )
     order: Literal["random", "uncertain"] = field(
         default="random",
-        metadata={"help": "queue order: 'random', or 'uncertain' first (newest reward model's probability closest to 0.5)"})
+        metadata={
+            "help": "queue order: 'random', or 'uncertain' first (newest reward model's probability closest to 0.5)"
+        },
+    )
     lease_seconds: int = field(
-        default=600,
-        metadata={"help": "how long an item shown to one session is reserved for it"})
+        default=600, metadata={"help": "how long an item shown to one session is reserved for it"}
+    )
     prefetch: int = field(
         default=64,
-        metadata={"help": "completions kept generated ahead in the queue: when fewer are left for a labeller "
-                          "a background refill starts (nothing is ever generated while a labeller waits)"})
-    refill_batch: int = field(
-        default=128,
-        metadata={"help": "how many completions one background refill generates"})
+        metadata={
+            "help": "completions kept generated ahead in the queue: when fewer are left for a labeller "
+            "a background refill starts (nothing is ever generated while a labeller waits)"
+        },
+    )
+    refill_batch: int = field(default=128, metadata={"help": "how many completions one background refill generates"})
     auto_refill: bool = field(
-        default=True,
-        metadata={"help": "start a background refill automatically when the queue runs low"})
+        default=True, metadata={"help": "start a background refill automatically when the queue runs low"}
+    )
     policy: str = field(
         default="latest",
-        metadata={"help": "policy used for refills: 'latest' (newest policy registered in the database, else the "
-                          "newest PPO run, else the base policy) or a model folder"})
+        metadata={
+            "help": "policy used for refills: 'latest' (newest policy registered in the database, else the "
+            "newest PPO run, else the base policy) or a model folder"
+        },
+    )
 
     def validate(self) -> None:
         if not self.instructions.strip():

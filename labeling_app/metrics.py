@@ -3,6 +3,7 @@
 The frame has one row per judgement with at least the columns ``completion_id``, ``labeler``,
 ``label`` ('good'|'bad'|'skip') and ``created_at``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -26,12 +27,18 @@ def per_labeller(frame: pd.DataFrame) -> pd.DataFrame:
         good, bad, skip = (int(counts.get(k, 0)) for k in ("good", "bad", "skip"))
         span_h = max((g["created_at"].max() - g["created_at"].min()).total_seconds(), 60.0) / 3600.0
         seconds = g["seconds"].dropna() if "seconds" in g else pd.Series(dtype=float)
-        rows.append({
-            "labeller": name, "judgements": len(g), "good": good, "bad": bad, "skip": skip,
-            "good_rate": round(good / (good + bad), 3) if good + bad else np.nan,
-            "labels_per_hour": round(len(g) / span_h, 1),
-            "median_seconds": round(float(seconds.median()), 2) if len(seconds) else np.nan,
-        })
+        rows.append(
+            {
+                "labeller": name,
+                "judgements": len(g),
+                "good": good,
+                "bad": bad,
+                "skip": skip,
+                "good_rate": round(good / (good + bad), 3) if good + bad else np.nan,
+                "labels_per_hour": round(len(g) / span_h, 1),
+                "median_seconds": round(float(seconds.median()), 2) if len(seconds) else np.nan,
+            }
+        )
     return pd.DataFrame(rows, columns=cols).sort_values("judgements", ascending=False, ignore_index=True)
 
 
@@ -78,8 +85,15 @@ def pairwise_kappa(frame: pd.DataFrame, min_items: int = 2) -> pd.DataFrame:
         kappa = np.nan
         if n >= min_items and len(set(both[a]) | set(both[b])) > 1:
             kappa = float(cohen_kappa_score(both[a], both[b], labels=["good", "bad"]))
-        rows.append({"labeller_a": a, "labeller_b": b, "shared_items": n,
-                     "agreement": round(agreement, 3), "kappa": round(kappa, 3) if not np.isnan(kappa) else np.nan})
+        rows.append(
+            {
+                "labeller_a": a,
+                "labeller_b": b,
+                "shared_items": n,
+                "agreement": round(agreement, 3),
+                "kappa": round(kappa, 3) if not np.isnan(kappa) else np.nan,
+            }
+        )
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -91,8 +105,15 @@ def mean_kappa(pairs: pd.DataFrame) -> float | None:
     return float(np.average(ok["kappa"], weights=ok["shared_items"]))
 
 
-ACCURACY_KEYS = ("human_accuracy", "accuracy_human", "eval_accuracy_human", "accuracy", "eval_accuracy",
-                 "val_accuracy", "test_accuracy")
+ACCURACY_KEYS = (
+    "human_accuracy",
+    "accuracy_human",
+    "eval_accuracy_human",
+    "accuracy",
+    "eval_accuracy",
+    "val_accuracy",
+    "test_accuracy",
+)
 
 
 def reward_accuracy(versions) -> pd.DataFrame:
@@ -109,10 +130,19 @@ def reward_accuracy(versions) -> pd.DataFrame:
         if key is None:
             key = next((k for k, x in flat.items() if "acc" in k.lower() and isinstance(x, (int, float))), None)
         auc = next((x for k, x in flat.items() if "auc" in k.lower() and isinstance(x, (int, float))), None)
-        rows.append({"created_at": v.created_at, "name": v.name, "metric": key,
-                     "accuracy": float(flat[key]) if key else np.nan, "roc_auc": float(auc) if auc is not None else np.nan,
-                     **_against_tfidf(flat, key)})
-    frame = pd.DataFrame(rows, columns=["created_at", "name", "metric", "accuracy", "roc_auc", "tfidf_accuracy", "vs_tfidf"])
+        rows.append(
+            {
+                "created_at": v.created_at,
+                "name": v.name,
+                "metric": key,
+                "accuracy": float(flat[key]) if key else np.nan,
+                "roc_auc": float(auc) if auc is not None else np.nan,
+                **_against_tfidf(flat, key),
+            }
+        )
+    frame = pd.DataFrame(
+        rows, columns=["created_at", "name", "metric", "accuracy", "roc_auc", "tfidf_accuracy", "vs_tfidf"]
+    )
     return frame.sort_values("created_at", ignore_index=True) if not frame.empty else frame
 
 
@@ -124,7 +154,10 @@ def _against_tfidf(flat: dict, key: str | None) -> dict:
     from reward_training.evaluate import fmt_difference  # numpy only: no torch in the app
 
     base = flat.get(f"tfidf/{where}/accuracy")
-    diff = {"points": flat.get(f"model_minus_tfidf/{where}/points"), "ci95": flat.get(f"model_minus_tfidf/{where}/ci95")}
+    diff = {
+        "points": flat.get(f"model_minus_tfidf/{where}/points"),
+        "ci95": flat.get(f"model_minus_tfidf/{where}/ci95"),
+    }
     text = fmt_difference(diff) if isinstance(diff["points"], (int, float)) else ""
     return {"tfidf_accuracy": float(base) if isinstance(base, (int, float)) else np.nan, "vs_tfidf": text}
 

@@ -3,6 +3,7 @@
 Streamlit-facing but free of SQL: every read and write goes through ``db``. The pure parts
 (token check, policy choice, the refill guard) are plain functions and classes, tested alone.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -25,6 +26,7 @@ LABELER_PARAM = "u"  # query parameter remembering the labeller's name across re
 
 
 # ---------------------------------------------------------------------------- pure helpers
+
 
 def required_token() -> str | None:
     """The access token labellers must enter, or None when the app is open (no ``RLHF_LABEL_TOKEN``)."""
@@ -69,6 +71,7 @@ def resolve_policy(engine, policy: str) -> Path | None:
 
 
 # ---------------------------------------------------------------------------- background refill
+
 
 @dataclass
 class RefillStatus:
@@ -142,11 +145,11 @@ class Refiller:
 
 def refill_job(engine, policy_path: Path, n: int, prompts: list[str] | None = None):
     """The work of one refill: ``n`` completions from ``policy_path`` (for ``prompts``, or fresh
-    prompts chosen by ``rl_finetune.generate`` from the ``generate`` section of the profile)."""
+    prompts chosen by ``base_policy.generate`` from the ``generate`` section of the profile)."""
 
     def job() -> int:
+        from base_policy.generate import GenerateConfig, fill_queue  # heavy imports, off the page thread
         from common.config import load_config
-        from rl_finetune.generate import GenerateConfig, fill_queue  # heavy imports, off the page thread
 
         cfg = load_config(GenerateConfig, "generate")
         return fill_queue(engine, policy_path, n, cfg, prompts=prompts)
@@ -154,8 +157,15 @@ def refill_job(engine, policy_path: Path, n: int, prompts: list[str] | None = No
     return job
 
 
-def maybe_refill(refiller: Refiller, engine, cfg: LabelConfig, queue_left: int, *, force: bool = False,
-                 prompts: list[str] | None = None) -> str | None:
+def maybe_refill(
+    refiller: Refiller,
+    engine,
+    cfg: LabelConfig,
+    queue_left: int,
+    *,
+    force: bool = False,
+    prompts: list[str] | None = None,
+) -> str | None:
     """Start a background refill when the queue is low (or when ``force``); return a message to show.
 
     With ``prompts`` (e.g. just imported), the refill writes one completion per prompt for them."""
@@ -170,7 +180,7 @@ def maybe_refill(refiller: Refiller, engine, cfg: LabelConfig, queue_left: int, 
     if policy_path is None:
         refiller.note(
             "No policy to generate more completions with: run `make base-model` (or `python -m rl_finetune "
-            "pretrain`), or `python -m rl_finetune generate`, or set label.policy to a model folder."
+            "pretrain`), or `python -m base_policy generate`, or set label.policy to a model folder."
         )
         return refiller.status.message
     n = len(prompts) if prompts else cfg.refill_batch

@@ -19,6 +19,7 @@ CLI (settings from the ``simulate`` key of the profile's ``demo`` section)::
 
     python -m labeling_app.simulate --n-labels 300 --set overlap=2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,12 +48,16 @@ class LabelerSpec:
 
     name: str = field(default="sim-1", metadata={"help": "labeller name stored in the database"})
     noise: float = field(default=0.1, metadata={"help": "probability of flipping the gold answer"})
-    bias: float = field(default=0.0, metadata={"help": "threshold shift: says good only when gold P(positive) > threshold + bias"})
+    bias: float = field(
+        default=0.0, metadata={"help": "threshold shift: says good only when gold P(positive) > threshold + bias"}
+    )
     skip_rate: float = field(default=0.0, metadata={"help": "probability of answering 'skip'"})
 
     def validate(self) -> None:
         if not 0.0 <= self.noise <= 1.0:
-            raise ConfigError(f"labeler {self.name!r}: noise={self.noise} is not a probability.", "use 0 <= noise <= 1.")
+            raise ConfigError(
+                f"labeler {self.name!r}: noise={self.noise} is not a probability.", "use 0 <= noise <= 1."
+            )
         if not 0.0 <= self.skip_rate < 1.0:
             raise ConfigError(f"labeler {self.name!r}: skip_rate={self.skip_rate} must be in [0, 1).", "use e.g. 0.02.")
         if not -1.0 < self.bias < 1.0:
@@ -60,8 +65,11 @@ class LabelerSpec:
 
 
 def _default_labelers() -> list[LabelerSpec]:
-    return [LabelerSpec("sim-ann", noise=0.05), LabelerSpec("sim-ben", noise=0.15),
-            LabelerSpec("sim-cat", noise=0.10, bias=0.1)]
+    return [
+        LabelerSpec("sim-ann", noise=0.05),
+        LabelerSpec("sim-ben", noise=0.15),
+        LabelerSpec("sim-cat", noise=0.10, bias=0.1),
+    ]
 
 
 @dataclass
@@ -69,10 +77,18 @@ class SimulateConfig:
     """Simulated labelling (the ``simulate`` key of the ``demo`` section)."""
 
     n_labels: int = field(default=1000, metadata={"help": "judgements to record in total (over all labellers)"})
-    labelers: list[LabelerSpec] = field(default_factory=_default_labelers, metadata={"help": "the simulated labellers (name, noise, bias, skip_rate)"})
-    overlap: int = field(default=2, metadata={"help": "at most this many labellers judge one item (>1 gives agreement statistics)"})
-    threshold: float = field(default=0.5, metadata={"help": "gold P(positive) above which an unbiased labeller says good"})
-    order: Literal["random", "uncertain"] = field(default="random", metadata={"help": "queue order passed to db.next_item: 'random' or 'uncertain'"})
+    labelers: list[LabelerSpec] = field(
+        default_factory=_default_labelers, metadata={"help": "the simulated labellers (name, noise, bias, skip_rate)"}
+    )
+    overlap: int = field(
+        default=2, metadata={"help": "at most this many labellers judge one item (>1 gives agreement statistics)"}
+    )
+    threshold: float = field(
+        default=0.5, metadata={"help": "gold P(positive) above which an unbiased labeller says good"}
+    )
+    order: Literal["random", "uncertain"] = field(
+        default="random", metadata={"help": "queue order passed to db.next_item: 'random' or 'uncertain'"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of every labeller's decisions"})
     seconds: float = field(default=2.0, metadata={"help": "'seconds spent' recorded with each judgement"})
 
@@ -104,11 +120,18 @@ class SimulationResult:
     exhausted: bool  # the queue ran out before n_labels
 
     def as_dict(self) -> dict:
-        return {"n_recorded": self.n_recorded, "per_labeler": self.per_labeler, "label_counts": self.label_counts,
-                "gold_agreement": self.gold_agreement, "seconds": round(self.seconds, 2), "exhausted": self.exhausted}
+        return {
+            "n_recorded": self.n_recorded,
+            "per_labeler": self.per_labeler,
+            "label_counts": self.label_counts,
+            "gold_agreement": self.gold_agreement,
+            "seconds": round(self.seconds, 2),
+            "exhausted": self.exhausted,
+        }
 
 
 # ---------------------------------------------------------------------------- pure decisions
+
 
 def shown_text(prompt: str, completion: str) -> str:
     """The prompt followed by the completion, as a labeller reads them."""
@@ -136,8 +159,10 @@ def decide(gold_p: float, spec: LabelerSpec, rng: np.random.Generator, threshold
 
 # ---------------------------------------------------------------------------- the loop
 
-def simulate(engine, cfg: SimulateConfig, score_fn: ScoreFn, *, progress: bool = True,
-             session_prefix: str = "sim") -> SimulationResult:
+
+def simulate(
+    engine, cfg: SimulateConfig, score_fn: ScoreFn, *, progress: bool = True, session_prefix: str = "sim"
+) -> SimulationResult:
     """Record up to ``cfg.n_labels`` judgements from the simulated labellers through ``db``.
 
     ``score_fn(texts) -> P(positive)`` is the gold judge (``GoldJudge.score``).
@@ -157,15 +182,21 @@ def simulate(engine, cfg: SimulateConfig, score_fn: ScoreFn, *, progress: bool =
         for spec in list(active):
             if n >= cfg.n_labels:
                 break
-            item = db.next_item(engine, ids[spec.name], session_key=f"{session_prefix}-{spec.name}",
-                                overlap=cfg.overlap, order=cfg.order)
+            item = db.next_item(
+                engine,
+                ids[spec.name],
+                session_key=f"{session_prefix}-{spec.name}",
+                overlap=cfg.overlap,
+                order=cfg.order,
+            )
             if item is None:
                 active.remove(spec)
                 continue
             p = float(np.asarray(score_fn([shown_text(item.prompt, item.completion)]))[0])
             label = decide(p, spec, decision_rng(cfg.seed, spec.name, item.completion_id), cfg.threshold)
-            db.record_judgement(engine, labeler_id=ids[spec.name], completion_id=item.completion_id,
-                                label=label, seconds=cfg.seconds)
+            db.record_judgement(
+                engine, labeler_id=ids[spec.name], completion_id=item.completion_id, label=label, seconds=cfg.seconds
+            )
             n += 1
             per[spec.name] += 1
             counts[label] += 1
@@ -180,22 +211,29 @@ def simulate(engine, cfg: SimulateConfig, score_fn: ScoreFn, *, progress: bool =
     if exhausted:
         log.warning("the queue ran out after %d of %d judgements (add completions or lower overlap)", n, cfg.n_labels)
     return SimulationResult(
-        n_recorded=n, per_labeler=per, label_counts=counts,
+        n_recorded=n,
+        per_labeler=per,
+        label_counts=counts,
         gold_agreement={k: round(a / t, 4) if t else float("nan") for k, (a, t) in agree.items()},
-        seconds=time.perf_counter() - t0, exhausted=exhausted)
+        seconds=time.perf_counter() - t0,
+        exhausted=exhausted,
+    )
 
 
 def agreement(engine) -> dict:
     """Pairwise Cohen's kappa between labellers and its item-weighted mean (as on the stats page)."""
     import db
-
     from labeling_app import metrics
 
     frame = db.judgements_frame(engine)
     pairs = metrics.pairwise_kappa(frame)
-    return {"mean_kappa": metrics.mean_kappa(pairs),
-            "pairs": [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
-                      for row in pairs.to_dict("records")]}
+    return {
+        "mean_kappa": metrics.mean_kappa(pairs),
+        "pairs": [
+            {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+            for row in pairs.to_dict("records")
+        ],
+    }
 
 
 def _bar(total: int, enabled: bool):
@@ -208,6 +246,7 @@ def _bar(total: int, enabled: bool):
 
 # ---------------------------------------------------------------------------- config + CLI
 
+
 @dataclass
 class _DemoView:
     """The two keys of the ``demo`` section this module reads (the rest belongs to ``demo``)."""
@@ -216,8 +255,9 @@ class _DemoView:
     gold: GoldConfig = field(default_factory=GoldConfig)
 
 
-def load_simulate_config(profile: Path | str | None = None,
-                         overrides: Sequence[str] = ()) -> tuple[SimulateConfig, GoldConfig]:
+def load_simulate_config(
+    profile: Path | str | None = None, overrides: Sequence[str] = ()
+) -> tuple[SimulateConfig, GoldConfig]:
     """``demo.simulate`` and ``demo.gold`` of the profile, with ``key=value`` overrides
     (keys relative to ``simulate``; ``gold.C=4`` reaches the gold judge)."""
     import yaml
@@ -247,9 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="settings (demo.simulate in the profile, --set KEY=VALUE):\n" + _describe(),
     )
-    p.add_argument("--config", type=Path, default=None, help="profile file (default: $RLHF_CONFIG or configs/default.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a simulate key (e.g. overlap=3) or a gold key (gold.C=4)")
+    p.add_argument(
+        "--config", type=Path, default=None, help="profile file (default: $RLHF_CONFIG or configs/default.yaml)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a simulate key (e.g. overlap=3) or a gold key (gold.C=4)",
+    )
     p.add_argument("--n-labels", type=int, default=None, help="judgements to record (overrides n_labels)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -274,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg, gold_cfg = load_simulate_config(args.config, overrides)
     engine = db.connect()
     if db.queue_size(engine, db.get_or_create_labeler(engine, cfg.labelers[0].name), overlap=cfg.overlap) == 0:
-        raise UserError("the labelling queue is empty.", "fill it first: `make generate` (python -m rl_finetune generate).")
+        raise UserError(
+            "the labelling queue is empty.", "fill it first: `make generate` (python -m base_policy generate)."
+        )
     judge = GoldJudge.load_or_fit(gold_cfg)
     result = simulate(engine, cfg, judge.score, progress=not args.quiet)
     print(json.dumps({**result.as_dict(), "agreement": agreement(engine)}, indent=2, default=str))

@@ -1,4 +1,5 @@
 """Streamlit glue shared by the pages: cached resources, the error page, sign-in and the page context."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,8 +78,9 @@ def bootstrap() -> Context:
     except Exception as err:  # an unexpected driver error still gets a page, not a traceback
         error_page("Database error", f"Cannot open the database at {_safe_url(url)}: {type(err).__name__}: {err}")
     state = st.session_state
-    return Context(engine=engine, cfg=cfg, url=url,
-                   labeler_id=state.get("labeler_id"), labeler_name=state.get("labeler_name"))
+    return Context(
+        engine=engine, cfg=cfg, url=url, labeler_id=state.get("labeler_id"), labeler_name=state.get("labeler_name")
+    )
 
 
 def _safe_url(url: str) -> str:
@@ -134,4 +136,3 @@ def sign_out(ctx: Context) -> None:
 def context() -> Context:
     """The page context stored by ``app.py`` for this run."""
     return st.session_state["_ctx"]
-

@@ -6,6 +6,7 @@
 The notebook is generated so that its text and code live in one reviewable Python file and the
 saved ``.ipynb`` never carries outputs; ``tests/test_notebook.py`` executes it on the smoke profile.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,8 +111,8 @@ either way.
 import db
 from demo.config import DemoConfig
 from demo.run import ensure_base_policy
-from rl_finetune.generate import GenerateConfig, generate_completions
-from rl_finetune.policy import load_policy
+from base_policy.generate import GenerateConfig, generate_completions
+from base_policy.loading import load_policy
 
 engine = db.connect()                                   # creates/migrates the feedback database
 demo_cfg = load_config(DemoConfig, "demo")
@@ -130,7 +131,7 @@ small database API, which we can call directly. First we fill the queue with com
 base policy, then one labeller judges a few of them by hand.
 """),
     code("""
-from rl_finetune.generate import fill_queue
+from base_policy.generate import fill_queue
 
 n_written = fill_queue(engine, base, demo_cfg.completions_per_round, gen_cfg,
                        prompts=make_prompts(list(imdb["train"]["text"]), demo_cfg.completions_per_round, data_cfg, seed=1))

@@ -6,6 +6,7 @@
 The executed copy (with outputs and plots) is written elsewhere, so the tracked notebook stays
 output-free. The kernel is the interpreter running this script (the project venv).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     @cli_entry
     def run() -> int:
         p = argparse.ArgumentParser(description="Execute notebooks/rlhf_walkthrough.ipynb into a copy with outputs.")
-        p.add_argument("--out", type=Path, default=None, help="where to write the executed copy "
-                       "(default: $RLHF_ARTIFACTS/notebook/rlhf_walkthrough.ipynb)")
+        p.add_argument(
+            "--out",
+            type=Path,
+            default=None,
+            help="where to write the executed copy (default: $RLHF_ARTIFACTS/notebook/rlhf_walkthrough.ipynb)",
+        )
         p.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
         args = p.parse_args(argv)
         out = args.out or (artifacts_root() / "notebook" / NOTEBOOK.name)

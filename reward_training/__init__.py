@@ -7,6 +7,7 @@
 
 Imports are lazy so ``import reward_training`` stays cheap.
 """
+
 from __future__ import annotations
 
 __all__ = ["RewardConfig", "train", "load_reward_fn", "reward_model", "score_completions"]

@@ -1,4 +1,5 @@
 """``python -m reward_training``: train a reward model (default), score the queue, or score texts."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,19 +18,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m reward_training",
         description="Train the reward model: seed on IMDB snippets (cached), fine-tune on the human labels in "
-                    "the database, evaluate against a TF-IDF baseline, save to $RLHF_ARTIFACTS/reward_models/<run-id>.",
+        "the database, evaluate against a TF-IDF baseline, save to $RLHF_ARTIFACTS/reward_models/<run-id>.",
         epilog="commands:\n  train    (default) train, evaluate, save, register\n"
-               "  score    write P(good) of unlabelled completions into the database\n"
-               "  predict  print P(good) for the texts given after it\n\n"
-               "config keys (section `reward`, change with --set key=value):\n" + describe(RewardConfig),
+        "  score    write P(good) of unlabelled completions into the database\n"
+        "  predict  print P(good) for the texts given after it\n\n"
+        "config keys (section `reward`, change with --set key=value):\n" + describe(RewardConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("command", nargs="?", default="train", choices=["train", "score", "predict"])
     p.add_argument("texts", nargs="*", help="texts for `predict`")
     add_config_args(p)
-    p.add_argument("--require-labels", action="store_true", help="fail instead of training a seed-only model when there are no human labels")
-    p.add_argument("--learning-curve", action="store_true", help="also measure accuracy vs number of human labels, seeded vs unseeded (slow)")
-    p.add_argument("--score-queue", action="store_true", help="after training, write P(good) of unlabelled completions into the database (for the app's 'uncertain first' order)")
+    p.add_argument(
+        "--require-labels",
+        action="store_true",
+        help="fail instead of training a seed-only model when there are no human labels",
+    )
+    p.add_argument(
+        "--learning-curve",
+        action="store_true",
+        help="also measure accuracy vs number of human labels, seeded vs unseeded (slow)",
+    )
+    p.add_argument(
+        "--score-queue",
+        action="store_true",
+        help="after training, write P(good) of unlabelled completions into the database (for the app's 'uncertain first' order)",
+    )
     p.add_argument("--run-id", default=None, help="name of the output folder (default: a timestamp)")
     p.add_argument("--model", default=None, help="reward model folder for `score`/`predict` (default: the latest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -65,8 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     from reward_training.training import train
 
     data_cfg = load_config(DataConfig, "data", profile=args.config)
-    out = train(cfg, engine, data_cfg=data_cfg, require_labels=args.require_labels,
-                learning_curve=args.learning_curve, run_id=args.run_id, progress=not args.no_progress)
+    out = train(
+        cfg,
+        engine,
+        data_cfg=data_cfg,
+        require_labels=args.require_labels,
+        learning_curve=args.learning_curve,
+        run_id=args.run_id,
+        progress=not args.no_progress,
+    )
     if args.score_queue:
         from reward_training.api import score_completions
 

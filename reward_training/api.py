@@ -3,6 +3,7 @@
 Both read a saved reward model folder (``$RLHF_ARTIFACTS/reward_models/<run-id>``; ``None``
 means the one ``latest`` names). The model is loaded once per (folder, device) and cached.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,8 +30,10 @@ def resolve_model_dir(path: str | Path | None = None) -> Path:
     if path is None:
         found = resolve_latest(reward_models_dir())
         if found is None:
-            raise UserError(f"there is no reward model under {str(reward_models_dir())!r} yet.",
-                            "train one with `make reward-model` (python -m reward_training).")
+            raise UserError(
+                f"there is no reward model under {str(reward_models_dir())!r} yet.",
+                "train one with `make reward-model` (python -m reward_training).",
+            )
         return found
     path = Path(path)
     if (path / "config.json").is_file():
@@ -38,8 +41,10 @@ def resolve_model_dir(path: str | Path | None = None) -> Path:
     found = resolve_latest(path.parent if path.name == "latest" and path.is_file() else path)  # also .../latest itself
     if found is not None:
         return found
-    raise UserError(f"{str(path)!r} is not a reward model folder (no config.json, no `latest`).",
-                    "give a folder written by `python -m reward_training`, or leave the path out for the latest one.")
+    raise UserError(
+        f"{str(path)!r} is not a reward model folder (no config.json, no `latest`).",
+        "give a folder written by `python -m reward_training`, or leave the path out for the latest one.",
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -50,13 +55,17 @@ def _load(folder: str, device: str, mtime: float):
     config = Path(folder) / "config.json"
     arch = (json.loads(config.read_text()).get("architectures") or []) if config.is_file() else []
     if arch and not any(a.endswith("ForSequenceClassification") for a in arch):  # e.g. a policy folder by mistake
-        raise UserError(f"{folder!r} holds a {arch[0]}, not a reward model (a sequence classifier).",
-                        "pass a folder written by `python -m reward_training` (make reward-model), or leave the path out for the latest one.")
+        raise UserError(
+            f"{folder!r} holds a {arch[0]}, not a reward model (a sequence classifier).",
+            "pass a folder written by `python -m reward_training` (make reward-model), or leave the path out for the latest one.",
+        )
     try:
         model, tok = load_backbone(folder)
     except UserError as err:  # a damaged reward model: the fix is not about reward.backbone
-        raise UserError(err.problem.replace("the reward backbone", "the reward model", 1),
-                        "train it again (`make reward-model`), or pass another reward model folder.") from None
+        raise UserError(
+            err.problem.replace("the reward backbone", "the reward model", 1),
+            "train it again (`make reward-model`), or pass another reward model folder.",
+        ) from None
     model.to(torch.device(device)).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -73,8 +82,14 @@ def _weights_mtime(folder: Path) -> float:
     return max(p.stat().st_mtime for p in files)
 
 
-def load_reward_fn(path: str | Path | None = None, *, kind: ScoreKind = "prob", device: str | torch.device | None = None,
-                   batch_size: int = 32, bf16: bool | None = None) -> Callable[[list[str]], torch.Tensor]:
+def load_reward_fn(
+    path: str | Path | None = None,
+    *,
+    kind: ScoreKind = "prob",
+    device: str | torch.device | None = None,
+    batch_size: int = 32,
+    bf16: bool | None = None,
+) -> Callable[[list[str]], torch.Tensor]:
     """A function ``texts -> scores`` (float32 tensor of shape (N,), on ``device``) for PPO.
 
     ``kind``: ``prob`` = P(good) in [0, 1]; ``logit`` = the raw POSITIVE logit (what the course
@@ -92,8 +107,9 @@ def load_reward_fn(path: str | Path | None = None, *, kind: ScoreKind = "prob", 
 
     def reward_fn(texts: list[str]) -> torch.Tensor:
         texts = [str(t) for t in texts]
-        logits = predict_logits(model, tok, texts, max_length=settings["max_length"], batch_size=batch_size,
-                                bf16=use_bf16, device=dev)  # (N, 2) float32 on CPU
+        logits = predict_logits(
+            model, tok, texts, max_length=settings["max_length"], batch_size=batch_size, bf16=use_bf16, device=dev
+        )  # (N, 2) float32 on CPU
         if kind == "prob":
             scores = torch.softmax(logits, dim=-1)[:, 1]
         elif kind == "logit":
@@ -120,11 +136,12 @@ def score_completions(engine, path: str | Path | None = None, *, limit: int = 50
     import db
 
     folder = resolve_model_dir(path).resolve()
-    version = next((v for v in db.list_model_versions(engine, kind="reward")
-                    if Path(v.path).resolve() == folder), None)
+    version = next((v for v in db.list_model_versions(engine, kind="reward") if Path(v.path).resolve() == folder), None)
     if version is None:
-        raise UserError(f"the reward model {str(folder)!r} is not registered in the database.",
-                        "score with a model trained by `python -m reward_training` against this RLHF_DB_URL.")
+        raise UserError(
+            f"the reward model {str(folder)!r} is not registered in the database.",
+            "score with a model trained by `python -m reward_training` against this RLHF_DB_URL.",
+        )
     items = db.unlabelled_completions(engine, limit)
     if not items:
         return 0

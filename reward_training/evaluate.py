@@ -1,4 +1,5 @@
 """Evaluation: accuracy, ROC-AUC, log-loss, calibration (ECE), the TF-IDF baseline, and plots."""
+
 from __future__ import annotations
 
 import logging
@@ -53,8 +54,9 @@ def binary_metrics(y: Sequence[float], p: Sequence[float]) -> dict:
     return out
 
 
-def accuracy_difference(y: Sequence[float], p_a: Sequence[float], p_b: Sequence[float], *, reps: int = 2000,
-                        seed: int = 0) -> dict | None:
+def accuracy_difference(
+    y: Sequence[float], p_a: Sequence[float], p_b: Sequence[float], *, reps: int = 2000, seed: int = 0
+) -> dict | None:
     """Accuracy of A minus accuracy of B on the same examples, in points, with a 95% paired
     bootstrap interval (the examples are resampled together, so what both get right or wrong
     cancels). ``None`` when no example has a decided (non-0.5) label.
@@ -72,11 +74,18 @@ def accuracy_difference(y: Sequence[float], p_a: Sequence[float], p_b: Sequence[
     diff = a - b
     rng = np.random.default_rng(seed)
     chunk = max(1, 4_000_000 // len(diff))  # resampled indices held at once: ~32 MB whatever the size
-    boot = np.concatenate([diff[rng.integers(0, len(diff), size=(min(chunk, reps - i), len(diff)))].mean(axis=1)
-                           for i in range(0, reps, chunk)])
+    boot = np.concatenate(
+        [
+            diff[rng.integers(0, len(diff), size=(min(chunk, reps - i), len(diff)))].mean(axis=1)
+            for i in range(0, reps, chunk)
+        ]
+    )
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"points": round(100 * float(diff.mean()), 2), "ci95": [round(100 * float(lo), 2), round(100 * float(hi), 2)],
-            "n": int(len(diff))}
+    return {
+        "points": round(100 * float(diff.mean()), 2),
+        "ci95": [round(100 * float(lo), 2), round(100 * float(hi), 2)],
+        "n": int(len(diff)),
+    }
 
 
 def fmt_difference(d: dict | None) -> str:
@@ -105,7 +114,7 @@ class TfidfBaseline:
             LogisticRegression(C=C, max_iter=2000, random_state=seed),
         )
 
-    def fit(self, texts: Sequence[str], labels: Sequence[float]) -> "TfidfBaseline":
+    def fit(self, texts: Sequence[str], labels: Sequence[float]) -> TfidfBaseline:
         y = (np.asarray(labels, dtype=float) > 0.5).astype(int)
         self.pipe.fit(list(texts), y)
         return self
@@ -122,6 +131,7 @@ def short(m: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- plots
+
 
 def _plt():
     import matplotlib
@@ -141,8 +151,9 @@ def plot_calibration(path: Path, curves: dict[str, dict]) -> None:
         cal = m.get("calibration") if m else None
         if not cal or not cal["count"]:
             continue
-        ax.plot(cal["mean_predicted"], cal["fraction_good"], marker="o",
-                label=f"{name} (ECE {m['ece']:.3f}, n={m['n']})")
+        ax.plot(
+            cal["mean_predicted"], cal["fraction_good"], marker="o", label=f"{name} (ECE {m['ece']:.3f}, n={m['n']})"
+        )
     ax.set_xlabel("predicted P(good)")
     ax.set_ylabel("fraction labelled good")
     ax.set_title("Calibration on held-out data")
@@ -180,7 +191,9 @@ def plot_learning_curve(path: Path, rows: list[dict]) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in sorted({r["method"] for r in rows}):
-        pts = sorted((r["n_labels"], r["accuracy"]) for r in rows if r["method"] == method and r["accuracy"] is not None)
+        pts = sorted(
+            (r["n_labels"], r["accuracy"]) for r in rows if r["method"] == method and r["accuracy"] is not None
+        )
         if pts:
             ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=method)
     ax.set_xscale("log")

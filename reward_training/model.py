@@ -4,6 +4,7 @@ One training loop serves both phases: AdamW with linear warm-up and decay, soft-
 cross-entropy on the two logits (a hard label is the soft label 0 or 1), bf16 autocast on
 CPU, and an optional per-epoch evaluation that keeps the best weights (early stopping).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,9 +36,12 @@ def load_backbone(name_or_path: str, *, freeze_embeddings: bool = False, quiet: 
         with quiet_hf() if quiet else contextlib.nullcontext():
             tok = AutoTokenizer.from_pretrained(name_or_path)
             model = AutoModelForSequenceClassification.from_pretrained(
-                name_or_path, num_labels=2, id2label=dict(ID2LABEL), label2id=dict(LABEL2ID),
+                name_or_path,
+                num_labels=2,
+                id2label=dict(ID2LABEL),
+                label2id=dict(LABEL2ID),
             )
-    except Exception as err:  # noqa: BLE001 - any load failure becomes one clear line
+    except Exception as err:  # any load failure becomes one clear line
         first_line = (str(err).splitlines() or [""])[0][:200]
         raise UserError(
             f"the reward backbone {name_or_path!r} does not load ({type(err).__name__}: {first_line}).",
@@ -100,8 +104,17 @@ def soft_cross_entropy(logits: torch.Tensor, target_good: torch.Tensor) -> torch
 
 
 @torch.no_grad()
-def predict_logits(model, tok, texts: Sequence[str], *, max_length: int, batch_size: int = 64,
-                   bf16: bool = True, device=None, progress: bool = False) -> torch.Tensor:
+def predict_logits(
+    model,
+    tok,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    batch_size: int = 64,
+    bf16: bool = True,
+    device=None,
+    progress: bool = False,
+) -> torch.Tensor:
     """The two logits per text, (N, 2) float32, in input order. Texts are scored in batches
     of similar length (less padding)."""
     if len(texts) == 0:
@@ -118,7 +131,7 @@ def predict_logits(model, tok, texts: Sequence[str], *, max_length: int, batch_s
 
         starts = tqdm(starts, desc="scoring", unit="batch", leave=False, disable=None)
     for s in starts:
-        idx = order[s:s + batch_size]
+        idx = order[s : s + batch_size]
         batch = collate(tok, [ids[i] for i in idx], device)
         with autocast(bf16, device):
             logits = model(**batch).logits
@@ -149,16 +162,36 @@ class FitResult:
         return self.examples / self.seconds if self.seconds else 0.0
 
     def summary(self) -> dict:
-        return {"steps": self.steps, "examples": self.examples, "seconds": round(self.seconds, 1),
-                "examples_per_s": round(self.examples_per_s, 1), "best_epoch": self.best_epoch,
-                "stopped_early": self.stopped_early, "first_loss": self.losses[0] if self.losses else None,
-                "last_loss": float(np.mean(self.losses[-10:])) if self.losses else None, "evals": self.evals}
+        return {
+            "steps": self.steps,
+            "examples": self.examples,
+            "seconds": round(self.seconds, 1),
+            "examples_per_s": round(self.examples_per_s, 1),
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "first_loss": self.losses[0] if self.losses else None,
+            "last_loss": float(np.mean(self.losses[-10:])) if self.losses else None,
+            "evals": self.evals,
+        }
 
 
 def fit(
-    model, tok, texts: Sequence[str], targets: Sequence[float], *, epochs: float, lr: float, batch_size: int,
-    max_length: int, weight_decay: float = 0.01, warmup_fraction: float = 0.1, bf16: bool = True, seed: int = 0,
-    evaluate: Callable[[], dict] | None = None, patience: int | None = None, desc: str = "train",
+    model,
+    tok,
+    texts: Sequence[str],
+    targets: Sequence[float],
+    *,
+    epochs: float,
+    lr: float,
+    batch_size: int,
+    max_length: int,
+    weight_decay: float = 0.01,
+    warmup_fraction: float = 0.1,
+    bf16: bool = True,
+    seed: int = 0,
+    evaluate: Callable[[], dict] | None = None,
+    patience: int | None = None,
+    desc: str = "train",
     progress: bool = True,
 ) -> FitResult:
     """Train ``model`` in place on (text, P(good)) pairs.
@@ -184,10 +217,14 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
+        opt,
+        lambda s: (
+            (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
+        ),
     )
     best_loss, best_state, since_best = math.inf, None, 0
     start = time.perf_counter()
@@ -197,7 +234,9 @@ def fit(
         result.evals.append(ev)
         best_loss, result.best_epoch = ev["loss"], 0
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    bar = tqdm(total=total_steps, desc=desc, unit="step", disable=None if progress else True, leave=False)  # None: off when not a terminal
+    bar = tqdm(
+        total=total_steps, desc=desc, unit="step", disable=None if progress else True, leave=False
+    )  # None: off when not a terminal
     model.train()
     epoch = 0
     step = 0
@@ -206,7 +245,7 @@ def fit(
         for s in range(0, n, batch_size):
             if step >= total_steps:
                 break
-            idx = perm[s:s + batch_size]
+            idx = perm[s : s + batch_size]
             batch = collate(tok, [ids[i] for i in idx.tolist()], device)
             with autocast(bf16, device):
                 logits = model(**batch).logits
@@ -228,7 +267,12 @@ def fit(
                 ev = {"epoch": epoch, "step": step, **evaluate()}
                 model.train()
                 result.evals.append(ev)
-                log.info("%s epoch %d: %s", desc, epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in ev.items()})
+                log.info(
+                    "%s epoch %d: %s",
+                    desc,
+                    epoch,
+                    {k: round(v, 4) if isinstance(v, float) else v for k, v in ev.items()},
+                )
                 if ev["loss"] < best_loss - 1e-4:
                     best_loss, since_best, result.best_epoch = ev["loss"], 0, epoch
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

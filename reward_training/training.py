@@ -3,6 +3,7 @@
 ``train(cfg, engine)`` is what ``python -m reward_training`` calls; ``train(cfg, examples=[...])``
 takes the human labels directly (tests, benchmarks, notebooks).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,13 @@ from common.paths import artifacts_root, atomic_dir, new_run_id, reward_models_d
 from reward_training import data as D
 from reward_training.config import RewardConfig, seed_cache_key
 from reward_training.evaluate import (
-    TfidfBaseline, accuracy_difference, binary_metrics, fmt_difference, plot_calibration, plot_learning_curve, plot_losses,
+    TfidfBaseline,
+    accuracy_difference,
+    binary_metrics,
+    fmt_difference,
+    plot_calibration,
+    plot_learning_curve,
+    plot_losses,
     short,
 )
 from reward_training.model import FitResult, fit, load_backbone, predict_proba, quiet_hf
@@ -46,8 +53,15 @@ class SeedResult:
 
 # ----------------------------------------------------------------------------- phase 1: IMDB seed
 
-def seed_phase(cfg: RewardConfig, data_cfg, seed_examples: Sequence[D.Example], *, progress: bool = True,
-               cache_root: Path | None = None) -> SeedResult:
+
+def seed_phase(
+    cfg: RewardConfig,
+    data_cfg,
+    seed_examples: Sequence[D.Example],
+    *,
+    progress: bool = True,
+    cache_root: Path | None = None,
+) -> SeedResult:
     """The backbone after the IMDB seed phase, from the cache when the seed config is unchanged.
 
     With ``seed: skip`` the backbone is returned as it is (it is already an IMDB classifier).
@@ -66,25 +80,53 @@ def seed_phase(cfg: RewardConfig, data_cfg, seed_examples: Sequence[D.Example], 
     log.info("seed phase: %d IMDB snippets, %.1f epoch(s) on %s", len(seed_examples), cfg.seed_epochs, backbone)
     torch.manual_seed(cfg.random_seed)
     model, tok = load_backbone(backbone, freeze_embeddings=cfg.freeze_embeddings)
-    res = fit(model, tok, [e.text for e in seed_examples], [e.label for e in seed_examples],
-              epochs=cfg.seed_epochs, lr=cfg.seed_lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
-              weight_decay=cfg.weight_decay, warmup_fraction=cfg.warmup_fraction, bf16=cfg.bf16,
-              seed=cfg.random_seed, desc="seed phase", progress=progress)
+    res = fit(
+        model,
+        tok,
+        [e.text for e in seed_examples],
+        [e.label for e in seed_examples],
+        epochs=cfg.seed_epochs,
+        lr=cfg.seed_lr,
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        weight_decay=cfg.weight_decay,
+        warmup_fraction=cfg.warmup_fraction,
+        bf16=cfg.bf16,
+        seed=cfg.random_seed,
+        desc="seed phase",
+        progress=progress,
+    )
     info = {"backbone": backbone, "examples": len(seed_examples), **res.summary(), "losses": res.losses}
     info.pop("evals", None)
     with atomic_dir(folder) as tmp, quiet_hf():
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_json(tmp / "seed_info.json", info)
-    log.info("seed phase: %.0f s, %.1f examples/s, loss %.3f -> %.3f; cached in %s",
-             res.seconds, res.examples_per_s, np.mean(res.losses[:10]), np.mean(res.losses[-10:]), folder)
+    log.info(
+        "seed phase: %.0f s, %.1f examples/s, loss %.3f -> %.3f; cached in %s",
+        res.seconds,
+        res.examples_per_s,
+        np.mean(res.losses[:10]),
+        np.mean(res.losses[-10:]),
+        folder,
+    )
     return SeedResult(model, tok, {**info, "cached": False, "path": str(folder)}, res.losses)
 
 
 # ----------------------------------------------------------------------------- phase 2: human labels
 
-def human_phase(model, tok, cfg: RewardConfig, train: Sequence[D.Example], heldout: Sequence[D.Example],
-                seed_pool: Sequence[D.Example], *, mix_ratio: float | None = None, progress: bool = True) -> FitResult:
+
+def human_phase(
+    model,
+    tok,
+    cfg: RewardConfig,
+    train: Sequence[D.Example],
+    heldout: Sequence[D.Example],
+    seed_pool: Sequence[D.Example],
+    *,
+    mix_ratio: float | None = None,
+    progress: bool = True,
+) -> FitResult:
     """Fine-tune on the human labels (plus ``mix_ratio`` seed snippets per label), early-stopping on
     the held-out human log-loss when there is a held-out split."""
     ratio = cfg.mix_seed_ratio if mix_ratio is None else mix_ratio
@@ -95,23 +137,48 @@ def human_phase(model, tok, cfg: RewardConfig, train: Sequence[D.Example], heldo
         texts, labels = [e.text for e in heldout], [e.label for e in heldout]
 
         def evaluate() -> dict:
-            m = binary_metrics(labels, predict_proba(model, tok, texts, max_length=cfg.max_length,
-                                                     batch_size=cfg.eval_batch_size, bf16=cfg.bf16))
+            m = binary_metrics(
+                labels,
+                predict_proba(
+                    model, tok, texts, max_length=cfg.max_length, batch_size=cfg.eval_batch_size, bf16=cfg.bf16
+                ),
+            )
             return {"loss": m["log_loss"], "accuracy": m["accuracy"]}
 
-    return fit(model, tok, [e.text for e in mixed], [e.label for e in mixed], epochs=cfg.human_epochs,
-               lr=cfg.human_lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
-               weight_decay=cfg.weight_decay, warmup_fraction=cfg.warmup_fraction, bf16=cfg.bf16,
-               seed=cfg.random_seed + 1, evaluate=evaluate, patience=cfg.patience, desc="human phase",
-               progress=progress)
+    return fit(
+        model,
+        tok,
+        [e.text for e in mixed],
+        [e.label for e in mixed],
+        epochs=cfg.human_epochs,
+        lr=cfg.human_lr,
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        weight_decay=cfg.weight_decay,
+        warmup_fraction=cfg.warmup_fraction,
+        bf16=cfg.bf16,
+        seed=cfg.random_seed + 1,
+        evaluate=evaluate,
+        patience=cfg.patience,
+        desc="human phase",
+        progress=progress,
+    )
 
 
 # ----------------------------------------------------------------------------- the run
 
+
 def train(
-    cfg: RewardConfig, engine=None, *, data_cfg=None, examples: Sequence | None = None,
-    require_labels: bool = False, learning_curve: bool = False, run_id: str | None = None,
-    register: bool = True, progress: bool = True,
+    cfg: RewardConfig,
+    engine=None,
+    *,
+    data_cfg=None,
+    examples: Sequence | None = None,
+    require_labels: bool = False,
+    learning_curve: bool = False,
+    run_id: str | None = None,
+    register: bool = True,
+    progress: bool = True,
 ) -> Path:
     """Train, evaluate and save a reward model; return its folder ``$RLHF_ARTIFACTS/reward_models/<run-id>``.
 
@@ -135,17 +202,25 @@ def train(
     # 1. the human labels: check, split (the held-out part is never trained on)
     if not human:
         if require_labels:
-            raise UserError("there are no human labels in the database yet (--require-labels was given).",
-                            "label some completions first (`make label`), or drop --require-labels for the seed-only model.")
-        log.warning("no human labels yet: training the SEED-ONLY model (IMDB sentiment stands in for the labellers). "
-                    "Label completions with `make label` and train again to learn what your labellers want.")
+            raise UserError(
+                "there are no human labels in the database yet (--require-labels was given).",
+                "label some completions first (`make label`), or drop --require-labels for the seed-only model.",
+            )
+        log.warning(
+            "no human labels yet: training the SEED-ONLY model (IMDB sentiment stands in for the labellers). "
+            "Label completions with `make label` and train again to learn what your labellers want."
+        )
     else:
         D.check_two_classes(human)
     human_train, human_heldout = D.split_heldout(human, cfg.heldout_fraction, cfg.random_seed) if human else ([], [])
     if human and len(human_heldout) < cfg.min_heldout:
-        log.warning("only %d held-out human labels (of %d): the human metrics below are rough; "
-                    "label more for a trustworthy estimate (reward.min_heldout=%d).",
-                    len(human_heldout), len(human), cfg.min_heldout)
+        log.warning(
+            "only %d held-out human labels (of %d): the human metrics below are rough; "
+            "label more for a trustworthy estimate (reward.min_heldout=%d).",
+            len(human_heldout),
+            len(human),
+            cfg.min_heldout,
+        )
 
     # 2. IMDB snippets: seed training set and held-out evaluation set
     seed_examples, imdb_eval = D.seed_and_eval_snippets(cfg, data_cfg)
@@ -155,18 +230,32 @@ def train(
     model, tok = seed.model, seed.tok
     seed_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if learning_curve else None
     metrics: dict = {"counts": {}, "model": {}, "tfidf": {}, "seed_model": {}, "model_minus_tfidf": {}}
-    score = lambda texts: predict_proba(model, tok, texts, max_length=cfg.max_length,  # noqa: E731
-                                        batch_size=cfg.eval_batch_size, bf16=cfg.bf16, progress=progress)
+
+    def score(texts):
+        return predict_proba(
+            model,
+            tok,
+            texts,
+            max_length=cfg.max_length,
+            batch_size=cfg.eval_batch_size,
+            bf16=cfg.bf16,
+            progress=progress,
+        )
+
     if human_heldout:
-        metrics["seed_model"]["human_heldout"] = binary_metrics([e.label for e in human_heldout],
-                                                                score([e.text for e in human_heldout]))
+        metrics["seed_model"]["human_heldout"] = binary_metrics(
+            [e.label for e in human_heldout], score([e.text for e in human_heldout])
+        )
     human_fit = None
     if human_train:
         human_fit = human_phase(model, tok, cfg, human_train, human_heldout, seed_examples, progress=progress)
         if human_fit.best_epoch == 0:
-            log.warning("the human phase did not lower the held-out human log-loss below the seed model's "
-                        "(%.4f): keeping the seed weights. More labels, or labels that differ from sentiment, "
-                        "give it something to learn.", human_fit.evals[0]["loss"])
+            log.warning(
+                "the human phase did not lower the held-out human log-loss below the seed model's "
+                "(%.4f): keeping the seed weights. More labels, or labels that differ from sentiment, "
+                "give it something to learn.",
+                human_fit.evals[0]["loss"],
+            )
 
     # 4. evaluation: the model and the TF-IDF baseline, on held-out human labels and IMDB snippets
     sets = {"human_heldout": human_heldout, "imdb_snippets": imdb_eval}
@@ -177,17 +266,25 @@ def train(
     if cfg.baseline:
         base_train = list(seed_examples if cfg.seed == "train" else []) + list(human_train)
         if len({e.label > 0.5 for e in base_train}) == 2:
-            baseline = TfidfBaseline(seed=cfg.random_seed).fit([e.text for e in base_train], [e.label for e in base_train])
+            baseline = TfidfBaseline(seed=cfg.random_seed).fit(
+                [e.text for e in base_train], [e.label for e in base_train]
+            )
             for name, exs in sets.items():
                 if exs:
                     y = [e.label for e in exs]
                     p_base = baseline.predict_proba([e.text for e in exs])
                     metrics["tfidf"][name] = binary_metrics(y, p_base)
-                    metrics["model_minus_tfidf"][name] = accuracy_difference(y, predicted[name], p_base, seed=cfg.random_seed)
+                    metrics["model_minus_tfidf"][name] = accuracy_difference(
+                        y, predicted[name], p_base, seed=cfg.random_seed
+                    )
     metrics["counts"] = {
-        "human_total": D.label_counts(human), "human_train": D.label_counts(human_train),
-        "human_heldout": D.label_counts(human_heldout), "seed_snippets": len(seed_examples) if cfg.seed == "train" else 0,
-        "seed_mixed_into_human_phase": min(int(round(len(human_train) * cfg.mix_seed_ratio)), len(seed_examples)) if human_train else 0,
+        "human_total": D.label_counts(human),
+        "human_train": D.label_counts(human_train),
+        "human_heldout": D.label_counts(human_heldout),
+        "seed_snippets": len(seed_examples) if cfg.seed == "train" else 0,
+        "seed_mixed_into_human_phase": min(int(round(len(human_train) * cfg.mix_seed_ratio)), len(seed_examples))
+        if human_train
+        else 0,
         "imdb_eval_snippets": len(imdb_eval),
     }
     metrics["seed_phase"] = {k: v for k, v in seed.info.items() if k != "losses"}
@@ -197,12 +294,19 @@ def train(
     metrics["config"] = to_dict(cfg)
     metrics["data_config"] = to_dict(data_cfg)
     if learning_curve:
-        metrics["learning_curve"] = run_learning_curve(cfg, seed_state, human_train, human_heldout, seed_examples, progress=progress)
+        metrics["learning_curve"] = run_learning_curve(
+            cfg, seed_state, human_train, human_heldout, seed_examples, progress=progress
+        )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     for name in sets:
         if name in metrics["model"]:
-            log.info("%s: model %s | tfidf %s | model - tfidf accuracy: %s", name, short(metrics["model"][name]),
-                     short(metrics["tfidf"].get(name, {})), fmt_difference(metrics["model_minus_tfidf"].get(name)))
+            log.info(
+                "%s: model %s | tfidf %s | model - tfidf accuracy: %s",
+                name,
+                short(metrics["model"][name]),
+                short(metrics["tfidf"].get(name, {})),
+                fmt_difference(metrics["model_minus_tfidf"].get(name)),
+            )
 
     # 5. save atomically, point `latest` at it, register it
     run_id = run_id or new_run_id()
@@ -212,9 +316,14 @@ def train(
         save_model(model, tok, cfg, tmp)
         write_json(tmp / "metrics.json", metrics)
         if cfg.plots:
-            plot_calibration(tmp / "calibration.png", {
-                f"{m} on {s}": metrics[m].get(s) for m in ("model", "tfidf") for s in sets if metrics[m].get(s)})
-            plot_losses(tmp / "training_loss.png", {"seed phase": seed.losses, "human phase": human_fit.losses if human_fit else []})
+            plot_calibration(
+                tmp / "calibration.png",
+                {f"{m} on {s}": metrics[m].get(s) for m in ("model", "tfidf") for s in sets if metrics[m].get(s)},
+            )
+            plot_losses(
+                tmp / "training_loss.png",
+                {"seed phase": seed.losses, "human phase": human_fit.losses if human_fit else []},
+            )
             if learning_curve and metrics["learning_curve"]:
                 plot_learning_curve(tmp / "learning_curve.png", metrics["learning_curve"])
         (tmp / "README.md").write_text(model_card(run_id, cfg, metrics))
@@ -223,8 +332,9 @@ def train(
     if register and engine is not None:
         import db
 
-        version = db.register_model_version(engine, kind="reward", name=run_id, path=str(final.resolve()),
-                                            metrics=headline(metrics))
+        version = db.register_model_version(
+            engine, kind="reward", name=run_id, path=str(final.resolve()), metrics=headline(metrics)
+        )
         log.info("registered as reward model version %s", version)
     return final
 
@@ -237,8 +347,10 @@ def save_model(model, tok, cfg: RewardConfig, folder: Path) -> None:
     with quiet_hf():
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
-    write_json(folder / INFERENCE_FILE, {"max_length": cfg.max_length, "bf16": cfg.bf16,
-                                         "good_label": "POSITIVE", "good_index": 1})
+    write_json(
+        folder / INFERENCE_FILE,
+        {"max_length": cfg.max_length, "bf16": cfg.bf16, "good_label": "POSITIVE", "good_index": 1},
+    )
 
 
 def headline(metrics: dict) -> dict:
@@ -257,9 +369,18 @@ def headline(metrics: dict) -> dict:
 
 # ----------------------------------------------------------------------------- learning curve
 
-def run_learning_curve(cfg: RewardConfig, seed_state, train: Sequence[D.Example], heldout: Sequence[D.Example],
-                       seed_pool: Sequence[D.Example], *, sizes: Sequence[int] | None = None,
-                       unseeded_sizes: Sequence[int] | None = None, progress: bool = True) -> list[dict]:
+
+def run_learning_curve(
+    cfg: RewardConfig,
+    seed_state,
+    train: Sequence[D.Example],
+    heldout: Sequence[D.Example],
+    seed_pool: Sequence[D.Example],
+    *,
+    sizes: Sequence[int] | None = None,
+    unseeded_sizes: Sequence[int] | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Held-out human accuracy vs number of human labels: seeded (from the seed model, seed
     snippets mixed in), unseeded (from the bare backbone, human labels only), and TF-IDF on each.
 
@@ -284,23 +405,55 @@ def run_learning_curve(cfg: RewardConfig, seed_state, train: Sequence[D.Example]
             model, tok = load_backbone(cfg.backbone_or_default, freeze_embeddings=cfg.freeze_embeddings)
             if method == "seeded" and seed_state is not None:
                 model.load_state_dict(seed_state)
-            res = human_phase(model, tok, cfg, sub, heldout, seed_pool, mix_ratio=cfg.mix_seed_ratio if method == "seeded" else 0.0,
-                              progress=progress)
-            m = binary_metrics(y_held, predict_proba(model, tok, texts_held, max_length=cfg.max_length,
-                                                     batch_size=cfg.eval_batch_size, bf16=cfg.bf16))
-            rows.append({"method": method, "n_labels": n, "accuracy": m["accuracy"], "roc_auc": m["roc_auc"],
-                         "log_loss": m["log_loss"], "epochs": len(res.evals)})
+            res = human_phase(
+                model,
+                tok,
+                cfg,
+                sub,
+                heldout,
+                seed_pool,
+                mix_ratio=cfg.mix_seed_ratio if method == "seeded" else 0.0,
+                progress=progress,
+            )
+            m = binary_metrics(
+                y_held,
+                predict_proba(
+                    model, tok, texts_held, max_length=cfg.max_length, batch_size=cfg.eval_batch_size, bf16=cfg.bf16
+                ),
+            )
+            rows.append(
+                {
+                    "method": method,
+                    "n_labels": n,
+                    "accuracy": m["accuracy"],
+                    "roc_auc": m["roc_auc"],
+                    "log_loss": m["log_loss"],
+                    "epochs": len(res.evals),
+                }
+            )
             log.info("learning curve n=%d %s: accuracy %.3f", n, method, m["accuracy"] or float("nan"))
         for method, extra in (("tfidf seeded", list(seed_pool)), ("tfidf unseeded", [])):
             base = extra + list(sub)
-            p = TfidfBaseline(seed=cfg.random_seed).fit([e.text for e in base], [e.label for e in base]).predict_proba(texts_held)
+            p = (
+                TfidfBaseline(seed=cfg.random_seed)
+                .fit([e.text for e in base], [e.label for e in base])
+                .predict_proba(texts_held)
+            )
             m = binary_metrics(y_held, p)
-            rows.append({"method": method, "n_labels": n, "accuracy": m["accuracy"], "roc_auc": m["roc_auc"],
-                         "log_loss": m["log_loss"]})
+            rows.append(
+                {
+                    "method": method,
+                    "n_labels": n,
+                    "accuracy": m["accuracy"],
+                    "roc_auc": m["roc_auc"],
+                    "log_loss": m["log_loss"],
+                }
+            )
     return rows
 
 
 # ----------------------------------------------------------------------------- model card
+
 
 def _fmt(v) -> str:
     if v is None:
@@ -311,21 +464,35 @@ def _fmt(v) -> str:
 def model_card(run_id: str, cfg: RewardConfig, metrics: dict) -> str:
     c = metrics["counts"]
     lines = [
-        "---", "library_name: transformers", "pipeline_tag: text-classification", "tags: [reward-model, rlhf]", "---", "",
-        f"# Reward model `{run_id}`", "",
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "tags: [reward-model, rlhf]",
+        "---",
+        "",
+        f"# Reward model `{run_id}`",
+        "",
         "A two-label sequence classifier (NEGATIVE = bad, POSITIVE = good) that stands in for the human "
-        "labellers during PPO. P(good) = softmax(logits)[1].", "",
+        "labellers during PPO. P(good) = softmax(logits)[1].",
+        "",
     ]
     if metrics["seed_only"]:
-        lines += ["**Seed-only model: no human labels were available.** It has learned IMDB sentiment "
-                  "(positive = good), not what your labellers want. Label completions (`make label`) and train again.", ""]
+        lines += [
+            "**Seed-only model: no human labels were available.** It has learned IMDB sentiment "
+            "(positive = good), not what your labellers want. Label completions (`make label`) and train again.",
+            "",
+        ]
     hp = metrics.get("human_phase") or {}
     if hp.get("best_epoch") == 0:
-        lines += ["**The human phase did not beat the seed model on the held-out human labels, so the seed "
-                  "weights were kept.**", ""]
+        lines += [
+            "**The human phase did not beat the seed model on the held-out human labels, so the seed "
+            "weights were kept.**",
+            "",
+        ]
     sp = metrics["seed_phase"]
     lines += [
-        "## Training", "",
+        "## Training",
+        "",
         f"- backbone: `{sp.get('backbone', cfg.backbone_or_default)}`",
         f"- seed phase: {'skipped (IMDB-tuned backbone)' if sp.get('skipped') else str(sp.get('examples')) + ' IMDB snippets' + (' (cached)' if sp.get('cached') else '')}",
         f"- human labels: {c['human_total']['n']} usable ({c['human_total']['good']} good, {c['human_total']['bad']} bad; "
@@ -333,26 +500,49 @@ def model_card(run_id: str, cfg: RewardConfig, metrics: dict) -> str:
         "(stratified, grouped by completion, never trained on; also used for early stopping)",
         f"- seed snippets mixed into the human phase: {c['seed_mixed_into_human_phase']}",
         f"- held-out IMDB test-split snippets for evaluation: {c['imdb_eval_snippets']}",
-        f"- texts truncated at {cfg.max_length} tokens; bf16 autocast: {cfg.bf16}", "",
-        "## Evaluation (held out)", "",
-        "| data | model | n | accuracy | ROC-AUC | log-loss | ECE |", "|---|---|---|---|---|---|---|",
+        f"- texts truncated at {cfg.max_length} tokens; bf16 autocast: {cfg.bf16}",
+        "",
+        "## Evaluation (held out)",
+        "",
+        "| data | model | n | accuracy | ROC-AUC | log-loss | ECE |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in ("human_heldout", "imdb_snippets"):
-        for who, label in (("seed_model", "seed model (before human phase)"), ("model", "this model"), ("tfidf", "TF-IDF + LR baseline")):
+        for who, label in (
+            ("seed_model", "seed model (before human phase)"),
+            ("model", "this model"),
+            ("tfidf", "TF-IDF + LR baseline"),
+        ):
             m = metrics.get(who, {}).get(name)
             if m:
-                lines.append(f"| {name} | {label} | {m['n']} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('roc_auc'))} | "
-                             f"{_fmt(m.get('log_loss'))} | {_fmt(m.get('ece'))} |")
+                lines.append(
+                    f"| {name} | {label} | {m['n']} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('roc_auc'))} | "
+                    f"{_fmt(m.get('log_loss'))} | {_fmt(m.get('ece'))} |"
+                )
     diffs = metrics.get("model_minus_tfidf") or {}
     if any(diffs.values()):
-        lines += ["", "Accuracy of this model minus the TF-IDF baseline on the same held-out examples "
-                  "(95% paired bootstrap interval):", ""]
+        lines += [
+            "",
+            "Accuracy of this model minus the TF-IDF baseline on the same held-out examples "
+            "(95% paired bootstrap interval):",
+            "",
+        ]
         lines += [f"- {name}: {fmt_difference(d)}" for name, d in diffs.items() if d]
-    lines += ["", "Plots: `calibration.png`, `training_loss.png`" + (", `learning_curve.png`" if metrics.get("learning_curve") else "") +
-              "; all numbers in `metrics.json`.", "",
-              "## Use", "", "```python",
-              "from transformers import pipeline", 'clf = pipeline("text-classification", model="path/to/this/folder")',
-              "from reward_training import load_reward_fn, reward_model",
-              'reward_fn = load_reward_fn("path/to/this/folder", kind="prob")   # list[str] -> torch.Tensor',
-              'reward_model(["What a film."], path="path/to/this/folder")       # {text: P(good)}', "```", ""]
+    lines += [
+        "",
+        "Plots: `calibration.png`, `training_loss.png`"
+        + (", `learning_curve.png`" if metrics.get("learning_curve") else "")
+        + "; all numbers in `metrics.json`.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        'clf = pipeline("text-classification", model="path/to/this/folder")',
+        "from reward_training import load_reward_fn, reward_model",
+        'reward_fn = load_reward_fn("path/to/this/folder", kind="prob")   # list[str] -> torch.Tensor',
+        'reward_model(["What a film."], path="path/to/this/folder")       # {text: P(good)}',
+        "```",
+        "",
+    ]
     return "\n".join(lines)

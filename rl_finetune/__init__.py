@@ -1,6 +1,6 @@
-"""The policy side of RLHF: the base policy (pretrained offline on IMDB, or a hub model),
-generation for the labelling queue, and PPO against a learned reward.
+"""Stage 4, RL fine-tuning: the policy learns from the reward model, on a KL leash to where it started.
 
-``python -m rl_finetune pretrain|generate|ppo``; see ``docs/base_policy.md``. Importing the
-package is cheap: the submodules load torch and transformers when used.
+``python -m rl_finetune ppo`` (``make finetune``); the library is :mod:`rl_finetune.ppo`
+(``train``, ``save_policy``, ``PPOConfig``). The learners see the reward only as
+``reward_fn(texts) -> scores``. Importing the package is cheap: torch loads when a submodule is used.
 """

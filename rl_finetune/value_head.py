@@ -4,6 +4,7 @@ The value head is a ``Linear(hidden, 1)`` initialised to zero (Huang et al. 2023
 trunk's last hidden state (after the final layer norm). It is saved beside the model as
 ``value_head.safetensors``, so ``AutoModelForCausalLM.from_pretrained(dir)`` still loads a plain model.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,19 +55,27 @@ class PolicyWithValueHead(nn.Module):
     def lm_head(self) -> nn.Module:
         return self.lm.get_output_embeddings()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
-                start: int = 0, with_values: bool = True):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        start: int = 0,
+        with_values: bool = True,
+    ):
         out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        h = out.last_hidden_state[:, start:-1]                    # (B, T, C): states that predict tokens start+1..
-        logits = self.lm_head(h)                                  # (B, T, V)
-        values = self.v_head(h).squeeze(-1) if with_values else None   # (B, T)
+        h = out.last_hidden_state[:, start:-1]  # (B, T, C): states that predict tokens start+1..
+        logits = self.lm_head(h)  # (B, T, V)
+        values = self.v_head(h).squeeze(-1) if with_values else None  # (B, T)
         return logits, values
 
     def save_value_head(self, directory: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().float().contiguous().cpu() for k, v in self.v_head.state_dict().items()},
-                  str(Path(directory) / VALUE_HEAD_FILE))
+        save_file(
+            {k: v.detach().float().contiguous().cpu() for k, v in self.v_head.state_dict().items()},
+            str(Path(directory) / VALUE_HEAD_FILE),
+        )
 
     def load_value_head(self, directory: Path) -> bool:
         path = Path(directory) / VALUE_HEAD_FILE
@@ -85,7 +94,7 @@ def freeze_bottom(lm: nn.Module, num_layers_unfrozen: int) -> int:
         for p in lm.parameters():
             p.requires_grad_(False)
         blocks = transformer_blocks(lm)
-        keep = list(blocks)[len(blocks) - num_layers_unfrozen:] if num_layers_unfrozen > 0 else []
+        keep = list(blocks)[len(blocks) - num_layers_unfrozen :] if num_layers_unfrozen > 0 else []
         for block in keep:
             for p in block.parameters():
                 p.requires_grad_(True)

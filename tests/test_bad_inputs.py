@@ -5,6 +5,7 @@ they were. Inputs that are not errors (unicode, HTML, blank lines, ...) are stor
 The CLIs are called in-process through their ``main(argv)`` (fast); a few run as subprocesses to
 check what a user really sees on the terminal.
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,6 +36,7 @@ BIG = ("a fine film, " * 8000)[:100_000]
 
 
 # ------------------------------------------------------------------------------------ environment
+
 
 @pytest.fixture(scope="module")
 def template_db(tmp_path_factory) -> Path:
@@ -89,15 +91,20 @@ def env(smoke_env, template_db, tiny_policy_dir, tiny_reward_dir, monkeypatch) -
 
 def snapshot(e: Env) -> tuple:
     """What must not change: every artefact file (name, size, mtime) and every database row."""
-    files = sorted((str(p.relative_to(e.artifacts)), p.stat().st_size, p.stat().st_mtime_ns)
-                   for p in e.artifacts.rglob("*") if p.is_file())
+    files = sorted(
+        (str(p.relative_to(e.artifacts)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in e.artifacts.rglob("*")
+        if p.is_file()
+    )
     rows = {}
     if e.db_file.is_file():
         con = sqlite3.connect(e.db_file)
         try:
             tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
             for t in tables:
-                data = sorted(map(repr, con.execute(f'SELECT * FROM "{t}"')))  # noqa: S608 (test-only, table names from sqlite_master)
+                data = sorted(
+                    map(repr, con.execute(f'SELECT * FROM "{t}"'))
+                )  # test-only: table names come from sqlite_master
                 rows[t] = hashlib.sha256("\n".join(data).encode()).hexdigest()
         except sqlite3.DatabaseError:  # not a database at all: its bytes must stay the same
             rows["<file>"] = hashlib.sha256(e.db_file.read_bytes()).hexdigest()
@@ -108,8 +115,13 @@ def snapshot(e: Env) -> tuple:
 
 def add_items(e: Env, texts: list[str], labels: list[str] | None = None, labeler: str = "alice") -> list[int]:
     engine = e.engine()
-    ids = db.add_completions(engine, [db.NewCompletion(prompt=f"This movie {i} was", text=t, model_version_id=None,
-                                                       gen_params={}) for i, t in enumerate(texts)])
+    ids = db.add_completions(
+        engine,
+        [
+            db.NewCompletion(prompt=f"This movie {i} was", text=t, model_version_id=None, gen_params={})
+            for i, t in enumerate(texts)
+        ],
+    )
     if labels:
         who = db.get_or_create_labeler(engine, labeler)
         for cid, lab in zip(ids, labels):
@@ -141,6 +153,7 @@ def call_main(module: str, argv: list[str], capsys) -> tuple[int, str, str]:
 
 # ------------------------------------------------------------------------------------ CLI cases
 # Each case: id, stage (for the docs), module, setup(env) -> argv, words the error line must contain.
+
 
 @dataclass
 class Case:
@@ -209,67 +222,186 @@ def _long_prompt_file(e: Env) -> list[str]:
 
 
 CLI_CASES = [
-    Case("empty-database-require-labels", "reward", "reward_training",
-         lambda e: ["--no-progress", "--require-labels"], ("no human labels", "make label")),
+    Case(
+        "empty-database-require-labels",
+        "reward",
+        "reward_training",
+        lambda e: ["--no-progress", "--require-labels"],
+        ("no human labels", "make label"),
+    ),
     Case("only-skip-labels", "reward", "reward_training", _only_skips, ("no human labels",)),
     Case("one-class-labels", "reward", "reward_training", _one_class, ("one class", "6 good, 0 bad", "label more")),
-    Case("unknown-config-key", "pretrain", "rl_finetune",
-         lambda e: ["pretrain", "--set", "n_layers=3"], ("unknown key", "pretrain.n_layers", "n_layer")),
-    Case("unknown-profile-key", "reward", "reward_training",
-         lambda e: ["--config", str(e.write("p.yaml", "reward:\n  batchsize: 8\n")), "--set", f"backbone={e.reward}"],
-         ("unknown key", "reward.batchsize")),
-    Case("unknown-profile-section", "ppo", "rl_finetune",
-         lambda e: ["ppo", "--config", str(e.write("p.yaml", "ppo: {}\nrewards: {}\n"))], ("unknown section", "rewards")),
-    Case("wrong-type", "ppo", "rl_finetune",
-         lambda e: ["ppo", "--set", "total_steps=many"], ("ppo.total_steps", "wrong type", "int")),
-    Case("wrong-literal", "reward", "reward_training",
-         lambda e: ["--set", "combine=average"], ("reward.combine", "not allowed", "majority")),
-    Case("override-without-equals", "pretrain", "rl_finetune",
-         lambda e: ["pretrain", "--set", "max_steps"], ("not KEY=VALUE",)),
-    Case("target-without-horizon", "ppo", "rl_finetune",
-         lambda e: ["ppo", "--set", "target=6", "--set", "horizon=null"], ("ppo.target", "horizon")),
-    Case("batch-not-dividing-rollouts", "ppo", "rl_finetune",
-         lambda e: ["ppo", "--set", "num_rollouts=5", "--set", "batch_size=2"], ("multiple of", "batch_size")),
-    Case("missing-profile-file", "pretrain", "rl_finetune",
-         lambda e: _set_env(e, RLHF_CONFIG=str(e.root / "nope.yaml")) or ["pretrain"], ("does not exist", "RLHF_CONFIG")),
-    Case("invalid-yaml-profile", "generate", "rl_finetune",
-         lambda e: ["generate", "--config", str(e.write("p.yaml", "generate: [unclosed\n"))], ("not valid YAML",)),
-    Case("missing-policy-folder", "ppo", "rl_finetune",
-         lambda e: ["ppo", "--policy", str(e.root / "no-such-policy")], ("does not exist", "no-such-policy")),
-    Case("missing-reward-folder", "ppo", "rl_finetune",
-         lambda e: ["ppo", "--policy", str(e.policy), "--reward", str(e.root / "no-such-rm")],
-         ("not a reward model folder", "no-such-rm")),
-    Case("policy-as-reward-model", "ppo", "rl_finetune",
-         lambda e: ["ppo", "--reward", str(e.policy)], ("GPT2LMHeadModel", "not a reward model", "reward_training")),
-    Case("reward-model-as-policy", "generate", "rl_finetune",
-         lambda e: ["generate", "--print", "--policy", str(e.reward)], ("BertForSequenceClassification", "not a causal language model")),
-    Case("no-reward-model-yet", "reward", "reward_training",
-         lambda e: shutil.rmtree(e.artifacts / "reward_models") or ["predict", "a fine film"],
-         ("no reward model", "make reward-model")),
-    Case("policy-folder-without-weights", "generate", "rl_finetune",
-         lambda e: (e.policy / "model.safetensors").unlink() or ["generate", "--print", "--policy", str(e.policy)],
-         ("no weights",)),
-    Case("corrupt-policy-safetensors", "generate", "rl_finetune", _corrupt_policy, ("could not load", "base_policy")),
-    Case("corrupt-reward-safetensors", "reward", "reward_training", _corrupt_reward, ("reward model", "does not load", "rm1", "make reward-model")),
-    Case("resume-without-checkpoint", "pretrain", "rl_finetune",
-         lambda e: ["pretrain", "--resume"], ("no checkpoint", "without --resume")),
+    Case(
+        "unknown-config-key",
+        "pretrain",
+        "base_policy",
+        lambda e: ["pretrain", "--set", "n_layers=3"],
+        ("unknown key", "pretrain.n_layers", "n_layer"),
+    ),
+    Case(
+        "unknown-profile-key",
+        "reward",
+        "reward_training",
+        lambda e: ["--config", str(e.write("p.yaml", "reward:\n  batchsize: 8\n")), "--set", f"backbone={e.reward}"],
+        ("unknown key", "reward.batchsize"),
+    ),
+    Case(
+        "unknown-profile-section",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--config", str(e.write("p.yaml", "ppo: {}\nrewards: {}\n"))],
+        ("unknown section", "rewards"),
+    ),
+    Case(
+        "wrong-type",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--set", "total_steps=many"],
+        ("ppo.total_steps", "wrong type", "int"),
+    ),
+    Case(
+        "wrong-literal",
+        "reward",
+        "reward_training",
+        lambda e: ["--set", "combine=average"],
+        ("reward.combine", "not allowed", "majority"),
+    ),
+    Case(
+        "override-without-equals",
+        "pretrain",
+        "base_policy",
+        lambda e: ["pretrain", "--set", "max_steps"],
+        ("not KEY=VALUE",),
+    ),
+    Case(
+        "target-without-horizon",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--set", "target=6", "--set", "horizon=null"],
+        ("ppo.target", "horizon"),
+    ),
+    Case(
+        "batch-not-dividing-rollouts",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--set", "num_rollouts=5", "--set", "batch_size=2"],
+        ("multiple of", "batch_size"),
+    ),
+    Case(
+        "missing-profile-file",
+        "pretrain",
+        "base_policy",
+        lambda e: _set_env(e, RLHF_CONFIG=str(e.root / "nope.yaml")) or ["pretrain"],
+        ("does not exist", "RLHF_CONFIG"),
+    ),
+    Case(
+        "invalid-yaml-profile",
+        "generate",
+        "base_policy",
+        lambda e: ["generate", "--config", str(e.write("p.yaml", "generate: [unclosed\n"))],
+        ("not valid YAML",),
+    ),
+    Case(
+        "missing-policy-folder",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--policy", str(e.root / "no-such-policy")],
+        ("does not exist", "no-such-policy"),
+    ),
+    Case(
+        "missing-reward-folder",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--policy", str(e.policy), "--reward", str(e.root / "no-such-rm")],
+        ("not a reward model folder", "no-such-rm"),
+    ),
+    Case(
+        "policy-as-reward-model",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--reward", str(e.policy)],
+        ("GPT2LMHeadModel", "not a reward model", "reward_training"),
+    ),
+    Case(
+        "reward-model-as-policy",
+        "generate",
+        "base_policy",
+        lambda e: ["generate", "--print", "--policy", str(e.reward)],
+        ("BertForSequenceClassification", "not a causal language model"),
+    ),
+    Case(
+        "no-reward-model-yet",
+        "reward",
+        "reward_training",
+        lambda e: shutil.rmtree(e.artifacts / "reward_models") or ["predict", "a fine film"],
+        ("no reward model", "make reward-model"),
+    ),
+    Case(
+        "policy-folder-without-weights",
+        "generate",
+        "base_policy",
+        lambda e: (e.policy / "model.safetensors").unlink() or ["generate", "--print", "--policy", str(e.policy)],
+        ("no weights",),
+    ),
+    Case("corrupt-policy-safetensors", "generate", "base_policy", _corrupt_policy, ("could not load", "base_policy")),
+    Case(
+        "corrupt-reward-safetensors",
+        "reward",
+        "reward_training",
+        _corrupt_reward,
+        ("reward model", "does not load", "rm1", "make reward-model"),
+    ),
+    Case(
+        "resume-without-checkpoint",
+        "pretrain",
+        "base_policy",
+        lambda e: ["pretrain", "--resume"],
+        ("no checkpoint", "without --resume"),
+    ),
     Case("non-sqlite-file-as-db", "db", "db", _not_sqlite, ("not a SQLite database", "feedback.sqlite")),
     Case("folder-as-db", "db", "db", _folder_db, ("is a folder",)),
-    Case("unreachable-postgres", "db", "db",
-         lambda e: _set_env(e, RLHF_DB_URL=f"postgresql+psycopg://rlhf:s3cret@127.0.0.1:{free_port()}/rlhf") or ["stats"],
-         ("cannot reach the PostgreSQL server", "127.0.0.1", "***")),
-    Case("bad-db-url", "db", "db",
-         lambda e: _set_env(e, RLHF_DB_URL="feedback.sqlite") or ["stats"], ("not a database URL", "RLHF_DB_URL")),
-    Case("unsupported-db-backend", "db", "db",
-         lambda e: _set_env(e, RLHF_DB_URL="mysql://u@localhost/x") or ["stats"], ("mysql", "sqlite:///")),
+    Case(
+        "unreachable-postgres",
+        "db",
+        "db",
+        lambda e: (
+            _set_env(e, RLHF_DB_URL=f"postgresql+psycopg://rlhf:s3cret@127.0.0.1:{free_port()}/rlhf") or ["stats"]
+        ),
+        ("cannot reach the PostgreSQL server", "127.0.0.1", "***"),
+    ),
+    Case(
+        "bad-db-url",
+        "db",
+        "db",
+        lambda e: _set_env(e, RLHF_DB_URL="feedback.sqlite") or ["stats"],
+        ("not a database URL", "RLHF_DB_URL"),
+    ),
+    Case(
+        "unsupported-db-backend",
+        "db",
+        "db",
+        lambda e: _set_env(e, RLHF_DB_URL="mysql://u@localhost/x") or ["stats"],
+        ("mysql", "sqlite:///"),
+    ),
     Case("newer-db-schema", "db", "db", _newer_schema, ("newer than this code knows", "git pull")),
     Case("empty-prompt-file", "db", "db", _empty_prompt_file, ("holds no prompts",)),
     Case("binary-prompt-file", "db", "db", _binary_prompt_file, ("not UTF-8",)),
-    Case("missing-prompt-file", "generate", "rl_finetune",
-         lambda e: ["generate", "--print", "--policy", str(e.policy), "--prompt-file", str(e.root / "nope.txt")],
-         ("does not exist", "nope.txt")),
-    Case("max-new-tokens-beyond-context", "generate", "rl_finetune", _long_prompt_file, ("max_new_tokens", "context")),
-    Case("unknown-command", "rl_finetune", "rl_finetune", lambda e: ["finetune"], ("unknown command", "pretrain")),
+    Case(
+        "missing-prompt-file",
+        "generate",
+        "base_policy",
+        lambda e: ["generate", "--print", "--policy", str(e.policy), "--prompt-file", str(e.root / "nope.txt")],
+        ("does not exist", "nope.txt"),
+    ),
+    Case("max-new-tokens-beyond-context", "generate", "base_policy", _long_prompt_file, ("max_new_tokens", "context")),
+    Case("unknown-command", "base_policy", "base_policy", lambda e: ["finetune"], ("unknown command", "pretrain")),
+    Case(
+        "moved-command",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["pretrain"],
+        ("stage-1 command", "python -m base_policy pretrain"),
+    ),
     Case("bad-port", "label", "labeling_app", lambda e: ["--port", "70000"], ("not a port number",)),
 ]
 
@@ -291,25 +423,51 @@ def test_cli_bad_input(case: Case, env: Env, capsys):
     assert snapshot(env) == before, "the database or the artefacts changed"
     if os.environ.get("RLHF_CATALOGUE_OUT"):  # regenerate the table in docs/bad_inputs.md from real output
         with open(os.environ["RLHF_CATALOGUE_OUT"], "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"id": case.id, "stage": case.stage, "module": case.module, "argv": argv,
-                                 "code": code, "line": line}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": case.id,
+                        "stage": case.stage,
+                        "module": case.module,
+                        "argv": argv,
+                        "code": code,
+                        "line": line,
+                    }
+                )
+                + "\n"
+            )
 
 
 # ------------------------------------------------------------------------------------ library cases
+
 
 def _ppo_cfg(**over):
     from common.config import load_config
     from rl_finetune.ppo.config import PPOConfig
 
-    base = {"total_steps": 1, "num_rollouts": 2, "chunk_size": 2, "batch_size": 2, "ppo_epochs": 1,
-            "gen_kwargs": {"max_new_tokens": 4}, "eval_interval": 0, "checkpoint_interval": 0}
+    base = {
+        "total_steps": 1,
+        "num_rollouts": 2,
+        "chunk_size": 2,
+        "batch_size": 2,
+        "ppo_epochs": 1,
+        "gen_kwargs": {"max_new_tokens": 4},
+        "eval_interval": 0,
+        "checkpoint_interval": 0,
+    }
     return load_config(PPOConfig, "ppo", SMOKE, {**base, **over})
 
 
 LIB_CASES = {
-    "nan-reward": (lambda e: dict(reward_fn=lambda texts: [float("nan")] * len(texts)), ("NaN/inf", "step 0", "finite")),
+    "nan-reward": (
+        lambda e: dict(reward_fn=lambda texts: [float("nan")] * len(texts)),
+        ("NaN/inf", "step 0", "finite"),
+    ),
     "inf-reward": (lambda e: dict(reward_fn=lambda texts: [0.0] * (len(texts) - 1) + [math.inf]), ("NaN/inf",)),
-    "wrong-number-of-scores": (lambda e: dict(reward_fn=lambda texts: [0.5] * (len(texts) + 1)), ("scores for", "one score per text")),
+    "wrong-number-of-scores": (
+        lambda e: dict(reward_fn=lambda texts: [0.5] * (len(texts) + 1)),
+        ("scores for", "one score per text"),
+    ),
     "reward-not-numbers": (lambda e: dict(reward_fn=lambda texts: ["good"] * len(texts)), ("not a list of numbers",)),
     "empty-prompt-list": (lambda e: dict(prompts=[]), ("no prompts",)),
 }
@@ -349,8 +507,12 @@ def test_labeller_name_validation(env: Env):
 
 # ------------------------------------------------------------------------------------ accepted verbatim
 
-@pytest.mark.parametrize("text", [UNICODE, NASTY, BIG, "  leading and trailing spaces  \n\t"],
-                         ids=["unicode-emoji-rtl", "html-markdown-script", "100kB-completion", "whitespace"])
+
+@pytest.mark.parametrize(
+    "text",
+    [UNICODE, NASTY, BIG, "  leading and trailing spaces  \n\t"],
+    ids=["unicode-emoji-rtl", "html-markdown-script", "100kB-completion", "whitespace"],
+)
 def test_unusual_completions_are_stored_and_exported_verbatim(env: Env, text: str, capsys):
     ids = add_items(env, [text], ["good"], labeler="Zoë 🎬 שלום")
     engine = env.engine()
@@ -390,8 +552,22 @@ def test_prompt_file_with_blank_lines_and_duplicates(env: Env, capsys):
 def test_prompt_longer_than_the_context_is_cut_from_the_left(env: Env, capsys, caplog):
     long_prompt = "This movie was " * 200  # ~600 tokens, the tiny policy's context is 128
     path = env.write("prompts.txt", long_prompt + "\nI hated\n")
-    code, out, err = call_main("rl_finetune", ["generate", "--print", "--policy", str(env.policy), "-n", "2",
-                                               "--prompt-file", str(path), "--max-new-tokens", "8"], capsys)
+    code, out, err = call_main(
+        "base_policy",
+        [
+            "generate",
+            "--print",
+            "--policy",
+            str(env.policy),
+            "-n",
+            "2",
+            "--prompt-file",
+            str(path),
+            "--max-new-tokens",
+            "8",
+        ],
+        capsys,
+    )
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) == 2 and rows[0]["prompt"] == long_prompt.strip()
@@ -404,16 +580,19 @@ APP = str(REPO / "labeling_app" / "app.py")
 
 
 def _app(name: str, token: str | None = None):
-    from labeling_app.harness import apptest_signed_in
+    from tests.support.harness import apptest_signed_in
 
     return apptest_signed_in(name, token)
 
 
-@pytest.mark.parametrize("name,token,expect", [
-    ("alice", "wrong-token", "Wrong access token"),
-    ("", "s3cret-token", "name"),
-    ("x" * 65, "s3cret-token", "64"),
-])
+@pytest.mark.parametrize(
+    "name,token,expect",
+    [
+        ("alice", "wrong-token", "Wrong access token"),
+        ("", "s3cret-token", "name"),
+        ("x" * 65, "s3cret-token", "64"),
+    ],
+)
 def test_app_refuses_bad_sign_in(env: Env, name, token, expect):
     pytest.importorskip("streamlit")
     env.monkeypatch.setenv("RLHF_LABEL_TOKEN", "s3cret-token")
@@ -437,19 +616,30 @@ def test_app_unicode_labeller_and_html_completion(env: Env):
 
 # ------------------------------------------------------------------------------------ subprocesses
 
+
 def _subprocess(args: list[str], env: Env, **extra) -> subprocess.CompletedProcess:
-    child = dict(os.environ, RLHF_CONFIG=str(SMOKE), RLHF_ARTIFACTS=str(env.artifacts), RLHF_DB_URL=env.url,
-                 PYTHONPATH=str(REPO))
+    child = dict(
+        os.environ, RLHF_CONFIG=str(SMOKE), RLHF_ARTIFACTS=str(env.artifacts), RLHF_DB_URL=env.url, PYTHONPATH=str(REPO)
+    )
     child.update(extra)
-    return subprocess.run([sys.executable, "-m", *args], env=child, cwd=env.root, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", *args], env=child, cwd=env.root, capture_output=True, text=True, timeout=120
+    )
 
 
-@pytest.mark.parametrize("args,extra,expect", [
-    (["db", "stats"], {"RLHF_DB_URL": "postgresql://rlhf:s3cret@127.0.0.1:{port}/rlhf"}, "cannot reach the PostgreSQL server"),
-    (["reward_training", "--set", "nonsense=1"], {}, "unknown key 'reward.nonsense'"),
-    (["rl_finetune", "ppo", "--set", "target=6", "--set", "horizon=null"], {}, "horizon"),
-], ids=["postgres-unreachable", "reward-unknown-key", "ppo-target-without-horizon"])
+@pytest.mark.parametrize(
+    "args,extra,expect",
+    [
+        (
+            ["db", "stats"],
+            {"RLHF_DB_URL": "postgresql://rlhf:s3cret@127.0.0.1:{port}/rlhf"},
+            "cannot reach the PostgreSQL server",
+        ),
+        (["reward_training", "--set", "nonsense=1"], {}, "unknown key 'reward.nonsense'"),
+        (["rl_finetune", "ppo", "--set", "target=6", "--set", "horizon=null"], {}, "horizon"),
+    ],
+    ids=["postgres-unreachable", "reward-unknown-key", "ppo-target-without-horizon"],
+)
 def test_what_the_terminal_shows(env: Env, args, extra, expect):
     extra = {k: v.format(port=free_port()) for k, v in extra.items()}
     before = snapshot(env)
@@ -464,17 +654,32 @@ def test_what_the_terminal_shows(env: Env, args, extra, expect):
 
 # ------------------------------------------------------------------------------------ the docs
 
+
 def test_catalogue_lists_every_case():
     doc = DOC.read_text(encoding="utf-8")
-    ids = [c.id for c in CLI_CASES] + list(LIB_CASES) + [
-        "labeller-name", "unicode-emoji-rtl", "html-markdown-script", "100kB-completion", "prompt-file-blank-lines",
-        "duplicate-prompts", "prompt-longer-than-context", "wrong-access-token"]
+    ids = (
+        [c.id for c in CLI_CASES]
+        + list(LIB_CASES)
+        + [
+            "labeller-name",
+            "unicode-emoji-rtl",
+            "html-markdown-script",
+            "100kB-completion",
+            "prompt-file-blank-lines",
+            "duplicate-prompts",
+            "prompt-longer-than-context",
+            "wrong-access-token",
+        ]
+    )
     missing = [i for i in ids if f"`{i}`" not in doc]
     assert not missing, f"docs/bad_inputs.md lacks {missing}"
 
 
 def test_latest_pointer_file_is_accepted_as_the_reward_model(env: Env, capsys):
-    code, out, err = call_main("reward_training", ["predict", "--model", str(env.artifacts / "reward_models" / "latest"),
-                                                   "a fine film"], capsys)
+    code, out, err = call_main(
+        "reward_training",
+        ["predict", "--model", str(env.artifacts / "reward_models" / "latest"), "a fine film"],
+        capsys,
+    )
     assert code == 0, err
     assert 0.0 <= json.loads(out.splitlines()[0])["p_good"] <= 1.0

@@ -1,4 +1,5 @@
 """The labelling app in a real browser: Debian's chromium driven by Playwright, keyboard only."""
+
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from labeling_app import harness
+from tests.support import harness
 
 # CI sets RLHF_REQUIRE_BROWSER=1: there a missing chromium fails the run instead of skipping it.
 _MISSING = not harness.CHROMIUM.exists() and os.environ.get("RLHF_REQUIRE_BROWSER") != "1"
@@ -25,10 +26,13 @@ def _seed(url: str, n: int) -> list[int]:
 
     engine = db.connect(url)
     texts = [f" and the acting was fine, item {i}." for i in range(n - 1)] + [NASTY]
-    return db.add_completions(engine, [
-        db.NewCompletion(prompt=f"I watched film {i}", text=t, model_version_id=None, gen_params={})
-        for i, t in enumerate(texts)
-    ])
+    return db.add_completions(
+        engine,
+        [
+            db.NewCompletion(prompt=f"I watched film {i}", text=t, model_version_id=None, gen_params={})
+            for i, t in enumerate(texts)
+        ],
+    )
 
 
 def test_label_20_items_with_the_keyboard_and_undo_one(tmp_path):
@@ -36,8 +40,11 @@ def test_label_20_items_with_the_keyboard_and_undo_one(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'feedback.sqlite'}"
     _seed(url, 25)
-    env = {"RLHF_DB_URL": url, "RLHF_CONFIG": str(REPO / "configs" / "smoke.yaml"),
-           "RLHF_ARTIFACTS": str(tmp_path / "artifacts")}
+    env = {
+        "RLHF_DB_URL": url,
+        "RLHF_CONFIG": str(REPO / "configs" / "smoke.yaml"),
+        "RLHF_ARTIFACTS": str(tmp_path / "artifacts"),
+    }
     keys = {"g": "good", "b": "bad", "s": "skip"}
     pressed: list[tuple[int, str]] = []
     with harness.running_app(env, log_path=tmp_path / "streamlit.log") as base, harness.chromium_page() as page:

@@ -1,4 +1,5 @@
 """Profiles and overrides: typed, validated, failing fast with the key and the allowed values."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,7 +69,11 @@ def test_missing_section_gives_defaults(tmp_path):
 @pytest.mark.parametrize(
     "yaml_text, overrides, message",
     [
-        ("ppo:\n  stepz: 3\n", [], r"unknown key 'ppo.stepz'.*allowed keys in ppo: bf16, gen, lr, mode, steps, tags, target"),
+        (
+            "ppo:\n  stepz: 3\n",
+            [],
+            r"unknown key 'ppo.stepz'.*allowed keys in ppo: bf16, gen, lr, mode, steps, tags, target",
+        ),
         ("ppo:\n  steps: many\n", [], r"ppo.steps='many' has the wrong type \(str\).*takes int"),
         ("ppo:\n  steps: 2.5\n", [], r"ppo.steps=2.5 has the wrong type"),
         ("ppo:\n  mode: medium\n", [], r"ppo.mode='medium' is not allowed.*allowed values: 'fast', 'slow'"),

@@ -1,6 +1,6 @@
 """Crash safety: SIGKILL a stage at a random point and check that nothing a reader trusts is damaged.
 
-For each of ``python -m rl_finetune pretrain``, ``python -m reward_training`` and
+For each of ``python -m base_policy pretrain``, ``python -m reward_training`` and
 ``python -m rl_finetune ppo`` (smoke profile, subprocesses):
 
 1. a first run to completion gives the "previous model" (and ``latest`` where the stage has one);
@@ -15,6 +15,7 @@ For each of ``python -m rl_finetune pretrain``, ``python -m reward_training`` an
 Plus: a process writing judgements is SIGKILLed mid-loop; the SQLite file passes
 ``integrity_check`` and holds every judgement the writer reported as committed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,25 +42,43 @@ STAGES = ("pretrain", "reward", "ppo")
 
 # ------------------------------------------------------------------------------------ helpers
 
+
 def stage_env(root: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "RLHF_CONFIG": str(SMOKE),
-        "RLHF_ARTIFACTS": str(root / "artifacts"),
-        "RLHF_DB_URL": f"sqlite:///{root / 'data' / 'feedback.sqlite'}",
-        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-        "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-        "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "RLHF_CONFIG": str(SMOKE),
+            "RLHF_ARTIFACTS": str(root / "artifacts"),
+            "RLHF_DB_URL": f"sqlite:///{root / 'data' / 'feedback.sqlite'}",
+            "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
 def stage_cmd(stage: str, world: dict, *, resume: bool = False) -> list[str]:
     if stage == "pretrain":
-        return [sys.executable, "-m", "rl_finetune", "pretrain", *PRETRAIN_ARGS, *(["--resume"] if resume else [])]
+        return [sys.executable, "-m", "base_policy", "pretrain", *PRETRAIN_ARGS, *(["--resume"] if resume else [])]
     if stage == "reward":
-        return [sys.executable, "-m", "reward_training", "--no-progress", "--set", f"backbone={world['backbone']}",
-                "--set", "seed_examples=32", "--set", "eval_snippets=32", "--set", "plots=false"]
+        return [
+            sys.executable,
+            "-m",
+            "reward_training",
+            "--no-progress",
+            "--set",
+            f"backbone={world['backbone']}",
+            "--set",
+            "seed_examples=32",
+            "--set",
+            "eval_snippets=32",
+            "--set",
+            "plots=false",
+        ]
     return [sys.executable, "-m", "rl_finetune", "ppo", *PPO_ARGS, *(["--resume"] if resume else [])]
 
 
@@ -75,8 +94,15 @@ def run(cmd: list[str], root: Path, log_name: str) -> tuple[int, str, float]:
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - t0
 
 
-def run_and_kill(cmd: list[str], root: Path, *, delay: float | None, watch: Path | None, log_name: str,
-                 after: tuple[Path, str] | None = None) -> str:
+def run_and_kill(
+    cmd: list[str],
+    root: Path,
+    *,
+    delay: float | None,
+    watch: Path | None,
+    log_name: str,
+    after: tuple[Path, str] | None = None,
+) -> str:
     """Start ``cmd``; SIGKILL it ``delay`` s after it started (or after a file matching ``after``
     = (folder, glob) was written by it: its first checkpoint), or as soon as a hidden temporary
     folder appears in ``watch`` (a save in progress). Returns why it stopped."""
@@ -91,8 +117,11 @@ def run_and_kill(cmd: list[str], root: Path, *, delay: float | None, watch: Path
                 t0 = time.monotonic()
             if delay is not None and t0 is not None and time.monotonic() - t0 >= delay:
                 why = f"killed {delay:.2f} s after {'its first checkpoint' if after else 'the start'}"
-            elif watch is not None and watch.is_dir() and any(
-                    ".tmp-" in p.name and not p.name.startswith(".latest") for p in watch.iterdir()):
+            elif (
+                watch is not None
+                and watch.is_dir()
+                and any(".tmp-" in p.name and not p.name.startswith(".latest") for p in watch.iterdir())
+            ):
                 why = f"killed mid-save after {time.monotonic() - t0:.1f} s"
             else:
                 time.sleep(0.005)
@@ -146,7 +175,9 @@ def visible_models(stage: str, parent: Path) -> list[Path]:
 
 
 def hidden_leftovers(parent: Path) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name))
+    return sorted(
+        p.name for p in parent.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)
+    )
 
 
 def latest_name(parent: Path) -> str | None:
@@ -159,10 +190,18 @@ def seed_labels(db_url: str, n: int = 40) -> None:
     import db
 
     engine = db.connect(db_url)
-    ids = db.add_completions(engine, [
-        db.NewCompletion(prompt=f"This movie {i} was", text=(" great fun" if i % 2 else " a dull mess") + f" #{i}",
-                         model_version_id=None, gen_params={})
-        for i in range(n)])
+    ids = db.add_completions(
+        engine,
+        [
+            db.NewCompletion(
+                prompt=f"This movie {i} was",
+                text=(" great fun" if i % 2 else " a dull mess") + f" #{i}",
+                model_version_id=None,
+                gen_params={},
+            )
+            for i in range(n)
+        ],
+    )
     who = db.get_or_create_labeler(engine, "crash-test")
     for i, cid in enumerate(ids):
         db.record_judgement(engine, labeler_id=who, completion_id=cid, label="good" if i % 2 else "bad")
@@ -171,13 +210,19 @@ def seed_labels(db_url: str, n: int = 40) -> None:
 
 # ------------------------------------------------------------------------------------ fixtures
 
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_reward_dir):
     """One environment for the module: base policy, reward model and PPO policy, each from a first
     complete run (these are the "previous models" the kills must not harm)."""
     root = tmp_path_factory.mktemp("crash")
-    world = {"root": root, "artifacts": root / "artifacts", "db_file": root / "data" / "feedback.sqlite",
-             "backbone": str(tiny_reward_dir), "durations": {}}
+    world = {
+        "root": root,
+        "artifacts": root / "artifacts",
+        "db_file": root / "data" / "feedback.sqlite",
+        "backbone": str(tiny_reward_dir),
+        "durations": {},
+    }
     seed_labels(f"sqlite:///{world['db_file']}")
     for stage in STAGES:
         code, out, seconds = run(stage_cmd(stage, world), root, f"{stage}-first")
@@ -187,6 +232,7 @@ def world(tmp_path_factory, tiny_reward_dir):
 
 
 # ------------------------------------------------------------------------------------ tests
+
 
 @pytest.mark.parametrize("mode", ["random", "mid-save"])
 @pytest.mark.parametrize("stage", STAGES)
@@ -203,9 +249,19 @@ def test_sigkill_keeps_previous_model_and_rerun_finishes(world, stage, mode):
         delay = rng.uniform(0.3, 0.9) * world["durations"][stage]
         why = run_and_kill(stage_cmd(stage, world), root, delay=delay, watch=None, log_name=f"{stage}-{mode}-killed")
     elif mode == "random":  # a seeded point in training, after the first checkpoint (so --resume has work)
-        after = (artifacts / "checkpoints" / "pretrain", "last.pt") if stage == "pretrain" else (parent, ".work-*/checkpoint/state.json")
-        why = run_and_kill(stage_cmd(stage, world), root, delay=rng.uniform(0.0, 0.4), watch=None,
-                           log_name=f"{stage}-{mode}-killed", after=after)
+        after = (
+            (artifacts / "checkpoints" / "pretrain", "last.pt")
+            if stage == "pretrain"
+            else (parent, ".work-*/checkpoint/state.json")
+        )
+        why = run_and_kill(
+            stage_cmd(stage, world),
+            root,
+            delay=rng.uniform(0.0, 0.4),
+            watch=None,
+            log_name=f"{stage}-{mode}-killed",
+            after=after,
+        )
         assert why.startswith("killed"), why
     else:  # while the new model folder is being written
         why = run_and_kill(stage_cmd(stage, world), root, delay=None, watch=parent, log_name=f"{stage}-{mode}-killed")
@@ -235,8 +291,10 @@ def test_sigkill_keeps_previous_model_and_rerun_finishes(world, stage, mode):
     assert integrity(world["db_file"]) == "ok"
 
     # the re-run finishes (from the checkpoint when the stage has one and it was written)
-    ckpt = {"pretrain": artifacts / "checkpoints" / "pretrain" / "last.pt",
-            "ppo": next(iter(sorted(parent.glob(".work-*/checkpoint/state.json"))), None)}.get(stage)
+    ckpt = {
+        "pretrain": artifacts / "checkpoints" / "pretrain" / "last.pt",
+        "ppo": next(iter(sorted(parent.glob(".work-*/checkpoint/state.json"))), None),
+    }.get(stage)
     resume = ckpt is not None and Path(ckpt).is_file()
     code, out, _ = run(stage_cmd(stage, world, resume=resume), root, f"{stage}-{mode}-rerun")
     assert code == 0, f"{why}; re-run (resume={resume}) failed:\n{out[-3000:]}"
@@ -269,8 +327,14 @@ for i, cid in enumerate(ids):
 
 def test_sqlite_survives_sigkill_during_judgement_writes(tmp_path):
     db_file = tmp_path / "feedback.sqlite"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, f"sqlite:///{db_file}"], env=stage_env(tmp_path),
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, f"sqlite:///{db_file}"],
+        env=stage_env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     target = random.Random(SEED).randint(50, 200)
     committed: list[int] = []
     try:

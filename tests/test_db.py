@@ -1,4 +1,5 @@
 """The feedback database, on SQLite and on a real PostgreSQL server (parametrised `backend_url`)."""
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _completions(engine, n: int, prompt: str = "The movie was", model_version_id=None) -> list[int]:
-    return db.add_completions(engine, [db.NewCompletion(prompt, f" number {i}.", model_version_id, {"top_k": 0})
-                                       for i in range(n)])
+    return db.add_completions(
+        engine, [db.NewCompletion(prompt, f" number {i}.", model_version_id, {"top_k": 0}) for i in range(n)]
+    )
 
 
 def _run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -90,7 +92,9 @@ def test_upgrade_false_on_an_empty_database_asks_for_upgrade(tmp_path):
         db.connect(f"sqlite:///{tmp_path / 'empty.sqlite'}", upgrade=False)
 
 
-@pytest.mark.parametrize("url", ["data/feedback.sqlite", "sqlite//x", "mysql://u@h/db", "postgresql+psycopg://u@h:notaport/db"])
+@pytest.mark.parametrize(
+    "url", ["data/feedback.sqlite", "sqlite//x", "mysql://u@h/db", "postgresql+psycopg://u@h:notaport/db"]
+)
 def test_bad_env_url_names_the_variable(monkeypatch, url):
     monkeypatch.setenv("RLHF_DB_URL", url)
     with pytest.raises(db.DatabaseError, match="RLHF_DB_URL"):
@@ -98,7 +102,9 @@ def test_bad_env_url_names_the_variable(monkeypatch, url):
 
 
 def test_unreachable_postgres_names_url_and_masks_password():
-    with pytest.raises(db.DatabaseError, match=r"cannot reach the PostgreSQL server at postgresql\+psycopg://u:\*\*\*@127\.0\.0\.1:9/x") as err:
+    with pytest.raises(
+        db.DatabaseError, match=r"cannot reach the PostgreSQL server at postgresql\+psycopg://u:\*\*\*@127\.0\.0\.1:9/x"
+    ) as err:
         db.connect("postgresql://u:hunter2@127.0.0.1:9/x")
     assert "hunter2" not in str(err.value)
 
@@ -133,13 +139,19 @@ def test_add_prompts_keeps_order_and_reuses_existing(db_engine):
 
 def test_add_completions_creates_prompts_and_keeps_order(db_engine):
     mv = db.register_model_version(db_engine, kind="policy", name="base", path="/p")
-    items = [db.NewCompletion("P1", " one", mv, {"temperature": 1.0, "nan": float("nan")}),
-             db.NewCompletion("P2", " two", None, {}), db.NewCompletion("P1", " three", mv, {})]
+    items = [
+        db.NewCompletion("P1", " one", mv, {"temperature": 1.0, "nan": float("nan")}),
+        db.NewCompletion("P2", " two", None, {}),
+        db.NewCompletion("P1", " three", mv, {}),
+    ]
     ids = db.add_completions(db_engine, items)
     assert len(ids) == 3 and ids == sorted(ids)
     got = [db.get_item(db_engine, i) for i in ids]
-    assert [(g.prompt, g.completion, g.model_version_id) for g in got] == [("P1", " one", mv), ("P2", " two", None),
-                                                                            ("P1", " three", mv)]
+    assert [(g.prompt, g.completion, g.model_version_id) for g in got] == [
+        ("P1", " one", mv),
+        ("P2", " two", None),
+        ("P1", " three", mv),
+    ]
     assert db.stats(db_engine)["prompts"] == 2
     with pytest.raises(UserError, match="model version"):
         db.add_completions(db_engine, [db.NewCompletion("P", " x", 999, {})])
@@ -148,8 +160,12 @@ def test_add_completions_creates_prompts_and_keeps_order(db_engine):
 
 def test_model_versions(db_engine):
     assert db.latest_model_version(db_engine, "reward") is None
-    r1 = db.register_model_version(db_engine, kind="reward", name="rm-1", path="/r1", metrics={"acc": 0.8, "bad": math.inf})
-    r2 = db.register_model_version(db_engine, kind="reward", name="rm-2", path="/r2", parent_id=r1, metrics={"acc": 0.9})
+    r1 = db.register_model_version(
+        db_engine, kind="reward", name="rm-1", path="/r1", metrics={"acc": 0.8, "bad": math.inf}
+    )
+    r2 = db.register_model_version(
+        db_engine, kind="reward", name="rm-2", path="/r2", parent_id=r1, metrics={"acc": 0.9}
+    )
     db.register_model_version(db_engine, kind="policy", name="pi", path="/pi")
     latest = db.latest_model_version(db_engine, "reward")
     assert latest.id == r2 and latest.parent_id == r1 and latest.metrics == {"acc": 0.9}
@@ -397,8 +413,9 @@ TRICKY = ' said "hi", then\nleft; <script>alert(1)</script> **bold** 🎬 שלו
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "hf"])
 def test_export_round_trip(db_engine, tmp_path, fmt):
-    c1, c2 = db.add_completions(db_engine, [db.NewCompletion("She", TRICKY, None, {}),
-                                            db.NewCompletion("He", " left.", None, {})])
+    c1, c2 = db.add_completions(
+        db_engine, [db.NewCompletion("She", TRICKY, None, {}), db.NewCompletion("He", " left.", None, {})]
+    )
     a = db.get_or_create_labeler(db_engine, "ann")
     db.record_judgement(db_engine, labeler_id=a, completion_id=c1, label="good", seconds=3.25)
     db.record_judgement(db_engine, labeler_id=a, completion_id=c2, label="skip")
@@ -477,18 +494,33 @@ def test_upgrade_from_0001_backfills_label_counts(backend_url):
     engine = make_engine(url)
     migrate(engine, "0001")
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO prompts (id, text, text_sha256, source, created_at) "
-                          "VALUES (1, 'P', 'x', 'imdb', '2026-01-01 00:00:00')"))
+        conn.execute(
+            text(
+                "INSERT INTO prompts (id, text, text_sha256, source, created_at) "
+                "VALUES (1, 'P', 'x', 'imdb', '2026-01-01 00:00:00')"
+            )
+        )
         for cid in (1, 2):
-            conn.execute(text("INSERT INTO completions (id, prompt_id, text, gen_params, created_at) "
-                              "VALUES (:c, 1, ' t', '{}', '2026-01-01 00:00:00')"), {"c": cid})
+            conn.execute(
+                text(
+                    "INSERT INTO completions (id, prompt_id, text, gen_params, created_at) "
+                    "VALUES (:c, 1, ' t', '{}', '2026-01-01 00:00:00')"
+                ),
+                {"c": cid},
+            )
         for lid, name in ((1, "a"), (2, "b")):
-            conn.execute(text("INSERT INTO labelers (id, name, created_at) VALUES (:i, :n, '2026-01-01 00:00:00')"),
-                         {"i": lid, "n": name})
+            conn.execute(
+                text("INSERT INTO labelers (id, name, created_at) VALUES (:i, :n, '2026-01-01 00:00:00')"),
+                {"i": lid, "n": name},
+            )
         for cid, lid, label in ((1, 1, "good"), (1, 2, "bad"), (2, 1, "skip")):
-            conn.execute(text("INSERT INTO judgements (completion_id, labeler_id, label, created_at, updated_at) "
-                              "VALUES (:c, :l, :lab, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"),
-                         {"c": cid, "l": lid, "lab": label})
+            conn.execute(
+                text(
+                    "INSERT INTO judgements (completion_id, labeler_id, label, created_at, updated_at) "
+                    "VALUES (:c, :l, :lab, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+                ),
+                {"c": cid, "l": lid, "lab": label},
+            )
     engine.dispose()
     upgraded = db.connect(backend_url)
     assert db.current_revision(upgraded) == db.head_revision()
@@ -497,7 +529,7 @@ def test_upgrade_from_0001_backfills_label_counts(backend_url):
 
 
 def test_label_counts_stay_in_step(db_engine):
-    from db.drill import count_drift
+    from tests.support.drill import count_drift
 
     c1, c2 = _completions(db_engine, 2)
     a, b = (db.get_or_create_labeler(db_engine, n) for n in ("a", "b"))
@@ -546,8 +578,11 @@ def test_retrying_hides_transient_locks_and_names_the_database_when_it_gives_up(
     with pytest.raises(db.DatabaseError, match=r"r\.sqlite.*stayed busy"):
         retrying(always, what="test", engine=engine, attempts=3, base_delay=0.001)
     with pytest.raises(sa_exc.OperationalError):  # other errors are not retried
-        retrying(lambda: (_ for _ in ()).throw(sa_exc.OperationalError("x", {}, sqlite3.OperationalError("no such table"))),
-                 what="test", engine=engine)
+        retrying(
+            lambda: (_ for _ in ()).throw(sa_exc.OperationalError("x", {}, sqlite3.OperationalError("no such table"))),
+            what="test",
+            engine=engine,
+        )
 
 
 def test_a_writer_waits_for_another_process_holding_the_write_lock(tmp_path):

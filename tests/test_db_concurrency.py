@@ -4,11 +4,12 @@ Afterwards exactly the judgements the processes wrote exist, none duplicated or 
 "database is locked" reached a labeller, and with overlap 1 no item was handed to two labellers.
 The full-size run (10,000 judgements) is ``benchmarks/bench_db.py``.
 """
+
 from __future__ import annotations
 
 import pytest
 
-from db import drill
+from tests.support import drill
 
 
 def test_eight_labellers_at_once_lose_nothing(backend_url):
@@ -70,8 +71,13 @@ def test_sigkill_during_writes_loses_no_acknowledged_judgement(tmp_path):
     url = f"sqlite:///{path}"
     drill.prepare(url, 2000)
     repo = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, url], stdout=subprocess.PIPE, text=True,
-                            cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, url],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(repo)},
+    )
     acked = []
     for line in proc.stdout:
         acked.append(int(line))

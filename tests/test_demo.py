@@ -1,4 +1,5 @@
 """make demo: the pure report helpers, the config, and the whole loop on the smoke profile."""
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,12 @@ def test_completions_per_round_fits_the_overlap():
 
 
 def test_overopt_series_keeps_eval_rows_only():
-    rows = [{"step": 0, "eval/kl": 0.0, "eval/rm_prob": 0.5, "eval/gold": 0.5},
-            {"step": 1, "kl": 0.3, "reward_mean": 1.0},
-            {"step": 2, "eval/kl": 4.0, "eval/rm_prob": 0.9, "eval/gold": 0.6},
-            {"step": 3, "eval/kl": -0.01, "eval/rm_prob": 0.9, "eval/gold": 0.6}]
+    rows = [
+        {"step": 0, "eval/kl": 0.0, "eval/rm_prob": 0.5, "eval/gold": 0.5},
+        {"step": 1, "kl": 0.3, "reward_mean": 1.0},
+        {"step": 2, "eval/kl": 4.0, "eval/rm_prob": 0.9, "eval/gold": 0.6},
+        {"step": 3, "eval/kl": -0.01, "eval/rm_prob": 0.9, "eval/gold": 0.6},
+    ]
     s = overopt_series(rows)
     assert s["step"] == [0, 2, 3] and s["sqrt_kl"] == [0.0, 2.0, 0.0]
     assert s["proxy"] == [0.5, 0.9, 0.9] and s["gold"] == [0.5, 0.6, 0.6]
@@ -50,9 +53,12 @@ def test_summarize_scores():
 def test_reward_accuracy_line_shows_the_difference_with_its_interval():
     from demo.run import _acc_line, reward_accuracy
 
-    metrics = {"model": {"human_heldout": {"accuracy": 0.78, "n": 1000}}, "tfidf": {"human_heldout": {"accuracy": 0.72, "n": 1000}},
-               "model_minus_tfidf": {"human_heldout": {"points": 6.0, "ci95": [2.6, 9.1], "n": 1000}, "imdb_snippets": None},
-               "counts": {}}
+    metrics = {
+        "model": {"human_heldout": {"accuracy": 0.78, "n": 1000}},
+        "tfidf": {"human_heldout": {"accuracy": 0.72, "n": 1000}},
+        "model_minus_tfidf": {"human_heldout": {"points": 6.0, "ci95": [2.6, 9.1], "n": 1000}, "imdb_snippets": None},
+        "counts": {},
+    }
     acc = reward_accuracy(metrics)
     assert acc["model_minus_tfidf/human_heldout"] == {"points": 6.0, "ci95_low": 2.6, "ci95_high": 9.1, "n": 1000}
     assert "model_minus_tfidf/imdb_snippets" not in acc
@@ -68,8 +74,23 @@ def test_smoke_demo_end_to_end(smoke_env, tiny_policy_dir, tiny_reward_dir, caps
     import db
     from demo.__main__ import main
 
-    assert main(["--quiet", "--rounds", "2", "--overoptimization", "--set", f"base_policy={tiny_policy_dir}",
-                 "--set", f"reward_set=[backbone={tiny_reward_dir}]", "--run-id", "t"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "--rounds",
+                "2",
+                "--overoptimization",
+                "--set",
+                f"base_policy={tiny_policy_dir}",
+                "--set",
+                f"reward_set=[backbone={tiny_reward_dir}]",
+                "--run-id",
+                "t",
+            ]
+        )
+        == 0
+    )
     out = smoke_env["artifacts"] / "demo" / "t"
     report = json.loads((out / "report.json").read_text())
     md = (out / "report.md").read_text()

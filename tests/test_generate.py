@@ -1,4 +1,5 @@
 """Generation: batched sampling with left padding, and filling the labelling queue in the db."""
+
 from __future__ import annotations
 
 import logging
@@ -9,9 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import db
+from base_policy.generate import GenerateConfig, fill_queue, generate_completions, left_pad
+from base_policy.loading import load_policy
+from base_policy.registry import ensure_registered, find_policy_version
 from common.errors import UserError
-from rl_finetune.generate import GenerateConfig, fill_queue, generate_completions, left_pad
-from rl_finetune.policy import ensure_registered, find_policy_version, load_policy
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +34,22 @@ def test_left_pad_masks_the_padding():
 
 def test_completions_per_prompt_and_params_are_recorded(policy):
     model, tok = policy
-    cfg = GenerateConfig(completions_per_prompt=2, prompts_per_batch=2, max_new_tokens=6, top_k=5, top_p=0.9,
-                         temperature=0.7, seed=1)
+    cfg = GenerateConfig(
+        completions_per_prompt=2, prompts_per_batch=2, max_new_tokens=6, top_k=5, top_p=0.9, temperature=0.7, seed=1
+    )
     rows = generate_completions(model, tok, ["This movie", "I hated it", "Great"], cfg)
     assert [r["prompt"] for r in rows] == ["This movie"] * 2 + ["I hated it"] * 2 + ["Great"] * 2
     for r in rows:
         assert 0 <= r["n_tokens"] <= 6
         assert r["finish_reason"] in ("eos", "length")
-        assert r["gen_params"] == {"max_new_tokens": 6, "temperature": 0.7, "top_k": 5, "top_p": 0.9,
-                                   "do_sample": True, "seed": 1}
+        assert r["gen_params"] == {
+            "max_new_tokens": 6,
+            "temperature": 0.7,
+            "top_k": 5,
+            "top_p": 0.9,
+            "do_sample": True,
+            "seed": 1,
+        }
     again = generate_completions(model, tok, ["This movie", "I hated it", "Great"], cfg)
     assert [r["text"] for r in again] == [r["text"] for r in rows]  # seeded
 
@@ -61,6 +70,7 @@ def test_completion_is_cut_at_end_of_text(policy):
 
     class Scripted(torch.nn.Module):
         """Stands in for a model: appends ' good', <|endoftext|>, then padding."""
+
         config = type("C", (), {"n_positions": 64})()
 
         def generate(self, input_ids, attention_mask, **kwargs):
@@ -75,7 +85,7 @@ def test_completion_is_cut_at_end_of_text(policy):
 def test_long_prompt_is_cut_from_the_left_with_a_warning(policy, caplog):
     model, tok = policy
     long = "word " * 400  # > 128 positions of the tiny model
-    with caplog.at_level(logging.WARNING, logger="rl_finetune.generate"):
+    with caplog.at_level(logging.WARNING, logger="base_policy.generate"):
         rows = generate_completions(model, tok, [long + "END"], GenerateConfig(max_new_tokens=4, temperature=0.0))
     assert len(rows) == 1
     assert "truncated from the left" in caplog.text
@@ -109,8 +119,10 @@ def test_fill_queue_writes_completions_with_version_and_params(smoke_env, tiny_p
     version = find_policy_version(engine, tiny_policy_dir)
     assert version is not None
     assert {r.model_version_id for r in rows} == {version}
-    assert all(r.gen_params["top_k"] == 0 and r.gen_params["temperature"] == 1.0
-               and r.gen_params["max_new_tokens"] == 5 for r in rows)
+    assert all(
+        r.gen_params["top_k"] == 0 and r.gen_params["temperature"] == 1.0 and r.gen_params["max_new_tokens"] == 5
+        for r in rows
+    )
     # the labelling app's argument order (engine, path, prompts, n, cfg); the same version is reused
     assert fill_queue(engine, tiny_policy_dir, ["Another prompt"], 2, cfg) == 2
     assert {r.model_version_id for r in _completions(engine)} == {version}
@@ -119,10 +131,24 @@ def test_fill_queue_writes_completions_with_version_and_params(smoke_env, tiny_p
 
 
 def test_cli_generate_writes_n_completions(smoke_env, tiny_policy_dir, capsys):
-    from rl_finetune.__main__ import main
+    from base_policy.__main__ import main
 
-    assert main(["generate", "--policy", str(tiny_policy_dir), "-n", "5", "--completions-per-prompt", "1",
-                 "--max-new-tokens", "4"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--policy",
+                str(tiny_policy_dir),
+                "-n",
+                "5",
+                "--completions-per-prompt",
+                "1",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     engine = db.connect(smoke_env["db_url"])
     rows = _completions(engine)
     assert len(rows) == 5
@@ -133,18 +159,33 @@ def test_cli_generate_writes_n_completions(smoke_env, tiny_policy_dir, capsys):
 def test_cli_generate_from_prompt_file(smoke_env, tiny_policy_dir, tmp_path, capsys):
     import json
 
-    from rl_finetune.__main__ import main
+    from base_policy.__main__ import main
 
     f = tmp_path / "prompts.txt"
     f.write_text("First prompt\n\nSecond prompt\n")
-    assert main(["generate", "--policy", str(tiny_policy_dir), "-n", "2", "--prompt-file", str(f),
-                 "--max-new-tokens", "3", "--print"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--policy",
+                str(tiny_policy_dir),
+                "-n",
+                "2",
+                "--prompt-file",
+                str(f),
+                "--max-new-tokens",
+                "3",
+                "--print",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["prompt"] for x in lines] == ["First prompt", "Second prompt"]
 
 
 def test_cli_generate_without_base_policy_exits_2(smoke_env, capsys):
-    from rl_finetune.__main__ import main
+    from base_policy.__main__ import main
 
     with pytest.raises(SystemExit) as exc:
         main(["generate", "-n", "2"])

@@ -1,12 +1,13 @@
 """The gold judge: fits, scores sentiment the obvious way, caches by config."""
+
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 
 from common.errors import ConfigError
-import dataclasses
-
 from common.gold import GoldConfig, GoldJudge, coherence_factor, distinct2, function_word_share, training_texts
 
 SMALL = GoldConfig(max_reviews=1500, include_rotten_tomatoes=True)
@@ -18,11 +19,18 @@ def judge(tmp_path_factory):
 
 
 def test_scores_obvious_sentiment(judge):
-    s = judge.score(["A wonderful, moving film with great acting. I loved it.",
-                     "Terrible, boring and a waste of time. The worst movie ever."])
+    s = judge.score(
+        [
+            "A wonderful, moving film with great acting. I loved it.",
+            "Terrible, boring and a waste of time. The worst movie ever.",
+        ]
+    )
     assert s.shape == (2,) and s.dtype == np.float64
     assert s[0] > 0.6 > 0.4 > s[1]
-    assert list(judge.labels(["It was great fun, with a great cast.", "It was an awful plot and an awful cast."])) == [1, 0]
+    assert list(judge.labels(["It was great fun, with a great cast.", "It was an awful plot and an awful cast."])) == [
+        1,
+        0,
+    ]
     assert judge.score([]).shape == (0,)
 
 
@@ -36,9 +44,13 @@ def test_repetition_lowers_the_gold_score(judge):
     assert judge.sentiment([salad])[0] > 0.8
     assert judge.score([salad])[0] < 0.35 * judge.sentiment([salad])[0]
     np.testing.assert_allclose(judge.score([prose]), judge.sentiment([prose]))
-    np.testing.assert_allclose(coherence_factor(["a b a b a b a b a", prose], GoldConfig(distinct2_low=0.5, distinct2_high=0.8)), [0.0, 1.0])
-    adjectives = ("great novel and superb superb romance complex and great superb family great family great "
-                  "particular journey romance and superb journey stunning superb childhood great mystery tale")
+    np.testing.assert_allclose(
+        coherence_factor(["a b a b a b a b a", prose], GoldConfig(distinct2_low=0.5, distinct2_high=0.8)), [0.0, 1.0]
+    )
+    adjectives = (
+        "great novel and superb superb romance complex and great superb family great family great "
+        "particular journey romance and superb journey stunning superb childhood great mystery tale"
+    )
     assert distinct2(adjectives) > 0.8 and function_word_share(adjectives) < 0.15  # only the grammar ramp sees it
     assert judge.score([adjectives])[0] == 0.0 < 0.8 < judge.sentiment([adjectives])[0]
     assert function_word_share("It was the best film of the year.") == pytest.approx(5 / 8)

@@ -1,4 +1,5 @@
 """Atomic folder writes, the latest pointer, and the environment variables."""
+
 from __future__ import annotations
 
 import os

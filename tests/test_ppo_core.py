@@ -1,4 +1,5 @@
 """Each piece of the PPO algorithm against values computed by hand (comments show the arithmetic)."""
+
 from __future__ import annotations
 
 import math
@@ -23,10 +24,11 @@ def close(a, b, tol=1e-4):
 
 # ------------------------------------------------------------------ statistics
 
+
 def test_masked_mean_and_var_ignore_masked_positions():
     x, m = t([[1.0, 2.0, 100.0], [3.0, 4.0, -50.0]]), t([[1, 1, 0], [1, 1, 0]])
     assert close(core.masked_mean(x, m), 2.5)
-    assert close(core.masked_var(x, m), 5 / 3)            # ((1.5²+0.5²)*2)/3
+    assert close(core.masked_var(x, m), 5 / 3)  # ((1.5²+0.5²)*2)/3
     assert close(core.masked_var(x, m, unbiased=False), 1.25)
 
 
@@ -37,13 +39,14 @@ def test_whiten_to_zero_mean_unit_variance():
     kept = core.whiten(t([1.0, 2.0, 3.0, 4.0]), shift_mean=False)
     assert close(kept.mean(), 2.5)
     masked = core.whiten(t([1.0, 3.0, 99.0]), t([1, 1, 0]))
-    assert close(masked, [-0.70711, 0.70711, 0.0])      # mean 2, std sqrt(2)
+    assert close(masked, [-0.70711, 0.70711, 0.0])  # mean 2, std sqrt(2)
 
 
 # ------------------------------------------------------------------ log-probs and KL
 
+
 def test_logprobs_and_temperature():
-    logits = t([[[0.0, math.log(3.0)]]])                 # p = [1/4, 3/4]
+    logits = t([[[0.0, math.log(3.0)]]])  # p = [1/4, 3/4]
     assert close(core.logprobs_from_logits(logits, t([[1]])), [[math.log(0.75)]])
     # temperature 2: logits/2 -> p ∝ [1, sqrt 3]
     p1 = math.sqrt(3) / (1 + math.sqrt(3))
@@ -59,14 +62,14 @@ def test_exact_kl_over_the_vocabulary():
     kl = core.exact_kl(logits, ref)
     assert close(kl, [[0.13081]])
     kl.sum().backward()
-    assert logits.grad.abs().sum() > 0                                   # differentiable in the policy's logits
+    assert logits.grad.abs().sum() > 0  # differentiable in the policy's logits
     assert close(core.exact_kl(t([[[1.0, 2.0, 3.0]]]), torch.log_softmax(t([[[1.0, 2.0, 3.0]]]), -1)), [[0.0]])
     # temperature 2: softmax([0, ln 9] / 2) = softmax([0, ln 3]) -> the same 0.13081
     assert close(core.exact_kl(t([[[0.0, math.log(9.0)]]]), ref, temperature=2.0), [[0.13081]])
 
 
 def test_kl_estimators():
-    logp, ref = t([-1.0, -2.0]), t([-2.0, -1.0])            # r = +1, -1
+    logp, ref = t([-1.0, -2.0]), t([-2.0, -1.0])  # r = +1, -1
     assert close(core.kl_per_token(logp, ref, "k1"), [1.0, -1.0])
     # k3 = exp(-r) - 1 + r: e^-1 = 0.36788; e^1 - 2 = 0.71828
     assert close(core.kl_per_token(logp, ref, "k3"), [0.36788, 0.71828])
@@ -99,10 +102,11 @@ def test_running_moments_match_the_whole_sample():
     rm.update(t([1.0, 2.0, 3.0]))
     rm.update(t([4.0, 5.0]))
     assert rm.mean == pytest.approx(3.0, abs=1e-6)
-    assert rm.std == pytest.approx(math.sqrt(2.0), abs=1e-6)   # population variance of 1..5 is 2
+    assert rm.std == pytest.approx(math.sqrt(2.0), abs=1e-6)  # population variance of 1..5 is 2
 
 
 # ------------------------------------------------------------------ GAE
+
 
 def test_gae_by_hand():
     # values [1,2,3], rewards [0,0,1], gamma 1, lam 0.5
@@ -130,6 +134,7 @@ def test_gae_with_lambda_one_gives_discounted_returns():
 
 # ------------------------------------------------------------------ losses
 
+
 def test_clipped_surrogate_by_hand():
     ratio = t([[1.5, 0.5, 1.1]])
     adv = t([[1.0, -1.0, 1.0]])
@@ -147,8 +152,8 @@ def test_surrogate_ignores_masked_tokens_and_has_the_right_gradient():
     logp = torch.zeros(1, 2, requires_grad=True)
     loss, _ = core.policy_loss(logp, torch.zeros(1, 2), t([[2.0, 100.0]]), t([[1, 0]]), cliprange=0.2)
     loss.backward()
-    assert close(loss, -2.0)                 # -A * ratio(=1) on the one unmasked token
-    assert close(logp.grad, [[-2.0, 0.0]])   # d(-A e^{logp})/dlogp = -A
+    assert close(loss, -2.0)  # -A * ratio(=1) on the one unmasked token
+    assert close(logp.grad, [[-2.0, 0.0]])  # d(-A e^{logp})/dlogp = -A
 
 
 def test_clipped_value_loss_by_hand():
@@ -169,20 +174,22 @@ def test_explained_variance_and_distinct_n():
 
 # ------------------------------------------------------------------ KL controllers
 
+
 def test_adaptive_kl_controller_of_ziegler():
     # beta *= 1 + clip(KL/target - 1, ±0.2) * n / horizon
     ctl = AdaptiveKLController(0.1, target=6.0, horizon=100)
-    assert ctl.update(12.0, 10) == pytest.approx(0.1 * (1 + 0.2 * 0.1))     # error 1.0 clipped to 0.2
+    assert ctl.update(12.0, 10) == pytest.approx(0.1 * (1 + 0.2 * 0.1))  # error 1.0 clipped to 0.2
     ctl = AdaptiveKLController(0.1, target=6.0, horizon=100)
-    assert ctl.update(3.0, 10) == pytest.approx(0.1 * (1 - 0.2 * 0.1))      # error -0.5 clipped to -0.2
+    assert ctl.update(3.0, 10) == pytest.approx(0.1 * (1 - 0.2 * 0.1))  # error -0.5 clipped to -0.2
     ctl = AdaptiveKLController(0.1, target=6.0, horizon=100)
-    assert ctl.update(6.6, 10) == pytest.approx(0.1 * (1 + 0.1 * 0.1))      # error 0.1, inside the clip
+    assert ctl.update(6.6, 10) == pytest.approx(0.1 * (1 + 0.1 * 0.1))  # error 0.1, inside the clip
     fixed = FixedKLController(0.05)
     assert fixed.update(100.0, 10) == 0.05
     assert isinstance(make_kl_controller(0.1, None, None), FixedKLController)
 
 
 # ------------------------------------------------------------------ rollout helpers
+
 
 def test_response_mask_through_first_eos():
     resp = t([[5, 7, 0, 9], [5, 6, 7, 8], [0, 0, 0, 0]])
@@ -192,7 +199,7 @@ def test_response_mask_through_first_eos():
 
 def test_sampling_follows_the_distribution_and_skips_impossible_tokens():
     probs = t([0.0, 0.1, 0.0, 0.6, 0.3])
-    logits = probs.log().expand(20000, 5)                 # log 0 = -inf: never sampled
+    logits = probs.log().expand(20000, 5)  # log 0 = -inf: never sampled
     draws = sample_from_logits(logits, torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=5).float() / draws.numel()
     assert freq[0] == 0 and freq[2] == 0
@@ -207,6 +214,7 @@ def test_left_pad_and_positions():
 
 
 # ------------------------------------------------------------------ bad input
+
 
 def test_target_without_horizon_is_rejected(smoke_env):
     with pytest.raises(ConfigError, match="horizon"):

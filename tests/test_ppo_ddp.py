@@ -3,6 +3,7 @@
 (``accelerate launch --cpu`` always starts one process; ``torchrun --nproc_per_node 2`` is how
 accelerate runs several CPU processes on one machine.)
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, sys
 import torch
 from accelerate import PartialState
@@ -30,7 +31,7 @@ weights = sum(float(p.detach().double().sum()) for p in res.policy.parameters())
 with open(f"{out}.{state.process_index}.json", "w") as fh:
     json.dump({"rank": state.process_index, "world": state.num_processes, "weights": weights,
                "kl_coef": res.metrics[-1]["kl_coef"], "steps": res.summary["steps"]}, fh)
-'''
+"""
 
 
 def test_two_cpu_processes_train_in_lockstep(tiny_policy_dir, tmp_path):
@@ -38,9 +39,23 @@ def test_two_cpu_processes_train_in_lockstep(tiny_policy_dir, tmp_path):
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), str(tiny_policy_dir), str(tmp_path / "out")],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(tiny_policy_dir),
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads((tmp_path / f"out.{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in results] == [2, 2]

@@ -1,5 +1,6 @@
 """The policy wrapper and the sampler against plain transformers: same logits, left padding harmless,
 KV-cache sampling consistent with a full forward pass, value head at zero, bottom layers frozen."""
+
 from __future__ import annotations
 
 import torch
@@ -41,8 +42,14 @@ def test_kv_cache_sampling_matches_a_full_forward(tiny_policy_dir):
     """Sampling with temperature -> 0 is greedy; its tokens must be the argmax of a full forward pass."""
     pol = PolicyWithValueHead(tiny(tiny_policy_dir))
     b = left_pad([[11, 12, 13], [21, 22]], pad_id=0, texts=["a", "b"])
-    resp, mask = sample(pol, b, GenKwargs(max_new_tokens=5, temperature=1e-4, stop_at_eos=False), eos_id=None,
-                        pad_id=0, generator=torch.Generator().manual_seed(0))
+    resp, mask = sample(
+        pol,
+        b,
+        GenKwargs(max_new_tokens=5, temperature=1e-4, stop_at_eos=False),
+        eos_id=None,
+        pad_id=0,
+        generator=torch.Generator().manual_seed(0),
+    )
     ids = torch.cat([b.input_ids, resp], 1)
     attn = torch.cat([b.attention_mask, torch.ones_like(resp)], 1)
     logits, _ = pol(ids, attn, position_ids(attn), start=b.input_ids.shape[1] - 1)

@@ -1,4 +1,5 @@
 """Stage 1: pretraining the small base policy (smoke profile: a tiny GPT-2 in seconds)."""
+
 from __future__ import annotations
 
 import math
@@ -6,10 +7,7 @@ import math
 import pytest
 import torch
 
-from common.config import load_config
-from common.errors import UserError
-from common.imdb import DataConfig
-from rl_finetune.pretrain import (
+from base_policy.pretrain import (
     PretrainConfig,
     budget_progress,
     detokenize_rt,
@@ -18,7 +16,10 @@ from rl_finetune.pretrain import (
     save_policy_folder,
     train,
 )
-from rl_finetune.policy import weights_fingerprint
+from base_policy.registry import weights_fingerprint
+from common.config import load_config
+from common.errors import UserError
+from common.imdb import DataConfig
 
 SMOKE = "configs/smoke.yaml"
 
@@ -88,7 +89,13 @@ def test_interrupted_save_leaves_the_previous_model_intact(trained, tmp_path):
 
 
 def test_resume_continues_from_the_checkpoint(smoke_env):
-    base = {"max_steps": 6, "checkpoint_every": 3, "eval_tokens": 512, "sample_prompts": ["A"], "sample_max_new_tokens": 2}
+    base = {
+        "max_steps": 6,
+        "checkpoint_every": 3,
+        "eval_tokens": 512,
+        "sample_prompts": ["A"],
+        "sample_max_new_tokens": 2,
+    }
     cfg = load_config(PretrainConfig, "pretrain", overrides=base)
     data = load_config(DataConfig, "data")
     first = train(cfg, data, progress=False)
@@ -109,7 +116,7 @@ class _NotAPlainValue:
 def test_resume_refuses_a_checkpoint_that_is_not_plain_data(smoke_env):
     import torch
 
-    from rl_finetune.pretrain import checkpoint_dir, load_checkpoint
+    from base_policy.pretrain import checkpoint_dir, load_checkpoint
 
     cfg = load_config(PretrainConfig, "pretrain", overrides={"max_steps": 2})
     folder = checkpoint_dir()
@@ -132,7 +139,7 @@ def test_resume_without_checkpoint_names_the_fix(smoke_env):
 def test_bpe_tokenizer_is_gpt2_compatible(tmp_path):
     from transformers import AutoTokenizer
 
-    from rl_finetune.tokenizer import train_bpe
+    from base_policy.tokenizer import train_bpe
 
     texts = ["This movie was great, I loved it!", "A terrible film. The worst acting ever."] * 50
     tok = train_bpe(texts, vocab_size=300)
@@ -166,16 +173,31 @@ def test_config_validation():
 
 
 def test_rotten_tomatoes_sentences_are_detokenized():
-    assert detokenize_rt("it's a mess , really . i liked the ( brief ) score though !") == \
-        "It's a mess, really. I liked the (brief) score though!"
+    assert (
+        detokenize_rt("it's a mess , really . i liked the ( brief ) score though !")
+        == "It's a mess, really. I liked the (brief) score though!"
+    )
 
 
 def test_cli_pretrain_saves_and_registers(smoke_env, capsys):
     import db
     from rl_finetune.__main__ import main
 
-    assert main(["pretrain", "--no-progress", "--set", "max_steps=4", "--set", "eval_tokens=512",
-                 "--set", "sample_max_new_tokens=2"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--no-progress",
+                "--set",
+                "max_steps=4",
+                "--set",
+                "eval_tokens=512",
+                "--set",
+                "sample_max_new_tokens=2",
+            ]
+        )
+        == 0
+    )
     folder = smoke_env["artifacts"] / "base_policy"
     assert (folder / "model.safetensors").is_file()
     versions = db.list_model_versions(db.connect(smoke_env["db_url"]), kind="policy")
@@ -201,11 +223,19 @@ def test_weights_are_finite(trained):
 
 
 def test_init_from_a_saved_model_with_zero_steps_saves_it_as_is(smoke_env, tiny_policy_dir):
-    from rl_finetune.policy import load_policy
+    from base_policy.loading import load_policy
 
-    cfg = load_config(PretrainConfig, "pretrain", overrides={
-        "init_from": str(tiny_policy_dir), "max_steps": 0, "eval_tokens": 256, "sample_prompts": ["Hi"],
-        "sample_max_new_tokens": 2})
+    cfg = load_config(
+        PretrainConfig,
+        "pretrain",
+        overrides={
+            "init_from": str(tiny_policy_dir),
+            "max_steps": 0,
+            "eval_tokens": 256,
+            "sample_prompts": ["Hi"],
+            "sample_max_new_tokens": 2,
+        },
+    )
     result = train(cfg, load_config(DataConfig, "data"), progress=False)
     folder = save_base_policy(result)
     assert result.metrics["steps"] == 0 and result.metrics["vocab_size"] == 50257
@@ -217,9 +247,19 @@ def test_init_from_a_saved_model_with_zero_steps_saves_it_as_is(smoke_env, tiny_
 
 @pytest.mark.parametrize("curriculum", ["short", "rt"])
 def test_curriculum_phase_keeps_tokens_per_step(smoke_env, curriculum):
-    cfg = load_config(PretrainConfig, "pretrain", overrides={
-        "max_steps": 4, "curriculum": curriculum, "curriculum_fraction": 0.5, "curriculum_block": 16,
-        "eval_tokens": 256, "sample_prompts": ["Hi"], "sample_max_new_tokens": 2})
+    cfg = load_config(
+        PretrainConfig,
+        "pretrain",
+        overrides={
+            "max_steps": 4,
+            "curriculum": curriculum,
+            "curriculum_fraction": 0.5,
+            "curriculum_block": 16,
+            "eval_tokens": 256,
+            "sample_prompts": ["Hi"],
+            "sample_max_new_tokens": 2,
+        },
+    )
     result = train(cfg, load_config(DataConfig, "data"), progress=False)
     assert result.metrics["steps"] == 4
     assert result.metrics["tokens_seen"] == 4 * cfg.batch_size * cfg.block_size
@@ -227,14 +267,25 @@ def test_curriculum_phase_keeps_tokens_per_step(smoke_env, curriculum):
 
 def test_compile_failure_falls_back_to_eager(smoke_env, monkeypatch, caplog):
     """A machine where torch.compile breaks (no working compiler, an inductor bug) still trains."""
+
     def broken_compile(model, *args, **kwargs):
         def fwd(*a, **k):
             raise RuntimeError("InductorError: CppCompileError: C++ compile error")
+
         return fwd
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    cfg = load_config(PretrainConfig, "pretrain", overrides={
-        "max_steps": 3, "compile": True, "eval_tokens": 256, "sample_prompts": ["Hi"], "sample_max_new_tokens": 2})
+    cfg = load_config(
+        PretrainConfig,
+        "pretrain",
+        overrides={
+            "max_steps": 3,
+            "compile": True,
+            "eval_tokens": 256,
+            "sample_prompts": ["Hi"],
+            "sample_max_new_tokens": 2,
+        },
+    )
     with caplog.at_level("WARNING"):
         result = train(cfg, load_config(DataConfig, "data"), progress=False)
     assert result.metrics["steps"] == 3 and all(math.isfinite(x) for x in result.losses)
@@ -244,7 +295,7 @@ def test_compile_failure_falls_back_to_eager(smoke_env, monkeypatch, caplog):
 def test_compile_without_a_cxx_compiler_warns_and_trains_eager(monkeypatch, caplog):
     import shutil
 
-    from rl_finetune.pretrain import maybe_compile
+    from base_policy.pretrain import maybe_compile
 
     model = torch.nn.Linear(2, 2)
     assert maybe_compile(model, False) is model
@@ -256,8 +307,17 @@ def test_compile_without_a_cxx_compiler_warns_and_trains_eager(monkeypatch, capl
 
 @pytest.mark.slow
 def test_real_torch_compile_trains(smoke_env):
-    cfg = load_config(PretrainConfig, "pretrain", overrides={
-        "max_steps": 5, "compile": True, "eval_tokens": 256, "sample_prompts": ["Hi"], "sample_max_new_tokens": 2})
+    cfg = load_config(
+        PretrainConfig,
+        "pretrain",
+        overrides={
+            "max_steps": 5,
+            "compile": True,
+            "eval_tokens": 256,
+            "sample_prompts": ["Hi"],
+            "sample_max_new_tokens": 2,
+        },
+    )
     result = train(cfg, load_config(DataConfig, "data"), progress=False)
     assert result.metrics["steps"] == 5 and result.losses[-1] < result.losses[0]
 
@@ -265,7 +325,7 @@ def test_real_torch_compile_trains(smoke_env):
 def test_evaluation_runs_without_autograd(trained):
     import numpy as np
 
-    from rl_finetune.pretrain import evaluate
+    from base_policy.pretrain import evaluate
 
     cfg, result, _ = trained
     seen = []

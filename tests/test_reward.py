@@ -2,6 +2,7 @@
 
 A tiny random BERT (``tiny_reward_dir``) stands in for MiniLM, so each training takes seconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,16 @@ def one_thread():
 def tiny_cfg(backbone: Path, **over) -> RewardConfig:
     """The smoke profile's reward section on the tiny backbone, with learning rates a random
     2-layer model needs."""
-    base = {"backbone": str(backbone), "seed_lr": 3e-3, "human_lr": 3e-3, "freeze_embeddings": False,
-            "human_epochs": 8, "patience": 8, "mix_seed_ratio": 0.25, "bf16": False}
+    base = {
+        "backbone": str(backbone),
+        "seed_lr": 3e-3,
+        "human_lr": 3e-3,
+        "freeze_embeddings": False,
+        "human_epochs": 8,
+        "patience": 8,
+        "mix_seed_ratio": 0.25,
+        "bf16": False,
+    }
     base.update(over)
     return load_config(RewardConfig, "reward", profile=SMOKE, overrides=base)
 
@@ -51,8 +60,15 @@ def banana_records(n: int = 320, seed: int = 0) -> list[dict]:
 
     dd = load_imdb(data_cfg())
     rng = np.random.default_rng(seed)
-    snippets = D.imdb_snippets(dd["train"]["text"], dd["train"]["label"], n, prompt_words=(3, 5),
-                               span_words=(8, 16), follow_fraction=1.0, seed=seed + 7)
+    snippets = D.imdb_snippets(
+        dd["train"]["text"],
+        dd["train"]["label"],
+        n,
+        prompt_words=(3, 5),
+        span_words=(8, 16),
+        follow_fraction=1.0,
+        seed=seed + 7,
+    )
     out = []
     for i, ex in enumerate(snippets):
         words = ex.text.split()
@@ -75,8 +91,13 @@ def trained(tmp_path_factory, tiny_reward_dir):
         cfg = tiny_cfg(tiny_reward_dir)
         records = banana_records()
         out = train(cfg, examples=records, data_cfg=data_cfg(), run_id="r1", progress=False)
-        yield {"out": out, "cfg": cfg, "records": records, "artifacts": root / "artifacts",
-               "metrics": json.loads((out / "metrics.json").read_text())}
+        yield {
+            "out": out,
+            "cfg": cfg,
+            "records": records,
+            "artifacts": root / "artifacts",
+            "metrics": json.loads((out / "metrics.json").read_text()),
+        }
 
 
 # ----------------------------------------------------------------------------- data
@@ -92,8 +113,15 @@ def test_snippets_are_completion_shaped():
             assert words[:4] == ["w0", "w1", "w2", "w3"]  # the opening = the review's first words
             if follow:
                 assert words == [f"w{i}" for i in range(len(words))]
-    ex = D.imdb_snippets(["a b c d e f g h i j k l m n o p"] * 3, [1, 0, 1], 3, prompt_words=(2, 3),
-                         span_words=(3, 4), follow_fraction=0.5, seed=0)
+    ex = D.imdb_snippets(
+        ["a b c d e f g h i j k l m n o p"] * 3,
+        [1, 0, 1],
+        3,
+        prompt_words=(2, 3),
+        span_words=(3, 4),
+        follow_fraction=0.5,
+        seed=0,
+    )
     assert sorted(e.label for e in ex) == [0.0, 1.0, 1.0] and all(e.source == "imdb" for e in ex)
 
 
@@ -134,7 +162,11 @@ def test_metrics_helpers():
 
     y = np.array([0, 0, 1, 1], dtype=float)
     m = binary_metrics(y, [0.1, 0.2, 0.8, 0.9])
-    assert m["accuracy"] == 1.0 and m["roc_auc"] == 1.0 and math.isclose(m["log_loss"], -np.mean(np.log([0.9, 0.8, 0.8, 0.9])))
+    assert (
+        m["accuracy"] == 1.0
+        and m["roc_auc"] == 1.0
+        and math.isclose(m["log_loss"], -np.mean(np.log([0.9, 0.8, 0.8, 0.9])))
+    )
     ece, curve = expected_calibration_error(np.array([1.0, 0.0]), np.array([0.95, 0.95]))
     assert math.isclose(ece, 0.45) and curve["count"] == [2]
     assert binary_metrics([1.0, 1.0], [0.6, 0.7])["roc_auc"] is None  # one class: no AUC
@@ -173,7 +205,9 @@ def test_seed_phase_lowers_loss_and_is_cached(smoke_env, tiny_reward_dir):
     m0, tok = load_backbone(str(tiny_reward_dir))
     before = binary_metrics(y, predict_proba(m0, tok, texts, max_length=cfg.max_length, bf16=False))["log_loss"]
     res = seed_phase(cfg, data_cfg(), seed_ex, progress=False)
-    after = binary_metrics(y, predict_proba(res.model, res.tok, texts, max_length=cfg.max_length, bf16=False))["log_loss"]
+    after = binary_metrics(y, predict_proba(res.model, res.tok, texts, max_length=cfg.max_length, bf16=False))[
+        "log_loss"
+    ]
     assert after < before - 0.02, (before, after)
     assert np.mean(res.losses[-5:]) < np.mean(res.losses[:5])
     assert res.info["cached"] is False
@@ -198,14 +232,28 @@ def test_saved_folder_card_plots_and_latest(trained):
 
     out = trained["out"]
     assert resolve_latest(out.parent) == out
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "metrics.json",
-              "calibration.png", "training_loss.png", "reward_config.json"):
+    for f in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "README.md",
+        "metrics.json",
+        "calibration.png",
+        "training_loss.png",
+        "reward_config.json",
+    ):
         assert (out / f).is_file(), f
     card = (out / "README.md").read_text()
     assert "human_heldout" in card and "TF-IDF" in card
     diff = trained["metrics"]["model_minus_tfidf"]["human_heldout"]
-    acc = trained["metrics"]["model"]["human_heldout"]["accuracy"] - trained["metrics"]["tfidf"]["human_heldout"]["accuracy"]
-    assert math.isclose(diff["points"], round(100 * acc, 2), abs_tol=0.01) and diff["ci95"][0] <= diff["points"] <= diff["ci95"][1]
+    acc = (
+        trained["metrics"]["model"]["human_heldout"]["accuracy"]
+        - trained["metrics"]["tfidf"]["human_heldout"]["accuracy"]
+    )
+    assert (
+        math.isclose(diff["points"], round(100 * acc, 2), abs_tol=0.01)
+        and diff["ci95"][0] <= diff["points"] <= diff["ci95"][1]
+    )
     assert "95% paired bootstrap interval" in card
     assert not list(out.parent.glob(".r1.tmp-*"))
 
@@ -268,7 +316,9 @@ def test_interrupted_save_keeps_previous_model(trained, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(T, "save_model", crash)
-    cfg = tiny_cfg(Path(json.loads((trained["out"] / "metrics.json").read_text())["config"]["backbone"]), human_epochs=1)
+    cfg = tiny_cfg(
+        Path(json.loads((trained["out"] / "metrics.json").read_text())["config"]["backbone"]), human_epochs=1
+    )
     for run_id in ("r1", "r2"):  # overwrite the same run, or write a new one
         with pytest.raises(KeyboardInterrupt):
             T.train(cfg, examples=trained["records"][:40], data_cfg=data_cfg(), run_id=run_id, progress=False)
@@ -313,16 +363,30 @@ def test_cli_trains_from_db_registers_and_scores_queue(smoke_env, tiny_reward_di
     engine = db.connect()
     recs = banana_records(60)
     prompts = [" ".join(r["text"].split()[:3]) for r in recs]
-    ids = db.add_completions(engine, [db.NewCompletion(prompt=p, text=r["text"][len(p):]) for p, r in zip(prompts, recs)])
-    extra = db.add_completions(engine, [db.NewCompletion(prompt="Unlabelled", text=" one"),
-                                        db.NewCompletion(prompt="Unlabelled", text=" two")])
+    ids = db.add_completions(
+        engine, [db.NewCompletion(prompt=p, text=r["text"][len(p) :]) for p, r in zip(prompts, recs)]
+    )
+    extra = db.add_completions(
+        engine, [db.NewCompletion(prompt="Unlabelled", text=" one"), db.NewCompletion(prompt="Unlabelled", text=" two")]
+    )
     alice, bob = db.get_or_create_labeler(engine, "alice"), db.get_or_create_labeler(engine, "bob")
     for cid, r in zip(ids, recs):
         db.record_judgement(engine, labeler_id=alice, completion_id=cid, label="good" if r["label"] else "bad")
     db.record_judgement(engine, labeler_id=bob, completion_id=ids[1], label="skip")
 
-    args = ["--no-progress", "--run-id", "cli1", "--set", f"backbone={tiny_reward_dir}", "--set", "human_epochs=1",
-            "--set", "bf16=false", "--set", "plots=false"]
+    args = [
+        "--no-progress",
+        "--run-id",
+        "cli1",
+        "--set",
+        f"backbone={tiny_reward_dir}",
+        "--set",
+        "human_epochs=1",
+        "--set",
+        "bf16=false",
+        "--set",
+        "plots=false",
+    ]
     assert main(args) == 0
     version = db.latest_model_version(engine, "reward")
     out = smoke_env["artifacts"] / "reward_models" / "cli1"
@@ -333,7 +397,9 @@ def test_cli_trains_from_db_registers_and_scores_queue(smoke_env, tiny_reward_di
     from sqlalchemy.orm import Session
 
     with Session(engine) as s:
-        scores = dict(s.execute(select(db.Completion.id, db.Completion.reward_score).where(db.Completion.id.in_(extra))).all())
+        scores = dict(
+            s.execute(select(db.Completion.id, db.Completion.reward_score).where(db.Completion.id.in_(extra))).all()
+        )
     assert all(v is not None and 0 <= v <= 1 for v in scores.values())
 
 
@@ -384,7 +450,19 @@ def test_early_stopping_keeps_the_starting_weights_when_nothing_beats_them(tiny_
         calls.append(1)
         return {"loss": float(len(calls))}
 
-    res = fit(model, tok, ["good film", "bad film"] * 8, [1.0, 0.0] * 8, epochs=5, lr=1e-2, batch_size=4,
-              max_length=16, bf16=False, evaluate=evaluate, patience=2, progress=False)
+    res = fit(
+        model,
+        tok,
+        ["good film", "bad film"] * 8,
+        [1.0, 0.0] * 8,
+        epochs=5,
+        lr=1e-2,
+        batch_size=4,
+        max_length=16,
+        bf16=False,
+        evaluate=evaluate,
+        patience=2,
+        progress=False,
+    )
     assert res.best_epoch == 0 and res.stopped_early and len(res.evals) == 3  # start + 2 epochs
     assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())

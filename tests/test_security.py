@@ -8,6 +8,7 @@
 The behaviour itself (a ``<script>`` completion shown literally, a wrong token refused, bad names
 refused) is tested in ``test_app_labeling.py`` and ``test_bad_inputs.py``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -18,7 +19,17 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES_OUTSIDE_DB = ["common", "rl_finetune", "reward_training", "labeling_app", "demo", "benchmarks", "notebooks", "scripts"]
+PACKAGES_OUTSIDE_DB = [
+    "common",
+    "base_policy",
+    "rl_finetune",
+    "reward_training",
+    "labeling_app",
+    "demo",
+    "benchmarks",
+    "notebooks",
+    "scripts",
+]
 
 
 def sources(folders: list[str]) -> list[tuple[Path, str]]:
@@ -33,7 +44,9 @@ def sources(folders: list[str]) -> list[tuple[Path, str]]:
         for path in sorted(root.rglob("*.ipynb")):
             cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
             code = "\n".join("".join(c.get("source", [])) for c in cells if c.get("cell_type") == "code")
-            out.append((path, "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("!", "%")))))
+            out.append(
+                (path, "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("!", "%"))))
+            )
     return out
 
 
@@ -61,14 +74,19 @@ def sql_violations(path: Path, source: str) -> list[str]:
             top = node.module.split(".")[0]
             if top in ("sqlite3", "psycopg", "psycopg2"):
                 found.append(f"{rel(path)}:{node.lineno} imports from {node.module}")
-            if top == "sqlalchemy" and any(a.name in ("text", "create_engine", "insert", "select", "update", "delete")
-                                           for a in node.names):
+            if top == "sqlalchemy" and any(
+                a.name in ("text", "create_engine", "insert", "select", "update", "delete") for a in node.names
+            ):
                 found.append(f"{rel(path)}:{node.lineno} imports SQL constructs from {node.module}")
         elif isinstance(node, ast.Call):
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
             if name in ("exec_driver_sql", "executescript"):
                 found.append(f"{rel(path)}:{node.lineno} calls {name}")
-            if name == "text" and isinstance(node.func, ast.Attribute) and ast.unparse(node.func.value) not in ("sqlalchemy", "sa"):
+            if (
+                name == "text"
+                and isinstance(node.func, ast.Attribute)
+                and ast.unparse(node.func.value) not in ("sqlalchemy", "sa")
+            ):
                 continue  # st.text(...), path.read_text(...): not SQL
             if name in ("execute", "executemany", "text") and node.args:
                 arg = node.args[0]
@@ -90,13 +108,13 @@ def test_no_sql_strings_outside_db():
 
 
 def test_the_sql_scan_catches_what_it_should():
-    bad = '''
+    bad = """
 import sqlite3
 from sqlalchemy import text
 conn.execute("SELECT * FROM judgements WHERE labeler = '" + name + "'")
 conn.execute(f"DELETE FROM prompts WHERE id = {pid}")
 conn.exec_driver_sql("PRAGMA foo")
-'''
+"""
     assert len(sql_violations(REPO / "x.py", bad)) == 5
     fine = 'engine = db.connect()\nrows = db.stats(engine)\nsubprocess.run(["ls"])\npool.execute(job)\n'
     assert sql_violations(REPO / "x.py", fine) == []
@@ -109,15 +127,23 @@ def test_db_writes_bind_their_parameters():
             continue  # schema DDL written by hand, no user data
         tree = ast.parse(src)
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "text" and node.args:
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", "")) == "text"
+                and node.args
+            ):
                 arg = node.args[0]
-                assert not isinstance(arg, ast.JoinedStr | ast.BinOp), f"{rel(path)}:{node.lineno}: text() with a formatted string"
+                assert not isinstance(arg, ast.JoinedStr | ast.BinOp), (
+                    f"{rel(path)}:{node.lineno}: text() with a formatted string"
+                )
 
 
 # ------------------------------------------------------------------------------------ no HTML rendering
 
-HTML_SINKS = re.compile(r"unsafe_allow_html\s*=\s*True|st\.html\(|components\.v1|components\.html|st\.components|"
-                        r"st\.write\(\s*item|st\.markdown\(\s*item")
+HTML_SINKS = re.compile(
+    r"unsafe_allow_html\s*=\s*True|st\.html\(|components\.v1|components\.html|st\.components|"
+    r"st\.write\(\s*item|st\.markdown\(\s*item"
+)
 
 
 def test_app_never_renders_text_as_html():
@@ -140,6 +166,7 @@ def test_completions_and_prompts_are_shown_with_st_text_only():
 
 # ------------------------------------------------------------------------------------ the access token
 
+
 def test_token_is_compared_in_constant_time(monkeypatch):
     from labeling_app import runtime
 
@@ -147,8 +174,12 @@ def test_token_is_compared_in_constant_time(monkeypatch):
     fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "token_ok")
     calls = {ast.unparse(n.func) for n in ast.walk(fn) if isinstance(n, ast.Call)}
     assert "hmac.compare_digest" in calls
-    assert not any(isinstance(n, ast.Compare) and any(isinstance(op, ast.Eq | ast.NotEq) for op in n.ops)
-                   and "given" in ast.unparse(n) for n in ast.walk(fn)), "the token must not be compared with =="
+    assert not any(
+        isinstance(n, ast.Compare)
+        and any(isinstance(op, ast.Eq | ast.NotEq) for op in n.ops)
+        and "given" in ast.unparse(n)
+        for n in ast.walk(fn)
+    ), "the token must not be compared with =="
     assert runtime.token_ok("s3cret", "s3cret")
     assert not runtime.token_ok("s3cre", "s3cret") and not runtime.token_ok(None, "s3cret")
     assert not runtime.token_ok("", "s3cret") and runtime.token_ok("ünï🎬", "ünï🎬")
@@ -161,19 +192,25 @@ def test_no_token_comparison_with_equals_anywhere():
     def tokenish(node: ast.AST) -> bool:
         names = [n.id for n in ast.walk(node) if isinstance(n, ast.Name)]
         names += [n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)]
-        return any("token" in x.lower() and not any(w in x.lower() for w in ("tokenizer", "token_id", "pad_token", "eos_token", "tokens"))
-                   for x in names)
+        return any(
+            "token" in x.lower()
+            and not any(w in x.lower() for w in ("tokenizer", "token_id", "pad_token", "eos_token", "tokens"))
+            for x in names
+        )
 
     hits = []
     for path, src in sources(["labeling_app", "common"]):
         for node in ast.walk(ast.parse(src)):
             if isinstance(node, ast.Compare) and any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops):
-                if tokenish(node) and not any(isinstance(c, ast.Constant) and c.value is None for c in node.comparators):
+                if tokenish(node) and not any(
+                    isinstance(c, ast.Constant) and c.value is None for c in node.comparators
+                ):
                     hits.append(f"{rel(path)}:{node.lineno}: {ast.unparse(node)}")
     assert not hits, hits
 
 
 # ------------------------------------------------------------------------------------ labeller names
+
 
 @pytest.mark.parametrize("name", ["", " ", "x" * 65, "a\x00b", "a\nb", "a\tb", "\u202e", "a\x1bb"])
 def test_labeller_names_are_validated(name):
@@ -191,8 +228,10 @@ def test_app_signs_in_through_the_validating_db_function():
 
 # ------------------------------------------------------------------------------------ serving to a network
 
-@pytest.mark.parametrize("address,token,warned", [("0.0.0.0", None, True), ("0.0.0.0", "s3cret", False),
-                                                  ("127.0.0.1", None, False)])
+
+@pytest.mark.parametrize(
+    "address,token,warned", [("0.0.0.0", None, True), ("0.0.0.0", "s3cret", False), ("127.0.0.1", None, False)]
+)
 def test_open_app_on_the_network_warns(monkeypatch, capsys, address, token, warned):
     import labeling_app.__main__ as cli
 

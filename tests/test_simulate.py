@@ -1,5 +1,6 @@
 """Simulated labellers: decisions follow the gold judge, noise flips the expected share, and
 everything goes through the same db functions the app uses."""
+
 from __future__ import annotations
 
 import re
@@ -8,8 +9,16 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError
-from labeling_app.simulate import (LabelerSpec, SimulateConfig, agreement, decide, decision_rng,
-                                   load_simulate_config, shown_text, simulate)
+from labeling_app.simulate import (
+    LabelerSpec,
+    SimulateConfig,
+    agreement,
+    decide,
+    decision_rng,
+    load_simulate_config,
+    shown_text,
+    simulate,
+)
 
 
 def fake_gold(texts):
@@ -22,8 +31,10 @@ def fill(engine, n, seed=0):
 
     rng = np.random.default_rng(seed)
     ps = rng.random(n)
-    items = [db.NewCompletion(prompt=f"Prompt number {i}", text=f" and then p={p:.4f}", model_version_id=None,
-                              gen_params={}) for i, p in enumerate(ps)]
+    items = [
+        db.NewCompletion(prompt=f"Prompt number {i}", text=f" and then p={p:.4f}", model_version_id=None, gen_params={})
+        for i, p in enumerate(ps)
+    ]
     ids = db.add_completions(engine, items)
     return dict(zip(ids, ps))
 
@@ -94,7 +105,9 @@ def test_queue_exhaustion_and_rerun_is_deterministic(smoke_env, tmp_path, monkey
         monkeypatch.setenv("RLHF_DB_URL", f"sqlite:///{tmp_path}/run{run}.sqlite")
         eng = db.connect()
         fill(eng, 25, seed=5)
-        cfg = SimulateConfig(n_labels=1000, overlap=2, labelers=[LabelerSpec("a", noise=0.3), LabelerSpec("b", noise=0.3)])
+        cfg = SimulateConfig(
+            n_labels=1000, overlap=2, labelers=[LabelerSpec("a", noise=0.3), LabelerSpec("b", noise=0.3)]
+        )
         res = simulate(eng, cfg, fake_gold, progress=False)
         assert res.exhausted and res.n_recorded == 50
         labels.append([(e.prompt, e.n_good) for e in db.labelled_dataset(eng, combine="soft")])
@@ -103,7 +116,9 @@ def test_queue_exhaustion_and_rerun_is_deterministic(smoke_env, tmp_path, monkey
 
 def test_config_from_profile_and_overrides(tmp_path):
     prof = tmp_path / "p.yaml"
-    prof.write_text("demo:\n  simulate:\n    n_labels: 50\n    labelers: [{name: x, noise: 0.3}]\n  gold:\n    C: 2.0\n")
+    prof.write_text(
+        "demo:\n  simulate:\n    n_labels: 50\n    labelers: [{name: x, noise: 0.3}]\n  gold:\n    C: 2.0\n"
+    )
     cfg, gold = load_simulate_config(prof, ["overlap=3", "gold.max_reviews=100"])
     assert cfg.n_labels == 50 and cfg.overlap == 3 and cfg.labelers[0].noise == 0.3
     assert gold.C == 2.0 and gold.max_reviews == 100

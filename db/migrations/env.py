@@ -4,6 +4,7 @@ Run programmatically by ``db.engine.migrate`` (which passes an open connection i
 ``config.attributes["connection"]``); for hand use, ``alembic -x url=sqlite:///... upgrade head``
 with ``-c`` pointing at a config whose ``script_location`` is this folder also works.
 """
+
 from __future__ import annotations
 
 from alembic import context
@@ -14,7 +15,7 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def _configure(connection) -> None:  # noqa: ANN001
+def _configure(connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

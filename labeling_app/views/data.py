@@ -1,4 +1,5 @@
 """The data page: export the labels, import custom prompts, refill the queue."""
+
 from __future__ import annotations
 
 import io
@@ -21,8 +22,13 @@ st.subheader("Data")
 # ---------------------------------------------------------------------------- export
 st.markdown("#### Export labels")
 st.caption("The same files as `python -m db export --format jsonl|csv|hf DEST`.")
-fmt = st.radio("Format", ["jsonl", "csv", "hf"], horizontal=True, key="export_fmt",
-               format_func={"jsonl": "JSONL", "csv": "CSV", "hf": "datasets folder (zip)"}.get)
+fmt = st.radio(
+    "Format",
+    ["jsonl", "csv", "hf"],
+    horizontal=True,
+    key="export_fmt",
+    format_func={"jsonl": "JSONL", "csv": "CSV", "hf": "datasets folder (zip)"}.get,
+)
 if st.button("Prepare export", key="export"):
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -43,13 +49,22 @@ if st.button("Prepare export", key="export"):
         st.error(str(err))
 if "export_file" in st.session_state:
     file_name, data, mime = st.session_state.export_file
-    st.download_button(f"Download {file_name} ({len(data):,} bytes)", data, file_name=file_name, mime=mime,
-                       key="download", type="primary", on_click="ignore")
+    st.download_button(
+        f"Download {file_name} ({len(data):,} bytes)",
+        data,
+        file_name=file_name,
+        mime=mime,
+        key="download",
+        type="primary",
+        on_click="ignore",
+    )
 
 # ---------------------------------------------------------------------------- import
 st.markdown("#### Import custom prompts")
-st.caption("A UTF-8 text file, one prompt per line (blank lines skipped, duplicates dropped). "
-           "A background refill then writes one completion per prompt (when a policy exists).")
+st.caption(
+    "A UTF-8 text file, one prompt per line (blank lines skipped, duplicates dropped). "
+    "A background refill then writes one completion per prompt (when a policy exists)."
+)
 upload = st.file_uploader("Prompt file", type=["txt"], key="prompt_file")
 if upload is not None and st.button("Import prompts", key="import"):
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,9 +85,11 @@ if upload is not None and st.button("Import prompts", key="import"):
 st.markdown("#### Queue")
 left = db.queue_size(ctx.engine, ctx.labeler_id, overlap=cfg.overlap)
 refiller = ui.get_refiller(ctx.url)
-st.text(f"Items you can still label: {left}\n"
-        f"Refill policy: {cfg.policy} · batch {cfg.refill_batch} · automatic below {cfg.prefetch} "
-        f"({'on' if cfg.auto_refill else 'off'})")
+st.text(
+    f"Items you can still label: {left}\n"
+    f"Refill policy: {cfg.policy} · batch {cfg.refill_batch} · automatic below {cfg.prefetch} "
+    f"({'on' if cfg.auto_refill else 'off'})"
+)
 if st.button("Refill the queue now", key="refill", disabled=refiller.running()):
     runtime.maybe_refill(refiller, ctx.engine, cfg, left, force=True)
 if refiller.status.message:

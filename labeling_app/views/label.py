@@ -4,6 +4,7 @@ Only the labelling part is a fragment, so a judgement reruns that part alone (th
 the navigation and the instructions stay as they are): the judgement is committed, the next
 item (already generated and waiting in the database) is leased and drawn.
 """
+
 from __future__ import annotations
 
 import time
@@ -29,7 +30,7 @@ if st.query_params.get(runtime.LABELER_PARAM) != ctx.labeler_name:
     st.query_params[runtime.LABELER_PARAM] = ctx.labeler_name
 
 state.setdefault("undo_stack", [])  # (completion id, label) judged in this session, newest last
-state.setdefault("flash", None)     # (kind, text) about the last action
+state.setdefault("flash", None)  # (kind, text) about the last action
 
 SHORTCUTS = {"good": "G", "bad": "B", "skip": "S", "undo": "U"}
 
@@ -47,8 +48,16 @@ def _show(item) -> None:
 
 
 def _fetch_next() -> None:
-    _show(db.next_item(ctx.engine, ctx.labeler_id, session_key=state.session_key, overlap=cfg.overlap,
-                       order=cfg.order, lease_seconds=cfg.lease_seconds))
+    _show(
+        db.next_item(
+            ctx.engine,
+            ctx.labeler_id,
+            session_key=state.session_key,
+            overlap=cfg.overlap,
+            order=cfg.order,
+            lease_seconds=cfg.lease_seconds,
+        )
+    )
 
 
 def _judge(completion_id: int, label: str) -> None:
@@ -62,8 +71,9 @@ def _judge(completion_id: int, label: str) -> None:
         return
     seconds = round(time.monotonic() - state.get("shown_at", time.monotonic()), 3)
     try:
-        db.record_judgement(ctx.engine, labeler_id=ctx.labeler_id, completion_id=completion_id,
-                            label=label, seconds=seconds)
+        db.record_judgement(
+            ctx.engine, labeler_id=ctx.labeler_id, completion_id=completion_id, label=label, seconds=seconds
+        )
     except Exception as err:  # keep the item on screen; nothing was lost
         state.flash = ("error", f"Could not save your judgement ({type(err).__name__}: {err}). Press the key again.")
         return
@@ -80,8 +90,9 @@ def _undo() -> None:
 
     ``db.undo_last`` leases the item back to this tab, so the next fetch shows it again."""
     try:
-        completion_id = db.undo_last(ctx.engine, ctx.labeler_id, session_key=state.session_key,
-                                     lease_seconds=cfg.lease_seconds)
+        completion_id = db.undo_last(
+            ctx.engine, ctx.labeler_id, session_key=state.session_key, lease_seconds=cfg.lease_seconds
+        )
     except Exception as err:
         state.flash = ("error", f"Could not undo ({type(err).__name__}: {err}).")
         return
@@ -129,14 +140,37 @@ def labelling() -> None:
         # time a new item is visible its buttons, which carry its id, are already in place.
         texts = st.container()
         cols = st.columns(4)
-        cols[0].button("Good", key=f"good-{cid}", on_click=_judge, args=(cid, "good"), type="primary",
-                       icon=":material/thumb_up:", shortcut=SHORTCUTS["good"], width="stretch")
-        cols[1].button("Bad", key=f"bad-{cid}", on_click=_judge, args=(cid, "bad"), icon=":material/thumb_down:",
-                       shortcut=SHORTCUTS["bad"], width="stretch")
-        cols[2].button("Skip", key=f"skip-{cid}", on_click=_judge, args=(cid, "skip"), icon=":material/skip_next:",
-                       shortcut=SHORTCUTS["skip"], width="stretch")
-        cols[3].button("Undo", key="undo", on_click=_undo, shortcut=SHORTCUTS["undo"], width="stretch",
-                       icon=":material/undo:")
+        cols[0].button(
+            "Good",
+            key=f"good-{cid}",
+            on_click=_judge,
+            args=(cid, "good"),
+            type="primary",
+            icon=":material/thumb_up:",
+            shortcut=SHORTCUTS["good"],
+            width="stretch",
+        )
+        cols[1].button(
+            "Bad",
+            key=f"bad-{cid}",
+            on_click=_judge,
+            args=(cid, "bad"),
+            icon=":material/thumb_down:",
+            shortcut=SHORTCUTS["bad"],
+            width="stretch",
+        )
+        cols[2].button(
+            "Skip",
+            key=f"skip-{cid}",
+            on_click=_judge,
+            args=(cid, "skip"),
+            icon=":material/skip_next:",
+            shortcut=SHORTCUTS["skip"],
+            width="stretch",
+        )
+        cols[3].button(
+            "Undo", key="undo", on_click=_undo, shortcut=SHORTCUTS["undo"], width="stretch", icon=":material/undo:"
+        )
         with texts:
             with st.container(border=True, key="prompt_box"):
                 st.caption("PROMPT (the opening the model was given)")
@@ -147,13 +181,15 @@ def labelling() -> None:
         left = db.queue_size(ctx.engine, ctx.labeler_id, overlap=cfg.overlap)
     _flash()
     counts = _counts()
-    st.caption(f"You today: {counts['today']} · you in total: {counts['total']} · left in the queue: {left}",
-               help="judgements including skips; the queue counts items you could still get")
+    st.caption(
+        f"You today: {counts['today']} · you in total: {counts['total']} · left in the queue: {left}",
+        help="judgements including skips; the queue counts items you could still get",
+    )
     message = runtime.maybe_refill(ui.get_refiller(ctx.url), ctx.engine, cfg, left)
     if message:
         st.caption(message)
     if item is None:
-        st.caption("More completions: `python -m rl_finetune generate`, or **Refill the queue** on the Data page.")
+        st.caption("More completions: `python -m base_policy generate`, or **Refill the queue** on the Data page.")
 
 
 st.subheader("Label completions")

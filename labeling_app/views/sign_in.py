@@ -1,4 +1,5 @@
 """Sign-in: the labeller's name, and the access token when ``RLHF_LABEL_TOKEN`` is set."""
+
 from __future__ import annotations
 
 import streamlit as st
@@ -9,11 +10,14 @@ ctx = ui.context()
 needs_token = runtime.required_token() is not None
 
 st.title("Sign in to label")
-st.caption("Your name is stored with every judgement you make. "
-           "1-64 printable characters; the same name continues where you left off.")
+st.caption(
+    "Your name is stored with every judgement you make. "
+    "1-64 printable characters; the same name continues where you left off."
+)
 with st.form("sign_in", enter_to_submit=True):
-    name = st.text_input("Your name", value=st.query_params.get(runtime.LABELER_PARAM, ""),
-                         max_chars=64, key="sign_in_name")
+    name = st.text_input(
+        "Your name", value=st.query_params.get(runtime.LABELER_PARAM, ""), max_chars=64, key="sign_in_name"
+    )
     token = st.text_input("Access token", type="password", key="sign_in_token") if needs_token else None
     submitted = st.form_submit_button("Start labelling", type="primary")
 

@@ -1,4 +1,5 @@
 """The stats page: who labelled how much, how fast, how consistently, and how good the reward models are."""
+
 from __future__ import annotations
 
 import streamlit as st
@@ -24,10 +25,16 @@ if frame.empty:
     st.stop()
 
 st.markdown("#### Per labeller")
-st.dataframe(metrics.per_labeller(frame), hide_index=True, width="stretch",
-             column_config={"good_rate": st.column_config.NumberColumn("good rate", format="%.2f"),
-                            "labels_per_hour": st.column_config.NumberColumn("labels / hour"),
-                            "median_seconds": st.column_config.NumberColumn("median s / item")})
+st.dataframe(
+    metrics.per_labeller(frame),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "good_rate": st.column_config.NumberColumn("good rate", format="%.2f"),
+        "labels_per_hour": st.column_config.NumberColumn("labels / hour"),
+        "median_seconds": st.column_config.NumberColumn("median s / item"),
+    },
+)
 
 st.markdown("#### Labels over time (cumulative)")
 st.line_chart(metrics.labels_over_time(frame))
@@ -35,8 +42,10 @@ st.line_chart(metrics.labels_over_time(frame))
 st.markdown("#### Agreement on overlapping items")
 pairs = metrics.pairwise_kappa(frame)
 if pairs.empty:
-    st.caption("No item has been judged good/bad by two labellers yet. Set `label.overlap` to 2 or more "
-               "so several labellers see the same items.")
+    st.caption(
+        "No item has been judged good/bad by two labellers yet. Set `label.overlap` to 2 or more "
+        "so several labellers see the same items."
+    )
 else:
     mean = metrics.mean_kappa(pairs)
     st.metric("Cohen's kappa (mean over pairs, weighted by shared items)", f"{mean:.2f}" if mean is not None else "–")

@@ -12,6 +12,7 @@
 - ``report``: metrics.jsonl, plots, samples.md
 - ``cli``: ``python -m rl_finetune ppo``
 """
+
 from rl_finetune.ppo.config import GenKwargs, PPOConfig
 from rl_finetune.ppo.trainer import PPOResult, PPOTrainer, save_policy, train
 

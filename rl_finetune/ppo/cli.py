@@ -5,6 +5,7 @@ writes into ``$RLHF_ARTIFACTS/policies/.work-<run-id>/`` while training (metrics
 then saves the policy atomically to ``$RLHF_ARTIFACTS/policies/<run-id>/`` (+ ``latest``),
 registered in the database as a policy version whose parent is the starting policy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,12 +19,12 @@ from pathlib import Path
 # to 28 s). Only effective before torch is first imported; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
+import torch
 
-from common.config import add_config_args, describe, load_config  # noqa: E402
-from common.errors import UserError, cli_entry, setup_logging  # noqa: E402
-from common.paths import policies_dir, write_latest  # noqa: E402
-from rl_finetune.ppo.config import PPOConfig  # noqa: E402
+from common.config import add_config_args, describe, load_config
+from common.errors import UserError, cli_entry, setup_logging
+from common.paths import policies_dir, write_latest
+from rl_finetune.ppo.config import PPOConfig
 
 log = logging.getLogger(__name__)
 WORK_PREFIX = ".work-"
@@ -38,9 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_args(p)
     p.add_argument("--policy", default=None, help="starting policy: folder or hub name (default: the base policy)")
-    p.add_argument("--reward", default=None, help="reward model folder (default: the latest under $RLHF_ARTIFACTS/reward_models)")
+    p.add_argument(
+        "--reward", default=None, help="reward model folder (default: the latest under $RLHF_ARTIFACTS/reward_models)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the newest unfinished run from its checkpoint")
-    p.add_argument("--no-kl", action="store_true", help="no KL penalty (init_kl_coef=0, no target): watch the reward get hacked")
+    p.add_argument(
+        "--no-kl", action="store_true", help="no KL penalty (init_kl_coef=0, no target): watch the reward get hacked"
+    )
     p.add_argument("--gold", action="store_true", help="also score eval samples with the gold judge (common.gold)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: $RLHF_ARTIFACTS/policies/<run-id>)")
     p.add_argument("--no-db", action="store_true", help="do not register the new policy in the database")
@@ -76,8 +81,14 @@ def _reward_fns(path, cfg: PPOConfig):
 
 def _latest_unfinished() -> Path | None:
     root = policies_dir()
-    runs = sorted((p for p in root.glob(WORK_PREFIX + "*") if (p / "checkpoint" / "state.json").is_file()),
-                  key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    runs = (
+        sorted(
+            (p for p in root.glob(WORK_PREFIX + "*") if (p / "checkpoint" / "state.json").is_file()),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if root.is_dir()
+        else []
+    )
     return runs[-1] if runs else None
 
 
@@ -86,7 +97,7 @@ def register(final_dir: Path, start_policy: str, summary: dict) -> int | None:
     warning) when the database is unavailable: PPO itself never needs one."""
     try:
         import db
-        from rl_finetune.policy import ensure_registered, register_policy
+        from base_policy.registry import ensure_registered, register_policy
 
         engine = db.connect()
         parent = ensure_registered(engine, start_policy)
@@ -111,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         overrides += ["init_kl_coef=0.0", "target=null", "horizon=null"]
     cfg = load_config(PPOConfig, "ppo", args.config, overrides)
 
-    from rl_finetune.policy import load_policy, resolve_policy
+    from base_policy.loading import load_policy, resolve_policy
     from rl_finetune.ppo.trainer import save_policy, train
 
     work_dir = _latest_unfinished() if args.resume else None
     if args.resume and work_dir is None:
         log.warning("--resume: no unfinished run under %s; starting a new one", policies_dir())
-    run_id = work_dir.name[len(WORK_PREFIX):] if work_dir is not None else None
+    run_id = work_dir.name[len(WORK_PREFIX) :] if work_dir is not None else None
     if run_id is None:
         from common.paths import new_run_id
 
@@ -132,8 +143,17 @@ def main(argv: list[str] | None = None) -> int:
 
         gold_fn = GoldJudge.load_or_fit().score
     prompts, eval_prompts = _prompts(cfg, args.config)
-    result = train((model, tok), reward_fn, prompts, cfg, eval_prompts=eval_prompts, gold_fn=gold_fn,
-                   eval_fns=eval_fns, work_dir=work_dir, resume=args.resume)
+    result = train(
+        (model, tok),
+        reward_fn,
+        prompts,
+        cfg,
+        eval_prompts=eval_prompts,
+        gold_fn=gold_fn,
+        eval_fns=eval_fns,
+        work_dir=work_dir,
+        resume=args.resume,
+    )
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
@@ -149,5 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("eval/reward", "eval/p_good", "eval/gold", "eval/kl", "eval/distinct_2"):
         if f"{key}_before" in s:
             print(f"  {key}: {s[f'{key}_before']:.3f} -> {s[f'{key}_after']:.3f}")
-    print(f"  {s['steps']} steps in {s['wall_time_s']:.0f} s ({s['s_per_step']:.2f} s/step, {s['samples_per_s']:.1f} episodes/s)")
+    print(
+        f"  {s['steps']} steps in {s['wall_time_s']:.0f} s ({s['s_per_step']:.2f} s/step, {s['samples_per_s']:.1f} episodes/s)"
+    )
     return 0

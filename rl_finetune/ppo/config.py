@@ -5,6 +5,7 @@ A trlx user's ``method`` block reads the same here: ``init_kl_coef``, ``target``
 ``num_rollouts``, ``chunk_size``, ``gen_kwargs``, ``scale_reward``, ``cliprange_reward``, and
 ``num_layers_unfrozen`` from trlx's ``model`` block. Derived values are properties.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,34 +18,70 @@ from common.errors import ConfigError
 class GenKwargs:
     """How responses are sampled. Pure sampling (no top-k/top-p) keeps the KL estimate honest."""
 
-    max_new_tokens: int = field(default=32, metadata={"help": "response length in tokens (the cap when stopping at EOS)"})
-    min_new_tokens: int = field(default=0, metadata={"help": "EOS is forbidden before this many tokens (0: never forbidden)"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature; log-probs use logits / temperature too"})
-    top_k: int = field(default=0, metadata={"help": "0 = off (keep 0: top-k makes the sampled KL biased, even negative)"})
+    max_new_tokens: int = field(
+        default=32, metadata={"help": "response length in tokens (the cap when stopping at EOS)"}
+    )
+    min_new_tokens: int = field(
+        default=0, metadata={"help": "EOS is forbidden before this many tokens (0: never forbidden)"}
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "sampling temperature; log-probs use logits / temperature too"}
+    )
+    top_k: int = field(
+        default=0, metadata={"help": "0 = off (keep 0: top-k makes the sampled KL biased, even negative)"}
+    )
     top_p: float = field(default=1.0, metadata={"help": "1.0 = off (keep 1.0, same reason as top_k)"})
-    stop_at_eos: bool = field(default=True, metadata={"help": "end a response at the policy's EOS token (masked after it)"})
+    stop_at_eos: bool = field(
+        default=True, metadata={"help": "end a response at the policy's EOS token (masked after it)"}
+    )
 
 
 @dataclass
 class PPOConfig:
     # -- run length and batch shapes -------------------------------------------------------------
-    total_steps: int = field(default=200, metadata={"help": "PPO iterations (one rollout of num_rollouts episodes + ppo_epochs of updates each)"})
-    max_minutes: float | None = field(default=None, metadata={"help": "stop after this many minutes of wall time (None: no limit)"})
-    num_rollouts: int = field(default=16, metadata={"help": "episodes (prompt + response) collected per PPO iteration, per process"})
-    chunk_size: int = field(default=16, metadata={"help": "episodes generated (and scored) in one batch during a rollout"})
-    batch_size: int = field(default=16, metadata={"help": "minibatch size of a PPO update (num_rollouts / batch_size minibatches per epoch)"})
+    total_steps: int = field(
+        default=200,
+        metadata={"help": "PPO iterations (one rollout of num_rollouts episodes + ppo_epochs of updates each)"},
+    )
+    max_minutes: float | None = field(
+        default=None, metadata={"help": "stop after this many minutes of wall time (None: no limit)"}
+    )
+    num_rollouts: int = field(
+        default=16, metadata={"help": "episodes (prompt + response) collected per PPO iteration, per process"}
+    )
+    chunk_size: int = field(
+        default=16, metadata={"help": "episodes generated (and scored) in one batch during a rollout"}
+    )
+    batch_size: int = field(
+        default=16,
+        metadata={"help": "minibatch size of a PPO update (num_rollouts / batch_size minibatches per epoch)"},
+    )
     ppo_epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
     max_prompt_tokens: int = field(default=24, metadata={"help": "prompts are cut from the left to this many tokens"})
     gen_kwargs: GenKwargs = field(default_factory=GenKwargs, metadata={"help": "sampling settings"})
 
     # -- optimiser -------------------------------------------------------------------------------
     lr: float = field(default=3e-5, metadata={"help": "AdamW learning rate (policy and value head)"})
-    value_head_lr: float | None = field(default=None, metadata={"help": "learning rate of the (zero-initialised) value head (None: lr); ARENA uses a larger one for the head"})
+    value_head_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "learning rate of the (zero-initialised) value head (None: lr); ARENA uses a larger one for the head"
+        },
+    )
     weight_decay: float = field(default=1e-6, metadata={"help": "AdamW weight decay (trlx default)"})
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95], metadata={"help": "AdamW betas (trlx default)"})
+    adam_betas: list[float] = field(
+        default_factory=lambda: [0.9, 0.95], metadata={"help": "AdamW betas (trlx default)"}
+    )
     adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip the global gradient norm to this (None: no clipping)"})
-    num_layers_unfrozen: int = field(default=-1, metadata={"help": "train only the top N transformer blocks (-1: all; embeddings and LM head frozen when N >= 0)"})
+    max_grad_norm: float | None = field(
+        default=1.0, metadata={"help": "clip the global gradient norm to this (None: no clipping)"}
+    )
+    num_layers_unfrozen: int = field(
+        default=-1,
+        metadata={
+            "help": "train only the top N transformer blocks (-1: all; embeddings and LM head frozen when N >= 0)"
+        },
+    )
 
     # -- PPO -------------------------------------------------------------------------------------
     gamma: float = field(default=1.0, metadata={"help": "discount"})
@@ -53,31 +90,74 @@ class PPOConfig:
     cliprange_value: float = field(default=0.2, metadata={"help": "value clip around the rollout's values"})
     vf_coef: float = field(default=1.0, metadata={"help": "value loss weight"})
     ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus weight (0: none, as in trlx)"})
-    whiten_advantages: bool = field(default=True, metadata={"help": "whiten advantages over the rollout's response tokens"})
-    target_kl_early_stop: float | None = field(default=None, metadata={"help": "stop the remaining PPO epochs of a rollout once the approx-KL of a minibatch exceeds this (None: never)"})
+    whiten_advantages: bool = field(
+        default=True, metadata={"help": "whiten advantages over the rollout's response tokens"}
+    )
+    target_kl_early_stop: float | None = field(
+        default=None,
+        metadata={
+            "help": "stop the remaining PPO epochs of a rollout once the approx-KL of a minibatch exceeds this (None: never)"
+        },
+    )
 
     # -- reward and KL ---------------------------------------------------------------------------
     init_kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient (beta) at the start"})
-    target: float | None = field(default=None, metadata={"help": "adaptive KL: target KL per sample in nats (None: fixed coefficient)"})
-    horizon: int | None = field(default=None, metadata={"help": "adaptive KL: horizon in episodes (required with target)"})
-    kl_loss_coef: float = field(default=0.0, metadata={"help": "weight of the exact KL(policy || reference) over the whole vocabulary, per response token, added to the PPO loss (0: off; not in trlx): a noise-free pull back to the reference beside the KL penalty in the reward"})
-    kl_estimator: Literal["k1", "k3"] = field(default="k1", metadata={"help": "per-token KL penalty: k1 = log-ratio, k3 = exp(-r) - 1 + r (always >= 0)"})
-    scale_reward: Literal["none", "running", "whiten"] | None = field(default=None, metadata={"help": "scale scores: none, running (divide by running std), whiten (per-batch mean 0, std 1)"})
+    target: float | None = field(
+        default=None, metadata={"help": "adaptive KL: target KL per sample in nats (None: fixed coefficient)"}
+    )
+    horizon: int | None = field(
+        default=None, metadata={"help": "adaptive KL: horizon in episodes (required with target)"}
+    )
+    kl_loss_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of the exact KL(policy || reference) over the whole vocabulary, per response token, added to the PPO loss (0: off; not in trlx): a noise-free pull back to the reference beside the KL penalty in the reward"
+        },
+    )
+    kl_estimator: Literal["k1", "k3"] = field(
+        default="k1", metadata={"help": "per-token KL penalty: k1 = log-ratio, k3 = exp(-r) - 1 + r (always >= 0)"}
+    )
+    scale_reward: Literal["none", "running", "whiten"] | None = field(
+        default=None,
+        metadata={"help": "scale scores: none, running (divide by running std), whiten (per-batch mean 0, std 1)"},
+    )
     cliprange_reward: float = field(default=10.0, metadata={"help": "clip (scaled) scores to +/- this"})
 
     # -- evaluation and output -------------------------------------------------------------------
-    eval_interval: int = field(default=10, metadata={"help": "score the eval prompts every N steps (and at the start and end)"})
-    num_eval_prompts: int = field(default=64, metadata={"help": "held-out eval prompts (the CLI takes them from the IMDB test split)"})
-    num_train_prompts: int = field(default=2000, metadata={"help": "training prompts (the CLI takes them from the IMDB train split)"})
+    eval_interval: int = field(
+        default=10, metadata={"help": "score the eval prompts every N steps (and at the start and end)"}
+    )
+    num_eval_prompts: int = field(
+        default=64, metadata={"help": "held-out eval prompts (the CLI takes them from the IMDB test split)"}
+    )
+    num_train_prompts: int = field(
+        default=2000, metadata={"help": "training prompts (the CLI takes them from the IMDB train split)"}
+    )
     num_samples_report: int = field(default=8, metadata={"help": "eval prompts shown before/after in samples.md"})
-    checkpoint_interval: int = field(default=50, metadata={"help": "save a resumable checkpoint every N steps (0: never)"})
+    checkpoint_interval: int = field(
+        default=50, metadata={"help": "save a resumable checkpoint every N steps (0: never)"}
+    )
     seed: int = field(default=0, metadata={"help": "random seed"})
 
     # -- speed -----------------------------------------------------------------------------------
-    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="bf16", metadata={"help": "autocast through accelerate (bf16 roughly doubles matmul speed on recent CPUs)"})
-    num_threads: int | None = field(default=None, metadata={"help": "torch threads per process for the forward/backward passes (None: cores / processes)"})
-    sample_threads: int | None = field(default=1, metadata={"help": "torch threads while sampling token by token (1: tiny per-token ops lose more to thread sync than they gain; measured 7x faster on a busy 2-core CPU). None: same as num_threads"})
-    reward_kind: Literal["prob", "logit", "logit_diff"] = field(default="logit_diff", metadata={"help": "CLI only: what the learned reward model's score is (load_reward_fn kind)"})
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(
+        default="bf16",
+        metadata={"help": "autocast through accelerate (bf16 roughly doubles matmul speed on recent CPUs)"},
+    )
+    num_threads: int | None = field(
+        default=None,
+        metadata={"help": "torch threads per process for the forward/backward passes (None: cores / processes)"},
+    )
+    sample_threads: int | None = field(
+        default=1,
+        metadata={
+            "help": "torch threads while sampling token by token (1: tiny per-token ops lose more to thread sync than they gain; measured 7x faster on a busy 2-core CPU). None: same as num_threads"
+        },
+    )
+    reward_kind: Literal["prob", "logit", "logit_diff"] = field(
+        default="logit_diff",
+        metadata={"help": "CLI only: what the learned reward model's score is (load_reward_fn kind)"},
+    )
     reward_batch_size: int = field(default=32, metadata={"help": "CLI only: texts per reward model call"})
 
     @property

@@ -5,13 +5,14 @@ and including the EOS that ends a response, 0 after it (masks are right-padded p
 References: Ziegler et al. 2019 (lm-human-preferences), Huang et al. 2023 ("The N implementation
 details of RLHF with PPO"), Schulman's k1/k3 KL estimators (http://joschu.net/blog/kl-approx.html).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-
 # ------------------------------------------------------------------ masked statistics
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of ``x`` over the positions where ``mask`` is 1."""
@@ -33,7 +34,9 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def whiten(
+    x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
     """Scale ``x`` to unit variance over the masked positions; with ``shift_mean`` also to mean 0.
     Masked-out positions come back as 0."""
     if mask is None:
@@ -46,6 +49,7 @@ def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool =
 
 
 # ------------------------------------------------------------------ log-probs and KL
+
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log p(token) under ``softmax(logits / temperature)``. logits (B, T, V), tokens (B, T) -> (B, T), float32."""
@@ -87,8 +91,14 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return (mask.sum(-1).long() - 1).clamp(min=0)
 
 
-def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-                    kl_coef: float, estimator: str = "k1") -> tuple[torch.Tensor, torch.Tensor]:
+def compute_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    estimator: str = "k1",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards: ``-kl_coef * kl`` on every response token, plus the score on the last one.
 
     Returns (rewards (B, T), kl (B, T)), both zero where ``mask`` is 0.
@@ -102,8 +112,9 @@ def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: 
     return rewards * mask, kl
 
 
-def scale_and_clip_scores(scores: torch.Tensor, clip: float | None, std: float | None = None,
-                          whiten_batch: bool = False) -> torch.Tensor:
+def scale_and_clip_scores(
+    scores: torch.Tensor, clip: float | None, std: float | None = None, whiten_batch: bool = False
+) -> torch.Tensor:
     """Scale the scalar scores (divide by ``std`` when given, or whiten the batch), then clip to ±``clip``."""
     scores = scores.float()
     if whiten_batch and scores.numel() > 1:
@@ -146,8 +157,10 @@ class RunningMoments:
 
 # ------------------------------------------------------------------ advantages
 
-def gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+
+def gae(
+    values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over the response tokens.
 
     ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = delta_t + gamma * lam * A_{t+1}``, with
@@ -169,8 +182,10 @@ def gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: 
 
 # ------------------------------------------------------------------ losses
 
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+
+def policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate: mean over tokens of max(-A r, -A clip(r, 1 ± eps)), r = pi / pi_old.
 
     Stats: clipfrac (share of tokens where the clipped term won), approx_kl (k3 of old vs new, mean over tokens).
@@ -186,8 +201,9 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     return loss, {"clipfrac": clipfrac, "approx_kl": approx_kl}
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               cliprange_value: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss: 0.5 * mean over tokens of max((V - R)^2, (clip(V, V_old ± eps) - R)^2)."""
     clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     l1 = (values - returns) ** 2
@@ -212,6 +228,6 @@ def distinct_n(texts: list[str], n: int = 2) -> float:
     for text in texts:
         words = text.split()
         for i in range(len(words) - n + 1):
-            grams.add(tuple(words[i:i + n]))
+            grams.add(tuple(words[i : i + n]))
             total += 1
     return len(grams) / total if total else 0.0

@@ -1,4 +1,5 @@
 """KL controllers: a fixed coefficient, or Ziegler et al.'s adaptive one (lm-human-preferences)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Reports of a PPO run: metrics.jsonl rows, PNG plots, and samples.md (before/after for the same prompts)."""
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,12 @@ def plot_metrics(rows: list[dict], out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     paths = []
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    for key, label in (("reward_mean", "train reward (raw score)"), ("eval/reward", "eval reward"),
-                       ("eval/p_good", "eval P(good)"), ("eval/gold", "eval gold score")):
+    for key, label in (
+        ("reward_mean", "train reward (raw score)"),
+        ("eval/reward", "eval reward"),
+        ("eval/p_good", "eval P(good)"),
+        ("eval/gold", "eval gold score"),
+    ):
         xs, ys = _series(rows, key)
         if xs:
             ax1.plot(xs, ys, label=label, marker="o" if key.startswith("eval") else None, markersize=3)
@@ -95,6 +100,7 @@ def samples_markdown(before: list[dict], after: list[dict], n: int, title: str =
 
     Each sample is ``{"prompt", "response", "reward", optional "p_good"/"gold"}``.
     """
+
     def mean(rows, key):
         vals = [r[key] for r in rows if r.get(key) is not None]
         return sum(vals) / len(vals) if vals else float("nan")
@@ -105,13 +111,21 @@ def samples_markdown(before: list[dict], after: list[dict], n: int, title: str =
     for key in ("reward", "p_good", "gold"):
         if any(r.get(key) is not None for r in before + after):
             lines.append(f"| mean {key} | {mean(before, key):.3f} | {mean(after, key):.3f} |")
-    lines.append(f"| distinct-2 | {distinct_n([r['response'] for r in before]):.3f} | "
-                 f"{distinct_n([r['response'] for r in after]):.3f} |")
+    lines.append(
+        f"| distinct-2 | {distinct_n([r['response'] for r in before]):.3f} | "
+        f"{distinct_n([r['response'] for r in after]):.3f} |"
+    )
     lines.append(f"| eval samples | {len(before)} | {len(after)} |")
-    lines += ["", "Sampled from the full distribution (top_k=0, top_p=1) for the same prompts before and after PPO.", ""]
+    lines += [
+        "",
+        "Sampled from the full distribution (top_k=0, top_p=1) for the same prompts before and after PPO.",
+        "",
+    ]
     lines.append("| prompt | before | reward | after | reward |")
     lines.append("|---|---|---|---|---|")
     for b, a in list(zip(before, after))[:n]:
-        lines.append(f"| {_cell(b['prompt'])} | {_cell(b['response'])} | {b['reward']:.2f} | "
-                     f"{_cell(a['response'])} | {a['reward']:.2f} |")
+        lines.append(
+            f"| {_cell(b['prompt'])} | {_cell(b['response'])} | {b['reward']:.2f} | "
+            f"{_cell(a['response'])} | {a['reward']:.2f} |"
+        )
     return "\n".join(lines) + "\n"

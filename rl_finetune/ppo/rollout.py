@@ -3,19 +3,20 @@
 Sampling draws from the full ``softmax(logits / temperature)`` (no top-k/top-p), so the log-probs
 the trainer computes later are those of the distribution that produced the tokens.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from rl_finetune.generate import left_pad as left_pad_ids
+from base_policy.generate import left_pad as left_pad_ids
 from rl_finetune.ppo.config import GenKwargs
 
 
 @dataclass
 class PromptBatch:
-    input_ids: torch.Tensor       # (B, P) left-padded
+    input_ids: torch.Tensor  # (B, P) left-padded
     attention_mask: torch.Tensor  # (B, P) 0 on the padding
     texts: list[str]
 
@@ -46,7 +47,7 @@ def response_mask(response: torch.Tensor, eos_id: int | None, stop_at_eos: bool)
     if not stop_at_eos or eos_id is None:
         return torch.ones_like(response)
     is_eos = (response == eos_id).long()
-    after = is_eos.cumsum(-1) - is_eos   # number of EOS strictly before each position
+    after = is_eos.cumsum(-1) - is_eos  # number of EOS strictly before each position
     return (after == 0).long()
 
 
@@ -56,15 +57,21 @@ def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None =
     Exact, and on CPU about 10x faster than ``torch.multinomial`` (measured here: 7 ms vs 90 ms
     for 16 rows of 8k-50k entries), which matters when it runs once per generated token.
     """
-    cdf = torch.softmax(logits.float(), dim=-1).cumsum(-1)                            # (B, V)
+    cdf = torch.softmax(logits.float(), dim=-1).cumsum(-1)  # (B, V)
     u = torch.rand((logits.shape[0], 1), generator=generator, device=logits.device) * cdf[:, -1:]
     # right=True: the first index whose CDF exceeds u, so zero-probability tokens are never picked
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
 
 
 @torch.no_grad()
-def sample(policy, batch: PromptBatch, gen: GenKwargs, eos_id: int | None, pad_id: int,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample(
+    policy,
+    batch: PromptBatch,
+    gen: GenKwargs,
+    eos_id: int | None,
+    pad_id: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample responses with a KV cache. ``policy`` is a :class:`PolicyWithValueHead` (unwrapped).
 
     Returns (response (B, R), mask (B, R)); tokens after an EOS are ``pad_id`` and masked out.
@@ -81,7 +88,7 @@ def sample(policy, batch: PromptBatch, gen: GenKwargs, eos_id: int | None, pad_i
     tokens = torch.full((B, R), pad_id, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(R):
-        logits = lm_head(h).float() / gen.temperature      # (B, V)
+        logits = lm_head(h).float() / gen.temperature  # (B, V)
         if eos_id is not None and t < gen.min_new_tokens:
             logits[:, eos_id] = float("-inf")
         tok = sample_from_logits(logits, generator)
@@ -94,8 +101,13 @@ def sample(policy, batch: PromptBatch, gen: GenKwargs, eos_id: int | None, pad_i
         if t == R - 1:
             break
         mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
-        out = trunk(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                    past_key_values=past, use_cache=True)
+        out = trunk(
+            input_ids=tok[:, None],
+            attention_mask=mask,
+            position_ids=next_pos[:, None],
+            past_key_values=past,
+            use_cache=True,
+        )
         past = out.past_key_values
         h = out.last_hidden_state[:, -1]
         next_pos = next_pos + 1

@@ -12,6 +12,7 @@ One iteration ("step"):
 The policy sees the reward only as ``reward_fn(list[str]) -> scores``; the reward model may use any tokenizer.
 Device placement, mixed precision and DDP go through ``accelerate``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,13 +45,13 @@ CHECKPOINT = "checkpoint"
 
 @dataclass
 class PPOResult:
-    model: torch.nn.Module             # the trained causal LM (plain Hugging Face model)
+    model: torch.nn.Module  # the trained causal LM (plain Hugging Face model)
     tokenizer: object
-    policy: PolicyWithValueHead        # model + value head
+    policy: PolicyWithValueHead  # model + value head
     config: PPOConfig
     metrics: list[dict]
-    before: list[dict] = field(default_factory=list)   # eval samples at step 0
-    after: list[dict] = field(default_factory=list)    # eval samples at the end
+    before: list[dict] = field(default_factory=list)  # eval samples at step 0
+    after: list[dict] = field(default_factory=list)  # eval samples at the end
     summary: dict = field(default_factory=dict)
     work_dir: Path | None = None
     start_policy: str | None = None
@@ -58,10 +59,11 @@ class PPOResult:
 
 # ============================================================================ loading
 
+
 def load_policy(path_or_name) -> tuple[torch.nn.Module, object]:
-    """(model, tokenizer) from a folder or hub name; uses ``rl_finetune.policy.load_policy`` when present."""
+    """(model, tokenizer) from a folder or hub name; uses ``base_policy.loading.load_policy`` when present."""
     try:
-        from rl_finetune.policy import load_policy as shared_loader
+        from base_policy.loading import load_policy as shared_loader
     except ImportError:
         shared_loader = None
     if shared_loader is not None:
@@ -93,21 +95,30 @@ def _resolve_policy(policy, tokenizer):
 
 # ============================================================================ small helpers
 
+
 def check_scores(scores, n: int, where: str) -> torch.Tensor:
     """``reward_fn``'s output as a float tensor of ``n`` finite values, or a UserError naming the batch."""
     try:
-        t = torch.as_tensor(np.asarray(scores.detach().float().cpu() if torch.is_tensor(scores) else scores, dtype=np.float64))
+        t = torch.as_tensor(
+            np.asarray(scores.detach().float().cpu() if torch.is_tensor(scores) else scores, dtype=np.float64)
+        )
     except (TypeError, ValueError) as err:
-        raise UserError(f"reward_fn returned something that is not a list of numbers at {where} ({err}).",
-                        "make reward_fn(texts) return one float per text.") from None
+        raise UserError(
+            f"reward_fn returned something that is not a list of numbers at {where} ({err}).",
+            "make reward_fn(texts) return one float per text.",
+        ) from None
     t = t.flatten().float()
     if t.numel() != n:
-        raise UserError(f"reward_fn returned {t.numel()} scores for {n} texts at {where}.",
-                        "make reward_fn(texts) return exactly one score per text, in order.")
+        raise UserError(
+            f"reward_fn returned {t.numel()} scores for {n} texts at {where}.",
+            "make reward_fn(texts) return exactly one score per text, in order.",
+        )
     bad = (~torch.isfinite(t)).nonzero().flatten().tolist()
     if bad:
-        raise UserError(f"reward_fn returned NaN/inf for {len(bad)} of {n} texts at {where} (first at index {bad[0]}).",
-                        "fix the reward function so it returns a finite score for every text.")
+        raise UserError(
+            f"reward_fn returned NaN/inf for {len(bad)} of {n} texts at {where} (first at index {bad[0]}).",
+            "fix the reward function so it returns a finite score for every text.",
+        )
     return t
 
 
@@ -157,11 +168,11 @@ class _PromptStream:
 
 @dataclass
 class Rollout:
-    query: torch.Tensor        # (B, P) left-padded prompt ids
-    query_mask: torch.Tensor   # (B, P)
-    response: torch.Tensor     # (B, R)
-    mask: torch.Tensor         # (B, R) response tokens (through EOS)
-    scores: torch.Tensor       # (B,) raw scores from reward_fn
+    query: torch.Tensor  # (B, P) left-padded prompt ids
+    query_mask: torch.Tensor  # (B, P)
+    response: torch.Tensor  # (B, R)
+    mask: torch.Tensor  # (B, R) response tokens (through EOS)
+    scores: torch.Tensor  # (B,) raw scores from reward_fn
     prompts: list[str]
     responses: list[str]
 
@@ -178,8 +189,10 @@ def _join_chunks(chunks: list[Rollout], pad_id: int) -> Rollout:
     if len(chunks) == 1:
         return chunks[0]
     P = max(c.query.shape[1] for c in chunks)
+
     def lpad(x, value):
         return torch.nn.functional.pad(x, (P - x.shape[1], 0), value=value)
+
     return Rollout(
         query=torch.cat([lpad(c.query, pad_id) for c in chunks]),
         query_mask=torch.cat([lpad(c.query_mask, 0) for c in chunks]),
@@ -193,11 +206,23 @@ def _join_chunks(chunks: list[Rollout], pad_id: int) -> Rollout:
 
 # ============================================================================ the trainer
 
+
 class PPOTrainer:
-    def __init__(self, policy, reward_fn: RewardFn, prompts: list[str], config: PPOConfig, *,
-                 tokenizer=None, eval_prompts: list[str] | None = None, gold_fn: RewardFn | None = None,
-                 eval_fns: dict[str, RewardFn] | None = None, work_dir: Path | None = None,
-                 accelerator=None, progress: bool = True):
+    def __init__(
+        self,
+        policy,
+        reward_fn: RewardFn,
+        prompts: list[str],
+        config: PPOConfig,
+        *,
+        tokenizer=None,
+        eval_prompts: list[str] | None = None,
+        gold_fn: RewardFn | None = None,
+        eval_fns: dict[str, RewardFn] | None = None,
+        work_dir: Path | None = None,
+        accelerator=None,
+        progress: bool = True,
+    ):
         config.validate()
         self.cfg = cfg = config
         if not prompts:
@@ -212,8 +237,10 @@ class PPOTrainer:
         lm, tok, self.start_policy = _resolve_policy(policy, tokenizer)
         self.tokenizer = tok
         self.eos_id = tok.eos_token_id
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (self.eos_id if self.eos_id is not None else 0)
-        lm.eval()                                   # dropout off, for the whole run
+        self.pad_id = (
+            tok.pad_token_id if tok.pad_token_id is not None else (self.eos_id if self.eos_id is not None else 0)
+        )
+        lm.eval()  # dropout off, for the whole run
         self.ref = copy.deepcopy(lm).eval().to(acc.device)
         for p in self.ref.parameters():
             p.requires_grad_(False)
@@ -222,9 +249,13 @@ class PPOTrainer:
         params = [p for p in policy_model.parameters() if p.requires_grad]
         head = [p for p in policy_model.v_head.parameters()]
         trunk = [p for p in params if all(p is not h for h in head)]
-        opt = torch.optim.AdamW([{"params": trunk}, {"params": head, "lr": cfg.value_head_lr or cfg.lr}],
-                                lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                                weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(
+            [{"params": trunk}, {"params": head, "lr": cfg.value_head_lr or cfg.lr}],
+            lr=cfg.lr,
+            betas=tuple(cfg.adam_betas),
+            eps=cfg.adam_eps,
+            weight_decay=cfg.weight_decay,
+        )
         self.model, self.opt = acc.prepare(policy_model, opt)
         self.params = params
 
@@ -233,7 +264,9 @@ class PPOTrainer:
         self.moments = core.RunningMoments()
         rank, world = acc.process_index, acc.num_processes
         my_prompts = list(prompts)[rank::world] or list(prompts)
-        self.stream = _PromptStream(tokenize_prompts(tok, my_prompts, cfg.max_prompt_tokens), my_prompts, cfg.seed + rank)
+        self.stream = _PromptStream(
+            tokenize_prompts(tok, my_prompts, cfg.max_prompt_tokens), my_prompts, cfg.seed + rank
+        )
         self.eval_prompts = list(eval_prompts or [])
         self.eval_tokens = tokenize_prompts(tok, self.eval_prompts, cfg.max_prompt_tokens) if self.eval_prompts else []
         self.work_dir = Path(work_dir) if work_dir is not None else None
@@ -243,8 +276,15 @@ class PPOTrainer:
         self.reward_time = 0.0
         self.before: list[dict] = []
         if acc.is_main_process:
-            log.info("PPO: %d prompts, %d eval prompts, %d trainable parameters, %d process(es), %d thread(s), %s",
-                     len(prompts), len(self.eval_prompts), self.n_trainable, world, threads, cfg.mixed_precision)
+            log.info(
+                "PPO: %d prompts, %d eval prompts, %d trainable parameters, %d process(es), %d thread(s), %s",
+                len(prompts),
+                len(self.eval_prompts),
+                self.n_trainable,
+                world,
+                threads,
+                cfg.mixed_precision,
+            )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -278,18 +318,22 @@ class PPOTrainer:
         self.reward_time = 0.0
         chunks = []
         for c, start in enumerate(range(0, len(idx), cfg.chunk_size)):
-            part = idx[start:start + cfg.chunk_size]
+            part = idx[start : start + cfg.chunk_size]
             batch = left_pad([self.stream.tokens[i] for i in part], self.pad_id, [self.stream.texts[i] for i in part])
             batch.input_ids, batch.attention_mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
             with acc.autocast(), self.sampling_threads():
                 response, mask = sample(self.unwrapped, batch, cfg.gen_kwargs, self.eos_id, self.pad_id, gen)
             texts = decode_responses(self.tokenizer, response, mask)
             t_reward = time.perf_counter()
-            scores = check_scores(self.reward_fn([p + r for p, r in zip(batch.texts, texts)]), len(texts),
-                                  f"step {step}, rollout chunk {c}")
+            scores = check_scores(
+                self.reward_fn([p + r for p, r in zip(batch.texts, texts)]),
+                len(texts),
+                f"step {step}, rollout chunk {c}",
+            )
             self.reward_time += time.perf_counter() - t_reward
-            chunks.append(Rollout(batch.input_ids, batch.attention_mask, response, mask, scores.to(dev),
-                                  batch.texts, texts))
+            chunks.append(
+                Rollout(batch.input_ids, batch.attention_mask, response, mask, scores.to(dev), batch.texts, texts)
+            )
         return _join_chunks(chunks, self.pad_id)
 
     # ------------------------------------------------------------------ 2. log-probs, values, reference
@@ -335,9 +379,11 @@ class PPOTrainer:
         if cfg.scale_reward == "running":
             self.moments.update(acc.gather(ro.scores))
         scores = core.scale_and_clip_scores(
-            ro.scores, cfg.cliprange_reward,
+            ro.scores,
+            cfg.cliprange_reward,
             std=self.moments.std if cfg.scale_reward == "running" else None,
-            whiten_batch=cfg.scale_reward == "whiten")
+            whiten_batch=cfg.scale_reward == "whiten",
+        )
         kl_coef = self.kl_ctl.value
         rewards, kl = core.compute_rewards(scores, tk["logprobs"], tk["ref_logprobs"], mask, kl_coef, cfg.kl_estimator)
         # 4. advantages (GAE) and returns; whitened advantages
@@ -363,7 +409,9 @@ class PPOTrainer:
             **stats,
         }
         keys = sorted(local)
-        reduced = acc.reduce(torch.tensor([local[k] for k in keys], dtype=torch.float64, device=acc.device), reduction="mean")
+        reduced = acc.reduce(
+            torch.tensor([local[k] for k in keys], dtype=torch.float64, device=acc.device), reduction="mean"
+        )
         dt = time.perf_counter() - t0
         row = {
             "step": step + 1,
@@ -374,10 +422,10 @@ class PPOTrainer:
             **{k: float(v) for k, v in zip(keys, reduced.tolist())},
             "samples_per_s": cfg.num_rollouts * acc.num_processes / dt,
             "step_time": dt,
-            "time/rollout": t_rollout,      # sampling + reward_fn
+            "time/rollout": t_rollout,  # sampling + reward_fn
             "time/reward": self.reward_time,
-            "time/forward": t_forward,      # old log-probs, values, reference log-probs
-            "time/optimise": t_optimise,    # ppo_epochs of forward + backward + step
+            "time/forward": t_forward,  # old log-probs, values, reference log-probs
+            "time/optimise": t_optimise,  # ppo_epochs of forward + backward + step
         }
         return row
 
@@ -389,18 +437,20 @@ class PPOTrainer:
         sums: dict[str, float] = {}
         n = 0
         stop = False
-        for epoch in range(cfg.ppo_epochs):
+        for _epoch in range(cfg.ppo_epochs):
             order = torch.randperm(B, generator=g) if cfg.minibatches_per_epoch > 1 else torch.arange(B)
             for mb in order.split(cfg.batch_size):
                 mb = mb.to(acc.device)
-                if first is not None:   # the forward pass of step 2, on the whole rollout (= this minibatch)
+                if first is not None:  # the forward pass of step 2, on the whole rollout (= this minibatch)
                     (logits, values), first = first, None
                 else:
                     logits, values = self.model(**ro.model_inputs(mb))
                 logp = core.logprobs_from_logits(logits, ro.response[mb], T)
                 m = mask[mb]
                 pg_loss, pg_stats = core.policy_loss(logp, tk["logprobs"][mb], advantages[mb], m, cfg.cliprange)
-                vf_loss, vf_stats = core.value_loss(values.float(), tk["values"][mb], returns[mb], m, cfg.cliprange_value)
+                vf_loss, vf_stats = core.value_loss(
+                    values.float(), tk["values"][mb], returns[mb], m, cfg.cliprange_value
+                )
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if cfg.ent_coef:
                     loss = loss - cfg.ent_coef * core.masked_mean(core.entropy_from_logits(logits, T), m)
@@ -412,9 +462,14 @@ class PPOTrainer:
                 grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm) if cfg.max_grad_norm else None
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
-                cur = {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), "loss/total": loss.item(),
-                       "clipfrac": pg_stats["clipfrac"].item(), "approx_kl": pg_stats["approx_kl"].item(),
-                       "vf_clipfrac": vf_stats["vf_clipfrac"].item()}
+                cur = {
+                    "loss/policy": pg_loss.item(),
+                    "loss/value": vf_loss.item(),
+                    "loss/total": loss.item(),
+                    "clipfrac": pg_stats["clipfrac"].item(),
+                    "approx_kl": pg_stats["approx_kl"].item(),
+                    "vf_clipfrac": vf_stats["vf_clipfrac"].item(),
+                }
                 if kl_loss is not None:
                     cur["loss/kl"] = kl_loss.item()
                 if grad_norm is not None:
@@ -446,15 +501,17 @@ class PPOTrainer:
         samples: list[dict] = []
         kls = []
         for c, start in enumerate(range(0, len(self.eval_prompts), cfg.chunk_size)):
-            toks = self.eval_tokens[start:start + cfg.chunk_size]
-            texts_p = self.eval_prompts[start:start + cfg.chunk_size]
+            toks = self.eval_tokens[start : start + cfg.chunk_size]
+            texts_p = self.eval_prompts[start : start + cfg.chunk_size]
             batch = left_pad(toks, self.pad_id, texts_p)
             batch.input_ids, batch.attention_mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
             with acc.autocast(), self.sampling_threads():
                 response, mask = sample(self.unwrapped, batch, cfg.gen_kwargs, self.eos_id, self.pad_id, gen)
             responses = decode_responses(self.tokenizer, response, mask)
             full = [p + r for p, r in zip(texts_p, responses)]
-            ro = Rollout(batch.input_ids, batch.attention_mask, response, mask, torch.zeros(len(full)), texts_p, responses)
+            ro = Rollout(
+                batch.input_ids, batch.attention_mask, response, mask, torch.zeros(len(full)), texts_p, responses
+            )
             tk = self.score_tokens(ro)
             kls += (((tk["logprobs"] - tk["ref_logprobs"]) * mask.float()).sum(-1)).tolist()
             extra = {"reward": check_scores(self.reward_fn(full), len(full), f"eval chunk {c}")}
@@ -480,11 +537,19 @@ class PPOTrainer:
             with atomic_dir(self.work_dir / CHECKPOINT) as tmp:
                 torch.save(self.unwrapped.state_dict(), tmp / "policy.pt")
                 torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
-                (tmp / "state.json").write_text(json.dumps({
-                    "step": self.step, "elapsed": self.elapsed, "kl_ctl": self.kl_ctl.state_dict(),
-                    "moments": self.moments.state_dict(), "before": self.before,
-                    "config": to_dict(self.cfg), "start_policy": self.start_policy,
-                }))
+                (tmp / "state.json").write_text(
+                    json.dumps(
+                        {
+                            "step": self.step,
+                            "elapsed": self.elapsed,
+                            "kl_ctl": self.kl_ctl.state_dict(),
+                            "moments": self.moments.state_dict(),
+                            "before": self.before,
+                            "config": to_dict(self.cfg),
+                            "start_policy": self.start_policy,
+                        }
+                    )
+                )
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self) -> bool:
@@ -539,7 +604,9 @@ class PPOTrainer:
             self.elapsed += time.perf_counter() - t0
             row["elapsed_s"] = self.elapsed
             out_of_time = deadline is not None and time.monotonic() > deadline
-            out_of_time = bool(acc.reduce(torch.tensor(float(out_of_time), device=acc.device), reduction="sum").item() > 0)
+            out_of_time = bool(
+                acc.reduce(torch.tensor(float(out_of_time), device=acc.device), reduction="sum").item() > 0
+            )
             last = self.step >= cfg.total_steps or out_of_time
             if main and self.eval_prompts and (self.step % cfg.eval_interval == 0 or last):
                 t_eval = time.perf_counter()
@@ -550,8 +617,11 @@ class PPOTrainer:
             record(row)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.2f}",
-                                **({"eval": f"{row['eval/reward']:.3f}"} if "eval/reward" in row else {}))
+                bar.set_postfix(
+                    reward=f"{row['reward_mean']:.3f}",
+                    kl=f"{row['kl']:.2f}",
+                    **({"eval": f"{row['eval/reward']:.3f}"} if "eval/reward" in row else {}),
+                )
             if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0 and not last:
                 self.save_checkpoint()
             if out_of_time:
@@ -566,24 +636,40 @@ class PPOTrainer:
         summary = self.summarise(rows, after)
         if main and self.work_dir is not None:
             self.write_reports(rows, after, summary)
-        return PPOResult(model=self.unwrapped.lm, tokenizer=self.tokenizer, policy=self.unwrapped, config=cfg,
-                         metrics=rows, before=self.before, after=after, summary=summary,
-                         work_dir=self.work_dir, start_policy=self.start_policy)
+        return PPOResult(
+            model=self.unwrapped.lm,
+            tokenizer=self.tokenizer,
+            policy=self.unwrapped,
+            config=cfg,
+            metrics=rows,
+            before=self.before,
+            after=after,
+            summary=summary,
+            work_dir=self.work_dir,
+            start_policy=self.start_policy,
+        )
 
     def summarise(self, rows: list[dict], after: list[dict]) -> dict:
         train_rows = [r for r in rows if "reward_mean" in r]
         evals = [r for r in rows if "eval/reward" in r]
-        s = {"steps": self.step, "wall_time_s": self.elapsed,
-             "samples_per_s": (float(np.mean([r["samples_per_s"] for r in train_rows])) if train_rows else None),
-             "s_per_step": (float(np.mean([r["step_time"] for r in train_rows])) if train_rows else None),
-             "processes": self.accelerator.num_processes, "start_policy": self.start_policy}
+        s = {
+            "steps": self.step,
+            "wall_time_s": self.elapsed,
+            "samples_per_s": (float(np.mean([r["samples_per_s"] for r in train_rows])) if train_rows else None),
+            "s_per_step": (float(np.mean([r["step_time"] for r in train_rows])) if train_rows else None),
+            "processes": self.accelerator.num_processes,
+            "start_policy": self.start_policy,
+        }
         if evals:
             first, last = evals[0], evals[-1]
             for k in first:
                 if k.startswith("eval/"):
                     s[f"{k}_before"], s[f"{k}_after"] = first[k], last.get(k)
         if train_rows:
-            s["train_reward_first"], s["train_reward_last"] = train_rows[0]["reward_mean"], train_rows[-1]["reward_mean"]
+            s["train_reward_first"], s["train_reward_last"] = (
+                train_rows[0]["reward_mean"],
+                train_rows[-1]["reward_mean"],
+            )
         return s
 
     def write_reports(self, rows: list[dict], after: list[dict], summary: dict) -> None:
@@ -597,13 +683,25 @@ class PPOTrainer:
             log.warning("could not draw the plots: %s", err)
         if self.before and after:
             (self.work_dir / "samples.md").write_text(
-                samples_markdown(self.before, after, self.cfg.num_samples_report), encoding="utf-8")
+                samples_markdown(self.before, after, self.cfg.num_samples_report), encoding="utf-8"
+            )
 
 
-def train(policy, reward_fn: RewardFn, prompts: list[str], config: PPOConfig | None = None,
-          eval_prompts: list[str] | None = None, gold_fn: RewardFn | None = None, *, tokenizer=None,
-          eval_fns: dict[str, RewardFn] | None = None, work_dir: Path | str | None = None, resume: bool = False,
-          accelerator=None, progress: bool = True) -> PPOResult:
+def train(
+    policy,
+    reward_fn: RewardFn,
+    prompts: list[str],
+    config: PPOConfig | None = None,
+    eval_prompts: list[str] | None = None,
+    gold_fn: RewardFn | None = None,
+    *,
+    tokenizer=None,
+    eval_fns: dict[str, RewardFn] | None = None,
+    work_dir: Path | str | None = None,
+    resume: bool = False,
+    accelerator=None,
+    progress: bool = True,
+) -> PPOResult:
     """Fine-tune ``policy`` (a folder/hub name, a ``(model, tokenizer)`` pair, or a model with ``tokenizer=``)
     with PPO against ``reward_fn(list[str]) -> scores`` on ``prompts`` (trlx's ``trlx.train`` shape).
 
@@ -612,10 +710,19 @@ def train(policy, reward_fn: RewardFn, prompts: list[str], config: PPOConfig | N
     writes ``metrics.jsonl``, plots, ``samples.md`` and resumable checkpoints there (``resume=True``
     continues from its checkpoint). Save the result with :func:`rl_finetune.ppo.save_policy`.
     """
-    trainer = PPOTrainer(policy, reward_fn, prompts, config or PPOConfig(), tokenizer=tokenizer,
-                         eval_prompts=eval_prompts, gold_fn=gold_fn, eval_fns=eval_fns,
-                         work_dir=Path(work_dir) if work_dir is not None else None,
-                         accelerator=accelerator, progress=progress)
+    trainer = PPOTrainer(
+        policy,
+        reward_fn,
+        prompts,
+        config or PPOConfig(),
+        tokenizer=tokenizer,
+        eval_prompts=eval_prompts,
+        gold_fn=gold_fn,
+        eval_fns=eval_fns,
+        work_dir=Path(work_dir) if work_dir is not None else None,
+        accelerator=accelerator,
+        progress=progress,
+    )
     return trainer.run(resume=resume)
 
 
@@ -644,4 +751,3 @@ def save_policy(result: PPOResult, final_dir: Path | str) -> Path:
         if not (tmp / "summary.json").exists():
             (tmp / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str))
     return final_dir
-

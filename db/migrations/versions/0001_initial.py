@@ -4,6 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-23
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -34,8 +35,12 @@ def upgrade() -> None:
         sa.Column("metrics", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.CheckConstraint("kind IN ('policy', 'reward')", name=op.f("ck_model_versions_kind")),
-        sa.ForeignKeyConstraint(["parent_id"], ["model_versions.id"],
-                                name=op.f("fk_model_versions_parent_id_model_versions"), ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(
+            ["parent_id"],
+            ["model_versions.id"],
+            name=op.f("fk_model_versions_parent_id_model_versions"),
+            ondelete="SET NULL",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_model_versions")),
     )
     op.create_index(op.f("ix_model_versions_created_at"), "model_versions", ["created_at"])
@@ -61,12 +66,21 @@ def upgrade() -> None:
         sa.Column("reward_score", sa.Float(), nullable=True),
         sa.Column("reward_model_version_id", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["model_version_id"], ["model_versions.id"],
-                                name=op.f("fk_completions_model_version_id_model_versions"), ondelete="SET NULL"),
-        sa.ForeignKeyConstraint(["prompt_id"], ["prompts.id"],
-                                name=op.f("fk_completions_prompt_id_prompts"), ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["reward_model_version_id"], ["model_versions.id"],
-                                name=op.f("fk_completions_reward_model_version_id_model_versions"), ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(
+            ["model_version_id"],
+            ["model_versions.id"],
+            name=op.f("fk_completions_model_version_id_model_versions"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["prompt_id"], ["prompts.id"], name=op.f("fk_completions_prompt_id_prompts"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["reward_model_version_id"],
+            ["model_versions.id"],
+            name=op.f("fk_completions_reward_model_version_id_model_versions"),
+            ondelete="SET NULL",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_completions")),
     )
     op.create_index(op.f("ix_completions_model_version_id"), "completions", ["model_version_id"])
@@ -82,10 +96,15 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.CheckConstraint("label IN ('good', 'bad', 'skip')", name=op.f("ck_judgements_label")),
-        sa.ForeignKeyConstraint(["completion_id"], ["completions.id"],
-                                name=op.f("fk_judgements_completion_id_completions"), ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["labeler_id"], ["labelers.id"],
-                                name=op.f("fk_judgements_labeler_id_labelers"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["completion_id"],
+            ["completions.id"],
+            name=op.f("fk_judgements_completion_id_completions"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["labeler_id"], ["labelers.id"], name=op.f("fk_judgements_labeler_id_labelers"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_judgements")),
         sa.UniqueConstraint("completion_id", "labeler_id", name="uq_judgements_completion_labeler"),
     )
@@ -98,10 +117,12 @@ def upgrade() -> None:
         sa.Column("labeler_id", sa.Integer(), nullable=False),
         sa.Column("session_key", sa.String(length=128), nullable=False),
         sa.Column("expires_at", sa.DateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["completion_id"], ["completions.id"],
-                                name=op.f("fk_leases_completion_id_completions"), ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["labeler_id"], ["labelers.id"],
-                                name=op.f("fk_leases_labeler_id_labelers"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["completion_id"], ["completions.id"], name=op.f("fk_leases_completion_id_completions"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["labeler_id"], ["labelers.id"], name=op.f("fk_leases_labeler_id_labelers"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_leases")),
         sa.UniqueConstraint("labeler_id", "session_key", name="uq_leases_labeler_session"),
     )

@@ -10,6 +10,7 @@ no "database is locked"), and with overlap 1 no item handed to two labellers.
 
 Used by ``tests/test_db_concurrency.py`` (small) and ``benchmarks/bench_db.py`` (10,000 judgements).
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -46,12 +47,20 @@ def prepare(url: str, n_items: int) -> None:
     engine = db.connect(url)
     items = [db.NewCompletion(f"Prompt {i % 50}", f" completion {i}", None, {"i": i}) for i in range(n_items)]
     for start in range(0, n_items, 2000):
-        db.add_completions(engine, items[start:start + 2000])
+        db.add_completions(engine, items[start : start + 2000])
     engine.dispose()
 
 
-def worker(url: str, index: int, per_proc: int, undo_prob: float, seed: int, barrier, out,  # noqa: ANN001
-           tabs: int = 1) -> None:
+def worker(
+    url: str,
+    index: int,
+    per_proc: int,
+    undo_prob: float,
+    seed: int,
+    barrier,
+    out,
+    tabs: int = 1,
+) -> None:
     res = WorkerResult(index, labeller_name(index, tabs))
     try:
         engine = db.connect(url, upgrade=False)
@@ -80,8 +89,9 @@ def worker(url: str, index: int, per_proc: int, undo_prob: float, seed: int, bar
                     res.errors.append(f"reload gave {again} instead of {item.completion_id}")
             label = rng.choice(("good", "bad"))
             t = time.perf_counter()
-            db.record_judgement(engine, labeler_id=lab, completion_id=item.completion_id, label=label,
-                                seconds=rng.random() * 5)
+            db.record_judgement(
+                engine, labeler_id=lab, completion_id=item.completion_id, label=label, seconds=rng.random() * 5
+            )
             res.write_latencies.append(time.perf_counter() - t)
             res.writes += 1
             if rng.random() < 0.05:  # a double click
@@ -97,13 +107,21 @@ def worker(url: str, index: int, per_proc: int, undo_prob: float, seed: int, bar
                 relabel = undone
         res.seconds = time.perf_counter() - t0
         engine.dispose()
-    except BaseException as err:  # noqa: BLE001 - every error is a finding of the drill
+    except BaseException as err:  # every error is a finding of the drill
         res.errors.append(f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}")
     out.put(res)
 
 
-def run(url: str, *, procs: int = 8, per_proc: int = 150, undo_prob: float = 0.1, seed: int = 0,
-        spare: float = 0.1, tabs: int = 1) -> dict:
+def run(
+    url: str,
+    *,
+    procs: int = 8,
+    per_proc: int = 150,
+    undo_prob: float = 0.1,
+    seed: int = 0,
+    spare: float = 0.1,
+    tabs: int = 1,
+) -> dict:
     """Prepare, run ``procs`` processes at once, check; returns the report (see :func:`check`).
 
     With ``tabs`` > 1 every labeller works in that many processes at once (browser tabs, one
@@ -115,7 +133,9 @@ def run(url: str, *, procs: int = 8, per_proc: int = 150, undo_prob: float = 0.1
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(procs + 1)
     out = ctx.Queue()
-    ps = [ctx.Process(target=worker, args=(url, i, per_proc, undo_prob, seed, barrier, out, tabs)) for i in range(procs)]
+    ps = [
+        ctx.Process(target=worker, args=(url, i, per_proc, undo_prob, seed, barrier, out, tabs)) for i in range(procs)
+    ]
     for p in ps:
         p.start()
     # Wait until every worker has imported, connected and signed in; a worker that dies on the
@@ -128,7 +148,8 @@ def run(url: str, *, procs: int = 8, per_proc: int = 150, undo_prob: float = 0.1
                 p.kill()
             raise RuntimeError(
                 f"drill workers did not start (exit codes {dead or 'none yet, timed out'}); "
-                "their error is on stderr above")
+                "their error is on stderr above"
+            )
         time.sleep(0.05)
     try:
         barrier.wait(timeout=60)
@@ -144,7 +165,7 @@ def run(url: str, *, procs: int = 8, per_proc: int = 150, undo_prob: float = 0.1
     return check(url, results, wall=wall)
 
 
-def count_drift(engine) -> int:  # noqa: ANN001
+def count_drift(engine) -> int:
     """Completions whose maintained ``n_labels`` differs from a recount of their judgements (should be 0)."""
     from sqlalchemy import func, select
     from sqlalchemy.orm import Session
@@ -200,11 +221,16 @@ def check(url: str, results: list[WorkerResult], *, wall: float) -> dict:
         "judgements_in_db": len(actual),
         "record_calls": sum(r.writes for r in results),
         "undos": sum(r.undos for r in results),
-        "lost": len(lost), "duplicated": len(actual) - len(set(actual)), "unexpected": len(extra),
-        "served_to_two": shared, "locked_errors_surfaced": locked,
+        "lost": len(lost),
+        "duplicated": len(actual) - len(set(actual)),
+        "unexpected": len(extra),
+        "served_to_two": shared,
+        "locked_errors_surfaced": locked,
         "problems": problems,
         "wall_s": wall,
         "judgements_per_s": len(expected) / wall if wall else float("nan"),
-        "write_latency_p50_ms": 1000 * _pct(writes, 0.5), "write_latency_p95_ms": 1000 * _pct(writes, 0.95),
-        "next_item_latency_p50_ms": 1000 * _pct(nexts, 0.5), "next_item_latency_p95_ms": 1000 * _pct(nexts, 0.95),
+        "write_latency_p50_ms": 1000 * _pct(writes, 0.5),
+        "write_latency_p95_ms": 1000 * _pct(writes, 0.95),
+        "next_item_latency_p50_ms": 1000 * _pct(nexts, 0.5),
+        "next_item_latency_p95_ms": 1000 * _pct(nexts, 0.95),
     }

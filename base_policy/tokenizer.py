@@ -8,6 +8,7 @@ covers every byte (byte-level: no unknown tokens), so in a fixed CPU budget the 
 far more text. Both are saved as ``GPT2TokenizerFast`` folders with ``<|endoftext|>`` as
 BOS/EOS/UNK, so ``AutoTokenizer.from_pretrained(dir)`` loads either one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,7 +40,10 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 8192, min_frequency: int =
     )
     bpe.train_from_iterator(texts, trainer=trainer)
     tok = GPT2TokenizerFast(
-        tokenizer_object=bpe, unk_token=GPT2_EOS, bos_token=GPT2_EOS, eos_token=GPT2_EOS,
+        tokenizer_object=bpe,
+        unk_token=GPT2_EOS,
+        bos_token=GPT2_EOS,
+        eos_token=GPT2_EOS,
         add_prefix_space=False,
     )
     tok.model_max_length = 1024

@@ -2,6 +2,7 @@
 chromium through Playwright. Used by ``tests/test_browser_labeling.py`` and
 ``benchmarks/bench_labeling.py`` (Playwright is a dev dependency; never ``playwright install``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +16,12 @@ from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 
 # Where things are on the labelling page (stable keys set in views/label.py).
@@ -31,8 +36,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(env: dict[str, str], *, port: int | None = None, log_path: Path | None = None,
-                timeout: float = 60.0) -> Iterator[str]:
+def running_app(
+    env: dict[str, str], *, port: int | None = None, log_path: Path | None = None, timeout: float = 60.0
+) -> Iterator[str]:
     """Start the app as a subprocess with ``env`` added to the environment; yield its base URL."""
     from labeling_app.__main__ import streamlit_args
 
@@ -86,7 +92,9 @@ def apptest_signed_in(name: str | None = "alice", token: str | None = None, time
     ``token`` when given); ``name=None`` stops at the sign-in form."""
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(Path(__file__).resolve().parent / "app.py"), default_timeout=timeout).run()
+    at = AppTest.from_file(
+        str(Path(__file__).resolve().parents[2] / "labeling_app" / "app.py"), default_timeout=timeout
+    ).run()
     assert not at.exception, at.exception
     if name is not None:
         at.text_input(key="sign_in_name").input(name)
@@ -140,7 +148,8 @@ def press_and_wait_next(page, key: str, previous: int | None, timeout_ms: int = 
             const m = el.textContent.match(/#(\\d+)/);
             return m && Number(m[1]) !== prev;
         }""",
-        arg=[COMPLETION_CAPTION, previous], timeout=timeout_ms,
+        arg=[COMPLETION_CAPTION, previous],
+        timeout=timeout_ms,
     )
     return current_completion_id(page)
 

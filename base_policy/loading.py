@@ -5,13 +5,12 @@
 ``gpt2`` for users with internet. The tokenizer comes back ready for batched generation
 (left padding, a pad token).
 """
+
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from common.errors import UserError
 from common.paths import base_policy_dir, policies_dir, resolve_latest
@@ -53,11 +52,13 @@ def _missing_fix(spec: str) -> str:
     except OSError:
         is_base = False
     if is_base:
-        return "run `make base-model` (python -m rl_finetune pretrain) to create it."
+        return "run `make base-model` (python -m base_policy pretrain) to create it."
     if Path(spec).resolve().parent == policies_dir().resolve():
         return "run `make finetune` (python -m rl_finetune ppo) to create a PPO policy, or pick an existing folder."
-    return ("pass a folder written by save_pretrained: `make base-model` creates "
-            f"{str(base)!r}, `make finetune` creates {str(policies_dir())!r}/<run>.")
+    return (
+        "pass a folder written by save_pretrained: `make base-model` creates "
+        f"{str(base)!r}, `make finetune` creates {str(policies_dir())!r}/<run>."
+    )
 
 
 def load_policy(path_or_name: str | Path | None = None, *, device: str = "cpu"):
@@ -76,12 +77,17 @@ def load_policy(path_or_name: str | Path | None = None, *, device: str = "cpu"):
         if not path.is_dir() or not (path / "config.json").is_file():
             raise UserError(f"policy path {spec!r} is not a saved model folder (no config.json).", _missing_fix(spec))
         if not any((path / f).is_file() for f in WEIGHT_FILES):
-            raise UserError(f"policy folder {spec!r} has a config but no weights ({', '.join(WEIGHT_FILES[:2])}).", _missing_fix(spec))
+            raise UserError(
+                f"policy folder {spec!r} has a config but no weights ({', '.join(WEIGHT_FILES[:2])}).",
+                _missing_fix(spec),
+            )
         import json
 
         arch = json.loads((path / "config.json").read_text()).get("architectures") or []
         if arch and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in arch):  # e.g. a reward model by mistake
-            raise UserError(f"policy folder {spec!r} holds a {arch[0]}, not a causal language model.", _missing_fix(spec))
+            raise UserError(
+                f"policy folder {spec!r} holds a {arch[0]}, not a causal language model.", _missing_fix(spec)
+            )
         source = str(path)
     elif _looks_local(spec):
         raise UserError(f"policy path {spec!r} does not exist.", _missing_fix(spec))
@@ -92,13 +98,14 @@ def load_policy(path_or_name: str | Path | None = None, *, device: str = "cpu"):
     try:
         tok = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source)
-    except (OSError, ValueError, EnvironmentError, SafetensorError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         where = "folder" if local else "hub model"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"could not load the policy {where} {spec!r} ({first[:200]}).",
-            _missing_fix(spec) if where == "folder" else
-            "check the name and your internet connection (HF_HUB_OFFLINE=1 blocks the hub), "
+            _missing_fix(spec)
+            if where == "folder"
+            else "check the name and your internet connection (HF_HUB_OFFLINE=1 blocks the hub), "
             "or use a local folder; `make base-model` creates the offline base policy.",
         ) from None
     prepare_tokenizer_for_generation(tok)
@@ -112,88 +119,3 @@ def prepare_tokenizer_for_generation(tok) -> None:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-
-
-# ---------------------------------------------------------------------------- model versions
-
-def weights_fingerprint(path: str | Path) -> str | None:
-    """SHA-256 of a folder's weight file (None for hub names): tells two models saved to the
-    same folder apart."""
-    path = Path(path)
-    for name in WEIGHT_FILES:
-        f = path / name
-        if f.is_file():
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            return h.hexdigest()
-    return None
-
-
-def _canonical(path_or_name: str | Path) -> str:
-    """Absolute path for folders, the name itself for hub models."""
-    p = Path(path_or_name).expanduser()
-    return str(p.resolve()) if p.exists() else str(path_or_name)
-
-
-def _engine(engine):
-    if engine is not None:
-        return engine
-    import db
-
-    return db.connect()
-
-
-def register_policy(path: str | Path, *, name: str | None = None, metrics: dict[str, Any] | None = None,
-                    parent_id: int | None = None, engine=None) -> int:
-    """A new ``policy`` row in the model versions for ``path`` (with its weights' fingerprint)."""
-    import db
-
-    engine = _engine(engine)
-    canonical = _canonical(path)
-    metrics = dict(metrics or {})
-    fp = weights_fingerprint(canonical)
-    if fp:
-        metrics["weights_sha256"] = fp
-    version = db.register_model_version(
-        engine, kind="policy", name=name or Path(canonical).name or canonical, path=canonical,
-        parent_id=parent_id, metrics=metrics)
-    log.info("registered policy version %d for %s", version, canonical)
-    return version
-
-
-def find_policy_version(engine, path: str | Path) -> int | None:
-    """The newest policy version recorded for ``path`` whose weights are still the ones on disk."""
-    import db
-
-    canonical = _canonical(path)
-    fp = weights_fingerprint(canonical)
-    best = None
-    for v in db.list_model_versions(engine, kind="policy"):
-        if _canonical(v.path) != canonical:
-            continue
-        recorded = (v.metrics or {}).get("weights_sha256")
-        if fp and recorded and recorded != fp:
-            continue  # the folder was overwritten by another model since
-        if best is None or v.id > best:
-            best = v.id
-    return best
-
-
-def ensure_registered(engine, path: str | Path) -> int:
-    """The model version of ``path``, registering it first when the database does not know it."""
-    found = find_policy_version(engine, path)
-    if found is not None:
-        return found
-    metrics = None
-    mfile = Path(path) / "metrics.json"
-    if mfile.is_file():
-        import json
-
-        try:
-            raw = json.loads(mfile.read_text())
-            metrics = {k: v for k, v in raw.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        except (OSError, ValueError):
-            metrics = None
-    return register_policy(path, metrics=metrics, engine=engine)

@@ -6,6 +6,7 @@ carries the sampling parameters that produced it (``gen_params``), and ``fill_qu
 them to the database with the model version of the policy, so a label always says which policy
 wrote the text it judged.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,34 +29,67 @@ log = logging.getLogger(__name__)
 class GenerateConfig:
     """The ``generate`` section: how completions for the labelling queue are sampled."""
 
-    policy: str | None = field(default=None, metadata={"help": "folder or hub name of the policy; null/base = $RLHF_ARTIFACTS/base_policy, latest = newest PPO policy"})
+    policy: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder or hub name of the policy; null/base = $RLHF_ARTIFACTS/base_policy, latest = newest PPO policy"
+        },
+    )
     n: int = field(default=64, metadata={"help": "completions to write"})
-    completions_per_prompt: int = field(default=1, metadata={"help": "samples per prompt (several let labellers compare)"})
+    completions_per_prompt: int = field(
+        default=1, metadata={"help": "samples per prompt (several let labellers compare)"}
+    )
     prompts_per_batch: int = field(default=16, metadata={"help": "prompts per generate() call"})
-    max_new_tokens: int = field(default=48, metadata={"help": "longest completion, in tokens (stops earlier at end of text)"})
+    max_new_tokens: int = field(
+        default=48, metadata={"help": "longest completion, in tokens (stops earlier at end of text)"}
+    )
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (0 = greedy)"})
     top_k: int = field(default=0, metadata={"help": "sample from the k likeliest tokens (0 = all; PPO samples with 0)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1.0 = off)"})
-    prompt_source: Literal["imdb", "file"] = field(default="imdb", metadata={"help": "imdb = openings of IMDB train reviews; file = prompt_file"})
-    prompt_file: str | None = field(default=None, metadata={"help": "one prompt per line (used when prompt_source=file or --prompt-file is given)"})
-    seed: int | None = field(default=None, metadata={"help": "seed of prompt choice and sampling (null = fresh each run, so refills bring new prompts)"})
+    prompt_source: Literal["imdb", "file"] = field(
+        default="imdb", metadata={"help": "imdb = openings of IMDB train reviews; file = prompt_file"}
+    )
+    prompt_file: str | None = field(
+        default=None, metadata={"help": "one prompt per line (used when prompt_source=file or --prompt-file is given)"}
+    )
+    seed: int | None = field(
+        default=None,
+        metadata={"help": "seed of prompt choice and sampling (null = fresh each run, so refills bring new prompts)"},
+    )
 
     def validate(self) -> None:
         for name in ("n", "completions_per_prompt", "prompts_per_batch", "max_new_tokens"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"generate.{name}={getattr(self, name)} must be >= 1.", f"set generate.{name} to a positive number.")
+                raise ConfigError(
+                    f"generate.{name}={getattr(self, name)} must be >= 1.", f"set generate.{name} to a positive number."
+                )
         if self.temperature < 0:
-            raise ConfigError(f"generate.temperature={self.temperature} is negative.", "use 0 (greedy) or a positive temperature such as 1.0.")
+            raise ConfigError(
+                f"generate.temperature={self.temperature} is negative.",
+                "use 0 (greedy) or a positive temperature such as 1.0.",
+            )
         if self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"generate.top_k={self.top_k}, top_p={self.top_p}: need top_k >= 0 and 0 < top_p <= 1.", "use top_k: 0, top_p: 1.0 for pure sampling.")
+            raise ConfigError(
+                f"generate.top_k={self.top_k}, top_p={self.top_p}: need top_k >= 0 and 0 < top_p <= 1.",
+                "use top_k: 0, top_p: 1.0 for pure sampling.",
+            )
         if self.prompt_source == "file" and not self.prompt_file:
-            raise ConfigError("generate.prompt_source=file but generate.prompt_file is not set.", "set prompt_file or pass --prompt-file.")
+            raise ConfigError(
+                "generate.prompt_source=file but generate.prompt_file is not set.",
+                "set prompt_file or pass --prompt-file.",
+            )
 
     @property
     def gen_params(self) -> dict[str, Any]:
         """What is recorded with each completion."""
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                "top_k": self.top_k, "top_p": self.top_p, "do_sample": self.temperature > 0, "seed": self.seed}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "do_sample": self.temperature > 0,
+            "seed": self.seed,
+        }
 
 
 def context_length(model) -> int:
@@ -76,8 +110,9 @@ def encode_prompts(tok, prompts: Sequence[str], max_prompt_tokens: int) -> list[
             cut += 1
         out.append(ids)
     if cut:
-        log.warning("%d prompt(s) longer than %d tokens were truncated from the left to fit the context",
-                    cut, max_prompt_tokens)
+        log.warning(
+            "%d prompt(s) longer than %d tokens were truncated from the left to fit the context", cut, max_prompt_tokens
+        )
     return out
 
 
@@ -87,13 +122,15 @@ def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for i, ids in enumerate(batch):
-        input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        mask[i, width - len(ids):] = 1
+        input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        mask[i, width - len(ids) :] = 1
     return input_ids, mask
 
 
 @torch.no_grad()
-def generate_completions(model, tokenizer, prompts: Sequence[str], cfg: GenerateConfig | None = None) -> list[dict[str, Any]]:
+def generate_completions(
+    model, tokenizer, prompts: Sequence[str], cfg: GenerateConfig | None = None
+) -> list[dict[str, Any]]:
     """Sample ``cfg.completions_per_prompt`` completions for each prompt.
 
     Returns one dict per completion, in prompt order: ``prompt``, ``text`` (the new text only,
@@ -106,8 +143,10 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], cfg: Generate
         raise UserError("the prompt list is empty.", "give at least one prompt (IMDB openings or --prompt-file).")
     ctx = context_length(model)
     if cfg.max_new_tokens >= ctx:
-        raise UserError(f"max_new_tokens={cfg.max_new_tokens} does not fit the model's context of {ctx} tokens.",
-                        f"use max_new_tokens < {ctx}.")
+        raise UserError(
+            f"max_new_tokens={cfg.max_new_tokens} does not fit the model's context of {ctx} tokens.",
+            f"use max_new_tokens < {ctx}.",
+        )
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     encoded = encode_prompts(tokenizer, prompts, ctx - cfg.max_new_tokens)
@@ -116,32 +155,39 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], cfg: Generate
     was_training = model.training
     model.eval()
     sample = cfg.temperature > 0
-    kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": cfg.max_new_tokens,
-                              "pad_token_id": pad, "eos_token_id": eos, "use_cache": True,
-                              "num_return_sequences": cfg.completions_per_prompt}
+    kwargs: dict[str, Any] = {
+        "do_sample": sample,
+        "max_new_tokens": cfg.max_new_tokens,
+        "pad_token_id": pad,
+        "eos_token_id": eos,
+        "use_cache": True,
+        "num_return_sequences": cfg.completions_per_prompt,
+    }
     if sample:
         kwargs.update(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     else:
         kwargs.update(temperature=None, top_k=None, top_p=None)
     out: list[dict[str, Any]] = []
     for start in range(0, len(prompts), cfg.prompts_per_batch):
-        chunk = encoded[start:start + cfg.prompts_per_batch]
+        chunk = encoded[start : start + cfg.prompts_per_batch]
         input_ids, mask = left_pad(chunk, pad)
         seqs = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-        new = seqs[:, input_ids.shape[1]:]  # (B * k, <= max_new_tokens)
+        new = seqs[:, input_ids.shape[1] :]  # (B * k, <= max_new_tokens)
         for row in range(new.shape[0]):
             ids = new[row].tolist()
             finish = "length"
             if eos in ids:
-                ids = ids[:ids.index(eos)]
+                ids = ids[: ids.index(eos)]
                 finish = "eos"
-            out.append({
-                "prompt": prompts[start + row // cfg.completions_per_prompt],
-                "text": tokenizer.decode(ids, skip_special_tokens=True),
-                "n_tokens": len(ids),
-                "finish_reason": finish,
-                "gen_params": dict(cfg.gen_params),
-            })
+            out.append(
+                {
+                    "prompt": prompts[start + row // cfg.completions_per_prompt],
+                    "text": tokenizer.decode(ids, skip_special_tokens=True),
+                    "n_tokens": len(ids),
+                    "finish_reason": finish,
+                    "gen_params": dict(cfg.gen_params),
+                }
+            )
     model.train(was_training)
     return out
 
@@ -177,7 +223,7 @@ _MODEL_CACHE: dict[tuple[str, float], tuple[Any, Any]] = {}
 
 def _cached_policy(spec: str):
     """Load a policy once per (path, modification time): the labelling app refills often."""
-    from rl_finetune.policy import load_policy
+    from base_policy.loading import load_policy
 
     p = Path(spec)
     key = (str(p.resolve()) if p.exists() else spec, p.stat().st_mtime if p.exists() else 0.0)
@@ -188,8 +234,13 @@ def _cached_policy(spec: str):
         return _MODEL_CACHE[key]
 
 
-def fill_queue(engine, policy_path: str | Path | None, n: int | Sequence[str] | None = None,
-               cfg: GenerateConfig | int | None = None, prompts: Sequence[str] | None = None) -> int:
+def fill_queue(
+    engine,
+    policy_path: str | Path | None,
+    n: int | Sequence[str] | None = None,
+    cfg: GenerateConfig | int | None = None,
+    prompts: Sequence[str] | None = None,
+) -> int:
     """Write ``n`` new completions from the policy at ``policy_path`` to the database; returns
     how many were written. Prompts default to fresh IMDB openings (or ``cfg.prompt_file``).
 
@@ -198,9 +249,9 @@ def fill_queue(engine, policy_path: str | Path | None, n: int | Sequence[str] | 
     ``fill_queue(engine, policy_path, prompts, n, cfg)``.
     """
     import db
-
+    from base_policy.loading import resolve_policy
+    from base_policy.registry import ensure_registered
     from common.config import load_config
-    from rl_finetune.policy import ensure_registered, resolve_policy
 
     if n is not None and not isinstance(n, int):  # older order: (engine, path, prompts, n, cfg)
         prompts, n, cfg = n, (cfg if isinstance(cfg, int) else None), prompts  # type: ignore[assignment]
@@ -217,9 +268,12 @@ def fill_queue(engine, policy_path: str | Path | None, n: int | Sequence[str] | 
     rows = generate_completions(model, tok, list(prompts), cfg)[:n]
     for r in rows:
         r["gen_params"]["finish_reason"] = r["finish_reason"]
-    ids = db.add_completions(engine, [
-        db.NewCompletion(prompt=r["prompt"], text=r["text"], model_version_id=version, gen_params=r["gen_params"])
-        for r in rows
-    ])
+    ids = db.add_completions(
+        engine,
+        [
+            db.NewCompletion(prompt=r["prompt"], text=r["text"], model_version_id=version, gen_params=r["gen_params"])
+            for r in rows
+        ],
+    )
     log.info("queue: wrote %d completions from policy version %d (%s)", len(ids), version, spec)
     return len(ids)

@@ -6,6 +6,7 @@ in that folder too, trust authentication, user ``postgres``. As root the server 
 ``postgres`` system user (PostgreSQL refuses to run as root). ``stop()`` shuts it down and
 removes the folder. Nothing here touches a system-wide cluster.
 """
+
 from __future__ import annotations
 
 import glob
@@ -25,15 +26,18 @@ class PostgresUnavailable(RuntimeError):
 
 def find_bin_dir() -> Path:
     """The folder holding ``initdb`` and ``pg_ctl`` (the newest Debian version wins)."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parent.parent.name)
-                   if Path(p).parent.parent.name.isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
+    )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
     if initdb:
         return Path(initdb).parent
-    raise PostgresUnavailable("PostgreSQL server binaries not found (initdb/pg_ctl); "
-                              "install them with `apt-get install -y postgresql`.")
+    raise PostgresUnavailable(
+        "PostgreSQL server binaries not found (initdb/pg_ctl); install them with `apt-get install -y postgresql`."
+    )
 
 
 def _free_port() -> int:
@@ -63,19 +67,50 @@ class TempPostgres:
             try:
                 pw = pwd.getpwnam("postgres")
             except KeyError:
-                raise PostgresUnavailable("running as root but there is no 'postgres' user to run the server as") from None
+                raise PostgresUnavailable(
+                    "running as root but there is no 'postgres' user to run the server as"
+                ) from None
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
             self._as = ["runuser", "-u", "postgres", "--"]
         data = self.root / "data"
-        self._run([str(self.bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                   "-E", "UTF8", "--locale=C", "--no-sync"])
+        self._run(
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        )
         self.port = _free_port()
-        opts = [f"-p {self.port}", f"-k {self.root}", "-c listen_addresses=127.0.0.1",
-                f"-c max_connections={self.max_connections}"]
+        opts = [
+            f"-p {self.port}",
+            f"-k {self.root}",
+            "-c listen_addresses=127.0.0.1",
+            f"-c max_connections={self.max_connections}",
+        ]
         if not self.durable:
             opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-        self._run([str(self.bin_dir / "pg_ctl"), "-D", str(data), "-l", str(self.root / "server.log"), "-w",
-                   "-t", "60", "-o", " ".join(opts), "start"])
+        self._run(
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(self.root / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                " ".join(opts),
+                "start",
+            ]
+        )
         return self
 
     def stop(self) -> None:
@@ -103,8 +138,9 @@ class TempPostgres:
         import psycopg
 
         name = name or f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
@@ -113,13 +149,17 @@ class TempPostgres:
         afterwards; much cheaper on disk than a new database per test); returns its URL."""
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
             if exists:
                 # end sessions a test left open (engines not disposed), so the drop cannot block
-                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                )
         if not exists:
             return self.create_database(name)
         with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=name, autocommit=True) as conn:
@@ -134,5 +174,6 @@ class TempPostgres:
             log = ""
             if self.root is not None and (self.root / "server.log").exists():
                 log = (self.root / "server.log").read_text()[-2000:]
-            raise PostgresUnavailable(f"{' '.join(cmd[:2])} failed ({res.returncode}): "
-                                      f"{res.stderr.strip() or res.stdout.strip()} {log}")
+            raise PostgresUnavailable(
+                f"{' '.join(cmd[:2])} failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()} {log}"
+            )

@@ -1,7 +1,7 @@
 """Stage 1 of the offline default: pretrain a small GPT-2 on the IMDB reviews.
 
 Users with internet start RLHF from ``gpt2`` or ``lvwerra/gpt2-imdb``. Here no weights can be
-fetched, so ``python -m rl_finetune pretrain`` (``make base-model``) trains a
+fetched, so ``python -m base_policy pretrain`` (``make base-model``) trains a
 ``GPT2LMHeadModel`` from scratch on the IMDB train text, in a fixed CPU time budget:
 
 1. tokenizer: an 8k byte-level BPE trained on the reviews (default) or GPT-2's own vocabulary;
@@ -15,6 +15,7 @@ fetched, so ``python -m rl_finetune pretrain`` (``make base-model``) trains a
    prompts, an atomic save in plain Hugging Face format to ``$RLHF_ARTIFACTS/base_policy/``,
    and a row in the database's model versions.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,53 +58,118 @@ SAMPLE_PROMPTS = [
 class PretrainConfig:
     """The ``pretrain`` section: a small GPT-2 trained on the IMDB text in a fixed budget."""
 
-    tokenizer: Literal["bpe8k", "gpt2"] = field(default="bpe8k", metadata={"help": "bpe8k = byte-level BPE trained on the IMDB text (fast, default); gpt2 = GPT-2's own 50,257-token vocabulary"})
+    tokenizer: Literal["bpe8k", "gpt2"] = field(
+        default="bpe8k",
+        metadata={
+            "help": "bpe8k = byte-level BPE trained on the IMDB text (fast, default); gpt2 = GPT-2's own 50,257-token vocabulary"
+        },
+    )
     vocab_size: int = field(default=8192, metadata={"help": "entries of the bpe8k tokenizer"})
-    init_from: str | None = field(default=None, metadata={"help": "start from this causal LM (path or hub name, e.g. gpt2 or lvwerra/gpt2-imdb) instead of random weights; its own tokenizer is used"})
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "start from this causal LM (path or hub name, e.g. gpt2 or lvwerra/gpt2-imdb) instead of random weights; its own tokenizer is used"
+        },
+    )
     n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
     n_head: int = field(default=4, metadata={"help": "attention heads (n_embd must divide by it)"})
     n_embd: int = field(default=256, metadata={"help": "width of the residual stream"})
-    n_ctx: int = field(default=256, metadata={"help": "context length of the model (positions); prompts + completions must fit"})
+    n_ctx: int = field(
+        default=256, metadata={"help": "context length of the model (positions); prompts + completions must fit"}
+    )
     block_size: int = field(default=128, metadata={"help": "tokens per training window (<= n_ctx)"})
     batch_size: int = field(default=32, metadata={"help": "windows per optimisation step"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate"})
     min_lr: float = field(default=1e-4, metadata={"help": "learning rate at the end of the cosine decay"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
-    schedule: Literal["cosine", "linear", "constant"] = field(default="cosine", metadata={"help": "decay from lr to min_lr over the budget"})
+    schedule: Literal["cosine", "linear", "constant"] = field(
+        default="cosine", metadata={"help": "decay from lr to min_lr over the budget"}
+    )
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices (not on biases, norms)"})
     beta2: float = field(default=0.99, metadata={"help": "AdamW beta2 (beta1 is 0.9)"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0 = off)"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout in the model (0: the budget is far below one epoch)"})
-    max_minutes: float | None = field(default=18.0, metadata={"help": "wall-clock budget of the training loop; null = no limit"})
-    max_steps: int | None = field(default=None, metadata={"help": "step budget; null = no limit (one of max_minutes/max_steps is required). 0 with init_from = just save that model"})
-    curriculum: Literal["none", "short", "rt"] = field(default="none", metadata={"help": "first phase: none; short = IMDB windows of curriculum_block tokens; rt = Rotten Tomatoes one-sentence reviews"})
-    curriculum_fraction: float = field(default=0.2, metadata={"help": "share of the budget spent in the curriculum phase"})
-    curriculum_block: int = field(default=48, metadata={"help": "window length in the curriculum phase (tokens per step stay the same)"})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CPU (about 2x faster matmuls here); weights stay fp32"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model: ~30% more tokens/s on CPU after ~20 s of compiling; needs a C++ compiler (without one, or if compiling fails, training goes on uncompiled with a warning)"})
-    eval_every: int = field(default=0, metadata={"help": "evaluate on the test text every N steps (0 = only at the end)"})
+    dropout: float = field(
+        default=0.0, metadata={"help": "dropout in the model (0: the budget is far below one epoch)"}
+    )
+    max_minutes: float | None = field(
+        default=18.0, metadata={"help": "wall-clock budget of the training loop; null = no limit"}
+    )
+    max_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "step budget; null = no limit (one of max_minutes/max_steps is required). 0 with init_from = just save that model"
+        },
+    )
+    curriculum: Literal["none", "short", "rt"] = field(
+        default="none",
+        metadata={
+            "help": "first phase: none; short = IMDB windows of curriculum_block tokens; rt = Rotten Tomatoes one-sentence reviews"
+        },
+    )
+    curriculum_fraction: float = field(
+        default=0.2, metadata={"help": "share of the budget spent in the curriculum phase"}
+    )
+    curriculum_block: int = field(
+        default=48, metadata={"help": "window length in the curriculum phase (tokens per step stay the same)"}
+    )
+    bf16: bool = field(
+        default=True, metadata={"help": "bf16 autocast on CPU (about 2x faster matmuls here); weights stay fp32"}
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the model: ~30% more tokens/s on CPU after ~20 s of compiling; needs a C++ compiler (without one, or if compiling fails, training goes on uncompiled with a warning)"
+        },
+    )
+    eval_every: int = field(
+        default=0, metadata={"help": "evaluate on the test text every N steps (0 = only at the end)"}
+    )
     eval_tokens: int = field(default=65536, metadata={"help": "test tokens per evaluation"})
-    checkpoint_every: int = field(default=500, metadata={"help": "save a resumable checkpoint every N steps (0 = never)"})
+    checkpoint_every: int = field(
+        default=500, metadata={"help": "save a resumable checkpoint every N steps (0 = never)"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of initialisation, batches and samples"})
     threads: int | None = field(default=None, metadata={"help": "torch threads (null = all cores)"})
-    sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS), metadata={"help": "fixed openings sampled into metrics.json"})
+    sample_prompts: list[str] = field(
+        default_factory=lambda: list(SAMPLE_PROMPTS), metadata={"help": "fixed openings sampled into metrics.json"}
+    )
     sample_max_new_tokens: int = field(default=40, metadata={"help": "tokens per sample in metrics.json"})
 
     def validate(self) -> None:
         if self.max_minutes is None and self.max_steps is None:
-            raise ConfigError("pretrain needs a budget: max_minutes and max_steps are both null.", "set pretrain.max_minutes or pretrain.max_steps.")
+            raise ConfigError(
+                "pretrain needs a budget: max_minutes and max_steps are both null.",
+                "set pretrain.max_minutes or pretrain.max_steps.",
+            )
         if self.max_steps == 0 and not self.init_from:
-            raise ConfigError("pretrain.max_steps=0 only makes sense with init_from (save a model as is).", "set max_steps > 0 or init_from.")
+            raise ConfigError(
+                "pretrain.max_steps=0 only makes sense with init_from (save a model as is).",
+                "set max_steps > 0 or init_from.",
+            )
         if self.n_embd % self.n_head:
-            raise ConfigError(f"pretrain.n_embd={self.n_embd} is not divisible by n_head={self.n_head}.", "pick n_head dividing n_embd (e.g. n_embd/64).")
+            raise ConfigError(
+                f"pretrain.n_embd={self.n_embd} is not divisible by n_head={self.n_head}.",
+                "pick n_head dividing n_embd (e.g. n_embd/64).",
+            )
         if not 1 < self.block_size <= self.n_ctx:
-            raise ConfigError(f"pretrain.block_size={self.block_size} must be in 2..n_ctx={self.n_ctx}.", "lower block_size or raise n_ctx.")
+            raise ConfigError(
+                f"pretrain.block_size={self.block_size} must be in 2..n_ctx={self.n_ctx}.",
+                "lower block_size or raise n_ctx.",
+            )
         if not 1 < self.curriculum_block <= self.block_size:
-            raise ConfigError(f"pretrain.curriculum_block={self.curriculum_block} must be in 2..block_size.", "lower curriculum_block.")
+            raise ConfigError(
+                f"pretrain.curriculum_block={self.curriculum_block} must be in 2..block_size.",
+                "lower curriculum_block.",
+            )
         if not 0.0 <= self.curriculum_fraction < 1.0:
-            raise ConfigError(f"pretrain.curriculum_fraction={self.curriculum_fraction} must be in [0, 1).", "use e.g. 0.2.")
+            raise ConfigError(
+                f"pretrain.curriculum_fraction={self.curriculum_fraction} must be in [0, 1).", "use e.g. 0.2."
+            )
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ConfigError(f"pretrain.lr={self.lr}, min_lr={self.min_lr}: need 0 <= min_lr <= lr, lr > 0.", "fix the learning rates.")
+            raise ConfigError(
+                f"pretrain.lr={self.lr}, min_lr={self.min_lr}: need 0 <= min_lr <= lr, lr > 0.",
+                "fix the learning rates.",
+            )
         if self.batch_size < 1:
             raise ConfigError("pretrain.batch_size must be >= 1.", "use e.g. 32.")
 
@@ -114,10 +180,14 @@ class PretrainConfig:
     @property
     def arch(self) -> dict[str, Any]:
         """The fields a checkpoint must agree on to be resumed."""
-        return {k: getattr(self, k) for k in ("tokenizer", "vocab_size", "init_from", "n_layer", "n_head", "n_embd", "n_ctx")}
+        return {
+            k: getattr(self, k)
+            for k in ("tokenizer", "vocab_size", "init_from", "n_layer", "n_head", "n_embd", "n_ctx")
+        }
 
 
 # ----------------------------------------------------------------------------------- data
+
 
 def encode_stream(tok, texts: Sequence[str], batch: int = 1000) -> np.ndarray:
     """Every text tokenized and followed by ``<|endoftext|>``, as one flat array."""
@@ -125,7 +195,7 @@ def encode_stream(tok, texts: Sequence[str], batch: int = 1000) -> np.ndarray:
     backend = tok.backend_tokenizer  # the Rust tokenizer: no length warnings, fast batches
     parts = []
     for i in range(0, len(texts), batch):
-        for enc in backend.encode_batch(list(texts[i:i + batch]), add_special_tokens=False):
+        for enc in backend.encode_batch(list(texts[i : i + batch]), add_special_tokens=False):
             parts.append(enc.ids)
             parts.append([eos])
     dtype = np.uint16 if len(tok) <= 65535 else np.int32
@@ -134,7 +204,7 @@ def encode_stream(tok, texts: Sequence[str], batch: int = 1000) -> np.ndarray:
 
 def cached_stream(tok, texts: Sequence[str], name: str, cache_dir: Path | None = None) -> np.ndarray:
     """:func:`encode_stream`, kept as ``.npy`` under ``$RLHF_ARTIFACTS/cache/pretrain/``."""
-    from rl_finetune.tokenizer import corpus_fingerprint
+    from base_policy.tokenizer import corpus_fingerprint
 
     vocab_sig = corpus_fingerprint([tok.decode(list(range(min(len(tok), 300))))], len(tok))
     cache_dir = cache_dir or artifacts_root() / "cache" / "pretrain"
@@ -163,10 +233,11 @@ def detokenize_rt(text: str) -> str:
 def sample_batch(stream: np.ndarray, batch_size: int, block: int, rng: np.random.Generator) -> torch.Tensor:
     """``batch_size`` random windows of ``block`` tokens from ``stream``: (B, T) int64."""
     starts = rng.integers(0, len(stream) - block, size=batch_size)
-    return torch.from_numpy(np.stack([stream[s:s + block] for s in starts]).astype(np.int64))
+    return torch.from_numpy(np.stack([stream[s : s + block] for s in starts]).astype(np.int64))
 
 
 # ------------------------------------------------------------------------------ schedule
+
 
 def lr_at(progress: float, step: int, cfg: PretrainConfig) -> float:
     """Learning rate after ``step`` steps at ``progress`` (0..1 of the budget)."""
@@ -192,15 +263,24 @@ def budget_progress(step: int, elapsed: float, cfg: PretrainConfig) -> float:
 
 # --------------------------------------------------------------------------------- model
 
+
 def build_model(cfg: PretrainConfig, tok):
     """A randomly initialised ``GPT2LMHeadModel`` sized by ``cfg`` for ``tok``'s vocabulary."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(cfg.seed)
     config = GPT2Config(
-        vocab_size=len(tok), n_positions=cfg.n_ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        n_positions=cfg.n_ctx,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
     )
     return GPT2LMHeadModel(config)
 
@@ -209,11 +289,16 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.O
     """AdamW with weight decay on matrices only (embeddings and linear weights), not on biases and norms."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    log.info("optimizer: %d tensors with weight decay (%.2fM params), %d without",
-             len(decay), sum(p.numel() for p in decay) / 1e6, len(no_decay))
+    log.info(
+        "optimizer: %d tensors with weight decay (%.2fM params), %d without",
+        len(decay),
+        sum(p.numel() for p in decay) / 1e6,
+        len(no_decay),
+    )
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, cfg.beta2),
+        lr=cfg.lr,
+        betas=(0.9, cfg.beta2),
     )
 
 
@@ -229,8 +314,10 @@ def maybe_compile(model, wanted: bool):
     import shutil
 
     if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-        log.warning("pretrain.compile is on but no C++ compiler (g++, c++, clang++) is on the PATH: training "
-                    "without torch.compile (about 30%% slower). Fix: apt-get install g++, or set pretrain.compile=false.")
+        log.warning(
+            "pretrain.compile is on but no C++ compiler (g++, c++, clang++) is on the PATH: training "
+            "without torch.compile (about 30%% slower). Fix: apt-get install g++, or set pretrain.compile=false."
+        )
         return model
     return torch.compile(model)
 
@@ -245,12 +332,13 @@ def evaluate(model, stream: np.ndarray, cfg: PretrainConfig, chars_per_token: fl
     n_windows = max(1, min(cfg.eval_tokens, len(stream) - 1) // block)
     total, count = 0.0, 0
     for i in range(0, n_windows, cfg.batch_size):
-        rows = [stream[j * block:(j + 1) * block] for j in range(i, min(i + cfg.batch_size, n_windows))]
+        rows = [stream[j * block : (j + 1) * block] for j in range(i, min(i + cfg.batch_size, n_windows))]
         x = torch.from_numpy(np.stack(rows).astype(np.int64))
         with autocast(cfg):
             logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits
         loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="sum")
+            logits[:, :-1].float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="sum"
+        )
         total += float(loss)
         count += x[:, 1:].numel()
     model.train(was_training)
@@ -264,13 +352,14 @@ def evaluate(model, stream: np.ndarray, cfg: PretrainConfig, chars_per_token: fl
 @torch.no_grad()
 def sample_texts(model, tok, prompts: Sequence[str], max_new_tokens: int, seed: int = 0) -> list[str]:
     """One pure sample (temperature 1, no top-k/top-p: what PPO samples) per prompt, prompt included."""
-    from rl_finetune.generate import GenerateConfig, generate_completions
+    from base_policy.generate import GenerateConfig, generate_completions
 
     gcfg = GenerateConfig(max_new_tokens=max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, seed=seed)
     return [r["prompt"] + r["text"] for r in generate_completions(model, tok, list(prompts), gcfg)]
 
 
 # ---------------------------------------------------------------------------- checkpoints
+
 
 def checkpoint_dir() -> Path:
     return artifacts_root() / "checkpoints" / "pretrain"
@@ -290,10 +379,14 @@ def save_checkpoint(folder: Path, model, optimizer, tok, state: dict[str, Any]) 
 def load_checkpoint(folder: Path, cfg: PretrainConfig) -> dict[str, Any]:
     path = folder / "last.pt"
     if not path.is_file():
-        raise UserError(f"--resume: no checkpoint at {str(path)!r}.", "run `python -m rl_finetune pretrain` without --resume first.")
+        raise UserError(
+            f"--resume: no checkpoint at {str(path)!r}.", "run `python -m base_policy pretrain` without --resume first."
+        )
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no pickled code runs
-    except Exception as err:  # noqa: BLE001 - truncated, foreign or code-carrying files all end here
+        ckpt = torch.load(
+            path, map_location="cpu", weights_only=True
+        )  # tensors and plain values only: no pickled code runs
+    except Exception as err:  # truncated, foreign or code-carrying files all end here
         first_line = (str(err).strip().splitlines() or [""])[0][:200]
         raise UserError(
             f"--resume: {str(path)!r} is not a checkpoint this program can read ({type(err).__name__}: {first_line}).",
@@ -309,6 +402,7 @@ def load_checkpoint(folder: Path, cfg: PretrainConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------- training
 
+
 @dataclass
 class PretrainResult:
     model: Any
@@ -320,10 +414,10 @@ class PretrainResult:
 def prepare_tokenizer(cfg: PretrainConfig, train_texts: Sequence[str]):
     """The tokenizer ``cfg`` asks for (``init_from`` brings its own)."""
     if cfg.init_from:
-        from rl_finetune.policy import load_policy
+        from base_policy.loading import load_policy
 
         return load_policy(cfg.init_from)[1]
-    from rl_finetune.tokenizer import build_tokenizer
+    from base_policy.tokenizer import build_tokenizer
 
     return build_tokenizer(cfg.tokenizer, train_texts, vocab_size=cfg.vocab_size)
 
@@ -354,22 +448,33 @@ def train(
     train_stream = cached_stream(tok, train_texts, "train")
     test_stream = cached_stream(tok, test_texts, "test")
     chars_per_token = sum(len(t) + 1 for t in test_texts) / max(len(test_stream), 1)
-    log.info("data: %d train tokens, %d test tokens (%.2f chars/token), vocab %d",
-             len(train_stream), len(test_stream), chars_per_token, len(tok))
+    log.info(
+        "data: %d train tokens, %d test tokens (%.2f chars/token), vocab %d",
+        len(train_stream),
+        len(test_stream),
+        chars_per_token,
+        len(tok),
+    )
     short_stream = train_stream
     if cfg.curriculum == "rt":
         short_stream = cached_stream(tok, [detokenize_rt(t) for t, _ in rotten_tomatoes_sentences()], "rt")
 
     # 2. model and optimizer
     if cfg.init_from:
-        from rl_finetune.policy import load_policy
+        from base_policy.loading import load_policy
 
         model = load_policy(cfg.init_from)[0]
     else:
         model = build_model(cfg, tok)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model: %.2fM parameters (%d layers, d=%d, %d heads, ctx %d)", n_params / 1e6,
-             cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_ctx)
+    log.info(
+        "model: %.2fM parameters (%d layers, d=%d, %d heads, ctx %d)",
+        n_params / 1e6,
+        cfg.n_layer,
+        cfg.n_embd,
+        cfg.n_head,
+        cfg.n_ctx,
+    )
     optimizer = make_optimizer(model, cfg)
     step, tokens_seen, elapsed, losses = 0, 0, 0.0, []
     rng = np.random.default_rng(cfg.seed)
@@ -388,9 +493,15 @@ def train(
 
     # 3. the loop: until the step or time budget is spent
     by_time = not cfg.max_steps  # the bar counts seconds of the time budget, or steps
-    bar = tqdm(total=int(cfg.max_seconds or 0) if by_time else cfg.max_steps, initial=int(elapsed) if by_time else step,
-               unit="step", disable=not progress, dynamic_ncols=True, desc="pretrain",
-               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]" if by_time else None)
+    bar = tqdm(
+        total=int(cfg.max_seconds or 0) if by_time else cfg.max_steps,
+        initial=int(elapsed) if by_time else step,
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+        desc="pretrain",
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]" if by_time else None,
+    )
     evals: list[dict[str, Any]] = []
     loop_start = time.time() - elapsed
     rate_t, rate_tokens = time.time(), tokens_seen
@@ -414,8 +525,11 @@ def train(
         except Exception as err:  # torch.compile failing on this machine: carry on uncompiled
             if fwd is model:
                 raise
-            log.warning("torch.compile failed (%s: %s); training without it. Set pretrain.compile=false to skip "
-                        "the attempt.", type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+            log.warning(
+                "torch.compile failed (%s: %s); training without it. Set pretrain.compile=false to skip the attempt.",
+                type(err).__name__,
+                str(err).splitlines()[0][:200] if str(err) else "",
+            )
             fwd = model
             optimizer.zero_grad(set_to_none=True)
             with autocast(cfg):
@@ -444,10 +558,22 @@ def train(
             evals.append({"step": step, "tokens_seen": tokens_seen, **ev})
             log.info("step %d: val loss %.3f, perplexity %.1f", step, ev["val_loss"], ev["val_perplexity"])
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            save_checkpoint(ckpt_dir, model, optimizer, tok, {
-                "step": step, "tokens_seen": tokens_seen, "elapsed": time.time() - loop_start, "losses": losses,
-                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "arch": cfg.arch,
-                "config": to_dict(cfg)})
+            save_checkpoint(
+                ckpt_dir,
+                model,
+                optimizer,
+                tok,
+                {
+                    "step": step,
+                    "tokens_seen": tokens_seen,
+                    "elapsed": time.time() - loop_start,
+                    "losses": losses,
+                    "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "arch": cfg.arch,
+                    "config": to_dict(cfg),
+                },
+            )
     bar.close()
     train_seconds = time.time() - loop_start
 
@@ -473,8 +599,14 @@ def train(
         "torch": torch.__version__,
         "nproc": os.cpu_count(),
     }
-    log.info("done: %d steps, %.2fM tokens, val loss %.3f, perplexity %.1f, %.3f bits/char",
-             step, tokens_seen / 1e6, final["val_loss"], final["val_perplexity"], final.get("val_bits_per_char", float("nan")))
+    log.info(
+        "done: %d steps, %.2fM tokens, val loss %.3f, perplexity %.1f, %.3f bits/char",
+        step,
+        tokens_seen / 1e6,
+        final["val_loss"],
+        final["val_perplexity"],
+        final.get("val_bits_per_char", float("nan")),
+    )
     return PretrainResult(model=model, tokenizer=tok, metrics=metrics, losses=losses)
 
 
@@ -483,8 +615,14 @@ def generation_config(tok, max_new_tokens: int = 48):
     from transformers import GenerationConfig
 
     return GenerationConfig(
-        do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+        do_sample=True,
+        top_k=0,
+        top_p=1.0,
+        temperature=1.0,
+        max_new_tokens=max_new_tokens,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
     )
 
 
@@ -509,7 +647,7 @@ def save_base_policy(result: PretrainResult, folder: Path | None = None) -> Path
 
 def register_base_policy(path: Path, metrics: dict[str, Any], engine=None) -> int:
     """Record the saved base policy as a policy model version in the database; returns its id."""
-    from rl_finetune.policy import register_policy
+    from base_policy.registry import register_policy
 
     slim = {k: v for k, v in metrics.items() if k not in ("samples", "evals", "config")}
     return register_policy(path, name="base_policy", metrics=slim, engine=engine)
