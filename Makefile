@@ -32,7 +32,7 @@ PYTEST_ARGS ?=
         db-upgrade db-stats export notebook clean clean-all
 
 help: ## List the targets
-	@echo "RLHF pipeline: label completions in the browser, learn a reward model, fine-tune with PPO."
+	@echo "RLHF pipeline: 1 base policy, 2 labelling in the browser, 3 reward model, 4 RL fine-tuning (PPO), around one database."
 	@echo "Profile: RLHF_CONFIG=$(RLHF_CONFIG)  database: RLHF_DB_URL=$(RLHF_DB_URL)  outputs: RLHF_ARTIFACTS=$(RLHF_ARTIFACTS)"
 	@echo
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -59,25 +59,25 @@ test-slow: setup ## Run the long end-to-end tests only (default profile; tens of
 bench: setup ## Run every benchmark in benchmarks/ (prints JSON lines; long)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b $(ARGS); done
 
-demo: setup ## The whole loop on the current profile: base policy, labels, reward model, PPO, report (ROUNDS=2 for two rounds)
+demo: setup ## The whole loop on the current profile: stages 1-4 (base policy, labels, reward model, PPO) and a report (ROUNDS=2 for two rounds)
 	$(PY) -m demo $(if $(ROUNDS),--rounds $(ROUNDS)) $(ARGS)
 
-label: setup ## Open the labelling app on http://localhost:$(PORT) (keys G/B/S/U; RLHF_LABEL_TOKEN for teams)
+label: setup ## Stage 2: open the labelling app on http://localhost:$(PORT) (keys G/B/S/U; RLHF_LABEL_TOKEN for teams)
 	$(PY) -m labeling_app --port $(PORT) $(ARGS)
 
 base-model: setup ## Stage 1: pretrain the small GPT-2 base policy on IMDB into $RLHF_ARTIFACTS/base_policy
 	$(PY) -m base_policy pretrain $(ARGS)
 
-generate: setup ## Fill the labelling queue with completions from the newest policy
+generate: setup ## Stage 1: fill the labelling queue with completions from the newest policy
 	$(PY) -m base_policy generate $(ARGS)
 
-reward-model: setup ## Stage 2: train the reward model (IMDB seed + human labels) into $RLHF_ARTIFACTS/reward_models
+reward-model: setup ## Stage 3: train the reward model (IMDB seed + human labels) into $RLHF_ARTIFACTS/reward_models
 	$(PY) -m reward_training $(ARGS)
 
-score-queue: setup ## Write the newest reward model's P(good) of unlabelled completions into the db ("uncertain first" order)
+score-queue: setup ## Stage 3: write the newest reward model's P(good) of unlabelled completions into the db ("uncertain first" order)
 	$(PY) -m reward_training score $(ARGS)
 
-finetune: setup ## Stage 3: PPO against the newest reward model into $RLHF_ARTIFACTS/policies
+finetune: setup ## Stage 4: RL fine-tuning, PPO against the newest reward model into $RLHF_ARTIFACTS/policies
 	$(PY) -m rl_finetune ppo $(ARGS)
 
 db-upgrade: setup ## Create or upgrade the feedback database schema (Alembic)

@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 
-# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
-# stall each other (measured: 840 -> 1,900 training tokens/s under load). Must precede torch.
+# Idle OpenMP threads sleep instead of spinning: on a shared machine spinning threads stall each
+# other (docs/base_policy.md has the measurement). Must precede torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from common.errors import UserError, cli_entry, setup_logging

@@ -237,25 +237,24 @@ def _cached_policy(spec: str):
 def fill_queue(
     engine,
     policy_path: str | Path | None,
-    n: int | Sequence[str] | None = None,
-    cfg: GenerateConfig | int | None = None,
+    n: int | None = None,
+    cfg: GenerateConfig | None = None,
+    *,
     prompts: Sequence[str] | None = None,
 ) -> int:
-    """Write ``n`` new completions from the policy at ``policy_path`` to the database; returns
-    how many were written. Prompts default to fresh IMDB openings (or ``cfg.prompt_file``).
+    """Write ``n`` new completions (default ``cfg.n``) from the policy at ``policy_path`` (default
+    ``cfg.policy``) to the database; returns how many were written. ``cfg`` defaults to the
+    ``generate`` section of the profile; prompts default to fresh IMDB openings (or ``cfg.prompt_file``).
 
     The policy is registered as a model version if the database does not know it yet. Safe to
-    call from a background thread. Also accepts the older argument order
-    ``fill_queue(engine, policy_path, prompts, n, cfg)``.
+    call from a background thread.
     """
     import db
     from base_policy.loading import resolve_policy
     from base_policy.registry import ensure_registered
     from common.config import load_config
 
-    if n is not None and not isinstance(n, int):  # older order: (engine, path, prompts, n, cfg)
-        prompts, n, cfg = n, (cfg if isinstance(cfg, int) else None), prompts  # type: ignore[assignment]
-    if cfg is None or isinstance(cfg, int):
+    if cfg is None:
         cfg = load_config(GenerateConfig, "generate")
     n = cfg.n if n is None else int(n)
     if n < 1:

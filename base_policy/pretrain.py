@@ -113,12 +113,13 @@ class PretrainConfig:
         default=48, metadata={"help": "window length in the curriculum phase (tokens per step stay the same)"}
     )
     bf16: bool = field(
-        default=True, metadata={"help": "bf16 autocast on CPU (about 2x faster matmuls here); weights stay fp32"}
+        default=True,
+        metadata={"help": "bf16 autocast on CPU (faster matmuls, see docs/base_policy.md); weights stay fp32"},
     )
     compile: bool = field(
         default=False,
         metadata={
-            "help": "torch.compile the model: ~30% more tokens/s on CPU after ~20 s of compiling; needs a C++ compiler (without one, or if compiling fails, training goes on uncompiled with a warning)"
+            "help": "torch.compile the model: more tokens/s on CPU after some seconds of compiling (figures in docs/base_policy.md); needs a C++ compiler (without one, or if compiling fails, training goes on uncompiled with a warning)"
         },
     )
     eval_every: int = field(
@@ -411,6 +412,28 @@ class PretrainResult:
     losses: list[float]
 
 
+@dataclass
+class TokenData:
+    """The tokenizer and every token stream one run trains and evaluates on."""
+
+    tok: Any
+    train: np.ndarray  # the IMDB train reviews, joined by <|endoftext|>
+    test: np.ndarray  # the IMDB test reviews, for evaluation
+    short: np.ndarray  # windows of the curriculum phase: the train stream, or the Rotten Tomatoes sentences
+    chars_per_token: float  # of the test text: turns a per-token loss into bits per character
+
+
+@dataclass
+class LoopState:
+    """What the loop carries from step to step, and what a checkpoint saves of it."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed: float = 0.0  # seconds of training loop, including those before a resume
+    losses: list[float] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
 def prepare_tokenizer(cfg: PretrainConfig, train_texts: Sequence[str]):
     """The tokenizer ``cfg`` asks for (``init_from`` brings its own)."""
     if cfg.init_from:
@@ -422,28 +445,10 @@ def prepare_tokenizer(cfg: PretrainConfig, train_texts: Sequence[str]):
     return build_tokenizer(cfg.tokenizer, train_texts, vocab_size=cfg.vocab_size)
 
 
-def train(
-    cfg: PretrainConfig,
-    data_cfg: DataConfig | None = None,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    on_step: Callable[[int, float], None] | None = None,
-) -> PretrainResult:
-    """Train the base policy; returns the model, tokenizer, metrics and the loss per step.
-    Saves nothing but checkpoints (see :func:`save_base_policy`)."""
-    from tqdm.auto import tqdm
-
-    if resume and not (checkpoint_dir() / "last.pt").is_file():
-        load_checkpoint(checkpoint_dir(), cfg)  # the one-line "no checkpoint" error, before any data work
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    t_start = time.time()
-    data_cfg = data_cfg or DataConfig()
+def prepare_data(cfg: PretrainConfig, data_cfg: DataConfig) -> TokenData:
+    """The tokenizer and the (cached) token streams of the IMDB text, plus the curriculum's."""
     dd = load_imdb(data_cfg)
     train_texts, test_texts = dd["train"]["text"], dd["test"]["text"]
-
-    # 1. tokenizer and token streams
     tok = prepare_tokenizer(cfg, train_texts)
     train_stream = cached_stream(tok, train_texts, "train")
     test_stream = cached_stream(tok, test_texts, "test")
@@ -458,142 +463,199 @@ def train(
     short_stream = train_stream
     if cfg.curriculum == "rt":
         short_stream = cached_stream(tok, [detokenize_rt(t) for t, _ in rotten_tomatoes_sentences()], "rt")
+    return TokenData(tok, train_stream, test_stream, short_stream, chars_per_token)
 
-    # 2. model and optimizer
+
+def prepare_model(cfg: PretrainConfig, tok):
+    """The model to train: ``init_from`` loaded, or a fresh one sized by ``cfg``."""
     if cfg.init_from:
         from base_policy.loading import load_policy
 
         model = load_policy(cfg.init_from)[0]
     else:
         model = build_model(cfg, tok)
-    n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "model: %.2fM parameters (%d layers, d=%d, %d heads, ctx %d)",
-        n_params / 1e6,
+        sum(p.numel() for p in model.parameters()) / 1e6,
         cfg.n_layer,
         cfg.n_embd,
         cfg.n_head,
         cfg.n_ctx,
     )
-    optimizer = make_optimizer(model, cfg)
-    step, tokens_seen, elapsed, losses = 0, 0, 0.0, []
-    rng = np.random.default_rng(cfg.seed)
-    ckpt_dir = checkpoint_dir()
-    if resume:
-        ckpt = load_checkpoint(ckpt_dir, cfg)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, tokens_seen, elapsed, losses = ckpt["step"], ckpt["tokens_seen"], ckpt["elapsed"], ckpt["losses"]
-        rng.bit_generator.state = ckpt["rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        log.info("resumed from %s at step %d (%.1f min trained)", ckpt_dir, step, elapsed / 60)
+    return model
+
+
+def resume_from_checkpoint(model, optimizer, rng: np.random.Generator, cfg: PretrainConfig) -> LoopState:
+    """Load the last checkpoint into ``model``, ``optimizer``, ``rng`` and torch's generator."""
+    ckpt = load_checkpoint(checkpoint_dir(), cfg)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    rng.bit_generator.state = ckpt["rng"]
+    torch.set_rng_state(ckpt["torch_rng"])
+    state = LoopState(ckpt["step"], ckpt["tokens_seen"], ckpt["elapsed"], ckpt["losses"])
+    log.info("resumed from %s at step %d (%.1f min trained)", checkpoint_dir(), state.step, state.elapsed / 60)
+    return state
+
+
+def get_batch(data: TokenData, progress: float, cfg: PretrainConfig, rng: np.random.Generator) -> torch.Tensor:
+    """The windows of one step, (B, T): short ones in the curriculum phase (as many tokens per
+    step), else ``batch_size`` windows of ``block_size`` from the train stream."""
+    if cfg.curriculum != "none" and progress < cfg.curriculum_fraction:
+        block = cfg.curriculum_block
+        return sample_batch(data.short, max(1, cfg.batch_size * cfg.block_size // block), block, rng)
+    return sample_batch(data.train, cfg.batch_size, cfg.block_size, rng)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def lm_loss(fwd, x: torch.Tensor, cfg: PretrainConfig) -> torch.Tensor:
+    """Mean next-token cross-entropy of the windows ``x`` (B, T)."""
+    with autocast(cfg):
+        # the stream holds <|endoftext|> (= pad) between reviews: an explicit all-ones mask
+        return fwd(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
+
+
+def train_step(fwd, model, optimizer: torch.optim.Optimizer, x: torch.Tensor, cfg: PretrainConfig):
+    """One optimisation step on ``x``; returns (loss, the forward to use from now on).
+
+    ``fwd`` is the compiled model or the model itself; when the compiled one fails (torch.compile
+    broken on this machine) the step is redone on the model and training carries on uncompiled."""
+    try:
+        loss = lm_loss(fwd, x, cfg)
+    except Exception as err:
+        if fwd is model:
+            raise
+        log.warning(
+            "torch.compile failed (%s: %s); training without it. Set pretrain.compile=false to skip the attempt.",
+            type(err).__name__,
+            str(err).splitlines()[0][:200] if str(err) else "",
+        )
+        fwd = model
+        optimizer.zero_grad(set_to_none=True)
+        loss = lm_loss(fwd, x, cfg)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item(), fwd
+
+
+def checkpoint_state(state: LoopState, rng: np.random.Generator, cfg: PretrainConfig) -> dict[str, Any]:
+    """Everything besides the weights that :func:`resume_from_checkpoint` restores."""
+    return {
+        "step": state.step,
+        "tokens_seen": state.tokens_seen,
+        "elapsed": state.elapsed,
+        "losses": state.losses,
+        "rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "arch": cfg.arch,
+        "config": to_dict(cfg),
+    }
+
+
+class LoopProgress:
+    """The progress bar: seconds of the time budget, or steps; loss, tokens/s and lr every 10 steps."""
+
+    def __init__(self, cfg: PretrainConfig, state: LoopState, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.by_time = not cfg.max_steps
+        self.bar = tqdm(
+            total=int(cfg.max_seconds or 0) if self.by_time else cfg.max_steps,
+            initial=int(state.elapsed) if self.by_time else state.step,
+            unit="step",
+            disable=not enabled,
+            dynamic_ncols=True,
+            desc="pretrain",
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]" if self.by_time else None,
+        )
+        self.rate_t, self.rate_tokens = time.time(), state.tokens_seen
+
+    def update(self, state: LoopState, lr: float, loop_seconds: float) -> None:
+        if state.step % 10 == 0:
+            now = time.time()
+            rate = (state.tokens_seen - self.rate_tokens) / max(now - self.rate_t, 1e-9)
+            self.rate_t, self.rate_tokens = now, state.tokens_seen
+            self.bar.set_postfix(
+                step=state.step, loss=f"{np.mean(state.losses[-10:]):.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}"
+            )
+        if self.by_time:
+            self.bar.update(min(int(loop_seconds), self.bar.total) - self.bar.n)
+        else:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def train_loop(
+    model,
+    optimizer: torch.optim.Optimizer,
+    data: TokenData,
+    state: LoopState,
+    rng: np.random.Generator,
+    cfg: PretrainConfig,
+    *,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> float:
+    """Train until the step or time budget is spent, evaluating and checkpointing on the way;
+    returns the seconds of training loop (those before a resume included)."""
     fwd = maybe_compile(model, cfg.compile)
     model.train()
-    tokens_per_step = cfg.batch_size * cfg.block_size
-
-    # 3. the loop: until the step or time budget is spent
-    by_time = not cfg.max_steps  # the bar counts seconds of the time budget, or steps
-    bar = tqdm(
-        total=int(cfg.max_seconds or 0) if by_time else cfg.max_steps,
-        initial=int(elapsed) if by_time else step,
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-        desc="pretrain",
-        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]" if by_time else None,
-    )
-    evals: list[dict[str, Any]] = []
-    loop_start = time.time() - elapsed
-    rate_t, rate_tokens = time.time(), tokens_seen
+    bar = LoopProgress(cfg, state, progress)
+    loop_start = time.time() - state.elapsed
     while cfg.max_steps != 0:
-        elapsed = time.time() - loop_start
-        frac = budget_progress(step, elapsed, cfg)
+        state.elapsed = time.time() - loop_start
+        frac = budget_progress(state.step, state.elapsed, cfg)
         if frac >= 1.0:
             break
-        lr = lr_at(frac, step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if cfg.curriculum != "none" and frac < cfg.curriculum_fraction:
-            block = cfg.curriculum_block
-            x = sample_batch(short_stream, max(1, tokens_per_step // block), block, rng)
-        else:
-            x = sample_batch(train_stream, cfg.batch_size, cfg.block_size, rng)
-        try:
-            with autocast(cfg):
-                # the stream holds <|endoftext|> (= pad) between reviews: an explicit all-ones mask
-                loss = fwd(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
-        except Exception as err:  # torch.compile failing on this machine: carry on uncompiled
-            if fwd is model:
-                raise
-            log.warning(
-                "torch.compile failed (%s: %s); training without it. Set pretrain.compile=false to skip the attempt.",
-                type(err).__name__,
-                str(err).splitlines()[0][:200] if str(err) else "",
-            )
-            fwd = model
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(cfg):
-                loss = fwd(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        tokens_seen += x.numel()
-        losses.append(loss.item())
+        lr = set_lr(optimizer, lr_at(frac, state.step, cfg))
+        x = get_batch(data, frac, cfg, rng)
+        loss, fwd = train_step(fwd, model, optimizer, x, cfg)
+        state.step += 1
+        state.tokens_seen += x.numel()
+        state.losses.append(loss)
         if on_step:
-            on_step(step, losses[-1])
-        if step % 10 == 0:
-            now = time.time()
-            rate = (tokens_seen - rate_tokens) / max(now - rate_t, 1e-9)
-            rate_t, rate_tokens = now, tokens_seen
-            bar.set_postfix(step=step, loss=f"{np.mean(losses[-10:]):.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}")
-        if by_time:
-            bar.update(min(int(time.time() - loop_start), bar.total) - bar.n)
-        else:
-            bar.update(1)
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            ev = evaluate(model, test_stream, cfg, chars_per_token)
-            evals.append({"step": step, "tokens_seen": tokens_seen, **ev})
-            log.info("step %d: val loss %.3f, perplexity %.1f", step, ev["val_loss"], ev["val_perplexity"])
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            save_checkpoint(
-                ckpt_dir,
-                model,
-                optimizer,
-                tok,
-                {
-                    "step": step,
-                    "tokens_seen": tokens_seen,
-                    "elapsed": time.time() - loop_start,
-                    "losses": losses,
-                    "rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(),
-                    "arch": cfg.arch,
-                    "config": to_dict(cfg),
-                },
-            )
+            on_step(state.step, loss)
+        bar.update(state, lr, time.time() - loop_start)
+        if cfg.eval_every and state.step % cfg.eval_every == 0:
+            ev = evaluate(model, data.test, cfg, data.chars_per_token)
+            state.evals.append({"step": state.step, "tokens_seen": state.tokens_seen, **ev})
+            log.info("step %d: val loss %.3f, perplexity %.1f", state.step, ev["val_loss"], ev["val_perplexity"])
+        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+            state.elapsed = time.time() - loop_start
+            save_checkpoint(checkpoint_dir(), model, optimizer, data.tok, checkpoint_state(state, rng, cfg))
     bar.close()
-    train_seconds = time.time() - loop_start
+    return time.time() - loop_start
 
-    # 4. evaluation and samples
+
+def final_metrics(
+    model, data: TokenData, state: LoopState, cfg: PretrainConfig, *, train_seconds: float, started: float
+) -> dict[str, Any]:
+    """Evaluation on the test stream, samples from the fixed prompts, and the run's figures."""
     model.eval()
-    final = evaluate(model, test_stream, cfg, chars_per_token)
-    samples = sample_texts(model, tok, cfg.sample_prompts, cfg.sample_max_new_tokens, seed=cfg.seed)
+    final = evaluate(model, data.test, cfg, data.chars_per_token)
+    samples = sample_texts(model, data.tok, cfg.sample_prompts, cfg.sample_max_new_tokens, seed=cfg.seed)
     metrics = {
         **final,
-        "train_loss_last100": float(np.mean(losses[-100:])) if losses else None,
-        "steps": step,
-        "tokens_seen": tokens_seen,
-        "train_tokens_per_second": tokens_seen / train_seconds if train_seconds > 0 else None,
+        "train_loss_last100": float(np.mean(state.losses[-100:])) if state.losses else None,
+        "steps": state.step,
+        "tokens_seen": state.tokens_seen,
+        "train_tokens_per_second": state.tokens_seen / train_seconds if train_seconds > 0 else None,
         "train_minutes": train_seconds / 60,
-        "wall_minutes": (time.time() - t_start) / 60,
-        "n_params": n_params,
+        "wall_minutes": (time.time() - started) / 60,
+        "n_params": sum(p.numel() for p in model.parameters()),
         "tokenizer": "init_from" if cfg.init_from else cfg.tokenizer,
-        "vocab_size": len(tok),
-        "chars_per_token": chars_per_token,
-        "evals": evals,
+        "vocab_size": len(data.tok),
+        "chars_per_token": data.chars_per_token,
+        "evals": state.evals,
         "samples": samples,
         "config": to_dict(cfg),
         "torch": torch.__version__,
@@ -601,13 +663,42 @@ def train(
     }
     log.info(
         "done: %d steps, %.2fM tokens, val loss %.3f, perplexity %.1f, %.3f bits/char",
-        step,
-        tokens_seen / 1e6,
+        state.step,
+        state.tokens_seen / 1e6,
         final["val_loss"],
         final["val_perplexity"],
         final.get("val_bits_per_char", float("nan")),
     )
-    return PretrainResult(model=model, tokenizer=tok, metrics=metrics, losses=losses)
+    return metrics
+
+
+def train(
+    cfg: PretrainConfig,
+    data_cfg: DataConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> PretrainResult:
+    """Train the base policy; returns the model, tokenizer, metrics and the loss per step.
+    Saves nothing but checkpoints (see :func:`save_base_policy`)."""
+    if resume and not (checkpoint_dir() / "last.pt").is_file():
+        load_checkpoint(checkpoint_dir(), cfg)  # the one-line "no checkpoint" error, before any data work
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    started = time.time()
+    # 1. tokenizer and token streams
+    data = prepare_data(cfg, data_cfg or DataConfig())
+    # 2. model, optimizer, batch generator (restored from the checkpoint with --resume)
+    model = prepare_model(cfg, data.tok)
+    optimizer = make_optimizer(model, cfg)
+    rng = np.random.default_rng(cfg.seed)
+    state = resume_from_checkpoint(model, optimizer, rng, cfg) if resume else LoopState()
+    # 3. the loop: until the step or time budget is spent
+    train_seconds = train_loop(model, optimizer, data, state, rng, cfg, progress=progress, on_step=on_step)
+    # 4. evaluation and samples
+    metrics = final_metrics(model, data, state, cfg, train_seconds=train_seconds, started=started)
+    return PretrainResult(model=model, tokenizer=data.tok, metrics=metrics, losses=state.losses)
 
 
 def generation_config(tok, max_new_tokens: int = 48):

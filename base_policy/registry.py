@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from base_policy.loading import WEIGHT_FILES
+from common.metrics import scalar_metrics
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def ensure_registered(engine, path: str | Path) -> int:
 
         try:
             raw = json.loads(mfile.read_text())
-            metrics = {k: v for k, v in raw.items() if isinstance(v, (int, float, str, bool)) or v is None}
+            metrics = scalar_metrics(raw)
         except (OSError, ValueError):
             metrics = None
     return register_policy(path, metrics=metrics, engine=engine)

@@ -63,7 +63,7 @@ def corpus_fingerprint(texts: Sequence[str], *extra) -> str:
 
 def load_or_train_bpe(texts: Sequence[str], vocab_size: int = 8192, cache_dir: Path | None = None):
     """Train the IMDB BPE once and keep it under ``$RLHF_ARTIFACTS/cache/tokenizers/``; later
-    runs on the same corpus and settings load it from there (training takes ~30 s on 2 cores)."""
+    runs on the same corpus and settings load it from there."""
     from transformers import AutoTokenizer
 
     cache_dir = cache_dir or artifacts_root() / "cache" / "tokenizers"

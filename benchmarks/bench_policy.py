@@ -1,7 +1,8 @@
 """Base-policy throughput: pretraining tokens/s with both tokenizers, generation new tokens/s
 (16 prompts x 48 tokens, KV cache), and peak memory. Prints one JSON line per figure.
 
-    flock /tmp/rlhf-cpu.lock python benchmarks/bench_policy.py [--steps 20] [--policy DIR]
+    flock /tmp/rlhf-cpu.lock python benchmarks/bench_policy.py [--steps 20] [--policy DIR|smollm2]
+    flock /tmp/rlhf-cpu.lock python benchmarks/bench_policy.py --policy smollm2 --generate-only --show 5
 
 Run it under the CPU lock: the figures are only meaningful when nothing else trains.
 The load average printed with each line shows how busy the machine was.
@@ -90,18 +91,32 @@ def bench_training(cfg, vocab: int, steps: int, warmup: int = 3) -> dict:
     }
 
 
-def bench_generation(model, tok, n_prompts: int = 16, new_tokens: int = 48, repeats: int = 3) -> dict:
-    """Sampling exactly ``new_tokens`` for ``n_prompts`` IMDB openings in one batch (KV cache)."""
-    from base_policy.generate import encode_prompts, left_pad
+def bench_generation(
+    model, tok, n_prompts: int = 16, new_tokens: int = 48, repeats: int = 3, bf16: bool = True
+) -> tuple[dict, list[dict]]:
+    """Sampling ``n_prompts`` IMDB openings in one batch (KV cache, top_k=0, under bf16 autocast
+    when ``bf16``), two ways:
+
+    - ``new_tokens_per_second``: exactly ``new_tokens`` per prompt (``min_new_tokens``), with the
+      arguments ``base_policy.generate`` passes to ``model.generate``: pure throughput;
+    - ``completions_new_tokens_per_second``: ``generate_completions`` itself, which stops each text
+      at EOS: what filling the labelling queue gets.
+
+    Returns the figures and the completions of the last ``generate_completions`` call.
+    """
+    from base_policy.generate import GenerateConfig, context_length, encode_prompts, generate_completions, left_pad
     from common.imdb import DataConfig, load_imdb, make_prompts
 
     prompts = make_prompts(load_imdb(DataConfig(max_reviews=500))["test"]["text"], n_prompts, DataConfig(seed=1))
-    ids, mask = left_pad(encode_prompts(tok, prompts, model.config.n_positions - new_tokens), tok.eos_token_id)
-    times = []
-    for i in range(repeats + 1):
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids, mask = left_pad(encode_prompts(tok, prompts, context_length(model) - new_tokens), pad)
+    cfg = GenerateConfig(max_new_tokens=new_tokens, prompts_per_batch=n_prompts, temperature=1.0, top_k=0, top_p=1.0)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    fixed, stopping, completions = [], [], []
+    for i in range(repeats + 1):  # the first round warms up
         torch.manual_seed(i)
         t = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), amp:
             out = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -111,20 +126,30 @@ def bench_generation(model, tok, n_prompts: int = 16, new_tokens: int = 48, repe
                 max_new_tokens=new_tokens,
                 min_new_tokens=new_tokens,
                 use_cache=True,
-                pad_token_id=tok.eos_token_id,
+                pad_token_id=pad,
                 eos_token_id=tok.eos_token_id,
             )
-        if i:
-            times.append(time.perf_counter() - t)
         assert out.shape[1] - ids.shape[1] == new_tokens
-    per_batch = float(np.median(times))
+        if i:
+            fixed.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        with amp:
+            completions = generate_completions(model, tok, prompts, GenerateConfig(**{**cfg.__dict__, "seed": i}))
+        if i:
+            stopping.append((time.perf_counter() - t, sum(c["n_tokens"] for c in completions)))
+    per_batch = float(np.median(fixed))
+    seconds, tokens = map(float, np.median(np.array(stopping), axis=0))
     return {
         "new_tokens_per_second": n_prompts * new_tokens / per_batch,
         "seconds_per_batch": per_batch,
+        "completions_new_tokens_per_second": tokens / seconds,
+        "completions_seconds_per_batch": seconds,
+        "completions_eos_fraction": sum(c["finish_reason"] == "eos" for c in completions) / len(completions),
         "prompts": n_prompts,
         "new_tokens": new_tokens,
         "prompt_tokens_max": int(ids.shape[1]),
-    }
+        "bf16_autocast": bf16,
+    }, completions
 
 
 def main() -> None:
@@ -140,6 +165,9 @@ def main() -> None:
         help="policy for the generation figure (default: the base policy; "
         "a random model of the profile's size when there is none)",
     )
+    p.add_argument("--generate-only", action="store_true", help="skip the pretraining figures")
+    p.add_argument("--fp32", action="store_true", help="generate in fp32 (default: bf16 autocast)")
+    p.add_argument("--show", type=int, default=0, help="also print this many sampled completions")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
@@ -155,7 +183,7 @@ def main() -> None:
         "compile": cfg.compile,
     }
 
-    for name, vocab in (("bpe8k", cfg.vocab_size), ("gpt2", 50257)):
+    for name, vocab in () if args.generate_only else (("bpe8k", cfg.vocab_size), ("gpt2", 50257)):
         emit(
             figure="pretrain_tokens_per_second",
             tokenizer=name,
@@ -179,7 +207,15 @@ def main() -> None:
         model.resize_token_embeddings(cfg.vocab_size)
         model.eval()
         which = f"random {cfg.n_layer}x{cfg.n_embd} (no base policy at {spec})"
-    emit(figure="generate_new_tokens_per_second", policy=which, **bench_generation(model, tok))
+    figures, completions = bench_generation(model, tok, bf16=not args.fp32)
+    emit(
+        figure="generate_new_tokens_per_second",
+        policy=which,
+        params_millions=round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+        **figures,
+    )
+    for c in completions[: args.show]:
+        print(json.dumps({"figure": "sample", "prompt": c["prompt"], "text": c["text"], "finish": c["finish_reason"]}))
     emit(figure="peak_memory_mib", value=round(peak_rss_mib(), 1))
 
 

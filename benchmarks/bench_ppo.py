@@ -124,8 +124,8 @@ def main() -> None:
         raw = {
             "total_steps": args.warmup + args.steps,
             "num_rollouts": 16,
-            "chunk_size": 16,
-            "batch_size": 16,
+            "generation_batch_size": 16,
+            "minibatch_size": 16,
             "ppo_epochs": 4,
             "gen_kwargs": {"max_new_tokens": 32, "stop_at_eos": False},
             "mixed_precision": precision,

@@ -9,7 +9,11 @@ A profile is one YAML file with one mapping per stage section. Unknown sections,
 and values of the wrong type fail at once with a :class:`ConfigError` that names the key and
 what is allowed. Derived values belong in properties of the dataclass, never written back.
 A key that was renamed is listed in the dataclass's ``RENAMED`` mapping (``{"old": "new"}``,
-a ``ClassVar``), and the old name fails with a line that names the new one.
+a ``ClassVar``), and the old name fails with a line that names the new one; a key that was
+removed is listed in ``REMOVED`` (``{"old": "what to write instead"}``).
+
+A command that runs several stages (the demo) reads the profile once and passes the mapping on,
+and takes overrides for any section as ``section.key=value`` (:func:`split_overrides`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -62,15 +67,17 @@ def read_profile(path: Path | str | None = None) -> dict[str, Any]:
 def load_config(
     cls: type[T],
     section: str,
-    profile: Path | str | None = None,
+    profile: Path | str | Mapping[str, Any] | None = None,
     overrides: list[str] | tuple[str, ...] | dict[str, Any] = (),
 ) -> T:
     """Build ``cls`` from ``section`` of the profile, then apply ``overrides``.
 
-    ``overrides`` are ``key=value`` strings (values parsed as YAML, dotted keys reach into
-    nested dataclasses: ``gen_kwargs.max_new_tokens=24``) or a plain dict.
+    ``profile`` is a file (``RLHF_CONFIG`` when None) or a profile already read by
+    :func:`read_profile`. ``overrides`` are ``key=value`` strings (values parsed as YAML, dotted
+    keys reach into nested dataclasses: ``gen_kwargs.max_new_tokens=24``) or a plain dict.
     """
-    raw = read_profile(profile).get(section) or {}
+    sections = profile if isinstance(profile, Mapping) else read_profile(profile)
+    raw = sections.get(section) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"section {section!r} must be a mapping.", f"see the fields of {cls.__name__}.")
     merged = _deep_copy(raw)
@@ -93,12 +100,15 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     renamed = getattr(cls, "RENAMED", {})
+    removed = getattr(cls, "REMOVED", {})
     for key, value in data.items():
         if key not in fields and key in renamed:
             raise ConfigError(
                 f"config key {_join(where, key)!r} was renamed to {_join(where, renamed[key])!r}.",
                 f"write {renamed[key]}: {value!r} instead (--set {renamed[key]}=...).",
             )
+        if key not in fields and key in removed:
+            raise ConfigError(f"config key {_join(where, key)!r} was removed.", removed[key])
         if key not in fields:
             close = [n for n in fields if n.startswith(key[:3])]
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -111,6 +121,20 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         return cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"{where or cls.__name__}: {err}.", f"see the fields of {cls.__name__}.") from None
+
+
+def split_overrides(overrides: list[str] | tuple[str, ...], default: str) -> dict[str, list[str]]:
+    """``section.key=value`` strings grouped by section (``ppo.lr=1e-4`` -> ``{"ppo": ["lr=1e-4"]}``);
+    a key that does not start with a section name belongs to ``default``."""
+    out: dict[str, list[str]] = {}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        first, _, rest = key.partition(".")
+        if first in SECTIONS and rest and "=" in item:
+            out.setdefault(first, []).append(rest + "=" + item.split("=", 1)[1])
+        else:
+            out.setdefault(default, []).append(item)
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -6,34 +6,31 @@ gold score stalls or falls (Gao, Schulman, Hilton 2022). It is deliberately a di
 model from the reward model: TF-IDF over word 1-2-grams and a logistic regression, trained on
 all 25,000 IMDB reviews plus the 8,530 short Rotten Tomatoes sentences.
 
-Why the Rotten Tomatoes sentences: completions are short. Measured here (5,000 IMDB reviews held
-out, 3,000 RT sentences held out, C=8): trained on IMDB reviews alone it scores 90.8% on full
-reviews, 75.4% on 20-40-word snippets and 74.3% on RT sentences; adding the RT sentences keeps
-full reviews (90.9%) and snippets (74.5%) and lifts short sentences to 79.1%. Training on random
-20-40-word windows of the reviews instead (labelled with the review's label) gained only 0.3
-points on snippets and doubled the fit time, so it is off by default (``snippets_per_review``).
+Why the Rotten Tomatoes sentences: completions are short, and adding the sentences lifts the
+judge's accuracy on short sentences while keeping it on full reviews and snippets. Training on
+random windows of the reviews instead (labelled with the review's label) did not help and fits
+more slowly, so it is off by default (``snippets_per_review``). The measurements are in the gold
+judge section of ``docs/demo.md``.
 
     judge = GoldJudge.load_or_fit(GoldConfig())
     judge.score(["What a wonderful film.", "Dull and far too long."])  # -> array([0.9.., 0.0..])
 
 Coherence. The labelling instructions say "Good = a positive, *coherent* movie-review continuation",
 and a bag of words cannot see coherence: without a KL leash PPO drives the policy to word salad of
-positive words ("best also also's best really also ...") that a TF-IDF judge scores 0.94, as high as
-the reward model does, so reward hacking never showed as a falling gold curve. The judge therefore
+positive words ("best also also's best really also ...") that a TF-IDF judge scores as high as the
+reward model does, so reward hacking never showed as a falling gold curve. The judge therefore
 multiplies P(positive) by a coherence factor, the smaller of two linear ramps:
 - repetition: the share of distinct word bigrams in the text (distinct-2), from ``distinct2_low``
-  (factor 0) to ``distinct2_high`` (factor 1). On 2,000 real IMDB 40-word spans: median 0.98, 1% below
-  0.77, 0.1% below 0.64; "great great great ..." has 0.14 and the salad above 0.57;
+  (factor 0) to ``distinct2_high`` (factor 1): repeated words ("great great great ...") fall below it;
 - grammar: the share of English function words ("the", "was", "it", ...), from ``function_words_low``
-  (0) to ``function_words_high`` (1). Real spans: median 0.53, 1% below 0.32, 0.1% below 0.22. A no-KL
-  PPO run on the 24 Nov base policy found a salad of varied adjectives that the repetition ramp misses
-  ("great novel and superb superb romance complex and great superb family ...": distinct-2 high, but
-  13% function words).
-Real review text keeps a factor of 1 (rarely a little less). ``coherence: false`` gives the plain
+  (0) to ``function_words_high`` (1): a salad of varied adjectives, which the repetition ramp misses,
+  falls below it.
+Both ramps sit below what real review spans score (``docs/demo.md`` has their distribution), so
+real review text keeps a factor of 1 (rarely a little less). ``coherence: false`` gives the plain
 sentiment classifier.
 
 The fitted judge is cached under ``$RLHF_ARTIFACTS/gold/<key>.joblib``, keyed by its config, so
-the ~20 s fit happens once per machine and config.
+the fit happens once per machine and config.
 """
 
 from __future__ import annotations

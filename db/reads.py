@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from common.errors import UserError
 from db.models import LABELS, MODEL_KINDS, Completion, Judgement, Labeler, Lease, ModelVersion, Prompt, utcnow
-from db.types import Combine, Item, LabelledExample, ModelVersionInfo
+from db.types import Combine, Item, LabelledExample, ModelVersionInfo, shown_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,7 +42,8 @@ def labelled_dataset(engine: Engine, *, combine: Combine = "majority") -> list[L
                 label = 1.0 if 2 * good > n_labels else 0.0
             else:
                 label = good / n_labels
-            out.append(LabelledExample(cid, prompt, completion, prompt + completion, label, int(n_labels), good))
+            text = shown_text(prompt, completion)
+            out.append(LabelledExample(cid, prompt, completion, text, label, int(n_labels), good))
     return out
 
 

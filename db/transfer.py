@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from common.errors import UserError
 from common.paths import atomic_dir
 from db.reads import JUDGEMENT_COLUMNS, judgement_rows
+from db.types import shown_text
 from db.writes import add_prompts_counted
 
 log = logging.getLogger(__name__)
@@ -21,15 +22,26 @@ log = logging.getLogger(__name__)
 FORMATS = ("jsonl", "csv", "hf")
 EXPORT_COLUMNS = [*JUDGEMENT_COLUMNS, "text"]
 DEFAULT_NAMES = {"jsonl": "labels.jsonl", "csv": "labels.csv", "hf": "labels_hf"}
+# A spreadsheet reads a cell that starts with one of these as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value):
+    """A CSV cell that no spreadsheet runs: text starting with ``= + - @``, tab or CR gets a leading
+    single quote (OWASP's rule), so ``=HYPERLINK(...)`` opens as the text it is. Numbers and other
+    text are unchanged. Only the CSV export does this; JSONL and the datasets folder keep the text exact."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def export_rows(engine: Engine) -> list[dict]:
-    """One dict per judgement (skips included), timestamps as ISO strings, plus ``text`` = prompt + completion."""
+    """One dict per judgement (skips included), timestamps as ISO strings, plus ``text`` (:func:`db.shown_text`)."""
     rows = judgement_rows(engine)
     for r in rows:
         r["created_at"] = r["created_at"].isoformat()
         r["updated_at"] = r["updated_at"].isoformat()
-        r["text"] = r["prompt"] + r["completion"]
+        r["text"] = shown_text(r["prompt"], r["completion"])
     return rows
 
 
@@ -38,6 +50,7 @@ def export_labels(engine: Engine, fmt: str, dest: Path) -> Path:
 
     ``jsonl``/``csv``: ``dest`` is a file (or an existing folder, which gets ``labels.jsonl``/``labels.csv``).
     ``hf``: ``dest`` is a folder written with ``datasets.Dataset.save_to_disk`` (load with ``load_from_disk``).
+    CSV cells that a spreadsheet would run as a formula are neutralised (:func:`csv_safe`).
     Files and folders appear complete or not at all."""
     if fmt not in FORMATS:
         raise UserError(f"export format {fmt!r} is not one of {list(FORMATS)}.", "use jsonl, csv or hf.")
@@ -58,7 +71,7 @@ def export_labels(engine: Engine, fmt: str, dest: Path) -> Path:
                 else:
                     writer = csv.DictWriter(fh, fieldnames=EXPORT_COLUMNS, quoting=csv.QUOTE_NONNUMERIC)
                     writer.writeheader()
-                    writer.writerows(rows)
+                    writer.writerows({k: csv_safe(v) for k, v in r.items()} for r in rows)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, dest)

@@ -13,6 +13,17 @@ ModelKind = Literal["policy", "reward"]
 ExportFormat = Literal["jsonl", "csv", "hf"]
 
 
+def shown_text(prompt: str, completion: str) -> str:
+    """The one text of an item that is judged and learned from: the prompt, then the completion.
+
+    Plain concatenation, because that is the text the policy wrote: a completion is sampled as a
+    continuation of the prompt's tokens and decoded on its own, so it carries its own leading space
+    (``"This movie" + " was great"``), and a completion that continues a word has none (``"Great" +
+    "est"``). The simulated labellers judge this string and the reward model trains on it.
+    """
+    return prompt + completion
+
+
 @dataclass(frozen=True)
 class NewCompletion:
     """A completion to store: the prompt text (created if new), the generated text, the model that wrote it."""
@@ -38,7 +49,7 @@ class Item:
 class LabelledExample:
     """A completion with its combined label, for reward-model training.
 
-    ``text`` is the prompt followed by the completion, as the labeller saw them; ``label`` is
+    ``text`` is :func:`shown_text` of the prompt and completion, as the labeller saw them; ``label`` is
     1.0 (good) / 0.0 (bad) under ``majority``, or the share of good labels under ``soft``."""
 
     completion_id: int

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, text, update
+from sqlalchemy import Engine, delete, func, insert, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from common.errors import UserError
-from db.engine import PG_LOCK_NAMESPACE, run_write
+from db.engine import PG_LOCK_NAMESPACE, DatabaseError, run_write
 from db.models import (
     LABELS,
     MODEL_KINDS,
@@ -36,6 +38,23 @@ log = logging.getLogger(__name__)
 
 CHUNK = 500  # rows per IN (...) list; well under SQLite's bound-parameter limit
 LOCK_LABELER = 1  # advisory-lock kinds (PostgreSQL): one labeller's queue/undo operations
+LOCK_SIGN_IN = 2  # advisory-lock kind (PostgreSQL): creating labellers (names compared case-insensitively)
+
+
+class LeaseLost(UserError):
+    """A judgement of an item this browser session no longer holds: refused, nothing stored.
+
+    ``reason`` is ``"judged"`` (this labeller already judged it, e.g. in another tab with the same
+    session), ``"moved_on"`` (this session now holds another item) or ``"taken"`` (the lease ran out
+    and someone else holds the item, or has given it all the labels ``overlap`` asks for)."""
+
+    def __init__(self, problem: str, fix: str, *, reason: str):
+        super().__init__(problem, fix)
+        self.reason = reason
+
+
+class DatabaseGone(DatabaseError):
+    """The SQLite file this process opened is no longer the file at its path (deleted, moved or replaced)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,11 +277,25 @@ def register_model_version(
     return run_write(engine, work, what="register a model version")
 
 
+def _script(ch: str) -> str | None:
+    """The writing system of a letter (LATIN, CYRILLIC, GREEK, ...; Chinese and Japanese as one), None
+    for characters of no script (digits, spaces, punctuation, marks)."""
+    if not ch.isalpha():
+        return None
+    first = unicodedata.name(ch, "UNKNOWN").split(" ", 1)[0]
+    return "CJK" if first in ("CJK", "HIRAGANA", "KATAKANA", "IDEOGRAPHIC") else first
+
+
 def validate_labeler_name(name: Any) -> str:
-    """A labeller name, stripped: 1-64 printable characters."""
+    """A labeller name: NFKC-normalised, stripped, 1-64 printable characters, letters of one script.
+
+    NFKC folds look-alike forms (fullwidth ``ａｌｉｃｅ``, ligatures) into their plain letters; a
+    name mixing scripts (a Cyrillic ``а`` inside ``alice``) is refused, because it cannot be told
+    apart from another labeller's name on screen. Names are compared case-insensitively
+    (:func:`labeler_name_key`)."""
     if not isinstance(name, str):
         raise UserError("the labeller name must be text.", "type your name.")
-    name = name.strip()
+    name = unicodedata.normalize("NFKC", name).strip()
     if not name:
         raise UserError("the labeller name is empty.", "type your name (1-64 characters).")
     if len(name) > 64:
@@ -271,14 +304,33 @@ def validate_labeler_name(name: Any) -> str:
         raise UserError(
             "the labeller name contains control characters.", "use letters, digits, spaces and punctuation."
         )
+    scripts = sorted({sc for sc in map(_script, name) if sc is not None})
+    if len(scripts) > 1:
+        raise UserError(
+            f"the labeller name mixes letters of different alphabets ({', '.join(s.title() for s in scripts)}), "
+            "so it could be mistaken for another name.",
+            "type it with the letters of one alphabet.",
+        )
     return name
 
 
+def labeler_name_key(name: str) -> str:
+    """What makes two names the same labeller: NFKC, then case folded (``Alice`` = ``alice``)."""
+    return unicodedata.normalize("NFKC", name).strip().casefold()
+
+
 def get_or_create_labeler(engine: Engine, name: str) -> int:
-    """The id of the labeller called ``name`` (stripped), created on first use."""
+    """The id of the labeller called ``name`` (validated; compared case-insensitively, so ``Alice``
+    signs in as an existing ``alice``), created on first use."""
     name = validate_labeler_name(name)
+    key = labeler_name_key(name)
 
     def work(s: Session) -> int:
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(:ns, 0)"), {"ns": PG_LOCK_NAMESPACE + LOCK_SIGN_IN})
+        for lid, existing in s.execute(select(Labeler.id, Labeler.name)):  # a few hundred names at most
+            if labeler_name_key(existing) == key:
+                return lid
         s.execute(
             dialect_insert(s, Labeler)
             .values(name=name, created_at=utcnow())
@@ -294,12 +346,25 @@ def get_or_create_labeler(engine: Engine, name: str) -> int:
 
 
 def record_judgement(
-    engine: Engine, *, labeler_id: int, completion_id: int, label: str, seconds: float | None = None
+    engine: Engine,
+    *,
+    labeler_id: int,
+    completion_id: int,
+    label: str,
+    seconds: float | None = None,
+    session_key: str | None = None,
+    overlap: int = 1,
 ) -> None:
     """Store (or change) ``labeler_id``'s label on ``completion_id`` and release their lease on it.
 
     One row per labeller and completion: repeating the same call (a double click) changes
-    nothing; a different label updates the row."""
+    nothing; a different label updates the row.
+
+    With ``session_key`` (the labelling app) the judgement is accepted only from the session that
+    holds the item: :class:`LeaseLost` (nothing stored) when this session now holds another item or
+    this labeller already judged it (a second tab sharing the session), or when the session's lease
+    ran out and the item is now held by someone else or has the ``overlap`` labels it needs. Without
+    it (scripts, the simulator) the judgement is stored under the session that held the lease, if any."""
     if label not in LABELS:
         raise UserError(f"label {label!r} is not one of {list(LABELS)}.", "use 'good', 'bad' or 'skip'.")
     if seconds is not None:
@@ -313,11 +378,19 @@ def record_judgement(
         old = s.scalar(
             select(Judgement.label).where(Judgement.completion_id == completion_id, Judgement.labeler_id == labeler_id)
         )
+        if session_key is not None:
+            _check_held(s, labeler_id, session_key, completion_id, overlap, already_judged=old is not None, now=now)
+            held_by = session_key
+        else:
+            held_by = s.scalar(
+                select(Lease.session_key).where(Lease.labeler_id == labeler_id, Lease.completion_id == completion_id)
+            )
         ins = dialect_insert(s, Judgement).values(
             completion_id=completion_id,
             labeler_id=labeler_id,
             label=label,
             seconds=seconds,
+            session_key=held_by,
             created_at=now,
             updated_at=now,
         )
@@ -327,6 +400,7 @@ def record_judgement(
                 set_={
                     "label": ins.excluded.label,
                     "seconds": ins.excluded.seconds,
+                    "session_key": func.coalesce(ins.excluded.session_key, Judgement.session_key),
                     "updated_at": ins.excluded.updated_at,
                 },
                 where=Judgement.label != ins.excluded.label,
@@ -345,6 +419,58 @@ def record_judgement(
     except sa_exc.IntegrityError:
         _missing(engine, labeler_id=labeler_id, completion_id=completion_id)
         raise
+
+
+def _check_held(
+    s: Session, labeler_id: int, session_key: str, completion_id: int, overlap: int, *, already_judged: bool, now
+) -> None:
+    """Raise :class:`LeaseLost` unless (labeller, session) may still judge ``completion_id``."""
+    lease = s.execute(
+        select(Lease.completion_id, Lease.expires_at).where(
+            Lease.labeler_id == labeler_id, Lease.session_key == session_key
+        )
+    ).first()
+    if lease is None or lease.completion_id != completion_id:
+        if already_judged:
+            raise LeaseLost(
+                f"completion {completion_id} was already judged in another tab.",
+                "judge the item shown now; use one tab per labeller.",
+                reason="judged",
+            )
+        raise LeaseLost(
+            f"this session no longer holds completion {completion_id}.",
+            "judge the item shown now; use one tab per labeller.",
+            reason="moved_on",
+        )
+    if lease.expires_at > now:
+        return
+    # The lease ran out: the judgement still counts if nobody took the item meanwhile.
+    others = s.scalar(
+        select(func.count(Lease.id)).where(
+            Lease.completion_id == completion_id,
+            Lease.expires_at > now,
+            (Lease.labeler_id != labeler_id) | (Lease.session_key != session_key),
+        )
+    )
+    labelled = s.scalar(
+        select(func.count(Judgement.id)).where(
+            Judgement.completion_id == completion_id, Judgement.labeler_id != labeler_id, Judgement.label != "skip"
+        )
+    )
+    mine_elsewhere = s.scalar(
+        select(func.count(Lease.id)).where(
+            Lease.completion_id == completion_id,
+            Lease.expires_at > now,
+            Lease.labeler_id == labeler_id,
+            Lease.session_key != session_key,
+        )
+    )
+    if mine_elsewhere or (others or 0) + (labelled or 0) >= overlap:
+        raise LeaseLost(
+            f"the reservation of completion {completion_id} ran out and it went to someone else.",
+            "judge the item shown now.",
+            reason="taken",
+        )
 
 
 def _count_label(s: Session, completion_id: int, delta: int) -> None:
@@ -366,19 +492,19 @@ def _missing(engine: Engine, *, labeler_id: int, completion_id: int) -> None:
             raise UserError(f"labeller {labeler_id} does not exist.", "sign in with db.get_or_create_labeler first.")
 
 
-def undo_last(
-    engine: Engine, labeler_id: int, *, session_key: str | None = None, lease_seconds: float = 600
-) -> int | None:
-    """Delete ``labeler_id``'s most recent judgement; returns its completion id (None if there is none).
+def undo_last(engine: Engine, labeler_id: int, *, session_key: str, lease_seconds: float = 600) -> int | None:
+    """Delete the newest judgement ``labeler_id`` gave in browser session ``session_key``; returns its
+    completion id, or None when this session has none left.
 
-    With ``session_key`` the item is leased back to that session, so ``next_item`` shows it
-    again there and no other labeller takes it meanwhile."""
+    Only this session's judgements are reached, never the labeller's older work from other tabs or
+    days. The item is leased back to that session, so ``next_item`` shows it again there and no
+    other labeller takes it meanwhile."""
 
     def work(s: Session) -> int | None:
         lock_labeler(s, labeler_id)
         row = s.execute(
             select(Judgement.id, Judgement.completion_id, Judgement.label)
-            .where(Judgement.labeler_id == labeler_id)
+            .where(Judgement.labeler_id == labeler_id, Judgement.session_key == session_key)
             .order_by(Judgement.updated_at.desc(), Judgement.id.desc())
             .limit(1)
         ).first()
@@ -386,14 +512,9 @@ def undo_last(
             return None
         s.execute(delete(Judgement).where(Judgement.id == row.id))
         _count_label(s, row.completion_id, -int(row.label != "skip"))
-        if session_key is not None:
-            put_lease(
-                s,
-                labeler_id=labeler_id,
-                session_key=session_key,
-                completion_id=row.completion_id,
-                seconds=lease_seconds,
-            )
+        put_lease(
+            s, labeler_id=labeler_id, session_key=session_key, completion_id=row.completion_id, seconds=lease_seconds
+        )
         return row.completion_id
 
     return run_write(engine, work, what="undo a judgement")
@@ -409,3 +530,50 @@ def release_leases(engine: Engine, labeler_id: int, session_key: str | None = No
         return s.execute(q).rowcount or 0
 
     return run_write(engine, work, what="release leases")
+
+
+# --------------------------------------------------------------------------------------------
+# the database file itself
+
+
+def database_file_id(engine: Engine) -> tuple[int, int] | None:
+    """(device, inode) of the SQLite file ``engine`` opened, None for PostgreSQL or in-memory SQLite.
+
+    Take it right after :func:`db.connect`; :func:`check_database_file` compares it before writes."""
+    path = _sqlite_path(engine)
+    if path is None:
+        return None
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def check_database_file(engine: Engine, expected: tuple[int, int] | None) -> None:
+    """Raise :class:`DatabaseGone` when the SQLite file at the configured path is not the one opened
+    (deleted, moved or replaced while this process runs): writing on would go into a file nobody
+    will read, or into a new empty one. A few microseconds (one ``stat``)."""
+    path = _sqlite_path(engine)
+    if expected is None or path is None:
+        return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        what = "was deleted or moved"
+    else:
+        if (st.st_dev, st.st_ino) == expected:
+            return
+        what = "was replaced by another file"
+    raise DatabaseGone(
+        f"the SQLite file {path!r} this app opened {what} while the app was running; nothing more is written.",
+        "stop the app, put the database file back at that path (or restore it from a backup, or copy it "
+        "out of /proc/<pid>/fd of the running app before stopping it), then start the app again.",
+    )
+
+
+def _sqlite_path(engine: Engine) -> str | None:
+    url = engine.url
+    if url.get_backend_name() != "sqlite":
+        return None
+    name = url.database
+    if not name or name == ":memory:" or name.startswith("file:") or url.query.get("mode") == "memory":
+        return None
+    return os.path.abspath(name)

@@ -3,5 +3,6 @@
     python -m demo [--rounds 2] [--overoptimization]      # the loop
     python -m demo overoptimization [--run DIR]           # add the tiny-KL run to a report
 
-Core: :func:`demo.run.run` (``DemoConfig`` in :mod:`demo.config`, section ``demo``).
+Core: :func:`demo.run.run`, given a :class:`demo.config.Profile` (every stage's section of the profile,
+loaded once; ``DemoConfig`` is the section ``demo``).
 """

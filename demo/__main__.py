@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 from common.assets import offline_env
-from common.config import add_config_args, describe, load_config
+from common.config import add_config_args, describe
 from common.errors import cli_entry, setup_logging
-from demo.config import DemoConfig
+from demo.config import DemoConfig, Profile
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The whole RLHF loop with simulated labellers: base policy -> completions -> labels -> "
         "reward model -> PPO -> report in $RLHF_ARTIFACTS/demo/<run-id>/.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="demo settings (section `demo` of the profile, --set KEY=VALUE):\n" + describe(DemoConfig),
+        epilog="demo settings (section `demo` of the profile, --set KEY=VALUE; another section's keys as "
+        "--set SECTION.KEY=VALUE, e.g. --set reward.backbone=DIR):\n" + describe(DemoConfig),
     )
     p.add_argument(
         "command",
@@ -66,15 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_kl:
         overrides.append("overopt_kl_coef=0")
     if args.config is not None:
-        os.environ["RLHF_CONFIG"] = str(args.config)  # every stage reads its own section of the same profile
-    cfg = load_config(DemoConfig, "demo", overrides=overrides)
+        os.environ["RLHF_CONFIG"] = str(args.config)  # anything a stage reads itself comes from the same profile
+    profile = Profile.load(args.config, overrides)
     from demo import run as demo_run
 
     progress = not args.quiet
     if args.command == "overoptimization":
-        demo_run.overoptimization_only(cfg, args.run, progress=progress)
+        demo_run.overoptimization_only(profile, args.run, progress=progress)
     else:
-        demo_run.run(cfg, run_id=args.run_id, progress=progress)
+        demo_run.run(profile, run_id=args.run_id, progress=progress)
     return 0
 
 

@@ -1,10 +1,14 @@
-"""DemoConfig: the ``demo`` section of a profile."""
+"""The demo's settings: :class:`DemoConfig` (the ``demo`` section of a profile) and
+:class:`Profile` (every section the demo runs, each loaded once)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
+from common.config import SECTIONS, load_config, read_profile, split_overrides
 from common.errors import ConfigError
 from common.gold import GoldConfig
 from labeling_app.simulate import SimulateConfig
@@ -12,10 +16,11 @@ from labeling_app.simulate import SimulateConfig
 
 @dataclass
 class DemoConfig:
-    """The whole loop with simulated labellers: how many labels, rounds, and the gold judge.
+    """The whole loop with simulated labellers: how many labels, rounds, budgets, and the gold judge.
 
     Stage settings come from the profile's own sections (``pretrain``, ``generate``, ``reward``,
-    ``ppo``); the ``*_set`` lists below override them for the demo only (``key=value`` strings).
+    ``ppo``), the same ones the stages' own commands read; this section holds only what is the
+    demo's alone.
     """
 
     n_labels: int = field(default=1000, metadata={"help": "judgements the simulated labellers record per round"})
@@ -25,7 +30,7 @@ class DemoConfig:
             "help": "labelling rounds; round 2+ labels the newest policy's completions and trains again (Ziegler et al.'s iterated loop)"
         },
     )
-    n_prompts: int | None = field(
+    n_completions: int | None = field(
         default=None,
         metadata={"help": "completions generated for labelling per round; null = ceil(n_labels / overlap)"},
     )
@@ -57,20 +62,32 @@ class DemoConfig:
     overopt_steps: int | None = field(
         default=None, metadata={"help": "PPO steps of the over-optimisation run; null = ppo.total_steps"}
     )
-    pretrain_set: list[str] = field(
-        default_factory=list, metadata={"help": "pretrain overrides for the demo (key=value)"}
+    pretrain_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "budget of the base policy the demo pretrains when there is none (null = pretrain.max_minutes)"
+        },
     )
-    generate_set: list[str] = field(
-        default_factory=list, metadata={"help": "generate overrides for the demo (key=value)"}
+    ppo_minutes: float | None = field(
+        default=None, metadata={"help": "budget of each PPO run of the demo (null = ppo.max_minutes)"}
     )
-    reward_set: list[str] = field(default_factory=list, metadata={"help": "reward overrides for the demo (key=value)"})
-    ppo_set: list[str] = field(default_factory=list, metadata={"help": "ppo overrides for the demo (key=value)"})
+
+    RENAMED: ClassVar[dict[str, str]] = {"n_prompts": "n_completions"}
+    REMOVED: ClassVar[dict[str, str]] = {
+        "pretrain_set": "the demo reads the pretrain section: set the demo's budget as demo.pretrain_minutes "
+        "(e.g. pretrain_minutes: 5), other keys in pretrain (--set pretrain.KEY=VALUE).",
+        "generate_set": "the demo reads the generate section: set keys there (--set generate.KEY=VALUE); "
+        "the number of completions is demo.n_completions.",
+        "reward_set": "the demo reads the reward section: set keys there (--set reward.KEY=VALUE).",
+        "ppo_set": "the demo reads the ppo section: set the demo's budget as demo.ppo_minutes "
+        "(e.g. ppo_minutes: 8), other keys in ppo (--set ppo.KEY=VALUE).",
+    }
 
     @property
     def completions_per_round(self) -> int:
         """Completions to generate so ``n_labels`` judgements fit with the overlap."""
-        if self.n_prompts is not None:
-            return self.n_prompts
+        if self.n_completions is not None:
+            return self.n_completions
         return max(1, math.ceil(self.n_labels / self.simulate.overlap))
 
     def validate(self) -> None:
@@ -80,12 +97,65 @@ class DemoConfig:
             raise ConfigError(f"demo.rounds={self.rounds} must be >= 1.", "use 1 or 2.")
         if self.n_eval_prompts < 1:
             raise ConfigError(f"demo.n_eval_prompts={self.n_eval_prompts} must be >= 1.", "use e.g. 64.")
-        if self.n_prompts is not None and self.n_prompts * self.simulate.overlap < self.n_labels:
+        if self.n_completions is not None and self.n_completions * self.simulate.overlap < self.n_labels:
             raise ConfigError(
-                f"demo.n_prompts={self.n_prompts} x overlap {self.simulate.overlap} cannot hold n_labels={self.n_labels}.",
-                "raise n_prompts or set it to null (derived).",
+                f"demo.n_completions={self.n_completions} x overlap {self.simulate.overlap} cannot hold n_labels={self.n_labels}.",
+                "raise n_completions or set it to null (derived).",
             )
+        for name in ("pretrain_minutes", "ppo_minutes"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(
+                    f"demo.{name}={value} must be > 0.", "use e.g. 5, or null for the stage's own budget."
+                )
         if self.overopt_kl_coef < 0:
             raise ConfigError(f"demo.overopt_kl_coef={self.overopt_kl_coef} must be >= 0.", "use 0 or e.g. 0.001.")
         self.simulate.validate()
         self.gold.validate()
+
+
+@dataclass
+class Profile:
+    """Every section of one profile the demo runs, each loaded and validated once.
+
+    The stage sections are the ones the stages' own commands read; the demo changes only what is
+    its own (its budgets, per-round seeds) with ``dataclasses.replace`` where it calls a stage.
+    """
+
+    data: Any  # common.imdb.DataConfig
+    pretrain: Any  # base_policy.pretrain.PretrainConfig
+    generate: Any  # base_policy.generate.GenerateConfig
+    reward: Any  # reward_training.config.RewardConfig
+    ppo: Any  # rl_finetune.ppo.config.PPOConfig
+    demo: DemoConfig
+
+    @classmethod
+    def load(cls, path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Profile:
+        """Read the profile (``RLHF_CONFIG`` when ``path`` is None) once and build each section.
+
+        ``overrides`` are ``section.key=value`` (``reward.backbone=...``, ``ppo.lr=1e-4``); a key
+        without a section is the demo's (``rounds=2``).
+        """
+        from base_policy.generate import GenerateConfig
+        from base_policy.pretrain import PretrainConfig
+        from common.imdb import DataConfig
+        from reward_training.config import RewardConfig
+        from rl_finetune.ppo.config import PPOConfig
+
+        classes = {
+            "data": DataConfig,
+            "pretrain": PretrainConfig,
+            "generate": GenerateConfig,
+            "reward": RewardConfig,
+            "ppo": PPOConfig,
+            "demo": DemoConfig,
+        }
+        sections = read_profile(path)
+        by_section = split_overrides(overrides, default="demo")
+        for name in by_section:
+            if name not in classes:
+                raise ConfigError(
+                    f"the demo does not use the {name} section (override {name + '.' + by_section[name][0]!r}).",
+                    f"override keys of {', '.join(s for s in SECTIONS if s in classes)}.",
+                )
+        return cls(**{name: load_config(c, name, sections, by_section.get(name, [])) for name, c in classes.items()})

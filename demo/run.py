@@ -1,16 +1,18 @@
 """The whole RLHF loop with simulated labellers, one step after the other (``make demo``).
 
-    0. the gold judge     TF-IDF + logistic regression on all IMDB reviews (cached)
-    1. base policy        reuse $RLHF_ARTIFACTS/base_policy, or pretrain it
-    2. generate           completions for fresh IMDB openings -> the labelling queue (db)
-    3. label              simulated labellers judge them through the db API (gold + noise)
-    4. reward model       IMDB seed + the labels -> $RLHF_ARTIFACTS/reward_models/<run>
-    5. PPO                against the reward model, gold score logged beside it -> policies/<run>
-    (rounds >= 2: back to 2 with the new policy; labels accumulate)
-    6. report             before/after samples, gold and reward scores, KL, labels, agreement,
+    stage  step
+           gold judge     TF-IDF + logistic regression on all IMDB reviews (cached)
+    1      base policy    reuse $RLHF_ARTIFACTS/base_policy, or pretrain it
+    1      generate       completions for fresh IMDB openings -> the labelling queue (db)
+    2      label          simulated labellers judge them through the db API (gold + noise)
+    3      reward model   IMDB seed + the labels -> $RLHF_ARTIFACTS/reward_models/<run>
+    4      PPO            against the reward model, gold score logged beside it -> policies/<run>
+           (rounds >= 2: back to generate with the new policy; labels accumulate)
+           report         before/after samples, gold and reward scores, KL, labels, agreement,
                           reward-model accuracy vs TF-IDF, plots -> $RLHF_ARTIFACTS/demo/<run>/
 
-Each step calls the stage's importable core; nothing here writes SQL or trains by itself.
+Each step calls the stage's importable core with that stage's own section of the profile
+(:class:`demo.config.Profile`, loaded once); nothing here writes SQL or trains by itself.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from common.config import load_config, to_dict
+from common.config import to_dict
 from common.errors import UserError
-from common.paths import artifacts_root, base_policy_dir, new_run_id, policies_dir, write_json, write_latest
-from demo.config import DemoConfig
+from common.fmt import fmt_number
+from common.paths import artifacts_root, base_policy_dir, new_run_id, write_json, write_latest
+from demo.config import Profile
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ def summarize_scores(gold, rm) -> dict[str, float]:
 
 
 def overopt_series(
-    rows: list[dict], proxy_key: str = "eval/rm_prob", gold_key: str = "eval/gold"
+    rows: list[dict], proxy_key: str = "eval/p_good", gold_key: str = "eval/gold"
 ) -> dict[str, list[float]]:
     """(sqrt KL, proxy, gold) at every evaluation of a PPO run's metrics rows."""
     out = {"step": [], "sqrt_kl": [], "kl": [], "proxy": [], "gold": []}
@@ -131,10 +134,11 @@ def finite_numbers(obj: Any) -> list[float]:
 # ============================================================================ the stages (thin adapters)
 
 
-def ensure_base_policy(cfg: DemoConfig, engine, *, progress: bool) -> tuple[str, bool]:
+def ensure_base_policy(profile: Profile, engine, *, progress: bool) -> tuple[str, bool]:
     """The base policy folder (or hub name) and whether it was reused."""
     from base_policy.registry import ensure_registered
 
+    cfg = profile.demo
     if cfg.base_policy != "auto":
         ensure_registered(engine, cfg.base_policy)
         return cfg.base_policy, True
@@ -143,28 +147,27 @@ def ensure_base_policy(cfg: DemoConfig, engine, *, progress: bool) -> tuple[str,
         ensure_registered(engine, folder)
         return str(folder), True
     from base_policy import pretrain
-    from common.imdb import DataConfig
 
-    pcfg = load_config(pretrain.PretrainConfig, "pretrain", overrides=cfg.pretrain_set)
-    if cfg.pretrain_set:
+    pcfg = profile.pretrain
+    if cfg.pretrain_minutes is not None:
+        pcfg = dataclasses.replace(pcfg, max_minutes=cfg.pretrain_minutes)
         log.info(
-            "no base policy in %s: pretraining one with the demo's settings %s (`make base-model` trains the "
+            "no base policy in %s: pretraining one for the demo's %s minutes (`make base-model` trains the "
             "full-budget one; the demo reuses whichever exists)",
             folder,
-            cfg.pretrain_set,
+            cfg.pretrain_minutes,
         )
-    result = pretrain.train(pcfg, load_config(DataConfig, "data"), progress=progress)
+    result = pretrain.train(pcfg, profile.data, progress=progress)
     path = pretrain.save_base_policy(result)
     pretrain.register_base_policy(path, result.metrics, engine=engine)
     return str(path), False
 
 
-def prompts_for(split: str, n: int, seed: int) -> list[str]:
-    from common.imdb import DataConfig, load_imdb, make_prompts
+def prompts_for(profile: Profile, split: str, n: int, seed: int) -> list[str]:
+    from common.imdb import load_imdb, make_prompts
 
-    data_cfg = load_config(DataConfig, "data")
-    texts = load_imdb(data_cfg)[split]["text"]
-    prompts = make_prompts(list(texts), n, data_cfg, seed=seed)
+    texts = load_imdb(profile.data)[split]["text"]
+    prompts = make_prompts(list(texts), n, profile.data, seed=seed)
     if not prompts:
         raise UserError(
             f"no prompts could be cut from the IMDB {split} split.", "check the data section of the profile."
@@ -172,22 +175,20 @@ def prompts_for(split: str, n: int, seed: int) -> list[str]:
     return prompts
 
 
-def generate_for_labelling(cfg: DemoConfig, engine, policy: str, round_no: int) -> int:
-    from base_policy.generate import GenerateConfig, fill_queue
+def generate_for_labelling(profile: Profile, engine, policy: str, round_no: int) -> int:
+    from base_policy.generate import fill_queue
 
-    gcfg = load_config(GenerateConfig, "generate", overrides=[f"seed={cfg.seed + round_no}", *cfg.generate_set])
+    cfg = profile.demo
+    gcfg = dataclasses.replace(profile.generate, seed=cfg.seed + round_no)
     n = cfg.completions_per_round
-    prompts = prompts_for("train", math.ceil(n / gcfg.completions_per_prompt), seed=cfg.seed + 1000 * round_no)
+    prompts = prompts_for(profile, "train", math.ceil(n / gcfg.completions_per_prompt), seed=cfg.seed + 1000 * round_no)
     return fill_queue(engine, policy, n, gcfg, prompts=prompts)
 
 
-def train_reward_model(cfg: DemoConfig, engine, run_id: str, *, progress: bool) -> tuple[Path, dict]:
-    from common.imdb import DataConfig
-    from reward_training.config import RewardConfig
+def train_reward_model(profile: Profile, engine, run_id: str, *, progress: bool) -> tuple[Path, dict]:
     from reward_training.training import train as train_rm
 
-    rcfg = load_config(RewardConfig, "reward", overrides=cfg.reward_set)
-    path = Path(train_rm(rcfg, engine, data_cfg=load_config(DataConfig, "data"), run_id=run_id, progress=progress))
+    path = Path(train_rm(profile.reward, engine, data_cfg=profile.data, run_id=run_id, progress=progress))
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
     return path, metrics
 
@@ -211,14 +212,17 @@ def reward_accuracy(metrics: dict) -> dict:
     return out
 
 
-def load_ppo_config(cfg: DemoConfig, extra: list[str] = ()):
-    from rl_finetune.ppo.config import PPOConfig
-
-    return load_config(PPOConfig, "ppo", overrides=[*cfg.ppo_set, *extra])
+def demo_ppo_config(profile: Profile, **changes):
+    """The ppo section with the demo's PPO budget (``demo.ppo_minutes``) and ``changes``."""
+    if profile.demo.ppo_minutes is not None:
+        changes = {"max_minutes": profile.demo.ppo_minutes, **changes}
+    cfg = dataclasses.replace(profile.ppo, **changes)
+    cfg.validate()
+    return cfg
 
 
 def run_ppo(
-    cfg: DemoConfig,
+    profile: Profile,
     engine,
     *,
     start_policy: str,
@@ -228,51 +232,33 @@ def run_ppo(
     eval_prompts: list[str],
     work_dir: Path,
     name: str,
-    extra: list[str] = (),
+    changes: dict | None = None,
     save: bool = True,
     progress: bool = True,
 ):
-    """One PPO run; returns (PPOResult, saved policy folder or None)."""
-    from base_policy.registry import ensure_registered, register_policy
-    from reward_training import load_reward_fn
-    from rl_finetune.ppo.trainer import save_policy, train
+    """One PPO run (stage 4's :func:`rl_finetune.ppo.run_stage`); returns (PPOResult, saved policy folder or None)."""
+    from rl_finetune.ppo import run_stage
 
-    pcfg = load_ppo_config(cfg, list(extra))
-    reward_fn = load_reward_fn(reward_dir, kind=pcfg.reward_kind, batch_size=pcfg.reward_batch_size)
-    prob_fn = (
-        reward_fn
-        if pcfg.reward_kind == "prob"
-        else load_reward_fn(reward_dir, kind="prob", batch_size=pcfg.reward_batch_size)
-    )
-    result = train(
-        start_policy,
-        reward_fn,
-        train_prompts,
-        pcfg,
+    stage = run_stage(
+        demo_ppo_config(profile, **(changes or {})),
+        policy=start_policy,
+        reward=reward_dir,
+        prompts=train_prompts,
         eval_prompts=eval_prompts,
         gold_fn=gold_fn,
-        eval_fns={"rm_prob": prob_fn},
+        run_id=name,
         work_dir=work_dir,
+        save=save,
+        engine=engine,
         progress=progress,
     )
-    if not save:
-        return result, None
-    folder = policies_dir() / name
-    save_policy(result, folder)
-    write_latest(policies_dir(), name)
-    parent = ensure_registered(engine, start_policy)
-    register_policy(
-        folder,
-        name=name,
-        parent_id=parent,
-        engine=engine,
-        metrics={k: v for k, v in result.summary.items() if isinstance(v, (int, float, str)) or v is None},
-    )
-    return result, folder
+    return stage.result, stage.folder
 
 
 def rescore(samples: list[dict], gold_fn, prob_fn) -> dict:
-    texts = [s["prompt"] + s["response"] for s in samples]
+    import db
+
+    texts = [db.shown_text(s["prompt"], s["response"]) for s in samples]
     gold = np.asarray(gold_fn(texts), dtype=float)
     rm = prob_fn(texts)
     rm = np.asarray(rm.detach().float().cpu().numpy() if hasattr(rm, "detach") else rm, dtype=float)
@@ -282,12 +268,13 @@ def rescore(samples: list[dict], gold_fn, prob_fn) -> dict:
 # ============================================================================ the run
 
 
-def run(cfg: DemoConfig, *, run_id: str | None = None, progress: bool = True, echo=print) -> Path:
+def run(profile: Profile, *, run_id: str | None = None, progress: bool = True, echo=print) -> Path:
     """Run the demo; returns the report folder ``$RLHF_ARTIFACTS/demo/<run-id>``."""
     import db
     from common.gold import GoldJudge
     from labeling_app.simulate import agreement, simulate
 
+    cfg = profile.demo
     cfg.validate()
     run_id = run_id or new_run_id("demo-")
     out = artifacts_root() / "demo" / run_id
@@ -303,13 +290,12 @@ def run(cfg: DemoConfig, *, run_id: str | None = None, progress: bool = True, ec
         report["gold"] = {k: v for k, v in gold.info.items() if k != "config"}
         echo(f"  gold judge: {gold.info['n_train']} training texts")
     with steps.step("base policy", "reuse or pretrain the base policy"):
-        base, reused = ensure_base_policy(cfg, engine, progress=progress)
+        base, reused = ensure_base_policy(profile, engine, progress=progress)
         report["base_policy"] = {"path": base, "reused": reused}
         echo(f"  {'reusing' if reused else 'pretrained'} {base}")
 
-    pcfg = load_ppo_config(cfg)
-    eval_prompts = prompts_for("test", cfg.n_eval_prompts, seed=cfg.seed + 7)
-    train_prompts = prompts_for("train", pcfg.num_train_prompts, seed=cfg.seed + 11)
+    eval_prompts = prompts_for(profile, "test", cfg.n_eval_prompts, seed=cfg.seed + 7)
+    train_prompts = prompts_for(profile, "train", profile.ppo.num_train_prompts, seed=cfg.seed + 11)
     policy = base
     before_samples: list[dict] | None = None
     last = None
@@ -318,7 +304,7 @@ def run(cfg: DemoConfig, *, run_id: str | None = None, progress: bool = True, ec
         with steps.step(
             f"generate r{r}", f"{cfg.completions_per_round} completions from {Path(policy).name} for labelling"
         ):
-            rnd["completions"] = generate_for_labelling(cfg, engine, policy, r)
+            rnd["completions"] = generate_for_labelling(profile, engine, policy, r)
             echo(f"  wrote {rnd['completions']} completions to the queue")
         with steps.step(
             f"label r{r}",
@@ -334,12 +320,12 @@ def run(cfg: DemoConfig, *, run_id: str | None = None, progress: bool = True, ec
                 f"mean Cohen's kappa {_fmt(agree['mean_kappa'])}"
             )
         with steps.step(f"reward model r{r}", "IMDB seed + the simulated labels"):
-            rm_dir, rm_metrics = train_reward_model(cfg, engine, f"{run_id}-r{r}", progress=progress)
+            rm_dir, rm_metrics = train_reward_model(profile, engine, f"{run_id}-r{r}", progress=progress)
             rnd["reward_model"] = {"path": str(rm_dir), **reward_accuracy(rm_metrics)}
             echo(f"  {rm_dir}: " + _acc_line(rnd["reward_model"]))
         with steps.step(f"ppo r{r}", f"PPO from {Path(policy).name} against the reward model (gold logged beside it)"):
             result, folder = run_ppo(
-                cfg,
+                profile,
                 engine,
                 start_policy=policy,
                 reward_dir=rm_dir,
@@ -357,7 +343,7 @@ def run(cfg: DemoConfig, *, run_id: str | None = None, progress: bool = True, ec
             s = result.summary
             echo(
                 f"  gold {_fmt(s.get('eval/gold_before'))} -> {_fmt(s.get('eval/gold_after'))}, "
-                f"reward-model P(good) {_fmt(s.get('eval/rm_prob_before'))} -> {_fmt(s.get('eval/rm_prob_after'))}, "
+                f"reward-model P(good) {_fmt(s.get('eval/p_good_before'))} -> {_fmt(s.get('eval/p_good_after'))}, "
                 f"KL {_fmt(s.get('eval/kl_after'))} nats; saved {folder}"
             )
         policy = str(folder)
@@ -371,7 +357,7 @@ def run(cfg: DemoConfig, *, run_id: str | None = None, progress: bool = True, ec
             "over-optimisation", f"PPO with KL coefficient {cfg.overopt_kl_coef} against the same reward model"
         ):
             report["overoptimization"] = overoptimization_run(
-                cfg,
+                profile,
                 engine,
                 out,
                 report["rounds"][-1]["policy_in"],
@@ -422,7 +408,7 @@ def run(cfg: DemoConfig, *, run_id: str | None = None, progress: bool = True, ec
 
 
 def overoptimization_run(
-    cfg: DemoConfig,
+    profile: Profile,
     engine,
     out: Path,
     start_policy: str,
@@ -433,17 +419,17 @@ def overoptimization_run(
     progress: bool,
 ) -> dict:
     """A PPO run with (almost) no KL leash: proxy reward keeps rising while gold stalls or falls."""
-    pcfg = load_ppo_config(cfg)
-    steps = cfg.overopt_steps or pcfg.total_steps
-    extra = [
-        f"init_kl_coef={cfg.overopt_kl_coef}",
-        "target=null",
-        "horizon=null",
-        f"total_steps={steps}",
-        f"eval_interval={max(1, min(pcfg.eval_interval, steps // 8 or 1))}",
-    ]
+    cfg = profile.demo
+    steps = cfg.overopt_steps or profile.ppo.total_steps
+    changes = {
+        "init_kl_coef": cfg.overopt_kl_coef,
+        "kl_target": None,
+        "kl_horizon": None,
+        "total_steps": steps,
+        "eval_interval": max(1, min(profile.ppo.eval_interval, steps // 8 or 1)),
+    }
     result, _ = run_ppo(
-        cfg,
+        profile,
         engine,
         start_policy=start_policy,
         reward_dir=rm_dir,
@@ -452,7 +438,7 @@ def overoptimization_run(
         eval_prompts=eval_prompts,
         work_dir=out / "ppo-overopt",
         name="overopt",
-        extra=extra,
+        changes=changes,
         save=False,
         progress=progress,
     )
@@ -468,12 +454,7 @@ def overoptimization_run(
 
 
 def _fmt(x, digits: int = 3) -> str:
-    if x is None:
-        return "n/a"
-    try:
-        return f"{float(x):.{digits}f}"
-    except (TypeError, ValueError):
-        return str(x)
+    return fmt_number(x, digits, missing="n/a")
 
 
 def _acc_line(rm: dict) -> str:
@@ -573,7 +554,7 @@ def report_markdown(report: dict) -> str:
             f"- agreement: mean Cohen's kappa {_fmt(lab['mean_kappa'])}; agreement with gold per labeller {lab['gold_agreement']}",
             f"- reward model `{Path(rm['path']).name}`: {_acc_line(rm)}",
             f"- PPO: {s.get('steps')} steps in {_fmt(s.get('wall_time_s'), 1)} s; eval reward-model P(good) "
-            f"{_fmt(s.get('eval/rm_prob_before'))} -> {_fmt(s.get('eval/rm_prob_after'))}, gold {_fmt(s.get('eval/gold_before'))} -> "
+            f"{_fmt(s.get('eval/p_good_before'))} -> {_fmt(s.get('eval/p_good_after'))}, gold {_fmt(s.get('eval/gold_before'))} -> "
             f"{_fmt(s.get('eval/gold_after'))}, KL to the start policy {_fmt(s.get('eval/kl_after'))} nats, "
             f"distinct-2 {_fmt(s.get('eval/distinct_2_before'))} -> {_fmt(s.get('eval/distinct_2_after'))}",
             "",
@@ -585,7 +566,7 @@ def report_markdown(report: dict) -> str:
             "## Reward hacking (over-optimisation)",
             "",
             f"PPO with KL coefficient {o['kl_coef']} for {o['steps']} steps: reward-model P(good) "
-            f"{_fmt(s.get('eval/rm_prob_before'))} -> {_fmt(s.get('eval/rm_prob_after'))}, gold "
+            f"{_fmt(s.get('eval/p_good_before'))} -> {_fmt(s.get('eval/p_good_after'))}, gold "
             f"{_fmt(s.get('eval/gold_before'))} -> {_fmt(s.get('eval/gold_after'))}, KL {_fmt(s.get('eval/kl_after'))} nats, "
             f"distinct-2 {_fmt(s.get('eval/distinct_2_before'))} -> {_fmt(s.get('eval/distinct_2_after'))} "
             "(samples: `ppo-overopt/samples.md`).",
@@ -607,7 +588,7 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def overoptimization_only(cfg: DemoConfig, run_dir: Path | None = None, *, progress: bool = True, echo=print) -> Path:
+def overoptimization_only(profile: Profile, run_dir: Path | None = None, *, progress: bool = True, echo=print) -> Path:
     """``python -m demo overoptimization``: add the tiny-KL run to an existing demo report
     (the newest one by default), against that run's final reward model and start policy."""
     import db
@@ -628,23 +609,23 @@ def overoptimization_only(cfg: DemoConfig, run_dir: Path | None = None, *, progr
             "--run takes a report folder or a run id under $RLHF_ARTIFACTS/demo/.",
         )
     report = json.loads((run_dir / "report.json").read_text())
+    cfg = profile.demo
     steps = Steps(2, echo)
     engine = db.connect()
     gold = GoldJudge.load_or_fit(cfg.gold)
-    pcfg = load_ppo_config(cfg)
     with steps.step(
         "over-optimisation",
         f"PPO with KL coefficient {cfg.overopt_kl_coef} against {Path(report['final_reward_model']).name}",
     ):
         report["overoptimization"] = overoptimization_run(
-            cfg,
+            profile,
             engine,
             run_dir,
             report["rounds"][-1]["policy_in"],
             Path(report["final_reward_model"]),
             gold.score,
-            prompts_for("train", pcfg.num_train_prompts, seed=cfg.seed + 11),
-            prompts_for("test", cfg.n_eval_prompts, seed=cfg.seed + 7),
+            prompts_for(profile, "train", profile.ppo.num_train_prompts, seed=cfg.seed + 11),
+            prompts_for(profile, "test", cfg.n_eval_prompts, seed=cfg.seed + 7),
             progress,
         )
     with steps.step("report", "update report.md, report.json and plots"):

@@ -25,7 +25,18 @@ class LabelConfig:
         },
     )
     lease_seconds: int = field(
-        default=600, metadata={"help": "how long an item shown to one session is reserved for it"}
+        default=120,
+        metadata={
+            "help": "how long an item shown to one session is reserved for it; renewed every third of that "
+            "while the item is on screen, so a closed tab gives its item back after at most this long"
+        },
+    )
+    min_dwell_ms: int = field(
+        default=300,
+        metadata={
+            "help": "a key press judges an item only after it has been on screen this long, and only as a fresh "
+            "press (a held key judges once); 0 turns the check off"
+        },
     )
     prefetch: int = field(
         default=64,
@@ -39,10 +50,10 @@ class LabelConfig:
         default=True, metadata={"help": "start a background refill automatically when the queue runs low"}
     )
     policy: str = field(
-        default="latest",
+        default="newest_registered",
         metadata={
-            "help": "policy used for refills: 'latest' (newest policy registered in the database, else the "
-            "newest PPO run, else the base policy) or a model folder"
+            "help": "policy used for refills: 'newest_registered' (newest policy registered in the database, else "
+            "the newest PPO run, else the base policy), 'latest' (the newest PPO run), 'base' or a model folder"
         },
     )
 
@@ -53,9 +64,13 @@ class LabelConfig:
             raise ConfigError(f"label.overlap={self.overlap} must be at least 1.", "use 1 (no overlap) or k > 1.")
         if self.lease_seconds < 1:
             raise ConfigError(f"label.lease_seconds={self.lease_seconds} must be positive.", "use e.g. 600.")
+        if not 0 <= self.min_dwell_ms <= 10_000:
+            raise ConfigError(
+                f"label.min_dwell_ms={self.min_dwell_ms} must be between 0 and 10000.", "use e.g. 300 (0 = no check)."
+            )
         if self.prefetch < 0:
             raise ConfigError(f"label.prefetch={self.prefetch} must be >= 0.", "use e.g. 64 (0 turns auto refill off).")
         if self.refill_batch < 1:
             raise ConfigError(f"label.refill_batch={self.refill_batch} must be positive.", "use e.g. 128.")
         if not self.policy.strip():
-            raise ConfigError("label.policy is empty.", "use 'latest' or a model folder.")
+            raise ConfigError("label.policy is empty.", "use 'newest_registered', 'latest' or a model folder.")

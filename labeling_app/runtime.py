@@ -50,19 +50,30 @@ def valid_session_key(key: object) -> bool:
     return isinstance(key, str) and 8 <= len(key) <= 64 and key.isalnum()
 
 
-def resolve_policy(engine, policy: str) -> Path | None:
-    """The policy folder used for refills: 'latest' = the newest policy registered in the database
-    whose folder exists, else the newest PPO run, else the base policy under ``$RLHF_ARTIFACTS``;
-    any other value is a folder. None when there is no policy at all."""
+#: ``label.policy`` value: refill from the newest policy registered in the database.
+NEWEST_REGISTERED = "newest_registered"
+
+
+def refill_policy(engine, policy: str) -> Path | None:
+    """The policy folder used for refills, or None when there is none yet.
+
+    ``newest_registered`` = the newest policy registered in the database whose folder exists, else
+    the newest PPO policy, else the base policy. Any other value (``base``, ``latest`` = the newest
+    PPO policy, a folder) means what it means everywhere: :func:`base_policy.loading.resolve_policy`."""
     import db
     from common.paths import base_policy_dir, policies_dir, resolve_latest
 
-    if policy != "latest":
-        path = Path(policy)
+    if policy != NEWEST_REGISTERED:
+        from base_policy.loading import resolve_policy
+
+        try:
+            path = Path(resolve_policy(policy))
+        except UserError:  # "latest" before the first PPO run
+            return None
         return path if path.is_dir() else None
-    latest = db.latest_model_version(engine, "policy")
-    if latest is not None and Path(latest.path).is_dir():
-        return Path(latest.path)
+    newest = db.latest_model_version(engine, "policy")
+    if newest is not None and Path(newest.path).is_dir():
+        return Path(newest.path)
     ppo = resolve_latest(policies_dir())
     if ppo is not None:
         return ppo
@@ -176,7 +187,7 @@ def maybe_refill(
             return None
         if refiller.recently_tried():
             return refiller.status.message or None
-    policy_path = resolve_policy(engine, cfg.policy)
+    policy_path = refill_policy(engine, cfg.policy)
     if policy_path is None:
         refiller.note(
             "No policy to generate more completions with: run `make base-model` (or `python -m rl_finetune "

@@ -5,7 +5,7 @@ Each simulated labeller works through the queue with the SAME ``db`` functions t
 and judges every item from the gold judge (:mod:`common.gold`), a sentiment classifier the reward
 model never sees:
 
-    p = gold P(positive | prompt + completion)
+    p = gold P(positive | db.shown_text(prompt, completion))   (the text the reward model learns from)
     good = p > threshold + bias          (bias > 0: a harsher labeller, < 0: a more lenient one)
     flip the answer with probability noise; answer 'skip' with probability skip_rate
 
@@ -133,13 +133,6 @@ class SimulationResult:
 # ---------------------------------------------------------------------------- pure decisions
 
 
-def shown_text(prompt: str, completion: str) -> str:
-    """The prompt followed by the completion, as a labeller reads them."""
-    if not prompt or not completion or prompt[-1].isspace() or completion[0].isspace():
-        return prompt + completion
-    return f"{prompt} {completion}"
-
-
 def decision_rng(seed: int, labeler: str, completion_id: int) -> np.random.Generator:
     """A generator that depends only on (seed, labeller, item): order-independent decisions."""
     h = int.from_bytes(hashlib.sha256(labeler.encode()).digest()[:4], "little")
@@ -192,7 +185,7 @@ def simulate(
             if item is None:
                 active.remove(spec)
                 continue
-            p = float(np.asarray(score_fn([shown_text(item.prompt, item.completion)]))[0])
+            p = float(np.asarray(score_fn([db.shown_text(item.prompt, item.completion)]))[0])
             label = decide(p, spec, decision_rng(cfg.seed, spec.name, item.completion_id), cfg.threshold)
             db.record_judgement(
                 engine, labeler_id=ids[spec.name], completion_id=item.completion_id, label=label, seconds=cfg.seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import streamlit as st
@@ -9,6 +10,15 @@ import streamlit as st
 from common.errors import UserError
 from labeling_app import runtime
 from labeling_app.config import LabelConfig
+
+log = logging.getLogger(__name__)
+
+# Said to labellers when the database file went away; the operator's fix goes to the page's
+# "for whoever runs this app" line and to the server log.
+DB_GONE = (
+    "The database this app saves to has gone missing, so nothing more can be saved. "
+    "The judgements you made before this were saved. Please stop here and tell whoever runs this app."
+)
 
 
 @dataclass(frozen=True)
@@ -18,16 +28,34 @@ class Context:
     engine: object
     cfg: LabelConfig
     url: str
+    db_file_id: tuple[int, int] | None = None  # (device, inode) of the SQLite file opened (None: PostgreSQL)
     labeler_id: int | None = None
     labeler_name: str | None = None
 
 
 @st.cache_resource(show_spinner=False)
 def get_engine(url: str):
-    """One engine per database URL for the whole app process (creates a missing SQLite db)."""
+    """One engine per database URL for the whole app process, and the identity (device, inode) of
+    the SQLite file it opened, checked before every write (creates a missing SQLite db)."""
     import db
 
-    return db.connect(url)
+    engine = db.connect(url)
+    return engine, db.database_file_id(engine)
+
+
+def check_database(ctx: Context) -> None:
+    """Raise ``db.DatabaseGone`` when the SQLite file opened is no longer the one at its path."""
+    import db
+
+    db.check_database_file(ctx.engine, ctx.db_file_id)
+
+
+def database_gone_page(err: Exception) -> None:
+    """The labeller's plain message, the operator's recovery, and a stop."""
+    log.error("%s", err)
+    st.error(DB_GONE, icon="⚠️")
+    st.caption(f"For whoever runs this app: {getattr(err, 'fix', '') or err}")
+    st.stop()
 
 
 @st.cache_resource(show_spinner=False)
@@ -72,15 +100,29 @@ def bootstrap() -> Context:
     except UserError as err:
         error_page("Database error", str(err))
     try:
-        engine = get_engine(url)
+        engine, file_id = get_engine(url)
     except UserError as err:
         error_page("Database error", f"Cannot open the database at {_safe_url(url)}: {err}")
     except Exception as err:  # an unexpected driver error still gets a page, not a traceback
+        log.exception("cannot open the database at %s", _safe_url(url))
         error_page("Database error", f"Cannot open the database at {_safe_url(url)}: {type(err).__name__}: {err}")
     state = st.session_state
-    return Context(
-        engine=engine, cfg=cfg, url=url, labeler_id=state.get("labeler_id"), labeler_name=state.get("labeler_name")
+    ctx = Context(
+        engine=engine,
+        cfg=cfg,
+        url=url,
+        db_file_id=file_id,
+        labeler_id=state.get("labeler_id"),
+        labeler_name=state.get("labeler_name"),
     )
+    import db
+
+    try:
+        check_database(ctx)
+    except db.DatabaseGone as err:
+        st.title("The database is gone")
+        database_gone_page(err)
+    return ctx
 
 
 def _safe_url(url: str) -> str:
@@ -101,13 +143,18 @@ def sign_in(ctx: Context, name: str, token: str | None) -> str | None:
     import db
 
     try:
+        check_database(ctx)
         labeler_id = db.get_or_create_labeler(ctx.engine, name)
+    except db.DatabaseGone as err:
+        log.error("%s", err)
+        return DB_GONE
     except UserError as err:
-        return str(err)
+        return f"That name cannot be used: {err.problem} Please {err.fix}" if err.fix else str(err)
+    shown = db.validate_labeler_name(name)
     st.session_state.labeler_id = labeler_id
-    st.session_state.labeler_name = name.strip()
+    st.session_state.labeler_name = shown
     st.session_state.token_ok = True
-    st.query_params[runtime.LABELER_PARAM] = name.strip()
+    st.query_params[runtime.LABELER_PARAM] = shown
     return None
 
 
@@ -118,7 +165,11 @@ def try_resume_sign_in(ctx: Context) -> bool:
     name = st.query_params.get(runtime.LABELER_PARAM)
     if not name or runtime.required_token() is not None:
         return False
-    return sign_in(ctx, name, None) is None
+    problem = sign_in(ctx, name, None)
+    if problem:  # shown on the sign-in form: a refused name in the URL is never silent
+        st.session_state.sign_in_problem = problem
+        return False
+    return True
 
 
 def sign_out(ctx: Context) -> None:
@@ -128,7 +179,19 @@ def sign_out(ctx: Context) -> None:
     key = st.session_state.get("session_key")
     if ctx.labeler_id is not None and key:
         db.release_leases(ctx.engine, ctx.labeler_id, key)
-    for name in ("labeler_id", "labeler_name", "token_ok", "item", "undo_stack", "counts", "session_key", "flash"):
+    for name in (
+        "labeler_id",
+        "labeler_name",
+        "token_ok",
+        "item",
+        "undo_stack",
+        "counts",
+        "session_key",
+        "flash",
+        "gate",
+        "comeback",
+        "last_action",
+    ):
         st.session_state.pop(name, None)
     st.query_params.clear()
 

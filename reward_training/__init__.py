@@ -1,4 +1,4 @@
-"""The reward model: an IMDB-seeded sequence classifier learned from the human judgements.
+"""Stage 3, the reward model: an IMDB-seeded sequence classifier learned from the human judgements.
 
 - ``train(cfg, engine) -> Path``: seed on IMDB snippets (cached), fine-tune on the labels, evaluate, save.
 - ``load_reward_fn(path, kind=...) -> Callable[[list[str]], torch.Tensor]``: scores for PPO.

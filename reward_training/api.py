@@ -146,11 +146,6 @@ def score_completions(engine, path: str | Path | None = None, *, limit: int = 50
     if not items:
         return 0
     reward_fn = load_reward_fn(folder, kind="prob", batch_size=batch_size)
-    probs = reward_fn([join_text(it.prompt, it.completion) for it in items]).tolist()
+    probs = reward_fn([db.shown_text(it.prompt, it.completion) for it in items]).tolist()
     db.set_reward_scores(engine, {it.completion_id: float(p) for it, p in zip(items, probs)}, version.id)
     return len(items)
-
-
-def join_text(prompt: str, completion: str) -> str:
-    """Prompt + completion as the labeller sees it (the same text as ``db.LabelledExample.text``)."""
-    return prompt + completion

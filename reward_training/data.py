@@ -135,7 +135,7 @@ def human_examples(records: Iterable[Any]) -> list[Example]:
 
 
 def load_human_examples(engine, combine: str = "majority") -> list[Example]:
-    """The combined human judgements from the database (skips excluded, text = prompt + completion as shown)."""
+    """The combined human judgements from the database (skips excluded, text = ``db.shown_text``)."""
     import db
 
     return human_examples(db.labelled_dataset(engine, combine=combine))

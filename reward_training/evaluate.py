@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.fmt import MISSING
+
 log = logging.getLogger(__name__)
 
 EPS = 1e-7
@@ -91,7 +93,7 @@ def accuracy_difference(
 def fmt_difference(d: dict | None) -> str:
     """'+4.9 points (95% CI +2.0 to +7.8, n=1000)' (each part when present) or '–'."""
     if not d or not isinstance(d.get("points"), (int, float)):
-        return "–"
+        return MISSING
     inside = []
     ci = d.get("ci95")
     if isinstance(ci, (list, tuple)) and len(ci) == 2:

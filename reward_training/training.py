@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import torch
 
 from common.config import to_dict
 from common.errors import UserError
+from common.fmt import fmt_number
 from common.paths import artifacts_root, atomic_dir, new_run_id, reward_models_dir, write_json, write_latest
 from reward_training import data as D
 from reward_training.config import RewardConfig, seed_cache_key
@@ -64,10 +65,10 @@ def seed_phase(
 ) -> SeedResult:
     """The backbone after the IMDB seed phase, from the cache when the seed config is unchanged.
 
-    With ``seed: skip`` the backbone is returned as it is (it is already an IMDB classifier).
+    With ``seed_mode: skip`` the backbone is returned as it is (it is already an IMDB classifier).
     """
     backbone = cfg.backbone_or_default
-    if cfg.seed == "skip":
+    if cfg.seed_mode == "skip":
         model, tok = load_backbone(backbone, freeze_embeddings=cfg.freeze_embeddings)
         return SeedResult(model, tok, {"skipped": True, "backbone": backbone})
     folder = (cache_root or seed_cache_root()) / seed_cache_key(cfg, data_cfg)
@@ -168,6 +169,187 @@ def human_phase(
 # ----------------------------------------------------------------------------- the run
 
 
+def load_human_labels(cfg: RewardConfig, engine, examples: Sequence | None) -> list[D.Example]:
+    """The human labels: ``examples`` when given, else the combined judgements in the database."""
+    if examples is not None:
+        return D.human_examples(examples)
+    return D.load_human_examples(engine, cfg.combine)
+
+
+def split_human_labels(
+    human: Sequence[D.Example], cfg: RewardConfig, *, require_labels: bool
+) -> tuple[list[D.Example], list[D.Example]]:
+    """(train, held-out) human labels, after checking there are two classes (or none, which gives
+    the seed-only model unless ``require_labels``); warns when the held-out part is small."""
+    if not human:
+        if require_labels:
+            raise UserError(
+                "there are no human labels in the database yet (--require-labels was given).",
+                "label some completions first (`make label`), or drop --require-labels for the seed-only model.",
+            )
+        log.warning(
+            "no human labels yet: training the SEED-ONLY model (IMDB sentiment stands in for the labellers). "
+            "Label completions with `make label` and train again to learn what your labellers want."
+        )
+        return [], []
+    D.check_two_classes(human)
+    human_train, human_heldout = D.split_heldout(human, cfg.heldout_fraction, cfg.random_seed)
+    if len(human_heldout) < cfg.min_heldout:
+        log.warning(
+            "only %d held-out human labels (of %d): the human metrics below are rough; "
+            "label more for a trustworthy estimate (reward.min_heldout=%d).",
+            len(human_heldout),
+            len(human),
+            cfg.min_heldout,
+        )
+    return human_train, human_heldout
+
+
+def make_scorer(model, tok, cfg: RewardConfig, *, progress: bool = True) -> Callable[[list[str]], np.ndarray]:
+    """``texts -> P(good)`` with the evaluation settings of ``cfg`` (the model as it is when called)."""
+
+    def score(texts: list[str]) -> np.ndarray:
+        return predict_proba(
+            model,
+            tok,
+            texts,
+            max_length=cfg.max_length,
+            batch_size=cfg.eval_batch_size,
+            bf16=cfg.bf16,
+            progress=progress,
+        )
+
+    return score
+
+
+def run_human_phase(
+    model,
+    tok,
+    cfg: RewardConfig,
+    train: Sequence[D.Example],
+    heldout: Sequence[D.Example],
+    seed_pool: Sequence[D.Example],
+    *,
+    progress: bool = True,
+) -> FitResult | None:
+    """:func:`human_phase` when there are human training labels (else ``None``), with a warning
+    when no epoch beat the seed model on the held-out labels."""
+    if not train:
+        return None
+    fit_result = human_phase(model, tok, cfg, train, heldout, seed_pool, progress=progress)
+    if fit_result.best_epoch == 0:
+        log.warning(
+            "the human phase did not lower the held-out human log-loss below the seed model's "
+            "(%.4f): keeping the seed weights. More labels, or labels that differ from sentiment, "
+            "give it something to learn.",
+            fit_result.evals[0]["loss"],
+        )
+    return fit_result
+
+
+def evaluate_sets(
+    score: Callable[[list[str]], np.ndarray], sets: dict[str, Sequence[D.Example]]
+) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """P(good) and :func:`binary_metrics` on each non-empty evaluation set."""
+    predicted = {name: score([e.text for e in exs]) for name, exs in sets.items() if exs}
+    return predicted, {name: binary_metrics([e.label for e in sets[name]], p) for name, p in predicted.items()}
+
+
+def compare_with_tfidf(
+    cfg: RewardConfig,
+    sets: dict[str, Sequence[D.Example]],
+    predicted: dict[str, np.ndarray],
+    base_train: Sequence[D.Example],
+) -> tuple[dict, dict]:
+    """The TF-IDF baseline fitted on ``base_train``: its metrics on each evaluation set, and the
+    model's accuracy minus the baseline's with a paired bootstrap interval. Empty when
+    ``cfg.baseline`` is off or ``base_train`` has one class."""
+    tfidf: dict = {}
+    diffs: dict = {}
+    if not cfg.baseline or len({e.label > 0.5 for e in base_train}) != 2:
+        return tfidf, diffs
+    baseline = TfidfBaseline(seed=cfg.random_seed).fit([e.text for e in base_train], [e.label for e in base_train])
+    for name, exs in sets.items():
+        if exs:
+            y = [e.label for e in exs]
+            p_base = baseline.predict_proba([e.text for e in exs])
+            tfidf[name] = binary_metrics(y, p_base)
+            diffs[name] = accuracy_difference(y, predicted[name], p_base, seed=cfg.random_seed)
+    return tfidf, diffs
+
+
+def data_counts(
+    cfg: RewardConfig,
+    human: Sequence[D.Example],
+    human_train: Sequence[D.Example],
+    human_heldout: Sequence[D.Example],
+    seed_examples: Sequence[D.Example],
+    imdb_eval: Sequence[D.Example],
+) -> dict:
+    """How many examples of each kind the run used (the ``counts`` of ``metrics.json``)."""
+    return {
+        "human_total": D.label_counts(human),
+        "human_train": D.label_counts(human_train),
+        "human_heldout": D.label_counts(human_heldout),
+        "seed_snippets": len(seed_examples) if cfg.seed_mode == "train" else 0,
+        "seed_mixed_into_human_phase": min(int(round(len(human_train) * cfg.mix_seed_ratio)), len(seed_examples))
+        if human_train
+        else 0,
+        "imdb_eval_snippets": len(imdb_eval),
+    }
+
+
+def log_evaluation(metrics: dict, names: Sequence[str]) -> None:
+    for name in names:
+        if name in metrics["model"]:
+            log.info(
+                "%s: model %s | tfidf %s | model - tfidf accuracy: %s",
+                name,
+                short(metrics["model"][name]),
+                short(metrics["tfidf"].get(name, {})),
+                fmt_difference(metrics["model_minus_tfidf"].get(name)),
+            )
+
+
+def write_plots(folder: Path, metrics: dict, names: Sequence[str], phase_losses: dict[str, list[float]]) -> None:
+    """``calibration.png``, ``training_loss.png`` and (with a learning curve) ``learning_curve.png``."""
+    plot_calibration(
+        folder / "calibration.png",
+        {f"{m} on {s}": metrics[m].get(s) for m in ("model", "tfidf") for s in names if metrics[m].get(s)},
+    )
+    plot_losses(folder / "training_loss.png", phase_losses)
+    if metrics.get("learning_curve"):
+        plot_learning_curve(folder / "learning_curve.png", metrics["learning_curve"])
+
+
+def save_run(
+    model, tok, cfg: RewardConfig, metrics: dict, run_id: str, *, names: Sequence[str], phase_losses: dict
+) -> Path:
+    """Write ``reward_models/<run_id>`` atomically (weights, metrics, plots, card) and point ``latest`` at it."""
+    parent = reward_models_dir()
+    final = parent / run_id
+    with atomic_dir(final) as tmp:
+        save_model(model, tok, cfg, tmp)
+        write_json(tmp / "metrics.json", metrics)
+        if cfg.plots:
+            write_plots(tmp, metrics, names, phase_losses)
+        (tmp / "README.md").write_text(model_card(run_id, cfg, metrics))
+    write_latest(parent, run_id)
+    log.info("reward model saved to %s (%s)", final, "seed-only" if metrics["seed_only"] else "seed + human labels")
+    return final
+
+
+def register_run(engine, folder: Path, metrics: dict) -> int:
+    """Record the saved reward model as a model version in the database; returns its id."""
+    import db
+
+    version = db.register_model_version(
+        engine, kind="reward", name=folder.name, path=str(folder.resolve()), metrics=headline(metrics)
+    )
+    log.info("registered as reward model version %s", version)
+    return version
+
+
 def train(
     cfg: RewardConfig,
     engine=None,
@@ -190,152 +372,56 @@ def train(
 
     started = time.perf_counter()
     data_cfg = data_cfg or load_config(DataConfig, "data")
-    if examples is None:
-        if engine is None:
-            import db
+    if examples is None and engine is None:
+        import db
 
-            engine = db.connect()
-        human = D.load_human_examples(engine, cfg.combine)
-    else:
-        human = D.human_examples(examples)
+        engine = db.connect()
 
     # 1. the human labels: check, split (the held-out part is never trained on)
-    if not human:
-        if require_labels:
-            raise UserError(
-                "there are no human labels in the database yet (--require-labels was given).",
-                "label some completions first (`make label`), or drop --require-labels for the seed-only model.",
-            )
-        log.warning(
-            "no human labels yet: training the SEED-ONLY model (IMDB sentiment stands in for the labellers). "
-            "Label completions with `make label` and train again to learn what your labellers want."
-        )
-    else:
-        D.check_two_classes(human)
-    human_train, human_heldout = D.split_heldout(human, cfg.heldout_fraction, cfg.random_seed) if human else ([], [])
-    if human and len(human_heldout) < cfg.min_heldout:
-        log.warning(
-            "only %d held-out human labels (of %d): the human metrics below are rough; "
-            "label more for a trustworthy estimate (reward.min_heldout=%d).",
-            len(human_heldout),
-            len(human),
-            cfg.min_heldout,
-        )
+    human = load_human_labels(cfg, engine, examples)
+    human_train, human_heldout = split_human_labels(human, cfg, require_labels=require_labels)
 
     # 2. IMDB snippets: seed training set and held-out evaluation set
     seed_examples, imdb_eval = D.seed_and_eval_snippets(cfg, data_cfg)
+    sets = {"human_heldout": human_heldout, "imdb_snippets": imdb_eval}
 
     # 3. phase 1: seed on IMDB (cached), then phase 2: the human labels
     seed = seed_phase(cfg, data_cfg, seed_examples, progress=progress)
     model, tok = seed.model, seed.tok
     seed_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if learning_curve else None
-    metrics: dict = {"counts": {}, "model": {}, "tfidf": {}, "seed_model": {}, "model_minus_tfidf": {}}
-
-    def score(texts):
-        return predict_proba(
-            model,
-            tok,
-            texts,
-            max_length=cfg.max_length,
-            batch_size=cfg.eval_batch_size,
-            bf16=cfg.bf16,
-            progress=progress,
-        )
-
-    if human_heldout:
-        metrics["seed_model"]["human_heldout"] = binary_metrics(
-            [e.label for e in human_heldout], score([e.text for e in human_heldout])
-        )
-    human_fit = None
-    if human_train:
-        human_fit = human_phase(model, tok, cfg, human_train, human_heldout, seed_examples, progress=progress)
-        if human_fit.best_epoch == 0:
-            log.warning(
-                "the human phase did not lower the held-out human log-loss below the seed model's "
-                "(%.4f): keeping the seed weights. More labels, or labels that differ from sentiment, "
-                "give it something to learn.",
-                human_fit.evals[0]["loss"],
-            )
+    score = make_scorer(model, tok, cfg, progress=progress)
+    _, seed_model = evaluate_sets(score, {"human_heldout": human_heldout})  # before phase 2 changes the model
+    human_fit = run_human_phase(model, tok, cfg, human_train, human_heldout, seed_examples, progress=progress)
 
     # 4. evaluation: the model and the TF-IDF baseline, on held-out human labels and IMDB snippets
-    sets = {"human_heldout": human_heldout, "imdb_snippets": imdb_eval}
-    predicted = {name: score([e.text for e in exs]) for name, exs in sets.items() if exs}
-    for name, exs in sets.items():
-        if exs:
-            metrics["model"][name] = binary_metrics([e.label for e in exs], predicted[name])
-    if cfg.baseline:
-        base_train = list(seed_examples if cfg.seed == "train" else []) + list(human_train)
-        if len({e.label > 0.5 for e in base_train}) == 2:
-            baseline = TfidfBaseline(seed=cfg.random_seed).fit(
-                [e.text for e in base_train], [e.label for e in base_train]
-            )
-            for name, exs in sets.items():
-                if exs:
-                    y = [e.label for e in exs]
-                    p_base = baseline.predict_proba([e.text for e in exs])
-                    metrics["tfidf"][name] = binary_metrics(y, p_base)
-                    metrics["model_minus_tfidf"][name] = accuracy_difference(
-                        y, predicted[name], p_base, seed=cfg.random_seed
-                    )
-    metrics["counts"] = {
-        "human_total": D.label_counts(human),
-        "human_train": D.label_counts(human_train),
-        "human_heldout": D.label_counts(human_heldout),
-        "seed_snippets": len(seed_examples) if cfg.seed == "train" else 0,
-        "seed_mixed_into_human_phase": min(int(round(len(human_train) * cfg.mix_seed_ratio)), len(seed_examples))
-        if human_train
-        else 0,
-        "imdb_eval_snippets": len(imdb_eval),
+    predicted, model_metrics = evaluate_sets(score, sets)
+    base_train = list(seed_examples if cfg.seed_mode == "train" else []) + list(human_train)
+    tfidf, diffs = compare_with_tfidf(cfg, sets, predicted, base_train)
+    metrics: dict = {
+        "counts": data_counts(cfg, human, human_train, human_heldout, seed_examples, imdb_eval),
+        "model": model_metrics,
+        "tfidf": tfidf,
+        "seed_model": seed_model,
+        "model_minus_tfidf": diffs,
+        "seed_phase": {k: v for k, v in seed.info.items() if k != "losses"},
+        "human_phase": human_fit.summary() if human_fit else None,
+        "seed_only": not human_train,
+        "combine": cfg.combine,
+        "config": to_dict(cfg),
+        "data_config": to_dict(data_cfg),
     }
-    metrics["seed_phase"] = {k: v for k, v in seed.info.items() if k != "losses"}
-    metrics["human_phase"] = human_fit.summary() if human_fit else None
-    metrics["seed_only"] = not human_train
-    metrics["combine"] = cfg.combine
-    metrics["config"] = to_dict(cfg)
-    metrics["data_config"] = to_dict(data_cfg)
     if learning_curve:
         metrics["learning_curve"] = run_learning_curve(
             cfg, seed_state, human_train, human_heldout, seed_examples, progress=progress
         )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
-    for name in sets:
-        if name in metrics["model"]:
-            log.info(
-                "%s: model %s | tfidf %s | model - tfidf accuracy: %s",
-                name,
-                short(metrics["model"][name]),
-                short(metrics["tfidf"].get(name, {})),
-                fmt_difference(metrics["model_minus_tfidf"].get(name)),
-            )
+    log_evaluation(metrics, list(sets))
 
     # 5. save atomically, point `latest` at it, register it
-    run_id = run_id or new_run_id()
-    parent = reward_models_dir()
-    final = parent / run_id
-    with atomic_dir(final) as tmp:
-        save_model(model, tok, cfg, tmp)
-        write_json(tmp / "metrics.json", metrics)
-        if cfg.plots:
-            plot_calibration(
-                tmp / "calibration.png",
-                {f"{m} on {s}": metrics[m].get(s) for m in ("model", "tfidf") for s in sets if metrics[m].get(s)},
-            )
-            plot_losses(
-                tmp / "training_loss.png",
-                {"seed phase": seed.losses, "human phase": human_fit.losses if human_fit else []},
-            )
-            if learning_curve and metrics["learning_curve"]:
-                plot_learning_curve(tmp / "learning_curve.png", metrics["learning_curve"])
-        (tmp / "README.md").write_text(model_card(run_id, cfg, metrics))
-    write_latest(parent, run_id)
-    log.info("reward model saved to %s (%s)", final, "seed-only" if metrics["seed_only"] else "seed + human labels")
+    phase_losses = {"seed phase": seed.losses, "human phase": human_fit.losses if human_fit else []}
+    final = save_run(model, tok, cfg, metrics, run_id or new_run_id(), names=list(sets), phase_losses=phase_losses)
     if register and engine is not None:
-        import db
-
-        version = db.register_model_version(
-            engine, kind="reward", name=run_id, path=str(final.resolve()), metrics=headline(metrics)
-        )
-        log.info("registered as reward model version %s", version)
+        register_run(engine, final, metrics)
     return final
 
 
@@ -455,12 +541,6 @@ def run_learning_curve(
 # ----------------------------------------------------------------------------- model card
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
 def model_card(run_id: str, cfg: RewardConfig, metrics: dict) -> str:
     c = metrics["counts"]
     lines = [
@@ -516,8 +596,8 @@ def model_card(run_id: str, cfg: RewardConfig, metrics: dict) -> str:
             m = metrics.get(who, {}).get(name)
             if m:
                 lines.append(
-                    f"| {name} | {label} | {m['n']} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('roc_auc'))} | "
-                    f"{_fmt(m.get('log_loss'))} | {_fmt(m.get('ece'))} |"
+                    f"| {name} | {label} | {m['n']} | {fmt_number(m.get('accuracy'))} | {fmt_number(m.get('roc_auc'))} | "
+                    f"{fmt_number(m.get('log_loss'))} | {fmt_number(m.get('ece'))} |"
                 )
     diffs = metrics.get("model_minus_tfidf") or {}
     if any(diffs.values()):

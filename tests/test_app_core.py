@@ -219,3 +219,44 @@ def test_cli_help_and_bad_port(capsys):
     assert "--port 70000" in capsys.readouterr().err
     args = streamlit_args(8765, "127.0.0.1")
     assert args[args.index("--server.port") + 1] == "8765" and args[3] == "run"
+
+
+# ---------------------------------------------------------------------------- key integrity (labeling_app.keys)
+
+
+def test_key_gate_held_key_judges_once():
+    """A key held down: one press, 500 ms of nothing (the OS's repeat delay), then one repeat every 33 ms."""
+    from labeling_app.keys import KeyGate
+
+    gate = KeyGate(min_dwell=0.3)
+    shown = -1.0  # the first item has been on screen for a second
+    first = gate.press("good", now=0.0, shown_at=shown)
+    assert first.accept
+    shown = 0.06  # the next item is drawn
+    verdicts = [gate.press("good", now=0.5 + 0.033 * i, shown_at=shown) for i in range(30)]
+    assert verdicts[0].accept  # the first repeat looks like a press...
+    assert verdicts[1].retract and not verdicts[1].accept  # ...until the next one 33 ms later: taken back
+    assert not any(v.accept or v.retract for v in verdicts[2:])
+    assert {v.reason for v in verdicts[1:]} == {"held"}
+    # released, then pressed again: a fresh press counts
+    assert gate.press("good", now=0.5 + 0.033 * 30 + 0.4, shown_at=shown).accept
+
+
+def test_key_gate_dwell_and_stale_presses():
+    from labeling_app.keys import KeyGate
+
+    gate = KeyGate(min_dwell=0.3)
+    assert gate.press("bad", now=10.1, shown_at=10.0).reason == "too_soon"
+    assert gate.press("bad", now=10.5, shown_at=10.0).accept
+    assert gate.press("skip", now=11.0, shown_at=10.6, current=False).reason == "stale"
+    assert gate.press("good", now=11.0, shown_at=10.6).accept  # another key is its own press
+    off = KeyGate(min_dwell=0.0)  # 0 turns the gate off
+    assert all(off.press("good", now=i * 0.01, shown_at=i * 0.01).accept for i in range(5))
+
+
+def test_key_gate_fast_taps_give_one_action():
+    from labeling_app.keys import KeyGate
+
+    gate = KeyGate(min_dwell=0.3)
+    verdicts = [gate.press("undo", now=5.0 + 0.06 * i, shown_at=0.0) for i in range(5)]  # 60 ms apart
+    assert verdicts[0].accept and not any(v.accept or v.retract for v in verdicts[1:])

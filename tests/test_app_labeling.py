@@ -17,6 +17,23 @@ TIMEOUT = 60
 NASTY = "<script>alert('x')</script> **bold** [link](http://x) <b>tag</b> # not a heading"
 
 
+def profile(tmp_path: Path, **label) -> Path:
+    """A copy of the smoke profile with ``label`` settings changed."""
+    import yaml
+
+    cfg = yaml.safe_load(Path(harness.__file__).resolve().parents[2].joinpath("configs", "smoke.yaml").read_text())
+    cfg["label"].update(label)
+    out = tmp_path / "profile.yaml"
+    out.write_text(yaml.safe_dump(cfg))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_dwell(smoke_env, tmp_path, monkeypatch):
+    """AppTest clicks come faster than any person: tests that check the dwell time turn it back on."""
+    monkeypatch.setenv("RLHF_CONFIG", str(profile(tmp_path, min_dwell_ms=0)))
+
+
 def seed(url: str, n: int = 5, texts: list[str] | None = None) -> list[int]:
     engine = db.connect(url)
     texts = texts or [f" and it was number {i}, a fine film." for i in range(n)]
@@ -109,16 +126,19 @@ def test_undo_restores_the_item(smoke_env):
     first = shown_id(at)
     at.button(key=f"good-{first}").click().run()
     assert len(judgements(url)) == 1
-    at.button(key="undo").click().run()
+    second = shown_id(at)
+    at.button(key=f"undo-{second}").click().run()
     assert not at.exception
     assert judgements(url) == []
     assert shown_id(at) == first
+    assert any(f"Undone #{first} (was good)" in i.value for i in at.info)
     at.button(key=f"bad-{first}").click().run()
     assert judgements(url) == [(first, "alice", "bad")]
-    at.button(key="undo").click().run()
-    at.button(key="undo").click().run()  # nothing left to undo: a message, no error
+    assert shown_id(at) == second  # the item on screen before the undo comes back next
+    at.button(key=f"undo-{second}").click().run()
+    at.button(key=f"undo-{first}").click().run()  # nothing left to undo: a message, no error
     assert not at.exception
-    assert any("Nothing to undo" in c.value for c in at.caption)
+    assert any("Nothing to undo" in i.value for i in at.info)
 
 
 def test_empty_queue_message(smoke_env):
@@ -127,8 +147,8 @@ def test_empty_queue_message(smoke_env):
     assert not at.exception
     assert any("Nothing left for you to label" in s.value for s in at.success)
     assert shown_id(at) is None
-    # no policy exists: the refill degrades to a message instead of failing
-    assert any("No policy to generate" in c.value for c in at.caption)
+    # no policy exists: the refill degrades to a log line; the labeller is given no operator's command
+    assert not any("python -m" in c.value or "make " in c.value for c in at.caption)
 
 
 def test_queue_runs_out_after_last_item(smoke_env):
@@ -275,10 +295,73 @@ def test_label_flow_on_both_backends(smoke_env, monkeypatch, backend_url):
     at.button(key=f"good-{first}").click().run()
     second = shown_id(at)
     at.button(key=f"bad-{second}").click().run()
-    at.button(key="undo").click().run()
+    at.button(key=f"undo-{shown_id(at)}").click().run()
     assert shown_id(at) == second
     at.button(key=f"skip-{second}").click().run()
     assert not at.exception, at.exception
     assert judgements(backend_url) == sorted([(first, "alice", "good"), (second, "alice", "skip")])
     at.switch_page("views/stats.py").run()
     assert not at.exception, at.exception
+
+
+def test_a_press_too_soon_is_ignored_with_feedback(smoke_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_CONFIG", str(profile(tmp_path, min_dwell_ms=5000)))
+    url = smoke_env["db_url"]
+    seed(url, 2)
+    at = start()
+    cid = shown_id(at)
+    at.button(key=f"good-{cid}").click().run()
+    assert not at.exception
+    assert shown_id(at) == cid and judgements(url) == []
+    assert any("Too quick" in w.value for w in at.warning)
+
+
+def test_a_refused_name_in_the_url_shows_why(smoke_env):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["u"] = "\u0430lice"  # a Cyrillic a among Latin letters
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Sign in to label"
+    assert any("alphabets" in e.value for e in at.error)
+
+
+def test_names_differing_in_case_are_one_labeller(smoke_env):
+    seed(smoke_env["db_url"], 2)
+    start("alice")
+    at = start("Alice")
+    assert not at.exception
+    assert db.stats(db.connect(smoke_env["db_url"]))["labelers"] == 1
+
+
+def test_a_duplicated_tab_cannot_overwrite(smoke_env):
+    url = smoke_env["db_url"]
+    seed(url, 4)
+    one = start()
+    key = one.query_params["s"]
+    two = AppTest.from_file(APP, default_timeout=TIMEOUT)  # the full URL copied into a second tab
+    two.query_params["u"] = "alice"
+    two.query_params["s"] = key
+    two.run()
+    shown = shown_id(one)
+    assert shown_id(two) == shown
+    one.button(key=f"good-{shown}").click().run()
+    two.button(key=f"bad-{shown}").click().run()  # the stale tab
+    assert not two.exception
+    assert judgements(url) == [(shown, "alice", "good")]
+    assert any("already judged" in w.value for w in two.warning)
+    assert shown_id(two) != shown
+
+
+def test_a_deleted_database_stops_writing_and_says_so(smoke_env):
+    url = smoke_env["db_url"]
+    seed(url, 3)
+    at = start()
+    cid = shown_id(at)
+    moved = smoke_env["db_file"].with_name("moved.sqlite")
+    smoke_env["db_file"].rename(moved)
+    at.button(key=f"good-{cid}").click().run()
+    assert not at.exception
+    assert any("gone missing" in e.value for e in at.error)
+    assert any("put the database file back" in c.value for c in at.caption)  # the operator's recovery
+    assert not smoke_env["db_file"].exists()  # nothing was written elsewhere
+    assert moved.exists()

@@ -277,15 +277,15 @@ CLI_CASES = [
         "target-without-horizon",
         "ppo",
         "rl_finetune",
-        lambda e: ["ppo", "--set", "target=6", "--set", "horizon=null"],
-        ("ppo.target", "horizon"),
+        lambda e: ["ppo", "--set", "kl_target=6", "--set", "kl_horizon=null"],
+        ("ppo.kl_target", "kl_horizon"),
     ),
     Case(
         "batch-not-dividing-rollouts",
         "ppo",
         "rl_finetune",
-        lambda e: ["ppo", "--set", "num_rollouts=5", "--set", "batch_size=2"],
-        ("multiple of", "batch_size"),
+        lambda e: ["ppo", "--set", "num_rollouts=5", "--set", "minibatch_size=2"],
+        ("multiple of", "minibatch_size"),
     ),
     Case(
         "missing-profile-file",
@@ -448,8 +448,8 @@ def _ppo_cfg(**over):
     base = {
         "total_steps": 1,
         "num_rollouts": 2,
-        "chunk_size": 2,
-        "batch_size": 2,
+        "generation_batch_size": 2,
+        "minibatch_size": 2,
         "ppo_epochs": 1,
         "gen_kwargs": {"max_new_tokens": 4},
         "eval_interval": 0,
@@ -475,6 +475,7 @@ LIB_CASES = {
 
 @pytest.mark.parametrize("case", list(LIB_CASES), ids=list(LIB_CASES))
 def test_ppo_reward_fn_and_prompt_errors(case: str, env: Env):
+    from base_policy.loading import load_policy
     from common.errors import UserError
     from rl_finetune.ppo import train
 
@@ -482,7 +483,9 @@ def test_ppo_reward_fn_and_prompt_errors(case: str, env: Env):
     kwargs = {"reward_fn": lambda texts: [0.0] * len(texts), "prompts": ["This movie was", "I hated"], **make(env)}
     before = snapshot(env)
     with pytest.raises(UserError) as info:
-        train(str(env.policy), kwargs["reward_fn"], kwargs["prompts"], _ppo_cfg(), work_dir=env.root / "work")
+        train(
+            load_policy(str(env.policy)), kwargs["reward_fn"], kwargs["prompts"], _ppo_cfg(), work_dir=env.root / "work"
+        )
     msg = str(info.value)
     assert "\n" not in msg and " Fix: " in msg, msg
     for word in expect:
@@ -494,14 +497,16 @@ def test_labeller_name_validation(env: Env):
     from common.errors import UserError
 
     engine = env.engine()
-    for bad in ["", "   ", "x" * 65, "tab\there", "bell\x07", "new\nline"]:
+    for bad in ["", "   ", "x" * 65, "tab\there", "bell\x07", "new\nline", "\u0430lice", "Zoë שלום"]:
         with pytest.raises(UserError) as info:
             db.get_or_create_labeler(engine, bad)
         assert "\n" not in str(info.value) and " Fix: " in str(info.value)
     assert db.stats(engine)["labelers"] == 0
-    who = db.get_or_create_labeler(engine, "  Zoë 🎬 שלום  ")  # unicode, emoji, RTL: fine, stripped
-    assert db.get_or_create_labeler(engine, "Zoë 🎬 שלום") == who
-    assert db.stats(engine)["per_labeler"] == {} and db.stats(engine)["labelers"] == 1
+    who = db.get_or_create_labeler(engine, "  Zoë 🎬  ")  # unicode and emoji: fine, stripped
+    assert db.get_or_create_labeler(engine, "Zoë 🎬") == who
+    assert db.get_or_create_labeler(engine, "ZOË 🎬") == who  # compared case-insensitively
+    assert db.get_or_create_labeler(engine, "שלום 🎬") != who  # one script (RTL) is fine
+    assert db.stats(engine)["per_labeler"] == {} and db.stats(engine)["labelers"] == 2
     engine.dispose()
 
 
@@ -514,7 +519,7 @@ def test_labeller_name_validation(env: Env):
     ids=["unicode-emoji-rtl", "html-markdown-script", "100kB-completion", "whitespace"],
 )
 def test_unusual_completions_are_stored_and_exported_verbatim(env: Env, text: str, capsys):
-    ids = add_items(env, [text], ["good"], labeler="Zoë 🎬 שלום")
+    ids = add_items(env, [text], ["good"], labeler="Zoë 🎬")
     engine = env.engine()
     assert db.get_item(engine, ids[0]).completion == text
     assert [e.completion for e in db.labelled_dataset(engine)] == [text]
@@ -529,7 +534,7 @@ def test_unusual_completions_are_stored_and_exported_verbatim(env: Env, text: st
             with open(dest, newline="", encoding="utf-8") as fh:
                 rows = list(csv.DictReader(fh))
         assert rows[0]["completion"] == text
-        assert rows[0]["labeler"] == "Zoë 🎬 שלום"
+        assert rows[0]["labeler"] == "Zoë 🎬"
 
 
 def test_huge_completion_is_truncated_for_the_reward_model(env: Env):
@@ -608,7 +613,7 @@ def test_app_refuses_bad_sign_in(env: Env, name, token, expect):
 def test_app_unicode_labeller_and_html_completion(env: Env):
     pytest.importorskip("streamlit")
     add_items(env, [NASTY])
-    at = _app("Zoë 🎬 שלום")
+    at = _app("Zoë 🎬")
     assert NASTY.strip() in [t.value for t in at.text]  # shown as plain text
     assert not at.get("html")
     assert db.stats(env.engine())["labelers"] == 1
@@ -636,7 +641,7 @@ def _subprocess(args: list[str], env: Env, **extra) -> subprocess.CompletedProce
             "cannot reach the PostgreSQL server",
         ),
         (["reward_training", "--set", "nonsense=1"], {}, "unknown key 'reward.nonsense'"),
-        (["rl_finetune", "ppo", "--set", "target=6", "--set", "horizon=null"], {}, "horizon"),
+        (["rl_finetune", "ppo", "--set", "kl_target=6", "--set", "kl_horizon=null"], {}, "kl_horizon"),
     ],
     ids=["postgres-unreachable", "reward-unknown-key", "ppo-target-without-horizon"],
 )

@@ -75,3 +75,67 @@ def test_label_20_items_with_the_keyboard_and_undo_one(tmp_path):
     assert got == sorted(pressed)
     assert set(frame["labeler"]) == {"browser-tester"}
     assert frame["seconds"].notna().all()
+
+
+def _judged(url: str) -> list[tuple[int, str]]:
+    import db
+
+    frame = db.judgements_frame(db.connect(url))
+    return sorted(zip(frame["completion_id"].tolist(), frame["label"].tolist()))
+
+
+def _settle(page, seconds: float = 1.0) -> int | None:
+    import time
+
+    time.sleep(seconds)
+    return harness.current_completion_id(page)
+
+
+def test_held_and_rapid_keys_do_exactly_what_the_labeller_saw(tmp_path):
+    url = f"sqlite:///{tmp_path / 'feedback.sqlite'}"
+    _seed(url, 30)
+    env = {
+        "RLHF_DB_URL": url,
+        "RLHF_CONFIG": str(REPO / "configs" / "smoke.yaml"),
+        "RLHF_ARTIFACTS": str(tmp_path / "artifacts"),
+    }
+    with harness.running_app(env, log_path=tmp_path / "streamlit.log") as base, harness.chromium_page() as page:
+        harness.sign_in(page, base, "holder")
+        first = _settle(page)
+        # 1. G held for 1.5 s (auto-repeat after 0.5 s): one judgement, of the item that was on screen
+        sent = harness.hold_key(page, "g", 1.5)
+        assert sent > 15
+        now = _settle(page)
+        assert _judged(url) == [(first, "good")]
+        assert now != first and page.get_by_text("held down").count() >= 1
+        # three deliberate judgements
+        judged = [first]
+        for key in "bgs":
+            judged.append(now)
+            now = harness.press_and_wait_next(page, key, now)
+        assert len(_judged(url)) == 4
+        # 2. U held for 1.5 s: one undo (the newest judgement), and that item is on screen
+        _settle(page, harness.DWELL_S)
+        harness.hold_key(page, "u", 1.5)
+        shown = _settle(page)
+        assert [cid for cid, _ in _judged(url)] == sorted(judged[:3])
+        assert shown == judged[3]
+        assert page.get_by_text(f"Undone #{judged[3]}").count() == 1
+        # 3. five U presses 60 ms apart: one undo, the rest ignored with a message
+        _settle(page, harness.DWELL_S)
+        harness.tap_keys(page, "u", 5, 0.06)
+        shown = _settle(page)
+        assert [cid for cid, _ in _judged(url)] == sorted(judged[:2])
+        assert shown == judged[2]
+        # 4. deliberate undos in a row show each item again, newest first ...
+        for expected in (judged[1], judged[0]):
+            shown = harness.press_and_wait_next(page, "u", shown)
+            assert shown == expected
+            assert page.get_by_text(f"Undone #{expected}").count() == 1
+        assert _judged(url) == []
+        # ... and judging them again brings back the next ones, in order
+        for expected in (judged[1], judged[2], judged[3]):
+            shown = harness.press_and_wait_next(page, "g", shown)
+            assert shown == expected
+        harness.press_and_wait_next(page, "g", shown)
+    assert _judged(url) == sorted((cid, "good") for cid in judged)

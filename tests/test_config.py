@@ -5,11 +5,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pytest
 
-from common.config import SECTIONS, add_config_args, describe, load_config, read_profile, to_dict
+from common.config import (
+    SECTIONS,
+    add_config_args,
+    describe,
+    load_config,
+    read_profile,
+    split_overrides,
+    to_dict,
+)
 from common.errors import ConfigError
 from common.imdb import DataConfig
 
@@ -91,6 +99,49 @@ def test_bad_config_fails_fast_naming_the_key(tmp_path, yaml_text, overrides, me
         load_config(Toy, "ppo", write(tmp_path, yaml_text), overrides=overrides)
 
 
+@dataclass
+class Moved:
+    seed_mode: Literal["train", "skip"] = "train"
+    minutes: float | None = None
+
+    RENAMED: ClassVar[dict[str, str]] = {"seed": "seed_mode"}
+    REMOVED: ClassVar[dict[str, str]] = {"extra_set": "write minutes: N instead."}
+
+
+def test_renamed_and_removed_keys_name_what_to_write(tmp_path):
+    with pytest.raises(ConfigError, match=r"'ppo.seed' was renamed to 'ppo.seed_mode'.*write seed_mode: 'skip'"):
+        load_config(Moved, "ppo", write(tmp_path, "ppo:\n  seed: skip\n"))
+    with pytest.raises(ConfigError, match=r"'ppo.extra_set' was removed\. Fix: write minutes: N instead\.") as err:
+        load_config(Moved, "ppo", write(tmp_path, "ppo: {}\n"), overrides=["extra_set=[minutes=5]"])
+    assert "\n" not in str(err.value)  # one line
+    assert load_config(Moved, "ppo", write(tmp_path, "ppo:\n  seed_mode: skip\n")).seed_mode == "skip"
+
+
+def test_reward_seed_is_now_seed_mode(tmp_path):
+    from reward_training.config import RewardConfig
+
+    with pytest.raises(ConfigError, match=r"'reward.seed' was renamed to 'reward.seed_mode'"):
+        load_config(RewardConfig, "reward", write(tmp_path, "reward:\n  seed: skip\n"))
+    assert load_config(RewardConfig, "reward", REPO / "configs" / "hub.yaml").seed_mode == "skip"
+
+
+def test_a_profile_read_once_serves_every_section(tmp_path):
+    sections = read_profile(write(tmp_path, "ppo:\n  steps: 3\ndata:\n  prompt_min_words: 2\n"))
+    assert load_config(Toy, "ppo", sections, overrides=["lr=0.5"]) == Toy(lr=0.5, steps=3)
+    assert load_config(DataConfig, "data", sections).prompt_min_words == 2
+
+
+def test_split_overrides_by_section():
+    got = split_overrides(
+        ["rounds=2", "ppo.lr=1e-4", "reward.backbone=a=b", "simulate.overlap=3", "demo.seed=1"], "demo"
+    )
+    assert got == {
+        "demo": ["rounds=2", "simulate.overlap=3", "seed=1"],
+        "ppo": ["lr=1e-4"],
+        "reward": ["backbone=a=b"],
+    }
+
+
 def test_missing_profile_names_the_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_CONFIG", str(tmp_path / "missing.yaml"))
     with pytest.raises(ConfigError, match="RLHF_CONFIG"):
@@ -111,3 +162,13 @@ def test_cli_args_and_describe():
     assert ns.config == Path("x.yaml") and ns.overrides == ["a=1", "b=2"]
     text = describe(DataConfig)
     assert all(f.name in text for f in dataclasses.fields(DataConfig))
+
+
+def test_renamed_ppo_key_names_the_new_one(tmp_path):
+    from rl_finetune.ppo.config import PPOConfig
+
+    with pytest.raises(ConfigError, match=r"'ppo.target' was renamed to 'ppo.kl_target'") as info:
+        load_config(PPOConfig, "ppo", write(tmp_path, "ppo:\n  target: 6\n"))
+    assert "\n" not in str(info.value) and "kl_target" in str(info.value)
+    with pytest.raises(ConfigError, match=r"'ppo.batch_size' was renamed to 'ppo.minibatch_size'"):
+        load_config(PPOConfig, "ppo", write(tmp_path, "data: {}\n"), overrides=["batch_size=4"])

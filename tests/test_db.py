@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 import db
 from common.errors import UserError
-from db.models import Judgement
+from db.models import Judgement, utcnow
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -225,19 +225,69 @@ def test_foreign_keys_and_unique_judgement_are_enforced_by_the_database(db_engin
     assert db.judgement_rows(db_engine) == []
 
 
+def _judge(engine, lab: int, key: str, label: str = "good") -> int:
+    item = db.next_item(engine, lab, session_key=key)
+    db.record_judgement(engine, labeler_id=lab, completion_id=item.completion_id, label=label, session_key=key)
+    return item.completion_id
+
+
+def test_undo_last_reaches_only_this_sessions_judgements(db_engine):
+    _completions(db_engine, 5)
+    lab = db.get_or_create_labeler(db_engine, "ann")
+    other = db.get_or_create_labeler(db_engine, "ben")
+    assert db.undo_last(db_engine, lab, session_key="tab1") is None
+    yesterday = _judge(db_engine, lab, "tab0")  # an older session of the same labeller
+    c1, c2 = _judge(db_engine, lab, "tab1"), _judge(db_engine, lab, "tab1", "bad")
+    c3 = _judge(db_engine, other, "tab1", "bad")  # another labeller, same session key
+    assert db.undo_last(db_engine, lab, session_key="tab1") == c2
+    assert db.undo_last(db_engine, lab, session_key="tab1") == c1
+    assert db.undo_last(db_engine, lab, session_key="tab1") is None  # tab0's judgement is out of reach
+    assert {(r["labeler"], r["completion_id"]) for r in db.judgement_rows(db_engine)} == {
+        ("ann", yesterday),
+        ("ben", c3),
+    }
+
+
+def test_a_judgement_of_an_item_the_session_no_longer_holds_is_refused(db_engine):
+    _completions(db_engine, 4)
+    ann, ben = (db.get_or_create_labeler(db_engine, n) for n in ("ann", "ben"))
+    # two tabs sharing one session key: both show x; the first judges it, the stale one is refused
+    x = db.next_item(db_engine, ann, session_key="shared").completion_id
+    db.record_judgement(db_engine, labeler_id=ann, completion_id=x, label="good", session_key="shared")
+    db.next_item(db_engine, ann, session_key="shared")
+    with pytest.raises(db.LeaseLost) as err:
+        db.record_judgement(db_engine, labeler_id=ann, completion_id=x, label="bad", session_key="shared")
+    assert err.value.reason == "judged"
+    assert [r["label"] for r in db.judgement_rows(db_engine)] == ["good"]  # never a silent overwrite
+    # a lease that ran out and went to someone else: the late judgement is refused, not a second label
+    y = db.next_item(db_engine, ann, session_key="t2", lease_seconds=0.2).completion_id
+    time.sleep(0.3)
+    assert db.extend_lease(db_engine, ann, "t2", 600, completion_id=y) is True  # ran out, but nobody took it
+    db.release_leases(db_engine, ann, "t2")
+    y = db.next_item(db_engine, ann, session_key="t3", lease_seconds=0.2).completion_id
+    time.sleep(0.3)
+    got = {db.next_item(db_engine, ben, session_key=f"b{i}") for i in range(3)}
+    assert y in {item.completion_id for item in got if item is not None}
+    assert db.extend_lease(db_engine, ann, "t3", 600, completion_id=y) is False  # the heartbeat cannot revive it
+    with pytest.raises(db.LeaseLost) as err:
+        db.record_judgement(db_engine, labeler_id=ann, completion_id=y, label="good", session_key="t3")
+    assert err.value.reason == "taken"
+    assert db.get_item(db_engine, y).n_labels == 0
+
+
 def test_undo_last(db_engine):
     c1, c2, c3 = _completions(db_engine, 3)
     lab = db.get_or_create_labeler(db_engine, "ann")
     other = db.get_or_create_labeler(db_engine, "ben")
-    assert db.undo_last(db_engine, lab) is None
+    # judgements without a lease (scripts) belong to no session: undo in the app cannot reach them
     db.record_judgement(db_engine, labeler_id=lab, completion_id=c1, label="good")
-    db.record_judgement(db_engine, labeler_id=lab, completion_id=c2, label="bad")
     db.record_judgement(db_engine, labeler_id=other, completion_id=c3, label="bad")
-    assert db.undo_last(db_engine, lab) == c2
+    assert db.undo_last(db_engine, lab, session_key="tab") is None
+    item = db.next_item(db_engine, lab, session_key="tab")
+    assert item.completion_id == c2
+    db.record_judgement(db_engine, labeler_id=lab, completion_id=c2, label="bad")  # stored under the lease's session
+    assert db.undo_last(db_engine, lab, session_key="tab") == c2
     assert {(r["labeler"], r["completion_id"]) for r in db.judgement_rows(db_engine)} == {("ann", c1), ("ben", c3)}
-    assert db.undo_last(db_engine, lab) == c1
-    assert db.undo_last(db_engine, lab) is None
-    assert [r["labeler"] for r in db.judgement_rows(db_engine)] == ["ben"]
 
 
 def test_undo_with_session_shows_the_item_again(db_engine):
@@ -538,8 +588,10 @@ def test_label_counts_stay_in_step(db_engine):
         db.record_judgement(db_engine, labeler_id=lab, completion_id=cid, label=label)
         assert count_drift(db_engine) == 0
     assert db.get_item(db_engine, c1).n_labels == 2 and db.get_item(db_engine, c2).n_labels == 0
-    db.undo_last(db_engine, b)  # the skip on c2
-    db.undo_last(db_engine, b)  # the good on c1
+    with db_engine.begin() as conn:  # attribute b's judgements to a session, as the app records them
+        conn.execute(db.Judgement.__table__.update().where(db.Judgement.labeler_id == b).values(session_key="s"))
+    db.undo_last(db_engine, b, session_key="s")  # the skip on c2
+    db.undo_last(db_engine, b, session_key="s")  # the good on c1
     assert db.get_item(db_engine, c1).n_labels == 1 and count_drift(db_engine) == 0
 
 
@@ -616,3 +668,67 @@ def test_extend_and_release_leases(db_engine):
     assert db.release_leases(db_engine, a) == 1  # tab closed: a's item goes back to the queue
     assert db.next_item(db_engine, b, session_key="t").completion_id in (c1, c2)
     assert db.stats(db_engine)["active_leases"] == 1
+
+
+def test_csv_export_neutralises_formulas(db_engine, tmp_path):
+    import csv
+
+    (c,) = _completions(db_engine, 1)
+    evil = '=HYPERLINK("http://evil.example","x")'
+    with db_engine.begin() as conn:  # a name stored before names were checked, and a formula completion
+        conn.execute(db.Labeler.__table__.insert().values(name=evil, created_at=utcnow()))
+        conn.execute(db.Completion.__table__.update().values(text="-1+2 @cmd"))
+    lab = db.get_or_create_labeler(db_engine, evil)
+    db.record_judgement(db_engine, labeler_id=lab, completion_id=c, label="good")
+    out = db.export_labels(db_engine, "csv", tmp_path / "labels.csv")
+    (row,) = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert row["labeler"] == "'" + evil  # the written cell is text a spreadsheet shows, not a formula
+    assert row["completion"] == "'-1+2 @cmd" and row["label"] == "good"
+    from db.transfer import csv_safe
+
+    for start in "=+-@\t\r":
+        assert csv_safe(start + "x") == "'" + start + "x"
+    assert csv_safe("fine") == "fine" and csv_safe(-1.5) == -1.5
+    # the CLI writes the same file
+    res = _run_cli(
+        "export",
+        "--format",
+        "csv",
+        str(tmp_path / "cli.csv"),
+        cwd=tmp_path,
+        env={"RLHF_DB_URL": str(db_engine.url.render_as_string(hide_password=False))},
+    )
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "cli.csv").read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "given, same_as",
+    [("Alice", "alice"), ("ALICE ", "alice"), ("\uff41lice", "alice")],  # case, spaces, fullwidth (NFKC)
+)
+def test_labeller_names_are_compared_case_insensitively(db_engine, given, same_as):
+    first = db.get_or_create_labeler(db_engine, same_as)
+    assert db.get_or_create_labeler(db_engine, given) == first
+    assert db.stats(db_engine)["labelers"] == 1
+
+
+@pytest.mark.parametrize("name", ["\u0430lice", "p\u0430ypal", "\u03b1lpha"])  # Cyrillic a, Greek alpha among Latin
+def test_mixed_script_names_are_refused(db_engine, name):
+    with pytest.raises(UserError, match="alphabets"):
+        db.get_or_create_labeler(db_engine, name)
+    assert db.get_or_create_labeler(db_engine, "Анна") and db.get_or_create_labeler(db_engine, "山田 はなこ")
+
+
+def test_a_deleted_database_file_is_noticed(tmp_path):
+    path = tmp_path / "f.sqlite"
+    engine = db.connect(f"sqlite:///{path}")
+    ident = db.database_file_id(engine)
+    db.check_database_file(engine, ident)  # the same file: fine
+    moved = tmp_path / "moved.sqlite"
+    path.rename(moved)
+    with pytest.raises(db.DatabaseGone, match="deleted or moved"):
+        db.check_database_file(engine, ident)
+    db.connect(f"sqlite:///{path}")  # someone starts a new, empty one at the path
+    with pytest.raises(db.DatabaseGone, match="replaced"):
+        db.check_database_file(engine, ident)
+    assert db.database_file_id(db.connect("sqlite://")) is None

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError
-from demo.config import DemoConfig
+from demo.config import DemoConfig, Profile
 from demo.run import binned_means, finite_numbers, overopt_series, report_markdown, summarize_scores
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_completions_per_round_fits_the_overlap():
@@ -20,17 +22,49 @@ def test_completions_per_round_fits_the_overlap():
     cfg.simulate.overlap = 3
     assert cfg.completions_per_round == 334
     with pytest.raises(ConfigError):
-        DemoConfig(n_labels=100, n_prompts=10).validate()
+        DemoConfig(n_labels=100, n_completions=10).validate()
     with pytest.raises(ConfigError):
         DemoConfig(rounds=0).validate()
 
 
+def test_profile_holds_each_section_once_and_the_demo_its_budgets():
+    from rl_finetune.ppo.config import PPOConfig
+
+    profile = Profile.load(REPO / "configs" / "default.yaml", ["ppo.lr=1e-4", "rounds=2", "demo.n_labels=10"])
+    assert isinstance(profile.ppo, PPOConfig) and profile.ppo.lr == pytest.approx(1e-4)
+    assert profile.demo.rounds == 2 and profile.demo.n_labels == 10
+    assert profile.demo.pretrain_minutes == 5 and profile.demo.ppo_minutes == 8
+    assert profile.ppo.max_minutes == 15  # the stage's own budget is untouched ...
+    from demo.run import demo_ppo_config
+
+    assert demo_ppo_config(profile).max_minutes == 8  # ... the demo's PPO runs get the demo's
+    assert demo_ppo_config(profile, total_steps=3).total_steps == 3
+    with pytest.raises(ConfigError, match=r"does not use the label section \(override 'label.policy=x'\)"):
+        Profile.load(REPO / "configs" / "smoke.yaml", ["label.policy=x"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("ppo_set=[max_minutes=8]", r"'demo.ppo_set' was removed.*demo.ppo_minutes"),
+        ("pretrain_set=[max_minutes=5]", r"'demo.pretrain_set' was removed.*demo.pretrain_minutes"),
+        ("reward_set=[backbone=x]", r"'demo.reward_set' was removed.*reward.KEY=VALUE"),
+        ("generate_set=[n=3]", r"'demo.generate_set' was removed.*generate.KEY=VALUE"),
+        ("n_prompts=10", r"'demo.n_prompts' was renamed to 'demo.n_completions'"),
+        ("ppo_minutes=0", r"demo.ppo_minutes=0.0 must be > 0"),
+    ],
+)
+def test_old_demo_keys_name_the_new_ones(override, message):
+    with pytest.raises(ConfigError, match=message):
+        Profile.load(REPO / "configs" / "smoke.yaml", [override])
+
+
 def test_overopt_series_keeps_eval_rows_only():
     rows = [
-        {"step": 0, "eval/kl": 0.0, "eval/rm_prob": 0.5, "eval/gold": 0.5},
+        {"step": 0, "eval/kl": 0.0, "eval/p_good": 0.5, "eval/gold": 0.5},
         {"step": 1, "kl": 0.3, "reward_mean": 1.0},
-        {"step": 2, "eval/kl": 4.0, "eval/rm_prob": 0.9, "eval/gold": 0.6},
-        {"step": 3, "eval/kl": -0.01, "eval/rm_prob": 0.9, "eval/gold": 0.6},
+        {"step": 2, "eval/kl": 4.0, "eval/p_good": 0.9, "eval/gold": 0.6},
+        {"step": 3, "eval/kl": -0.01, "eval/p_good": 0.9, "eval/gold": 0.6},
     ]
     s = overopt_series(rows)
     assert s["step"] == [0, 2, 3] and s["sqrt_kl"] == [0.0, 2.0, 0.0]
@@ -84,7 +118,7 @@ def test_smoke_demo_end_to_end(smoke_env, tiny_policy_dir, tiny_reward_dir, caps
                 "--set",
                 f"base_policy={tiny_policy_dir}",
                 "--set",
-                f"reward_set=[backbone={tiny_reward_dir}]",
+                f"reward.backbone={tiny_reward_dir}",
                 "--run-id",
                 "t",
             ]
@@ -123,11 +157,10 @@ def test_smoke_demo_end_to_end(smoke_env, tiny_policy_dir, tiny_reward_dir, caps
 
 def test_overoptimization_run_is_found_by_id_and_a_missing_one_is_named(smoke_env):
     from common.errors import UserError
-    from demo.config import DemoConfig
     from demo.run import overoptimization_only
 
     (smoke_env["artifacts"] / "demo" / "r7").mkdir(parents=True)  # a folder without report.json
     with pytest.raises(UserError, match=r"no demo report in .*demo/r7 "):
-        overoptimization_only(DemoConfig(), Path("r7"), progress=False)
+        overoptimization_only(Profile.load(), Path("r7"), progress=False)
     with pytest.raises(UserError, match="no demo report in nowhere"):
-        overoptimization_only(DemoConfig(), Path("nowhere"), progress=False)
+        overoptimization_only(Profile.load(), Path("nowhere"), progress=False)

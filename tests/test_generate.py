@@ -123,8 +123,8 @@ def test_fill_queue_writes_completions_with_version_and_params(smoke_env, tiny_p
         r.gen_params["top_k"] == 0 and r.gen_params["temperature"] == 1.0 and r.gen_params["max_new_tokens"] == 5
         for r in rows
     )
-    # the labelling app's argument order (engine, path, prompts, n, cfg); the same version is reused
-    assert fill_queue(engine, tiny_policy_dir, ["Another prompt"], 2, cfg) == 2
+    # a second fill from the same policy reuses its version
+    assert fill_queue(engine, tiny_policy_dir, 2, cfg, prompts=["Another prompt"]) == 2
     assert {r.model_version_id for r in _completions(engine)} == {version}
     assert len(db.list_model_versions(engine, kind="policy")) == 1
     assert ensure_registered(engine, tiny_policy_dir) == version
@@ -191,3 +191,30 @@ def test_cli_generate_without_base_policy_exits_2(smoke_env, capsys):
         main(["generate", "-n", "2"])
     assert exc.value.code == 2
     assert "make base-model" in capsys.readouterr().err
+
+
+def test_latest_means_the_newest_ppo_policy_everywhere(smoke_env, tiny_policy_dir):
+    import shutil
+
+    from base_policy.loading import resolve_policy
+    from base_policy.registry import register_policy
+    from common.paths import policies_dir, write_latest
+    from labeling_app.runtime import NEWEST_REGISTERED, refill_policy
+
+    engine = db.connect(smoke_env["db_url"])
+    with pytest.raises(UserError, match="no PPO policy yet"):
+        resolve_policy("latest")
+    assert refill_policy(engine, "latest") is None  # the app degrades instead of failing
+    assert refill_policy(engine, NEWEST_REGISTERED) is None  # nothing registered, no PPO run, no base policy
+
+    run = policies_dir() / "run-1"
+    shutil.copytree(tiny_policy_dir, run)
+    write_latest(policies_dir(), "run-1")
+    assert resolve_policy("latest") == str(run)
+    assert refill_policy(engine, "latest") == run  # the same meaning in the labelling app
+    assert refill_policy(engine, NEWEST_REGISTERED) == run  # nothing registered yet: the newest PPO run
+
+    register_policy(tiny_policy_dir, engine=engine)  # registered after the PPO run: newest in the database
+    assert refill_policy(engine, NEWEST_REGISTERED).resolve() == tiny_policy_dir.resolve()
+    assert refill_policy(engine, "latest") == run
+    assert refill_policy(engine, str(tiny_policy_dir)) == tiny_policy_dir

@@ -12,8 +12,7 @@ from common.errors import ConfigError, UserError
 from rl_finetune.ppo import core
 from rl_finetune.ppo.config import GenKwargs, PPOConfig
 from rl_finetune.ppo.kl import AdaptiveKLController, FixedKLController, make_kl_controller
-from rl_finetune.ppo.rollout import left_pad, position_ids, response_mask, sample_from_logits
-from rl_finetune.ppo.trainer import check_scores
+from rl_finetune.ppo.rollout import check_scores, left_pad, position_ids, response_mask, sample_from_logits
 
 t = torch.tensor
 
@@ -164,6 +163,52 @@ def test_clipped_value_loss_by_hand():
     assert close(stats["vf_clipfrac"], 0.5)
 
 
+def test_ppo_loss_by_hand():
+    # uniform policy over 2 tokens: log-prob ln 0.5 = the old one, so ratio 1; A = [1, -1] -> policy loss
+    # mean(-1, +1) = 0; the value terms of test_clipped_value_loss_by_hand -> 0.3625; entropy ln 2 = 0.693147;
+    # exact KL([.5, .5] || [.25, .75]) = .5 ln 2 + .5 ln(2/3) = 0.346574 - 0.202733 = 0.143841.
+    # loss = 0 + 0.5 * 0.3625 - 0.1 * 0.693147 + 2 * 0.143841 = 0.18125 - 0.069315 + 0.287682 = 0.399617
+    logits = torch.zeros(1, 2, 2, requires_grad=True)
+    values = t([[1.5, 0.9]], requires_grad=True)
+    ref = t([0.25, 0.75]).log().expand(1, 2, 2)
+    old_logp = torch.full((1, 2), math.log(0.5))
+    args = (logits, values, t([[0, 1]]), old_logp, t([[1.0, 1.0]]), t([[1.0, -1.0]]), t([[2.0, 0.0]]), torch.ones(1, 2))
+    coefs = dict(cliprange=0.2, cliprange_value=0.2, vf_coef=0.5, ent_coef=0.1)
+    loss, stats = core.ppo_loss(*args, **coefs, kl_loss_coef=2.0, ref_logp_full=ref)
+    assert close(loss, 0.399617)
+    assert close(stats["loss/policy"], 0.0) and close(stats["loss/value"], 0.3625)
+    assert close(stats["loss/kl"], 0.143841) and close(stats["loss/total"], 0.399617)
+    assert close(stats["clipfrac"], 0.0) and close(stats["approx_kl"], 0.0) and close(stats["vf_clipfrac"], 0.5)
+    loss.backward()
+    assert logits.grad is not None and values.grad is not None
+    # without the optional terms: 0.5 * 0.3625, and no loss/kl
+    plain, plain_stats = core.ppo_loss(*args, cliprange=0.2, cliprange_value=0.2, vf_coef=0.5)
+    assert close(plain, 0.18125) and "loss/kl" not in plain_stats
+    with pytest.raises(ValueError, match="ref_logp_full"):
+        core.ppo_loss(*args, kl_loss_coef=1.0)
+
+
+def test_ppo_loss_is_the_sum_of_its_pieces():
+    g = torch.Generator().manual_seed(0)
+    B, T, V = 3, 4, 5
+    logits, ref_logits = torch.randn(B, T, V, generator=g), torch.randn(B, T, V, generator=g)
+    tokens = torch.randint(V, (B, T), generator=g)
+    old_logp = core.logprobs_from_logits(logits + 0.3 * torch.randn(B, T, V, generator=g), tokens, 0.7)
+    values, old_values, adv, ret = (torch.randn(B, T, generator=g) for _ in range(4))
+    mask = t([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    ref = torch.log_softmax(ref_logits / 0.7, dim=-1)
+    loss, stats = core.ppo_loss(
+        logits, values, tokens, old_logp, old_values, adv, ret, mask, temperature=0.7, cliprange=0.1,
+        cliprange_value=0.3, vf_coef=0.4, ent_coef=0.05, kl_loss_coef=0.2, ref_logp_full=ref,
+    )  # fmt: skip
+    pg, pg_stats = core.policy_loss(core.logprobs_from_logits(logits, tokens, 0.7), old_logp, adv, mask, 0.1)
+    vf, _ = core.value_loss(values, old_values, ret, mask, 0.3)
+    ent = core.masked_mean(core.entropy_from_logits(logits, 0.7), mask)
+    kl = core.masked_mean(core.exact_kl(logits, ref, 0.7), mask)
+    assert close(loss, pg + 0.4 * vf - 0.05 * ent + 0.2 * kl, tol=1e-6)
+    assert close(stats["approx_kl"], pg_stats["approx_kl"]) and close(stats["loss/kl"], kl)
+
+
 def test_explained_variance_and_distinct_n():
     r = t([[1.0, 2.0, 3.0]])
     assert core.explained_variance(r, r, torch.ones(1, 3)) == pytest.approx(1.0)
@@ -216,18 +261,18 @@ def test_left_pad_and_positions():
 # ------------------------------------------------------------------ bad input
 
 
-def test_target_without_horizon_is_rejected(smoke_env):
-    with pytest.raises(ConfigError, match="horizon"):
-        load_config(PPOConfig, "ppo", overrides=["target=6"])
-    cfg = load_config(PPOConfig, "ppo", overrides=["target=6", "horizon=10000"])
-    assert cfg.adaptive_kl
+def test_kl_target_without_kl_horizon_is_rejected(smoke_env):
+    with pytest.raises(ConfigError, match="kl_horizon"):
+        load_config(PPOConfig, "ppo", overrides=["kl_target=6"])
+    cfg = load_config(PPOConfig, "ppo", overrides=["kl_target=6", "kl_horizon=10000"])
+    assert cfg.kl_target is not None
 
 
 def test_config_rejects_topk_and_bad_minibatching():
     with pytest.raises(ConfigError, match="top_k"):
         PPOConfig(gen_kwargs=GenKwargs(top_k=50)).validate()
     with pytest.raises(ConfigError, match="multiple"):
-        PPOConfig(num_rollouts=16, batch_size=5).validate()
+        PPOConfig(num_rollouts=16, minibatch_size=5).validate()
 
 
 def test_check_scores_names_the_batch():

@@ -18,13 +18,14 @@ SCRIPT = r"""
 import json, sys
 import torch
 from accelerate import PartialState
+from base_policy.loading import load_policy
 from rl_finetune.ppo import GenKwargs, PPOConfig, train
 
 policy_dir, out = sys.argv[1], sys.argv[2]
-cfg = PPOConfig(total_steps=2, num_rollouts=4, chunk_size=4, batch_size=2, ppo_epochs=1, lr=1e-3,
-                mixed_precision="no", target=6.0, horizon=100, eval_interval=2, checkpoint_interval=0,
+cfg = PPOConfig(total_steps=2, num_rollouts=4, generation_batch_size=4, minibatch_size=2, ppo_epochs=1, lr=1e-3,
+                mixed_precision="no", kl_target=6.0, kl_horizon=100, eval_interval=2, checkpoint_interval=0,
                 gen_kwargs=GenKwargs(max_new_tokens=6))
-res = train(policy_dir, lambda texts: [t.count("e") for t in texts], ["I think", "The movie", "This is", "Well"] * 2,
+res = train(load_policy(policy_dir), lambda texts: [t.count("e") for t in texts], ["I think", "The movie", "This is", "Well"] * 2,
             cfg, eval_prompts=["I think"], progress=False)
 state = PartialState()
 weights = sum(float(p.detach().double().sum()) for p in res.policy.parameters())

@@ -18,8 +18,8 @@ def tiny_config(**kw) -> PPOConfig:
     base = dict(
         total_steps=4,
         num_rollouts=16,
-        chunk_size=16,
-        batch_size=16,
+        generation_batch_size=16,
+        minibatch_size=16,
         ppo_epochs=4,
         lr=1e-3,
         init_kl_coef=0.0,
@@ -112,7 +112,9 @@ def test_tiny_policy_learns_the_chosen_token_and_saves_a_plain_model(tiny_policy
 
 def test_resume_continues_from_the_checkpoint(tiny_policy_dir, tmp_path):
     work = tmp_path / "work"
-    cfg = tiny_config(total_steps=2, checkpoint_interval=1, num_rollouts=4, chunk_size=4, batch_size=4, ppo_epochs=1)
+    cfg = tiny_config(
+        total_steps=2, checkpoint_interval=1, num_rollouts=4, generation_batch_size=4, minibatch_size=4, ppo_epochs=1
+    )
     train(
         load_tiny(tiny_policy_dir), count_chosen, PROMPTS, cfg, eval_prompts=PROMPTS[:2], work_dir=work, progress=False
     )
@@ -137,11 +139,11 @@ def test_adaptive_kl_moves_the_coefficient(tiny_policy_dir):
     cfg = tiny_config(
         total_steps=2,
         init_kl_coef=0.1,
-        target=0.01,
-        horizon=10,
+        kl_target=0.01,
+        kl_horizon=10,
         num_rollouts=4,
-        chunk_size=4,
-        batch_size=2,
+        generation_batch_size=4,
+        minibatch_size=2,
         ppo_epochs=1,
         gen_kwargs=GenKwargs(max_new_tokens=4, stop_at_eos=True),
     )
@@ -155,8 +157,8 @@ def test_exact_kl_loss_is_logged_and_holds_the_policy_nearer_the_reference(tiny_
         total_steps=3,
         init_kl_coef=0.0,
         num_rollouts=4,
-        chunk_size=4,
-        batch_size=4,
+        generation_batch_size=4,
+        minibatch_size=4,
         ppo_epochs=2,
         lr=3e-3,
         gen_kwargs=GenKwargs(max_new_tokens=6, stop_at_eos=False),
@@ -180,15 +182,24 @@ def test_exact_kl_loss_is_logged_and_holds_the_policy_nearer_the_reference(tiny_
     ],
 )
 def test_bad_reward_fn_names_the_batch(tiny_policy_dir, bad, match):
-    cfg = tiny_config(total_steps=1, num_rollouts=4, chunk_size=4, batch_size=4)
+    cfg = tiny_config(total_steps=1, num_rollouts=4, generation_batch_size=4, minibatch_size=4)
     with pytest.raises(UserError, match=match):
         train(load_tiny(tiny_policy_dir, boost=False), bad, PROMPTS, cfg, progress=False)
 
 
 def test_policy_path_that_does_not_load_is_named(tmp_path):
+    from base_policy.loading import load_policy
+
     missing = tmp_path / "no_such_policy"
     with pytest.raises(UserError, match="no_such_policy"):
-        train(str(missing), count_chosen, PROMPTS, tiny_config(total_steps=1), progress=False)
+        train(load_policy(str(missing)), count_chosen, PROMPTS, tiny_config(total_steps=1), progress=False)
+
+
+def test_train_takes_one_shape_of_policy(tiny_policy_dir):
+    # a folder name is not a policy: train() says to load it first, in one line
+    with pytest.raises(UserError, match=r"\(model, tokenizer\) pair.*load_policy") as info:
+        train(str(tiny_policy_dir), count_chosen, PROMPTS, tiny_config(total_steps=1), progress=False)
+    assert "\n" not in str(info.value)
 
 
 def test_cli_saves_points_latest_and_registers_with_parent(smoke_env, tiny_policy_dir, tiny_reward_dir, capsys):
@@ -196,10 +207,10 @@ def test_cli_saves_points_latest_and_registers_with_parent(smoke_env, tiny_polic
     from common.paths import policies_dir, resolve_latest
     from rl_finetune.ppo.cli import main
 
-    with pytest.raises(SystemExit) as exc:  # target without horizon: a clear error, exit 2
-        main(["--policy", str(tiny_policy_dir), "--reward", str(tiny_reward_dir), "--set", "target=6"])
+    with pytest.raises(SystemExit) as exc:  # kl_target without kl_horizon: a clear error, exit 2
+        main(["--policy", str(tiny_policy_dir), "--reward", str(tiny_reward_dir), "--set", "kl_target=6"])
     assert exc.value.code == 2
-    assert "horizon" in capsys.readouterr().err
+    assert "kl_horizon" in capsys.readouterr().err
 
     assert main(["--policy", str(tiny_policy_dir), "--reward", str(tiny_reward_dir)]) == 0
     run = resolve_latest(policies_dir())

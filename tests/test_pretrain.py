@@ -151,6 +151,24 @@ def test_bpe_tokenizer_is_gpt2_compatible(tmp_path):
     assert again.decode(again.encode(text)) == text  # byte-level: nothing is unknown
 
 
+def test_one_prompt_tokeniser_for_the_queue_and_ppo(caplog):
+    """Generation for the labelling queue and PPO's rollouts tokenise prompts the same way:
+    no special tokens added, cut from the left (with a warning), an empty prompt starts a fresh text."""
+    from base_policy.generate import encode_prompts
+    from common.assets import gpt2_tokenizer
+    from rl_finetune.ppo.rollout import tokenize_prompts
+
+    assert tokenize_prompts is encode_prompts
+    tok = gpt2_tokenizer()
+    plain = tok("I watched this film last night", add_special_tokens=False)["input_ids"]
+    with caplog.at_level("WARNING"):
+        ids = encode_prompts(tok, ["This movie", "", "I watched this film last night"], 4)
+    assert ids[0] == tok.encode("This movie", add_special_tokens=False) and tok.eos_token_id not in ids[0]
+    assert ids[1] == [tok.eos_token_id]
+    assert len(plain) > 4 and ids[2] == plain[-4:]
+    assert "truncated from the left" in caplog.text
+
+
 def test_learning_rate_schedule():
     cfg = PretrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=100, max_minutes=None)
     assert lr_at(0.0, 0, cfg) == pytest.approx(1e-4)
@@ -181,7 +199,7 @@ def test_rotten_tomatoes_sentences_are_detokenized():
 
 def test_cli_pretrain_saves_and_registers(smoke_env, capsys):
     import db
-    from rl_finetune.__main__ import main
+    from base_policy.__main__ import main
 
     assert (
         main(
@@ -209,7 +227,7 @@ def test_cli_pretrain_saves_and_registers(smoke_env, capsys):
 
 
 def test_cli_bad_config_exits_2(smoke_env, capsys):
-    from rl_finetune.__main__ import main
+    from base_policy.__main__ import main
 
     with pytest.raises(SystemExit) as exc:
         main(["pretrain", "--set", "n_head=3"])

@@ -16,7 +16,6 @@ from labeling_app.simulate import (
     decide,
     decision_rng,
     load_simulate_config,
-    shown_text,
     simulate,
 )
 
@@ -62,10 +61,31 @@ def test_decisions_depend_only_on_seed_labeller_and_item():
     assert not np.allclose(a, decision_rng(1, "ann", 17).random(3))
 
 
-def test_shown_text_joins_with_one_space():
+def test_shown_text_is_the_prompt_then_the_completion():
+    from db import shown_text
+
     assert shown_text("Great", " film") == "Great film"
-    assert shown_text("Great", "film") == "Great film"
     assert shown_text("Great ", "film") == "Great film"
+    # a completion continues the prompt's tokens: one that continues a word has no space to add
+    assert shown_text("Great", "est film") == "Greatest film"
+
+
+def test_labellers_judge_the_string_the_reward_model_trains_on(engine):
+    import db
+    from reward_training import data as D
+
+    completions = [" was p=0.9 great", "est p=0.8 film", "\np=0.2 dull", " p=0.1 bad ending"]
+    db.add_completions(engine, [db.NewCompletion(prompt="Great", text=t) for t in completions])
+    judged: list[str] = []
+
+    def recording_gold(texts):
+        judged.extend(texts)
+        return fake_gold(texts)
+
+    cfg = SimulateConfig(n_labels=len(completions), overlap=1, labelers=[LabelerSpec("a", noise=0.0)])
+    simulate(engine, cfg, recording_gold, progress=False)
+    trained_on = [e.text for e in D.load_human_examples(engine)]
+    assert sorted(judged) == sorted(trained_on) == sorted("Great" + t for t in completions)
 
 
 def test_zero_noise_reproduces_gold_labels_exactly(engine):

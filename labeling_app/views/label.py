@@ -7,12 +7,17 @@ item (already generated and waiting in the database) is leased and drawn.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import streamlit as st
 
 import db
+from common.errors import UserError
 from labeling_app import runtime, ui
+from labeling_app.keys import KeyGate, Verdict
+
+log = logging.getLogger(__name__)
 
 ctx = ui.context()
 cfg = ctx.cfg
@@ -30,9 +35,19 @@ if st.query_params.get(runtime.LABELER_PARAM) != ctx.labeler_name:
     st.query_params[runtime.LABELER_PARAM] = ctx.labeler_name
 
 state.setdefault("undo_stack", [])  # (completion id, label) judged in this session, newest last
+state.setdefault("comeback", [])  # items to show again, in order, after undoing several in a row
+state.setdefault("last_action", None)  # ("judge", id, label) or ("undo", id, label, shown before): for retracting
 state.setdefault("flash", None)  # (kind, text) about the last action
+if "gate" not in state:
+    state.gate = KeyGate(min_dwell=cfg.min_dwell_ms / 1000)
 
 SHORTCUTS = {"good": "G", "bad": "B", "skip": "S", "undo": "U"}
+# Said to the labeller when a judgement is refused because the item is no longer theirs.
+LEASE_MESSAGES = {
+    "judged": "Not saved: you already judged #{cid} in another tab. Here is your next item.",
+    "moved_on": "Not saved: #{cid} is no longer yours in this tab (another tab took over). Here is your next item.",
+    "taken": "Not saved: #{cid} was kept for you too long and went to another labeller. Here is your next item.",
+}
 
 
 def _counts() -> dict:
@@ -42,12 +57,32 @@ def _counts() -> dict:
     return state.counts
 
 
+def _count(delta: int) -> None:
+    counts = _counts()
+    counts["today"] = max(0, counts["today"] + delta)
+    counts["total"] = max(0, counts["total"] + delta)
+
+
 def _show(item) -> None:
     state.item = item
     state.shown_at = time.monotonic()
 
 
 def _fetch_next() -> None:
+    """The next item: first the ones undone earlier in this session (in order), then the queue."""
+    ui.check_database(ctx)
+    while state.comeback:
+        again = db.hold_item(
+            ctx.engine,
+            ctx.labeler_id,
+            session_key=state.session_key,
+            completion_id=state.comeback.pop(0),
+            overlap=cfg.overlap,
+            lease_seconds=cfg.lease_seconds,
+        )
+        if again is not None:
+            _show(again)
+            return
     _show(
         db.next_item(
             ctx.engine,
@@ -60,79 +95,206 @@ def _fetch_next() -> None:
     )
 
 
+def _stop_on_error(err: Exception, what: str) -> None:
+    """Plain words for the labeller; the details go to the server log."""
+    if isinstance(err, db.DatabaseGone):
+        log.error("%s", err)
+        state.db_gone = err
+        return
+    log.error("could not %s for labeller %s: %s", what, ctx.labeler_id, err, exc_info=not isinstance(err, UserError))
+    state.flash = ("error", f"Could not {what}; nothing was changed. Press the key again in a moment.")
+
+
+def _ignored(key: str, reason: str) -> None:
+    letter = SHORTCUTS[key]
+    if reason == "held":
+        text = f"{letter} is held down: ignored. Release the key, then press it once."
+    elif reason == "stale":
+        text = f"That {letter} was for the previous item: ignored. Look at this one, then press again."
+    else:
+        text = f"Too quick: {letter} ignored. Read the item first (at least {cfg.min_dwell_ms} ms), then press again."
+    state.notice = text  # shown beside the last action's message, which stays
+
+
+def _retract(key: str) -> None:
+    """Take back the last action: it came from the first auto-repeat of a held key, not a press."""
+    action = state.last_action
+    state.last_action = None
+    if action is None:
+        return
+    try:
+        ui.check_database(ctx)
+        if action[0] == "judge":  # undo that judgement and show its item again
+            if state.get("item") is not None:
+                state.comeback.insert(0, state.item.completion_id)
+            undone = db.undo_last(
+                ctx.engine, ctx.labeler_id, session_key=state.session_key, lease_seconds=cfg.lease_seconds
+            )
+            if undone is not None:
+                state.comeback.insert(0, undone)  # shown again now (it is leased back to this session)
+                if state.undo_stack and state.undo_stack[-1][0] == undone:
+                    state.undo_stack.pop()
+                _count(-1)
+        else:  # an undo: store that judgement again and show what was on screen before it
+            _, cid, label, _before = action
+            db.record_judgement(
+                ctx.engine,
+                labeler_id=ctx.labeler_id,
+                completion_id=cid,
+                label=label,
+                session_key=state.session_key,
+                overlap=cfg.overlap,
+            )
+            state.undo_stack.append((cid, label))
+            _count(+1)
+            if state.comeback and state.comeback[0] == cid:
+                state.comeback.pop(0)
+            # ``before``, shown before the undo, is now first in line again
+    except Exception as err:
+        _stop_on_error(err, "take back the last action")
+        return
+    state.item = None
+    letter = SHORTCUTS[key]
+    state.flash = state.get("flash_before")  # the message of the press that counted
+    state.notice = f"{letter} is held down: ignored. Release the key, then press it once."
+
+
+def _press(key: str, completion_id: int | None) -> Verdict:
+    """Every press (button or key) goes through the gate first, on the item it was drawn with."""
+    item = state.get("item")
+    on_screen = item.completion_id if item is not None else None
+    verdict = state.gate.press(
+        key, now=time.monotonic(), shown_at=state.get("shown_at"), current=completion_id == on_screen
+    )
+    if verdict.accept:
+        state.notice = None
+        state.flash_before = state.get("flash")  # what to show again if this action is taken back
+    if verdict.retract:
+        _retract(key)
+    elif not verdict.accept:
+        _ignored(key, verdict.reason)
+    return verdict
+
+
 def _judge(completion_id: int, label: str) -> None:
     """Button callback: commit the judgement of the item that was on screen, then move on.
 
-    Keyed by the item shown: a click or key press that arrives for an item no longer on screen
-    (a double click, a held key) is ignored, and the db upsert makes a repeat harmless anyway.
-    """
-    item = state.get("item")
-    if item is None or item.completion_id != completion_id:
+    Keyed by the item shown: a press for an item no longer on screen (a double click, a held key)
+    is ignored, and so is one too soon after the item appeared or a held key (``KeyGate``). The
+    database refuses a judgement of an item this session no longer holds (``db.LeaseLost``)."""
+    if not _press(label, completion_id).accept:
         return
     seconds = round(time.monotonic() - state.get("shown_at", time.monotonic()), 3)
     try:
+        ui.check_database(ctx)
         db.record_judgement(
-            ctx.engine, labeler_id=ctx.labeler_id, completion_id=completion_id, label=label, seconds=seconds
+            ctx.engine,
+            labeler_id=ctx.labeler_id,
+            completion_id=completion_id,
+            label=label,
+            seconds=seconds,
+            session_key=state.session_key,
+            overlap=cfg.overlap,
         )
-    except Exception as err:  # keep the item on screen; nothing was lost
-        state.flash = ("error", f"Could not save your judgement ({type(err).__name__}: {err}). Press the key again.")
+    except db.LeaseLost as err:
+        log.info("refused judgement of %s by labeller %s: %s", completion_id, ctx.labeler_id, err)
+        state.flash = ("warning", LEASE_MESSAGES[err.reason].format(cid=completion_id))
+        state.item = None
         return
-    counts = _counts()
-    counts["today"] += 1
-    counts["total"] += 1
+    except Exception as err:  # keep the item on screen; nothing was lost
+        _stop_on_error(err, "save your judgement")
+        return
+    _count(+1)
     state.undo_stack.append((completion_id, label))
+    state.last_action = ("judge", completion_id, label)
     state.flash = ("ok", f"Saved #{completion_id} as {label}.")
     state.item = None  # the fragment leases and draws the next item
 
 
-def _undo() -> None:
-    """Button callback: delete this labeller's newest judgement and show that item again.
+def _undo(completion_id: int | None) -> None:
+    """Button callback: delete this session's newest judgement and show that item again.
 
-    ``db.undo_last`` leases the item back to this tab, so the next fetch shows it again."""
+    One judgement per fresh press; the item on screen goes first in line to come back after it,
+    so undoing several in a row then shows each item again, in order."""
+    if not _press("undo", completion_id).accept:
+        return
+    before = state.item.completion_id if state.get("item") is not None else None
     try:
-        completion_id = db.undo_last(
+        ui.check_database(ctx)
+        undone = db.undo_last(
             ctx.engine, ctx.labeler_id, session_key=state.session_key, lease_seconds=cfg.lease_seconds
         )
     except Exception as err:
-        state.flash = ("error", f"Could not undo ({type(err).__name__}: {err}).")
+        _stop_on_error(err, "undo")
         return
-    if completion_id is None:
-        state.flash = ("info", "Nothing to undo.")
+    if undone is None:
+        state.flash = ("info", "Nothing to undo in this session.")
         return
-    if state.undo_stack and state.undo_stack[-1][0] == completion_id:
-        state.undo_stack.pop()
-        counts = _counts()
-        counts["today"] = max(0, counts["today"] - 1)
-        counts["total"] = max(0, counts["total"] - 1)
-    else:  # judged in another tab or before a reload: recount
-        state.pop("counts", None)
-    state.flash = ("info", f"Undone #{completion_id}: judge it again.")
+    label = None
+    if state.undo_stack and state.undo_stack[-1][0] == undone:
+        label = state.undo_stack.pop()[1]
+    _count(-1)
+    if before is not None:
+        state.comeback.insert(0, before)
+    state.comeback.insert(0, undone)  # shown now (leased back to this session), then ``before``
+    state.last_action = ("undo", undone, label, before) if label else None
+    was = f" (was {label})" if label else ""
+    state.flash = ("undo", f"Undone #{undone}{was}: it is shown again, judge it anew.")
     state.item = None
 
 
 def _flash() -> None:
+    if state.get("notice"):
+        st.warning(state.notice, icon=":material/block:")
     flash = state.get("flash")
     if not flash:
         return
     kind, text = flash
     if kind == "error":
         st.error(text)
+    elif kind == "warning":
+        st.warning(text, icon=":material/block:")
+    elif kind in ("undo", "info"):
+        st.info(text, icon=":material/undo:")
     else:
         st.caption(text)
 
 
+@st.fragment(run_every=max(5.0, cfg.lease_seconds / 3))
+def heartbeat() -> None:
+    """Renew the lease on the item on screen while the tab is open (a closed tab stops renewing)."""
+    item = state.get("item")
+    if item is None or state.get("db_gone"):
+        return
+    try:
+        ui.check_database(ctx)
+        db.extend_lease(
+            ctx.engine, ctx.labeler_id, state.session_key, cfg.lease_seconds, completion_id=item.completion_id
+        )
+    except Exception as err:  # the next key press reports it; never break the page from here
+        log.warning("lease heartbeat failed: %s", err)
+
+
 @st.fragment
 def labelling() -> None:
+    if state.get("db_gone"):
+        ui.database_gone_page(state.db_gone)
     if state.get("item") is None:
         try:
             _fetch_next()
-        except Exception as err:  # e.g. the database went away: say so, keep the page
-            st.error(f"Could not fetch the next item ({type(err).__name__}: {err}). Reload the page to retry.")
+        except db.DatabaseGone as err:
+            state.db_gone = err
+            ui.database_gone_page(err)
+        except Exception:  # e.g. the server went away: say so, keep the page
+            log.exception("could not fetch the next item for labeller %s", ctx.labeler_id)
+            st.error(
+                "Could not load the next item. Reload the page in a moment; if it keeps happening, tell whoever runs this app."
+            )
             return
     item = state.item
     if item is None:
-        st.success("Nothing left for you to label right now.")
-        st.button("Undo", key="undo", on_click=_undo, shortcut=SHORTCUTS["undo"])
+        st.success("Nothing left for you to label right now. Thank you! More items may come later.")
+        st.button("Undo", key="undo-none", on_click=_undo, args=(None,), shortcut=SHORTCUTS["undo"])
         left = 0
     else:
         cid = item.completion_id
@@ -145,7 +307,6 @@ def labelling() -> None:
             key=f"good-{cid}",
             on_click=_judge,
             args=(cid, "good"),
-            type="primary",
             icon=":material/thumb_up:",
             shortcut=SHORTCUTS["good"],
             width="stretch",
@@ -169,7 +330,13 @@ def labelling() -> None:
             width="stretch",
         )
         cols[3].button(
-            "Undo", key="undo", on_click=_undo, shortcut=SHORTCUTS["undo"], width="stretch", icon=":material/undo:"
+            "Undo",
+            key=f"undo-{cid}",
+            on_click=_undo,
+            args=(cid,),
+            shortcut=SHORTCUTS["undo"],
+            width="stretch",
+            icon=":material/undo:",
         )
         with texts:
             with st.container(border=True, key="prompt_box"):
@@ -186,15 +353,19 @@ def labelling() -> None:
         help="judgements including skips; the queue counts items you could still get",
     )
     message = runtime.maybe_refill(ui.get_refiller(ctx.url), ctx.engine, cfg, left)
-    if message:
-        st.caption(message)
-    if item is None:
-        st.caption("More completions: `python -m base_policy generate`, or **Refill the queue** on the Data page.")
+    if message:  # the operator's details (commands, errors) go to the log, not to the labeller
+        log.info("queue refill: %s", message)
+    if ui.get_refiller(ctx.url).running():
+        st.caption("More items are being written in the background.")
 
 
 st.subheader("Label completions")
 with st.container(border=True):
     st.caption("INSTRUCTIONS")
     st.text(cfg.instructions)
-st.caption("Keys: **G** good · **B** bad · **S** skip · **U** undo (no need to click into the page first)")
+st.caption(
+    "Keys: **G** good · **B** bad · **S** skip · **U** undo (no need to click into the page first). "
+    "One press per item; a held key counts once."
+)
 labelling()
+heartbeat()

@@ -12,12 +12,14 @@ needs_token = runtime.required_token() is not None
 st.title("Sign in to label")
 st.caption(
     "Your name is stored with every judgement you make. "
-    "1-64 printable characters; the same name continues where you left off."
+    "1-64 characters of one alphabet; the same name (in any case) continues where you left off."
 )
+problem = st.session_state.pop("sign_in_problem", None)  # e.g. a refused name from the URL (?u=)
+if problem:
+    st.error(problem)
 with st.form("sign_in", enter_to_submit=True):
-    name = st.text_input(
-        "Your name", value=st.query_params.get(runtime.LABELER_PARAM, ""), max_chars=64, key="sign_in_name"
-    )
+    # No max_chars: a box that silently cuts a long (or pasted) name would hide the refusal below.
+    name = st.text_input("Your name", value=st.query_params.get(runtime.LABELER_PARAM, ""), key="sign_in_name")
     token = st.text_input("Access token", type="password", key="sign_in_token") if needs_token else None
     submitted = st.form_submit_button("Start labelling", type="primary")
 

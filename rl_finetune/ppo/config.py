@@ -1,15 +1,16 @@
-"""PPOConfig: every knob of the PPO stage, named as in trlx where trlx has the knob.
+"""PPOConfig: every knob of the PPO stage, named as in trlx where trlx's name says what the knob is.
 
-A trlx user's ``method`` block reads the same here: ``init_kl_coef``, ``target``, ``horizon``,
-``gamma``, ``lam``, ``cliprange``, ``cliprange_value``, ``vf_coef``, ``ppo_epochs``,
-``num_rollouts``, ``chunk_size``, ``gen_kwargs``, ``scale_reward``, ``cliprange_reward``, and
-``num_layers_unfrozen`` from trlx's ``model`` block. Derived values are properties.
+Same as trlx: ``init_kl_coef``, ``gamma``, ``lam``, ``cliprange``, ``cliprange_value``, ``vf_coef``,
+``ppo_epochs``, ``num_rollouts``, ``gen_kwargs``, ``scale_reward``, ``cliprange_reward`` and
+``num_layers_unfrozen``. Renamed (``RENAMED``; docs/ppo.md has the table): trlx's ``batch_size`` is our
+``minibatch_size``, ``chunk_size`` is ``generation_batch_size``, ``target`` is ``kl_target`` and
+``horizon`` is ``kl_horizon``. Derived values are properties.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from common.errors import ConfigError
 
@@ -49,12 +50,15 @@ class PPOConfig:
     num_rollouts: int = field(
         default=16, metadata={"help": "episodes (prompt + response) collected per PPO iteration, per process"}
     )
-    chunk_size: int = field(
-        default=16, metadata={"help": "episodes generated (and scored) in one batch during a rollout"}
-    )
-    batch_size: int = field(
+    generation_batch_size: int = field(
         default=16,
-        metadata={"help": "minibatch size of a PPO update (num_rollouts / batch_size minibatches per epoch)"},
+        metadata={"help": "episodes generated (and scored) in one batch during a rollout (trlx: chunk_size)"},
+    )
+    minibatch_size: int = field(
+        default=16,
+        metadata={
+            "help": "episodes per PPO update (num_rollouts / minibatch_size minibatches per epoch; trlx: batch_size)"
+        },
     )
     ppo_epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
     max_prompt_tokens: int = field(default=24, metadata={"help": "prompts are cut from the left to this many tokens"})
@@ -82,6 +86,13 @@ class PPOConfig:
             "help": "train only the top N transformer blocks (-1: all; embeddings and LM head frozen when N >= 0)"
         },
     )
+    shared_trunk: bool = field(
+        default=True,
+        metadata={
+            "help": "with 0 <= num_layers_unfrozen < layers: run the frozen bottom once per rollout and share it with "
+            "the reference, which keeps a copy of the top blocks only (trlx's hydra); false: a full reference copy"
+        },
+    )
 
     # -- PPO -------------------------------------------------------------------------------------
     gamma: float = field(default=1.0, metadata={"help": "discount"})
@@ -102,11 +113,12 @@ class PPOConfig:
 
     # -- reward and KL ---------------------------------------------------------------------------
     init_kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient (beta) at the start"})
-    target: float | None = field(
-        default=None, metadata={"help": "adaptive KL: target KL per sample in nats (None: fixed coefficient)"}
+    kl_target: float | None = field(
+        default=None,
+        metadata={"help": "adaptive KL: target KL per sample in nats (None: fixed coefficient; trlx: target)"},
     )
-    horizon: int | None = field(
-        default=None, metadata={"help": "adaptive KL: horizon in episodes (required with target)"}
+    kl_horizon: int | None = field(
+        default=None, metadata={"help": "adaptive KL: horizon in episodes (required with kl_target; trlx: horizon)"}
     )
     kl_loss_coef: float = field(
         default=0.0,
@@ -160,30 +172,39 @@ class PPOConfig:
     )
     reward_batch_size: int = field(default=32, metadata={"help": "CLI only: texts per reward model call"})
 
-    @property
-    def adaptive_kl(self) -> bool:
-        return self.target is not None
+    RENAMED: ClassVar[dict[str, str]] = {
+        "batch_size": "minibatch_size",
+        "chunk_size": "generation_batch_size",
+        "target": "kl_target",
+        "horizon": "kl_horizon",
+    }
 
     @property
     def minibatches_per_epoch(self) -> int:
-        return self.num_rollouts // self.batch_size
+        return self.num_rollouts // self.minibatch_size
 
     def validate(self) -> None:
-        if self.target is not None and self.horizon is None:
+        if self.kl_target is not None and self.kl_horizon is None:
             raise ConfigError(
-                f"ppo.target={self.target} is set but ppo.horizon is not.",
-                "an adaptive KL controller needs both: set ppo.horizon (e.g. 10000 episodes) or unset ppo.target for a fixed coefficient.",
+                f"ppo.kl_target={self.kl_target} is set but ppo.kl_horizon is not.",
+                "an adaptive KL controller needs both: set ppo.kl_horizon (e.g. 10000 episodes) or unset ppo.kl_target for a fixed coefficient.",
             )
-        if self.target is not None and self.target <= 0:
-            raise ConfigError(f"ppo.target={self.target} must be > 0.", "set a positive KL target in nats, e.g. 6.")
-        if self.horizon is not None and self.horizon <= 0:
-            raise ConfigError(f"ppo.horizon={self.horizon} must be > 0.", "set it to a number of episodes, e.g. 10000.")
-        if self.num_rollouts <= 0 or self.batch_size <= 0 or self.chunk_size <= 0:
-            raise ConfigError("ppo.num_rollouts, batch_size and chunk_size must be > 0.", "use positive sizes.")
-        if self.num_rollouts % self.batch_size:
+        if self.kl_target is not None and self.kl_target <= 0:
             raise ConfigError(
-                f"ppo.num_rollouts={self.num_rollouts} is not a multiple of ppo.batch_size={self.batch_size}.",
-                "make num_rollouts a multiple of batch_size (batch_size = num_rollouts gives one minibatch).",
+                f"ppo.kl_target={self.kl_target} must be > 0.", "set a positive KL target in nats, e.g. 6."
+            )
+        if self.kl_horizon is not None and self.kl_horizon <= 0:
+            raise ConfigError(
+                f"ppo.kl_horizon={self.kl_horizon} must be > 0.", "set it to a number of episodes, e.g. 10000."
+            )
+        if self.num_rollouts <= 0 or self.minibatch_size <= 0 or self.generation_batch_size <= 0:
+            raise ConfigError(
+                "ppo.num_rollouts, minibatch_size and generation_batch_size must be > 0.", "use positive sizes."
+            )
+        if self.num_rollouts % self.minibatch_size:
+            raise ConfigError(
+                f"ppo.num_rollouts={self.num_rollouts} is not a multiple of ppo.minibatch_size={self.minibatch_size}.",
+                "make num_rollouts a multiple of minibatch_size (minibatch_size = num_rollouts gives one minibatch).",
             )
         if self.ppo_epochs < 1 or self.total_steps < 1:
             raise ConfigError("ppo.ppo_epochs and ppo.total_steps must be >= 1.", "use positive counts.")

@@ -214,6 +214,52 @@ def value_loss(
     return loss, {"vf_clipfrac": clipfrac}
 
 
+def ppo_loss(
+    logits: torch.Tensor,
+    values: torch.Tensor,
+    tokens: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    old_values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    cliprange: float = 0.2,
+    cliprange_value: float = 0.2,
+    vf_coef: float = 1.0,
+    ent_coef: float = 0.0,
+    kl_loss_coef: float = 0.0,
+    ref_logp_full: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one PPO minibatch:
+    ``policy_loss + vf_coef * value_loss - ent_coef * entropy + kl_loss_coef * exact_kl`` (means over tokens).
+
+    ``logits`` (B, T, V) and ``values`` (B, T) come from the policy being trained; ``tokens``, the old
+    log-probs and values, advantages, returns and ``mask`` (B, T) from the rollout; ``ref_logp_full``
+    (B, T, V, the reference's log-softmax) is needed only with ``kl_loss_coef``. The entropy and
+    exact-KL terms are computed only when their coefficient is not 0.
+
+    Stats (detached scalars): loss/policy, loss/value, loss/total, clipfrac, approx_kl, vf_clipfrac,
+    and loss/kl with ``kl_loss_coef``.
+    """
+    logprobs = logprobs_from_logits(logits, tokens, temperature)
+    pg_loss, pg_stats = policy_loss(logprobs, old_logprobs, advantages, mask, cliprange)
+    vf_loss, vf_stats = value_loss(values.float(), old_values, returns, mask, cliprange_value)
+    loss = pg_loss + vf_coef * vf_loss
+    if ent_coef:
+        loss = loss - ent_coef * masked_mean(entropy_from_logits(logits, temperature), mask)
+    stats = {"loss/policy": pg_loss.detach(), "loss/value": vf_loss.detach(), **pg_stats, **vf_stats}
+    if kl_loss_coef:
+        if ref_logp_full is None:
+            raise ValueError("ppo_loss with kl_loss_coef needs ref_logp_full (the reference's log-softmax)")
+        kl_loss = masked_mean(exact_kl(logits, ref_logp_full, temperature), mask)
+        loss = loss + kl_loss_coef * kl_loss
+        stats["loss/kl"] = kl_loss.detach()
+    stats["loss/total"] = loss.detach()
+    return loss, stats
+
+
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
     """1 - Var(R - V) / Var(R) over the masked tokens (1 = perfect value function, 0 = no better than a constant)."""
     var_r = masked_var(returns, mask, unbiased=False)

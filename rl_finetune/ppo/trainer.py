@@ -1,16 +1,21 @@
-"""The PPO loop: ``train(policy, reward_fn, prompts, config)``, in the order a student reads it.
+"""The PPO loop: ``train((model, tokenizer), reward_fn, prompts, config)``, in the order a student reads it.
 
-One iteration ("step"):
-  1. rollout: sample ``num_rollouts`` responses (KV cache), score prompt + response with ``reward_fn``
-  2. one no-grad forward pass of the policy (log-probs and values together) and of the frozen reference
-  3. scores scaled and clipped; per-token rewards = -kl_coef * KL, plus the score on the last token
-  4. GAE advantages and returns; advantages whitened
-  5. ``ppo_epochs`` passes of clipped policy + value loss over minibatches (early stop on approx-KL)
-  6. the KL controller moves kl_coef
-  7. metrics, eval, checkpoint
+One iteration, :meth:`PPOTrainer.train_step`, is a list of named calls:
+  1. ``rollout``: sample ``num_rollouts`` responses (KV cache), score prompt + response with ``reward_fn``
+  2. ``logprobs_and_values``: one no-grad forward pass of the policy (log-probs and values together)
+     and of the frozen reference (log-probs)
+  3. ``shaped_rewards``: scores scaled and clipped; per-token rewards = -kl_coef * KL, plus the score on the last token
+  4. ``advantages``: GAE advantages and returns; advantages whitened
+  5. ``optimise``: ``ppo_epochs`` passes of :func:`core.ppo_loss` over minibatches (early stop on approx-KL)
+  6. ``update_kl_controller``: the KL controller moves kl_coef
+then :func:`report.step_metrics` turns the step into a metrics row. :meth:`PPOTrainer.run` adds eval,
+checkpoints and reports around the steps.
 
 The policy sees the reward only as ``reward_fn(list[str]) -> scores``; the reward model may use any tokenizer.
-Device placement, mixed precision and DDP go through ``accelerate``.
+Device placement, mixed precision and DDP go through ``accelerate``. The loop's speed tricks live in
+two named places: :meth:`PPOTrainer.policy_forward` reuses a forward pass, and :meth:`PPOTrainer.frozen_trunk`
+runs the frozen bottom layers once per rollout for the policy, the reference and every PPO epoch
+(:mod:`rl_finetune.hydra`).
 """
 
 from __future__ import annotations
@@ -25,22 +30,40 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from common.config import to_dict
 from common.errors import UserError
-from rl_finetune.ppo import core
+from rl_finetune.hydra import FrozenTrunk
+from rl_finetune.ppo import checkpoint, core
 from rl_finetune.ppo.config import PPOConfig
+from rl_finetune.ppo.distributed import any_process, make_accelerator, mean_of, mean_over_processes, optimiser_step
+from rl_finetune.ppo.evaluate import Evaluator
 from rl_finetune.ppo.kl import make_kl_controller
-from rl_finetune.ppo.report import append_jsonl, plot_metrics, read_jsonl, samples_markdown
-from rl_finetune.ppo.rollout import decode_responses, left_pad, position_ids, sample, tokenize_prompts
-from rl_finetune.value_head import PolicyWithValueHead, freeze_bottom
+from rl_finetune.ppo.report import (
+    MetricsLog,
+    ProgressBar,
+    Timer,
+    mean_rows,
+    rollout_stats,
+    step_metrics,
+    summarise,
+    write_reports,
+)
+from rl_finetune.ppo.rollout import (
+    LogprobsAndValues,
+    PromptStream,
+    Rollout,
+    Sampler,
+    join_rollouts,
+    seeded,
+    tokenize_prompts,
+)
+from rl_finetune.value_head import PolicyWithValueHead, freeze_bottom, transformer_blocks
 
 log = logging.getLogger(__name__)
 
 RewardFn = Callable[[list[str]], Sequence[float]]
-CHECKPOINT = "checkpoint"
 
 
 @dataclass
@@ -57,165 +80,24 @@ class PPOResult:
     start_policy: str | None = None
 
 
-# ============================================================================ loading
-
-
-def load_policy(path_or_name) -> tuple[torch.nn.Module, object]:
-    """(model, tokenizer) from a folder or hub name; uses ``base_policy.loading.load_policy`` when present."""
-    try:
-        from base_policy.loading import load_policy as shared_loader
-    except ImportError:
-        shared_loader = None
-    if shared_loader is not None:
-        return shared_loader(path_or_name)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path_or_name))
-        tok = AutoTokenizer.from_pretrained(str(path_or_name))
-    except (OSError, ValueError) as err:
+def _model_and_tokenizer(policy) -> tuple[torch.nn.Module, object]:
+    if not (isinstance(policy, tuple) and len(policy) == 2):
         raise UserError(
-            f"policy {str(path_or_name)!r} does not load as a causal LM ({str(err).splitlines()[0]}).",
-            "pass --policy DIR with a Hugging Face model folder (create the base policy with `make base-model`).",
-        ) from None
-    return model, tok
-
-
-def _resolve_policy(policy, tokenizer):
-    if isinstance(policy, (str, Path)):
-        model, tok = load_policy(policy)
-        return model, tokenizer or tok, str(policy)
-    if isinstance(policy, tuple):
-        model, tok = policy
-        return model, tokenizer or tok, getattr(model, "name_or_path", None)
-    if tokenizer is None:
-        raise UserError("train() got a model without a tokenizer.", "pass tokenizer=... or policy=(model, tokenizer).")
-    return policy, tokenizer, getattr(policy, "name_or_path", None)
-
-
-# ============================================================================ small helpers
-
-
-def check_scores(scores, n: int, where: str) -> torch.Tensor:
-    """``reward_fn``'s output as a float tensor of ``n`` finite values, or a UserError naming the batch."""
-    try:
-        t = torch.as_tensor(
-            np.asarray(scores.detach().float().cpu() if torch.is_tensor(scores) else scores, dtype=np.float64)
+            f"train() takes the policy as a (model, tokenizer) pair, not {type(policy).__name__} {policy!r:.80}.",
+            "load a policy folder with base_policy.loading.load_policy(path) and pass what it returns.",
         )
-    except (TypeError, ValueError) as err:
-        raise UserError(
-            f"reward_fn returned something that is not a list of numbers at {where} ({err}).",
-            "make reward_fn(texts) return one float per text.",
-        ) from None
-    t = t.flatten().float()
-    if t.numel() != n:
-        raise UserError(
-            f"reward_fn returned {t.numel()} scores for {n} texts at {where}.",
-            "make reward_fn(texts) return exactly one score per text, in order.",
-        )
-    bad = (~torch.isfinite(t)).nonzero().flatten().tolist()
-    if bad:
-        raise UserError(
-            f"reward_fn returned NaN/inf for {len(bad)} of {n} texts at {where} (first at index {bad[0]}).",
-            "fix the reward function so it returns a finite score for every text.",
-        )
-    return t
-
-
-def make_accelerator(mixed_precision: str):
-    """An ``Accelerator`` for this run. ``cpu=True`` on a machine without CUDA lets
-    ``torchrun --nproc_per_node N`` run N CPU processes (gloo DDP). In a single process, a second
-    run with another precision resets accelerate's process-wide state instead of failing."""
-    from accelerate import Accelerator, PartialState
-    from accelerate.state import AcceleratorState
-
-    cpu = not torch.cuda.is_available()
-    try:
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-    except ValueError:
-        if PartialState().num_processes > 1:
-            raise
-        AcceleratorState._reset_state()
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-
-
-def _seeded(seed: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(int(seed) % (2**63))
-    return g
-
-
-class _PromptStream:
-    """Deterministic prompt order: step ``s`` takes prompts ``[s*n, (s+1)*n)`` of a sequence of seeded
-    permutations, so a resumed run sees the same prompts it would have seen."""
-
-    def __init__(self, tokens: list[list[int]], texts: list[str], seed: int):
-        self.tokens, self.texts, self.seed = tokens, texts, seed
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.texts))}
-        return self._perms[epoch]
-
-    def take(self, step: int, n: int) -> list[int]:
-        out = []
-        for k in range(step * n, (step + 1) * n):
-            epoch, i = divmod(k, len(self.texts))
-            out.append(int(self._perm(epoch)[i]))
-        return out
-
-
-@dataclass
-class Rollout:
-    query: torch.Tensor  # (B, P) left-padded prompt ids
-    query_mask: torch.Tensor  # (B, P)
-    response: torch.Tensor  # (B, R)
-    mask: torch.Tensor  # (B, R) response tokens (through EOS)
-    scores: torch.Tensor  # (B,) raw scores from reward_fn
-    prompts: list[str]
-    responses: list[str]
-
-    def model_inputs(self, idx=None):
-        q, qm, r = self.query, self.query_mask, self.response
-        if idx is not None:
-            q, qm, r = q[idx], qm[idx], r[idx]
-        ids = torch.cat([q, r], dim=1)
-        attn = torch.cat([qm, torch.ones_like(r)], dim=1)
-        return {"input_ids": ids, "attention_mask": attn, "position_ids": position_ids(attn), "start": q.shape[1] - 1}
-
-
-def _join_chunks(chunks: list[Rollout], pad_id: int) -> Rollout:
-    if len(chunks) == 1:
-        return chunks[0]
-    P = max(c.query.shape[1] for c in chunks)
-
-    def lpad(x, value):
-        return torch.nn.functional.pad(x, (P - x.shape[1], 0), value=value)
-
-    return Rollout(
-        query=torch.cat([lpad(c.query, pad_id) for c in chunks]),
-        query_mask=torch.cat([lpad(c.query_mask, 0) for c in chunks]),
-        response=torch.cat([c.response for c in chunks]),
-        mask=torch.cat([c.mask for c in chunks]),
-        scores=torch.cat([c.scores for c in chunks]),
-        prompts=sum((c.prompts for c in chunks), []),
-        responses=sum((c.responses for c in chunks), []),
-    )
-
-
-# ============================================================================ the trainer
+    return policy
 
 
 class PPOTrainer:
+    # ================================================================== setup
     def __init__(
         self,
-        policy,
+        policy: tuple[torch.nn.Module, object],
         reward_fn: RewardFn,
         prompts: list[str],
         config: PPOConfig,
         *,
-        tokenizer=None,
         eval_prompts: list[str] | None = None,
         gold_fn: RewardFn | None = None,
         eval_fns: dict[str, RewardFn] | None = None,
@@ -234,17 +116,25 @@ class PPOTrainer:
             torch.set_num_threads(threads)
         torch.manual_seed(cfg.seed + acc.process_index)
 
-        lm, tok, self.start_policy = _resolve_policy(policy, tokenizer)
+        lm, tok = _model_and_tokenizer(policy)
+        self.start_policy = getattr(lm, "name_or_path", None)
         self.tokenizer = tok
         self.eos_id = tok.eos_token_id
         self.pad_id = (
             tok.pad_token_id if tok.pad_token_id is not None else (self.eos_id if self.eos_id is not None else 0)
         )
         lm.eval()  # dropout off, for the whole run
-        self.ref = copy.deepcopy(lm).eval().to(acc.device)
-        for p in self.ref.parameters():
-            p.requires_grad_(False)
+        n_layers = len(transformer_blocks(lm))
+        if cfg.num_layers_unfrozen > n_layers:
+            raise UserError(
+                f"ppo.num_layers_unfrozen={cfg.num_layers_unfrozen} is more than the policy's {n_layers} layers.",
+                f"set ppo.num_layers_unfrozen to at most {n_layers} (or -1 to train every layer).",
+            )
+        hydra = cfg.shared_trunk and 0 <= cfg.num_layers_unfrozen < n_layers
+        self.ref = None if hydra else copy.deepcopy(lm).eval().requires_grad_(False).to(acc.device)
         self.n_trainable = freeze_bottom(lm, cfg.num_layers_unfrozen)
+        # the reference shares the frozen bottom and keeps a copy of only the top blocks (rl_finetune.hydra)
+        self.trunk = FrozenTrunk(lm, cfg.num_layers_unfrozen).to(acc.device) if hydra else None
         policy_model = PolicyWithValueHead(lm)
         params = [p for p in policy_model.parameters() if p.requires_grad]
         head = [p for p in policy_model.v_head.parameters()]
@@ -259,21 +149,27 @@ class PPOTrainer:
         self.model, self.opt = acc.prepare(policy_model, opt)
         self.params = params
 
-        self.reward_fn, self.gold_fn, self.eval_fns = reward_fn, gold_fn, dict(eval_fns or {})
-        self.kl_ctl = make_kl_controller(cfg.init_kl_coef, cfg.target, cfg.horizon)
+        self.sampler = Sampler(
+            tok, reward_fn, cfg.gen_kwargs, cfg.generation_batch_size, self.eos_id, self.pad_id, acc.device,
+            acc.autocast, cfg.sample_threads,
+        )  # fmt: skip
+        self.kl_ctl = make_kl_controller(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
         self.moments = core.RunningMoments()
         rank, world = acc.process_index, acc.num_processes
         my_prompts = list(prompts)[rank::world] or list(prompts)
-        self.stream = _PromptStream(
+        self.stream = PromptStream(
             tokenize_prompts(tok, my_prompts, cfg.max_prompt_tokens), my_prompts, cfg.seed + rank
         )
         self.eval_prompts = list(eval_prompts or [])
-        self.eval_tokens = tokenize_prompts(tok, self.eval_prompts, cfg.max_prompt_tokens) if self.eval_prompts else []
+        eval_tokens = tokenize_prompts(tok, self.eval_prompts, cfg.max_prompt_tokens) if self.eval_prompts else []
+        self.evaluator = Evaluator(
+            self.sampler, self.eval_prompts, eval_tokens, cfg.seed + 424242, gold_fn, dict(eval_fns or {})
+        )
         self.work_dir = Path(work_dir) if work_dir is not None else None
         self.progress = progress
         self.step = 0
         self.elapsed = 0.0
-        self.reward_time = 0.0
+        self._first_update_forward = None  # see policy_forward
         self.before: list[dict] = []
         if acc.is_main_process:
             log.info(
@@ -286,315 +182,175 @@ class PPOTrainer:
                 cfg.mixed_precision,
             )
 
-    # ------------------------------------------------------------------ properties
     @property
     def unwrapped(self) -> PolicyWithValueHead:
         return self.accelerator.unwrap_model(self.model)
 
-    @property
-    def metrics_path(self) -> Path | None:
-        return self.work_dir / "metrics.jsonl" if self.work_dir else None
-
-    @contextlib.contextmanager
-    def sampling_threads(self):
-        """Token-by-token sampling runs with ``sample_threads`` torch threads (on CPU)."""
-        n = self.cfg.sample_threads
-        if n is None or self.accelerator.device.type != "cpu" or n == torch.get_num_threads():
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+    # ================================================================== one PPO iteration
+    def train_step(self, step: int) -> dict:
+        """PPO step ``step`` (0-based), phases 1-6 of the module docstring; returns its metrics row."""
+        cfg, acc, timer = self.cfg, self.accelerator, Timer()
+        with timer("rollout"):
+            rollout = self.rollout(step, timer)  # 1. (reward_fn's share goes to time/reward)
+        with timer("forward"):
+            old = self.logprobs_and_values(rollout)  # 2.
+        kl_coef = self.kl_ctl.value
+        rewards, kl = self.shaped_rewards(rollout, old, kl_coef)  # 3.
+        advantages, returns = self.advantages(old, rewards, rollout.mask.float())  # 4.
+        with timer("optimise"):
+            update_stats = self.optimise(rollout, old, advantages, returns, step)  # 5.
+        kl_mean = self.update_kl_controller(kl)  # 6.
+        stats = {**rollout_stats(old, returns, rollout.mask.float()), **update_stats}
+        scores, stats = acc.gather(rollout.scores), mean_over_processes(acc, stats)
+        return step_metrics(step, scores, kl_mean, kl_coef, stats, timer, cfg.num_rollouts * acc.num_processes)
 
     # ------------------------------------------------------------------ 1. rollout
-    @torch.no_grad()
-    def rollout(self, step: int) -> Rollout:
-        cfg, acc, dev = self.cfg, self.accelerator, self.accelerator.device
-        gen = _seeded(cfg.seed * 1_000_003 + step * 7919 + acc.process_index)
-        idx = self.stream.take(step, cfg.num_rollouts)
-        self.reward_time = 0.0
-        chunks = []
-        for c, start in enumerate(range(0, len(idx), cfg.chunk_size)):
-            part = idx[start : start + cfg.chunk_size]
-            batch = left_pad([self.stream.tokens[i] for i in part], self.pad_id, [self.stream.texts[i] for i in part])
-            batch.input_ids, batch.attention_mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
-            with acc.autocast(), self.sampling_threads():
-                response, mask = sample(self.unwrapped, batch, cfg.gen_kwargs, self.eos_id, self.pad_id, gen)
-            texts = decode_responses(self.tokenizer, response, mask)
-            t_reward = time.perf_counter()
-            scores = check_scores(
-                self.reward_fn([p + r for p, r in zip(batch.texts, texts)]),
-                len(texts),
-                f"step {step}, rollout chunk {c}",
-            )
-            self.reward_time += time.perf_counter() - t_reward
-            chunks.append(
-                Rollout(batch.input_ids, batch.attention_mask, response, mask, scores.to(dev), batch.texts, texts)
-            )
-        return _join_chunks(chunks, self.pad_id)
+    def rollout(self, step: int, timer: Timer) -> Rollout:
+        """``num_rollouts`` prompts of the stream (this step's share), their responses and scores."""
+        gen = seeded(self.cfg.seed * 1_000_003 + step * 7919 + self.accelerator.process_index)
+        idx = self.stream.take(step, self.cfg.num_rollouts)
+        tokens, texts = [self.stream.tokens[i] for i in idx], [self.stream.texts[i] for i in idx]
+        batches = self.sampler(self.unwrapped, tokens, texts, gen, f"step {step}, rollout", timer)
+        return join_rollouts(list(batches), self.pad_id)
 
     # ------------------------------------------------------------------ 2. log-probs, values, reference
     @torch.no_grad()
-    def score_tokens(self, ro: Rollout, policy_out=None) -> dict[str, torch.Tensor]:
-        """Log-probs, values and entropy under the current policy (``policy_out``: an already computed
-        (logits, values) of the same inputs), and log-probs under the reference."""
+    def logprobs_and_values(self, rollout: Rollout) -> LogprobsAndValues:
+        """Log-probs, values and entropy of the policy before this step's updates; log-probs of the reference."""
         T = self.cfg.gen_kwargs.temperature
-        inputs = ro.model_inputs()
+        logits, values = self.policy_forward(rollout)
+        ref_logits = self.reference_logits(rollout)
+        return LogprobsAndValues(
+            logprobs=core.logprobs_from_logits(logits, rollout.response, T),
+            values=values.float(),
+            entropy=core.entropy_from_logits(logits, T),
+            ref_logprobs=core.logprobs_from_logits(ref_logits, rollout.response, T),
+            # the reference's full next-token distributions, for the exact KL in the loss
+            ref_logp_full=torch.log_softmax(ref_logits.float() / T, dim=-1) if self.cfg.kl_loss_coef else None,
+        )
+
+    def policy_forward(self, rollout: Rollout, mb: torch.Tensor | None = None):
+        """The policy's (logits, values): on the whole rollout before any update (``mb=None``; detached), or
+        on minibatch ``mb`` during phase 5 (with gradients).
+
+        The loop's one speed trick lives here: with one minibatch per epoch, the first update's forward
+        pass *is* the old policy's (same weights, same inputs), so it runs once, with gradients, and the
+        first minibatch reuses it (one forward pass less per step)."""
+        if mb is not None:
+            reused, self._first_update_forward = self._first_update_forward, None
+            if reused is not None:
+                return reused
+            with self.frozen_trunk(rollout, mb):
+                return self.model(**rollout.model_inputs(mb))
+        if self.cfg.minibatches_per_epoch == 1:
+            with torch.enable_grad(), self.frozen_trunk(rollout):
+                self._first_update_forward = self.model(**rollout.model_inputs())
+            return tuple(x.detach() for x in self._first_update_forward)
+        with self.accelerator.autocast(), self.frozen_trunk(rollout):
+            return self.unwrapped(**rollout.model_inputs())
+
+    def reference_logits(self, rollout: Rollout) -> torch.Tensor:
+        """The frozen reference's logits at the positions that predict the response tokens: (B, R, V)."""
+        inputs = rollout.model_inputs()
+        if self.trunk is not None:  # the policy's modules, with the reference's copy of the top blocks
+            with self.accelerator.autocast(), self.frozen_trunk(rollout, reference=True):
+                return self.unwrapped(**inputs, with_values=False)[0]
+        start = inputs.pop("start")
         with self.accelerator.autocast():
-            if policy_out is not None:
-                logits, values = (x.detach() for x in policy_out)
-            else:
-                logits, values = self.unwrapped(**inputs)
-            start = inputs.pop("start")
             ref_h = self.ref.base_model(**inputs, use_cache=False).last_hidden_state[:, start:-1]
-            ref_logits = self.ref.get_output_embeddings()(ref_h)
-        out = {
-            "logprobs": core.logprobs_from_logits(logits, ro.response, T),
-            "ref_logprobs": core.logprobs_from_logits(ref_logits, ro.response, T),
-            "values": values.float(),
-            "entropy": core.entropy_from_logits(logits, T),
-        }
-        if self.cfg.kl_loss_coef:  # the reference's full next-token distributions, for the exact KL in the loss
-            out["ref_logp_full"] = torch.log_softmax(ref_logits.float() / T, dim=-1).detach()
-        return out
+            return self.ref.get_output_embeddings()(ref_h)
 
-    # ------------------------------------------------------------------ one PPO iteration
-    def train_step(self, step: int) -> dict:
-        cfg, acc = self.cfg, self.accelerator
-        t0 = time.perf_counter()
-        # 1. rollout
-        ro = self.rollout(step)
-        t_rollout = time.perf_counter() - t0
-        # 2. log-probs and values under the policy (before any update), log-probs under the reference.
-        #    With one minibatch per epoch, the first update's forward pass *is* the old policy's:
-        #    run it once, with gradients, and reuse it (one forward pass less per step).
-        first = self.model(**ro.model_inputs()) if cfg.minibatches_per_epoch == 1 else None
-        tk = self.score_tokens(ro, policy_out=first)
-        t_forward = time.perf_counter() - t0 - t_rollout
-        mask = ro.mask.float()
-        # 3. scores -> scaled, clipped; per-token rewards with the KL penalty
+    @contextlib.contextmanager
+    def frozen_trunk(self, rollout: Rollout, mb: torch.Tensor | None = None, *, reference: bool = False):
+        """The second speed trick (trlx's hydra): the frozen bottom layers' output for a rollout is computed
+        once, kept on the rollout, and replayed into every later forward pass of the policy (or, with
+        ``reference``, of the reference's top blocks). A no-op when every layer trains (``self.trunk`` is None)."""
+        if self.trunk is None:
+            yield
+            return
+        if rollout.trunk_hidden is None:
+            with self.accelerator.autocast():
+                rollout.trunk_hidden = self.trunk.hidden(**rollout.model_inputs())
+        hidden = rollout.trunk_hidden if mb is None else rollout.trunk_hidden[mb]
+        with self.trunk.reference(hidden) if reference else self.trunk.replay(hidden):
+            yield
+
+    # ------------------------------------------------------------------ 3. rewards, 4. advantages
+    def shaped_rewards(self, rollout: Rollout, old: LogprobsAndValues, kl_coef: float):
+        """Per-token rewards (B, R): the scaled, clipped score on the last token minus ``kl_coef`` * KL; and the KL."""
+        cfg = self.cfg
         if cfg.scale_reward == "running":
-            self.moments.update(acc.gather(ro.scores))
-        scores = core.scale_and_clip_scores(
-            ro.scores,
-            cfg.cliprange_reward,
-            std=self.moments.std if cfg.scale_reward == "running" else None,
-            whiten_batch=cfg.scale_reward == "whiten",
-        )
-        kl_coef = self.kl_ctl.value
-        rewards, kl = core.compute_rewards(scores, tk["logprobs"], tk["ref_logprobs"], mask, kl_coef, cfg.kl_estimator)
-        # 4. advantages (GAE) and returns; whitened advantages
-        advantages, returns = core.gae(tk["values"], rewards, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
-            advantages = core.whiten(advantages, mask)
-        # 5. PPO epochs over minibatches
-        t1 = time.perf_counter()
-        stats = self.optimise(ro, tk, advantages, returns, mask, step, first=first)
-        t_optimise = time.perf_counter() - t1
-        # 6. KL controller, on the mean per-sample KL of all processes
-        kl_per_sample = kl.sum(-1)
-        kl_mean = acc.reduce(kl_per_sample.mean().detach(), reduction="mean").item()
-        self.kl_ctl.update(kl_mean, cfg.num_rollouts * acc.num_processes)
-        # 7. metrics (averaged over processes)
-        all_scores = acc.gather(ro.scores)
-        local = {
-            "kl_k3": (core.kl_per_token(tk["logprobs"], tk["ref_logprobs"], "k3") * mask).sum(-1).mean().item(),
-            "entropy": core.masked_mean(tk["entropy"], mask).item(),
-            "response_len": mask.sum(-1).mean().item(),
-            "value_mean": core.masked_mean(tk["values"], mask).item(),
-            "explained_variance": core.explained_variance(tk["values"], returns, mask),
-            **stats,
-        }
-        keys = sorted(local)
-        reduced = acc.reduce(
-            torch.tensor([local[k] for k in keys], dtype=torch.float64, device=acc.device), reduction="mean"
-        )
-        dt = time.perf_counter() - t0
-        row = {
-            "step": step + 1,
-            "reward_mean": all_scores.mean().item(),
-            "reward_std": all_scores.std().item() if all_scores.numel() > 1 else 0.0,
-            "kl": kl_mean,
-            "kl_coef": kl_coef,
-            **{k: float(v) for k, v in zip(keys, reduced.tolist())},
-            "samples_per_s": cfg.num_rollouts * acc.num_processes / dt,
-            "step_time": dt,
-            "time/rollout": t_rollout,  # sampling + reward_fn
-            "time/reward": self.reward_time,
-            "time/forward": t_forward,  # old log-probs, values, reference log-probs
-            "time/optimise": t_optimise,  # ppo_epochs of forward + backward + step
-        }
-        return row
+            self.moments.update(self.accelerator.gather(rollout.scores))
+        std, whiten = (self.moments.std if cfg.scale_reward == "running" else None), cfg.scale_reward == "whiten"
+        scores = core.scale_and_clip_scores(rollout.scores, cfg.cliprange_reward, std=std, whiten_batch=whiten)
+        mask = rollout.mask.float()
+        return core.compute_rewards(scores, old.logprobs, old.ref_logprobs, mask, kl_coef, cfg.kl_estimator)
 
-    def optimise(self, ro: Rollout, tk: dict, advantages, returns, mask, step: int, first=None) -> dict:
+    def advantages(self, old: LogprobsAndValues, rewards: torch.Tensor, mask: torch.Tensor):
+        """GAE advantages (whitened with ``whiten_advantages``) and returns, (B, R) each."""
+        advantages, returns = core.gae(old.values, rewards, mask, self.cfg.gamma, self.cfg.lam)
+        return (core.whiten(advantages, mask) if self.cfg.whiten_advantages else advantages), returns
+
+    # ------------------------------------------------------------------ 5. PPO epochs
+    def optimise(self, rollout: Rollout, old: LogprobsAndValues, advantages, returns, step: int) -> dict:
+        """``ppo_epochs`` passes over the rollout in minibatches of ``minibatch_size``, one update each; the
+        rest is skipped once a minibatch's approx-KL (mean over processes) passes ``target_kl_early_stop``."""
         cfg, acc = self.cfg, self.accelerator
-        T = cfg.gen_kwargs.temperature
-        B = ro.response.shape[0]
-        g = _seeded(cfg.seed * 31 + step + 17 * acc.process_index)
-        sums: dict[str, float] = {}
-        n = 0
-        stop = False
+        g = seeded(cfg.seed * 31 + step + 17 * acc.process_index)
+        B, mask, rows, limit = rollout.response.shape[0], rollout.mask.float(), [], cfg.target_kl_early_stop
+        coefs = dict(temperature=cfg.gen_kwargs.temperature, cliprange=cfg.cliprange, vf_coef=cfg.vf_coef)
+        coefs.update(cliprange_value=cfg.cliprange_value, ent_coef=cfg.ent_coef, kl_loss_coef=cfg.kl_loss_coef)
         for _epoch in range(cfg.ppo_epochs):
             order = torch.randperm(B, generator=g) if cfg.minibatches_per_epoch > 1 else torch.arange(B)
-            for mb in order.split(cfg.batch_size):
+            for mb in order.split(cfg.minibatch_size):
                 mb = mb.to(acc.device)
-                if first is not None:  # the forward pass of step 2, on the whole rollout (= this minibatch)
-                    (logits, values), first = first, None
-                else:
-                    logits, values = self.model(**ro.model_inputs(mb))
-                logp = core.logprobs_from_logits(logits, ro.response[mb], T)
-                m = mask[mb]
-                pg_loss, pg_stats = core.policy_loss(logp, tk["logprobs"][mb], advantages[mb], m, cfg.cliprange)
-                vf_loss, vf_stats = core.value_loss(
-                    values.float(), tk["values"][mb], returns[mb], m, cfg.cliprange_value
-                )
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                if cfg.ent_coef:
-                    loss = loss - cfg.ent_coef * core.masked_mean(core.entropy_from_logits(logits, T), m)
-                kl_loss = None
-                if cfg.kl_loss_coef:
-                    kl_loss = core.masked_mean(core.exact_kl(logits, tk["ref_logp_full"][mb], T), m)
-                    loss = loss + cfg.kl_loss_coef * kl_loss
-                acc.backward(loss)
-                grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm) if cfg.max_grad_norm else None
-                self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
-                cur = {
-                    "loss/policy": pg_loss.item(),
-                    "loss/value": vf_loss.item(),
-                    "loss/total": loss.item(),
-                    "clipfrac": pg_stats["clipfrac"].item(),
-                    "approx_kl": pg_stats["approx_kl"].item(),
-                    "vf_clipfrac": vf_stats["vf_clipfrac"].item(),
-                }
-                if kl_loss is not None:
-                    cur["loss/kl"] = kl_loss.item()
-                if grad_norm is not None:
-                    cur["grad_norm"] = float(grad_norm)
-                for k, v in cur.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n += 1
-                if cfg.target_kl_early_stop is not None:
-                    akl = acc.reduce(pg_stats["approx_kl"].detach().to(acc.device), reduction="mean").item()
-                    if akl > cfg.target_kl_early_stop:
-                        stop = True
-                        break
-            if stop:
-                break
-        out = {k: v / max(n, 1) for k, v in sums.items()}
-        out["ppo_updates"] = float(n)
-        out["early_stopped"] = float(stop)
-        return out
+                logits, values = self.policy_forward(rollout, mb)
+                o = old[mb]
+                loss, stats = core.ppo_loss(
+                    logits, values, rollout.response[mb], o.logprobs, o.values, advantages[mb], returns[mb], mask[mb],
+                    ref_logp_full=o.ref_logp_full, **coefs,
+                )  # fmt: skip
+                grad_norm = optimiser_step(acc, self.opt, self.params, loss, cfg.max_grad_norm)
+                rows.append({**{k: v.item() for k, v in stats.items()}, **grad_norm})
+                if limit is not None and mean_of(acc, stats["approx_kl"]) > limit:
+                    return {**mean_rows(rows), "ppo_updates": float(len(rows)), "early_stopped": 1.0}
+        return {**mean_rows(rows), "ppo_updates": float(len(rows)), "early_stopped": 0.0}
 
-    # ------------------------------------------------------------------ eval
-    @torch.no_grad()
+    # ------------------------------------------------------------------ 6. KL controller
+    def update_kl_controller(self, kl: torch.Tensor) -> float:
+        """Move kl_coef on the mean KL per sample of all processes; returns that mean."""
+        kl_mean = mean_of(self.accelerator, kl.sum(-1).mean())
+        self.kl_ctl.update(kl_mean, self.cfg.num_rollouts * self.accelerator.num_processes)
+        return kl_mean
+
+    # ================================================================== eval
     def evaluate(self) -> tuple[dict, list[dict]]:
-        """Sample for the fixed eval prompts (same seed every time); score with reward_fn, gold_fn and
-        eval_fns; KL per sample to the reference. Main process only."""
-        if not self.eval_prompts:
-            return {}, []
-        cfg, acc, dev = self.cfg, self.accelerator, self.accelerator.device
-        gen = _seeded(cfg.seed + 424242)
-        samples: list[dict] = []
-        kls = []
-        for c, start in enumerate(range(0, len(self.eval_prompts), cfg.chunk_size)):
-            toks = self.eval_tokens[start : start + cfg.chunk_size]
-            texts_p = self.eval_prompts[start : start + cfg.chunk_size]
-            batch = left_pad(toks, self.pad_id, texts_p)
-            batch.input_ids, batch.attention_mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
-            with acc.autocast(), self.sampling_threads():
-                response, mask = sample(self.unwrapped, batch, cfg.gen_kwargs, self.eos_id, self.pad_id, gen)
-            responses = decode_responses(self.tokenizer, response, mask)
-            full = [p + r for p, r in zip(texts_p, responses)]
-            ro = Rollout(
-                batch.input_ids, batch.attention_mask, response, mask, torch.zeros(len(full)), texts_p, responses
-            )
-            tk = self.score_tokens(ro)
-            kls += (((tk["logprobs"] - tk["ref_logprobs"]) * mask.float()).sum(-1)).tolist()
-            extra = {"reward": check_scores(self.reward_fn(full), len(full), f"eval chunk {c}")}
-            if self.gold_fn is not None:
-                extra["gold"] = check_scores(self.gold_fn(full), len(full), f"eval chunk {c} (gold_fn)")
-            for name, fn in self.eval_fns.items():
-                extra[name] = check_scores(fn(full), len(full), f"eval chunk {c} ({name})")
-            for i, (p, r) in enumerate(zip(texts_p, responses)):
-                samples.append({"prompt": p, "response": r, **{k: float(v[i]) for k, v in extra.items()}})
-        row = {"eval/kl": float(np.mean(kls)), "eval/distinct_2": core.distinct_n([s["response"] for s in samples])}
-        for key in samples[0]:
-            if key not in ("prompt", "response"):
-                row[f"eval/{key}"] = float(np.mean([s[key] for s in samples]))
-        return row, samples
+        """Sample and score the eval prompts (main process only); see :class:`Evaluator`."""
+        return self.evaluator(self.unwrapped, self.kl_per_sample)
 
-    # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self) -> None:
-        if self.work_dir is None:
-            return
-        from common.paths import atomic_dir
+    def kl_per_sample(self, rollout: Rollout) -> torch.Tensor:
+        """Sampled KL(policy || reference) summed over each response: (B,)."""
+        T = self.cfg.gen_kwargs.temperature
+        with self.accelerator.autocast(), self.frozen_trunk(rollout):
+            logits, _ = self.unwrapped(**rollout.model_inputs())
+        logprobs = core.logprobs_from_logits(logits, rollout.response, T)
+        ref_logprobs = core.logprobs_from_logits(self.reference_logits(rollout), rollout.response, T)
+        return ((logprobs - ref_logprobs) * rollout.mask.float()).sum(-1)
 
-        if self.accelerator.is_main_process:
-            with atomic_dir(self.work_dir / CHECKPOINT) as tmp:
-                torch.save(self.unwrapped.state_dict(), tmp / "policy.pt")
-                torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
-                (tmp / "state.json").write_text(
-                    json.dumps(
-                        {
-                            "step": self.step,
-                            "elapsed": self.elapsed,
-                            "kl_ctl": self.kl_ctl.state_dict(),
-                            "moments": self.moments.state_dict(),
-                            "before": self.before,
-                            "config": to_dict(self.cfg),
-                            "start_policy": self.start_policy,
-                        }
-                    )
-                )
-        self.accelerator.wait_for_everyone()
-
-    def load_checkpoint(self) -> bool:
-        path = self.work_dir / CHECKPOINT if self.work_dir else None
-        if path is None or not (path / "state.json").is_file():
-            return False
-        state = json.loads((path / "state.json").read_text())
-        self.unwrapped.load_state_dict(torch.load(path / "policy.pt", map_location=self.accelerator.device))
-        self.opt.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.accelerator.device))
-        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
-        self.kl_ctl.load_state_dict(state["kl_ctl"])
-        self.moments.load_state_dict(state["moments"])
-        self.before = state.get("before") or []
-        if self.accelerator.is_main_process and self.metrics_path and self.metrics_path.exists():
-            rows = [r for r in read_jsonl(self.metrics_path) if r["step"] <= self.step]
-            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        log.info("resumed from %s at step %d", path, self.step)
-        return True
-
-    # ------------------------------------------------------------------ the loop
+    # ================================================================== the loop
     def run(self, resume: bool = False) -> PPOResult:
-        cfg, acc = self.cfg, self.accelerator
-        main = acc.is_main_process
-        if self.work_dir is not None and main:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-        resumed = resume and self.load_checkpoint()
-        if self.work_dir is not None and main and not resumed and self.metrics_path.exists():
-            self.metrics_path.unlink()
-        rows: list[dict] = read_jsonl(self.metrics_path) if (resumed and self.metrics_path) else []
-
-        def record(row: dict) -> None:
-            rows.append(row)
-            if main and self.metrics_path is not None:
-                append_jsonl(self.metrics_path, row)
-
+        """Eval at step 0, ``train_step`` until ``total_steps`` or ``max_minutes``, eval every
+        ``eval_interval`` steps and at the end, checkpoints every ``checkpoint_interval``; then the reports."""
+        cfg, acc, main = self.cfg, self.accelerator, self.accelerator.is_main_process
+        resumed = resume and checkpoint.resume(self)
+        path = self.work_dir / "metrics.jsonl" if self.work_dir else None
+        metrics = MetricsLog(path, write=main, resume_at=self.step if resumed else None)
         after: list[dict] = []
         if not resumed and main and self.eval_prompts:
             ev, self.before = self.evaluate()
-            record({"step": 0, **ev})
+            metrics.record({"step": 0, **ev})
         acc.wait_for_everyone()
-        bar = None
-        if self.progress and main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.total_steps, initial=self.step, desc="ppo", dynamic_ncols=True)
+        bar = ProgressBar(cfg.total_steps, self.step, enabled=self.progress and main)
         deadline = time.monotonic() + cfg.max_minutes * 60 - self.elapsed if cfg.max_minutes else None
         last_eval_step = 0 if not resumed else -1
         while self.step < cfg.total_steps:
@@ -603,107 +359,53 @@ class PPOTrainer:
             self.step += 1
             self.elapsed += time.perf_counter() - t0
             row["elapsed_s"] = self.elapsed
-            out_of_time = deadline is not None and time.monotonic() > deadline
-            out_of_time = bool(
-                acc.reduce(torch.tensor(float(out_of_time), device=acc.device), reduction="sum").item() > 0
-            )
+            out_of_time = any_process(acc, deadline is not None and time.monotonic() > deadline)
             last = self.step >= cfg.total_steps or out_of_time
             if main and self.eval_prompts and (self.step % cfg.eval_interval == 0 or last):
                 t_eval = time.perf_counter()
                 ev, after = self.evaluate()
-                row.update(ev)
-                row["eval_time"] = time.perf_counter() - t_eval
+                row.update(ev, eval_time=time.perf_counter() - t_eval)
                 last_eval_step = self.step
-            record(row)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    reward=f"{row['reward_mean']:.3f}",
-                    kl=f"{row['kl']:.2f}",
-                    **({"eval": f"{row['eval/reward']:.3f}"} if "eval/reward" in row else {}),
-                )
+            metrics.record(row)
+            bar.update(row)
             if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0 and not last:
-                self.save_checkpoint()
+                checkpoint.save(self)
             if out_of_time:
                 log.info("stopping after %d steps: max_minutes=%s reached", self.step, cfg.max_minutes)
                 break
-        if bar is not None:
-            bar.close()
+        bar.close()
+        rows = metrics.rows
         if main and self.eval_prompts and not after and last_eval_step != self.step:
             ev, after = self.evaluate()
             rows[-1].update(ev) if rows else None
         acc.wait_for_everyone()
-        summary = self.summarise(rows, after)
+        summary = summarise(rows, self.step, self.elapsed, acc.num_processes, self.start_policy)
         if main and self.work_dir is not None:
-            self.write_reports(rows, after, summary)
+            config = to_dict(self.cfg)
+            write_reports(self.work_dir, rows, self.before, after, summary, config, self.cfg.num_samples_report)
         return PPOResult(
-            model=self.unwrapped.lm,
-            tokenizer=self.tokenizer,
-            policy=self.unwrapped,
-            config=cfg,
-            metrics=rows,
-            before=self.before,
-            after=after,
-            summary=summary,
-            work_dir=self.work_dir,
-            start_policy=self.start_policy,
-        )
-
-    def summarise(self, rows: list[dict], after: list[dict]) -> dict:
-        train_rows = [r for r in rows if "reward_mean" in r]
-        evals = [r for r in rows if "eval/reward" in r]
-        s = {
-            "steps": self.step,
-            "wall_time_s": self.elapsed,
-            "samples_per_s": (float(np.mean([r["samples_per_s"] for r in train_rows])) if train_rows else None),
-            "s_per_step": (float(np.mean([r["step_time"] for r in train_rows])) if train_rows else None),
-            "processes": self.accelerator.num_processes,
-            "start_policy": self.start_policy,
-        }
-        if evals:
-            first, last = evals[0], evals[-1]
-            for k in first:
-                if k.startswith("eval/"):
-                    s[f"{k}_before"], s[f"{k}_after"] = first[k], last.get(k)
-        if train_rows:
-            s["train_reward_first"], s["train_reward_last"] = (
-                train_rows[0]["reward_mean"],
-                train_rows[-1]["reward_mean"],
-            )
-        return s
-
-    def write_reports(self, rows: list[dict], after: list[dict], summary: dict) -> None:
-        from common.paths import write_json
-
-        write_json(self.work_dir / "summary.json", summary)
-        write_json(self.work_dir / "ppo_config.json", to_dict(self.cfg))
-        try:
-            plot_metrics(rows, self.work_dir)
-        except Exception as err:  # a plot must never lose a trained policy
-            log.warning("could not draw the plots: %s", err)
-        if self.before and after:
-            (self.work_dir / "samples.md").write_text(
-                samples_markdown(self.before, after, self.cfg.num_samples_report), encoding="utf-8"
-            )
+            self.unwrapped.lm, self.tokenizer, self.unwrapped, self.cfg, rows, self.before, after, summary, self.work_dir,
+            self.start_policy,
+        )  # fmt: skip
 
 
 def train(
-    policy,
+    policy: tuple[torch.nn.Module, object],
     reward_fn: RewardFn,
     prompts: list[str],
     config: PPOConfig | None = None,
     eval_prompts: list[str] | None = None,
     gold_fn: RewardFn | None = None,
     *,
-    tokenizer=None,
     eval_fns: dict[str, RewardFn] | None = None,
     work_dir: Path | str | None = None,
     resume: bool = False,
     accelerator=None,
     progress: bool = True,
 ) -> PPOResult:
-    """Fine-tune ``policy`` (a folder/hub name, a ``(model, tokenizer)`` pair, or a model with ``tokenizer=``)
-    with PPO against ``reward_fn(list[str]) -> scores`` on ``prompts`` (trlx's ``trlx.train`` shape).
+    """Fine-tune ``policy``, a ``(model, tokenizer)`` pair (``base_policy.loading.load_policy(path)``
+    returns one), with PPO against ``reward_fn(list[str]) -> scores`` on ``prompts`` (trlx's ``trlx.train``
+    shape). The model is trained in place.
 
     ``eval_prompts`` are sampled and scored (with ``reward_fn``, ``gold_fn`` as ``gold``, and each of
     ``eval_fns``) at the start, every ``eval_interval`` steps and at the end. With ``work_dir``, the run
@@ -715,7 +417,6 @@ def train(
         reward_fn,
         prompts,
         config or PPOConfig(),
-        tokenizer=tokenizer,
         eval_prompts=eval_prompts,
         gold_fn=gold_fn,
         eval_fns=eval_fns,

@@ -8,7 +8,8 @@ standing. Afterwards :func:`check` compares the database with what the processes
 wrote: exactly those judgements, none duplicated, none lost, no error surfaced (in particular
 no "database is locked"), and with overlap 1 no item handed to two labellers.
 
-Used by ``tests/test_db_concurrency.py`` (small) and ``benchmarks/bench_db.py`` (10,000 judgements).
+Used by ``tests/test_db_concurrency.py`` (small) and ``benchmarks/bench_db.py`` (10,000 judgements), and
+from the shell: ``python -m tests.support.drill --url sqlite:///drill.sqlite --procs 8 --per-proc 100``.
 """
 
 from __future__ import annotations
@@ -234,3 +235,31 @@ def check(url: str, results: list[WorkerResult], *, wall: float) -> dict:
         "next_item_latency_p50_ms": 1000 * _pct(nexts, 0.5),
         "next_item_latency_p95_ms": 1000 * _pct(nexts, 0.95),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.support.drill --url sqlite:///... --procs 8 --per-proc 100``: run the drill, print its report."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(
+        prog="python -m tests.support.drill",
+        description="N labeller processes write at once through the db API; prints the check as JSON "
+        "(exit 1 when anything was lost, duplicated or served twice).",
+    )
+    p.add_argument("--url", required=True, help="database URL (sqlite:///drill.sqlite or postgresql+psycopg://...)")
+    p.add_argument("--procs", type=int, default=8, help="labeller processes at once")
+    p.add_argument("--per-proc", type=int, default=150, help="judgements each process leaves standing")
+    p.add_argument("--undo-prob", type=float, default=0.1, help="probability of an undo and re-label after a judgement")
+    p.add_argument("--tabs", type=int, default=1, help="processes (browser tabs) per labeller; >1 turns undo off")
+    p.add_argument("--seed", type=int, default=0, help="seed of the labellers' choices")
+    args = p.parse_args(argv)
+    report = run(
+        args.url, procs=args.procs, per_proc=args.per_proc, undo_prob=args.undo_prob, seed=args.seed, tabs=args.tabs
+    )
+    print(json.dumps(report, indent=2))
+    return 1 if report["problems"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

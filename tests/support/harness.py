@@ -27,6 +27,9 @@ CHROMIUM_ARGS = [
 # Where things are on the labelling page (stable keys set in views/label.py).
 COMPLETION_CAPTION = ".st-key-completion_box [data-testid='stCaptionContainer']"
 COMPLETION_TEXT = ".st-key-completion_box [data-testid='stText']"
+# A press counts once the item has been on screen for label.min_dwell_ms (300 by default): a scripted
+# labeller waits this long before each key.
+DWELL_S = 0.35
 
 
 def free_port() -> int:
@@ -138,8 +141,12 @@ def current_completion_id(page) -> int | None:
     return int(text.split("#", 1)[1].split()[0]) if "#" in text else None
 
 
-def press_and_wait_next(page, key: str, previous: int | None, timeout_ms: int = 10_000) -> int | None:
-    """Press ``key`` and wait until a different item (or the empty-queue message) is on screen."""
+def press_and_wait_next(
+    page, key: str, previous: int | None, timeout_ms: int = 10_000, dwell_s: float = DWELL_S
+) -> int | None:
+    """Wait ``dwell_s`` (the item must be seen before it is judged), press ``key`` and wait until a
+    different item (or the empty-queue message) is on screen."""
+    time.sleep(dwell_s)
     page.keyboard.press(key)
     page.wait_for_function(
         """([sel, prev]) => {
@@ -152,6 +159,28 @@ def press_and_wait_next(page, key: str, previous: int | None, timeout_ms: int = 
         timeout=timeout_ms,
     )
     return current_completion_id(page)
+
+
+def hold_key(page, key: str, seconds: float, *, delay: float = 0.5, interval: float = 0.033) -> int:
+    """Hold ``key`` down as a keyboard does: one keydown, ``delay`` s of nothing (the OS's repeat
+    delay), then a keydown with ``repeat=true`` every ``interval`` s, for ``seconds`` in all;
+    returns how many keydowns were sent."""
+    page.keyboard.down(key)
+    sent, t0 = 1, time.monotonic()
+    time.sleep(delay)
+    while time.monotonic() - t0 < seconds:
+        page.keyboard.down(key)  # Playwright marks a keydown of a key already down as a repeat
+        sent += 1
+        time.sleep(interval)
+    page.keyboard.up(key)
+    return sent
+
+
+def tap_keys(page, key: str, n: int, interval: float) -> None:
+    """``n`` separate presses of ``key``, ``interval`` s apart (a fast, impatient labeller)."""
+    for _ in range(n):
+        page.keyboard.press(key)
+        time.sleep(interval)
 
 
 # Latency probe: time from keydown (capture phase, before Streamlit sees it) to the DOM showing a new item.

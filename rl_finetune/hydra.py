@@ -1,0 +1,142 @@
+"""The shared frozen trunk ("hydra", after trlx): pay for the frozen layers once per rollout.
+
+With ``num_layers_unfrozen = N`` only the top ``N`` of the ``L`` transformer blocks train. The
+bottom ``L - N`` blocks (and the embeddings) never change, so for one rollout their output is
+the same in every pass PPO makes over it:
+
+- the old policy's log-probs and values,
+- the reference's log-probs,
+- every minibatch of every PPO epoch.
+
+:class:`FrozenTrunk` computes that output once (:meth:`FrozenTrunk.hidden`, stopping the
+forward pass after the last frozen block), then runs only the top blocks on it
+(:meth:`FrozenTrunk.replay`). The reference is the same trunk with a frozen copy of only the top
+``N`` blocks and the final norm (:meth:`FrozenTrunk.reference`), not a copy of the whole model.
+
+Both work by swapping modules inside the Hugging Face model for the length of a ``with`` block,
+so the model's own forward (attention masks, rotary or learned positions) runs unchanged:
+the frozen blocks become :class:`_Replay` modules that hand back the cached hidden state.
+``tests/test_hydra.py`` checks that log-probs, values and losses equal those of the plain path,
+on a tiny GPT-2 and a tiny Llama.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from rl_finetune.value_head import transformer_blocks
+
+#: Names of the final layer norm that sits after the blocks (GPT-2, Llama, OPT-style).
+FINAL_NORMS = ("ln_f", "norm", "final_layer_norm")
+
+
+class _StopForward(Exception):
+    """Raised by the hook on the last frozen block: nothing above it is needed."""
+
+
+class _Replay(nn.Module):
+    """Stands in for a frozen block: returns the cached output of the frozen trunk (the last
+    frozen block) or passes its input through (the ones below it, whose work is already in the cache)."""
+
+    def __init__(self, cached: torch.Tensor | None):
+        super().__init__()
+        self.cached = cached
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states if self.cached is None else self.cached.to(hidden_states.dtype)
+
+
+def _final_norm_name(lm: nn.Module) -> str | None:
+    for name, _ in lm.base_model.named_children():
+        if name in FINAL_NORMS:
+            return name
+    return None
+
+
+class FrozenTrunk:
+    """The frozen bottom of ``lm`` (a Hugging Face causal LM) and a reference branch on top of it.
+
+    ``lm`` must already be frozen below its top ``num_layers_unfrozen`` blocks
+    (:func:`rl_finetune.value_head.freeze_bottom`); ``0 <= num_layers_unfrozen < L``.
+    """
+
+    def __init__(self, lm: nn.Module, num_layers_unfrozen: int):
+        self.lm = lm
+        self.blocks = transformer_blocks(lm)
+        n_layers = len(self.blocks)
+        if not 0 <= num_layers_unfrozen < n_layers:
+            raise ValueError(f"num_layers_unfrozen={num_layers_unfrozen} needs 0 <= N < {n_layers} for a shared trunk")
+        self.split = n_layers - num_layers_unfrozen  # blocks [0, split) are frozen
+        self.norm_name = _final_norm_name(lm)
+        # the reference's own top: a frozen copy of the trainable blocks and the final norm
+        self.ref_blocks = [copy.deepcopy(b).requires_grad_(False) for b in list(self.blocks)[self.split :]]
+        self.ref_norm = (
+            copy.deepcopy(getattr(lm.base_model, self.norm_name)).requires_grad_(False) if self.norm_name else None
+        )
+
+    @property
+    def num_frozen(self) -> int:
+        return self.split
+
+    def to(self, device) -> FrozenTrunk:
+        self.ref_blocks = [b.to(device) for b in self.ref_blocks]
+        if self.ref_norm is not None:
+            self.ref_norm = self.ref_norm.to(device)
+        return self
+
+    @torch.no_grad()
+    def hidden(self, input_ids, attention_mask, position_ids=None, **_) -> torch.Tensor:
+        """The output of the last frozen block for these inputs, (B, T, C); nothing above it is computed."""
+        store: dict[str, torch.Tensor] = {}
+
+        def hook(_module, _args, output):
+            store["h"] = output[0] if isinstance(output, tuple) else output
+            raise _StopForward
+
+        handle = self.blocks[self.split - 1].register_forward_hook(hook)
+        try:
+            self.lm.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            )
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return store["h"].detach()
+
+    @contextlib.contextmanager
+    def replay(self, hidden: torch.Tensor) -> Iterator[None]:
+        """Inside the block, a forward pass of ``lm`` (or of a wrapper around it) takes the frozen
+        trunk's output from ``hidden`` and runs only the top blocks (with gradients, if enabled)."""
+        originals = list(self.blocks)[: self.split]
+        for i in range(self.split):
+            self.blocks[i] = _Replay(hidden if i == self.split - 1 else None)
+        try:
+            yield
+        finally:
+            for i, block in enumerate(originals):
+                self.blocks[i] = block
+
+    @contextlib.contextmanager
+    def reference(self, hidden: torch.Tensor) -> Iterator[None]:
+        """Like :meth:`replay`, with the reference's frozen copy of the top blocks and final norm in
+        place of the trained ones: a forward pass of ``lm`` inside it is the reference model's."""
+        top = list(self.blocks)[self.split :]
+        norm = getattr(self.lm.base_model, self.norm_name) if self.norm_name else None
+        for i, block in enumerate(self.ref_blocks):
+            self.blocks[self.split + i] = block
+        if norm is not None:
+            setattr(self.lm.base_model, self.norm_name, self.ref_norm)
+        try:
+            with self.replay(hidden):
+                yield
+        finally:
+            for i, block in enumerate(top):
+                self.blocks[self.split + i] = block
+            if norm is not None:
+                setattr(self.lm.base_model, self.norm_name, norm)
