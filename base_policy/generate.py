@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import torch
 
+from base_policy.sampling import sample_tokens
 from common.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ class GenerateConfig:
     seed: int | None = field(
         default=None,
         metadata={"help": "seed of prompt choice and sampling (null = fresh each run, so refills bring new prompts)"},
+    )
+    bf16: bool = field(
+        default=True, metadata={"help": "bf16 autocast while sampling on CPU (faster matmuls; the weights stay fp32)"}
     )
 
     def validate(self) -> None:
@@ -154,25 +158,13 @@ def generate_completions(
         torch.manual_seed(cfg.seed)
     was_training = model.training
     model.eval()
-    sample = cfg.temperature > 0
-    kwargs: dict[str, Any] = {
-        "do_sample": sample,
-        "max_new_tokens": cfg.max_new_tokens,
-        "pad_token_id": pad,
-        "eos_token_id": eos,
-        "use_cache": True,
-        "num_return_sequences": cfg.completions_per_prompt,
-    }
-    if sample:
-        kwargs.update(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
-    else:
-        kwargs.update(temperature=None, top_k=None, top_p=None)
+    k = cfg.completions_per_prompt
     out: list[dict[str, Any]] = []
     for start in range(0, len(prompts), cfg.prompts_per_batch):
-        chunk = encoded[start : start + cfg.prompts_per_batch]
+        chunk = [ids for ids in encoded[start : start + cfg.prompts_per_batch] for _ in range(k)]  # each prompt k times
         input_ids, mask = left_pad(chunk, pad)
-        seqs = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-        new = seqs[:, input_ids.shape[1] :]  # (B * k, <= max_new_tokens)
+        with _autocast(model, cfg.bf16):
+            new = _sample_batch(model, input_ids, mask, cfg, eos, pad)  # (B * k, <= max_new_tokens)
         for row in range(new.shape[0]):
             ids = new[row].tolist()
             finish = "length"
@@ -181,7 +173,7 @@ def generate_completions(
                 finish = "eos"
             out.append(
                 {
-                    "prompt": prompts[start + row // cfg.completions_per_prompt],
+                    "prompt": prompts[start + row // k],
                     "text": tokenizer.decode(ids, skip_special_tokens=True),
                     "n_tokens": len(ids),
                     "finish_reason": finish,
@@ -190,6 +182,32 @@ def generate_completions(
             )
     model.train(was_training)
     return out
+
+
+def _autocast(model, bf16: bool):
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cpu")
+
+
+def _sample_batch(model, input_ids, mask, cfg: GenerateConfig, eos: int | None, pad: int) -> torch.Tensor:
+    """New tokens (B, <= max_new_tokens) for one left-padded batch: pure sampling through the project's
+    KV-cache sampler (:func:`base_policy.sampling.sample_tokens`, the one PPO samples with); greedy,
+    top-k or top-p through ``model.generate``."""
+    if cfg.temperature > 0 and cfg.top_k == 0 and cfg.top_p == 1.0:
+        tokens, _ = sample_tokens(
+            model, input_ids, mask, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, eos_id=eos,
+            stop_at_eos=eos is not None, pad_id=pad,
+        )  # fmt: skip
+        return tokens
+    sample = cfg.temperature > 0
+    kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": cfg.max_new_tokens, "pad_token_id": pad,
+                              "eos_token_id": eos, "use_cache": True}  # fmt: skip
+    if sample:
+        kwargs.update(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    else:
+        kwargs.update(temperature=None, top_k=None, top_p=None)
+    return model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)[:, input_ids.shape[1] :]
 
 
 def default_prompts(n: int, cfg: GenerateConfig, data_cfg=None) -> list[str]:

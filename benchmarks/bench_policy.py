@@ -95,12 +95,13 @@ def bench_generation(
     model, tok, n_prompts: int = 16, new_tokens: int = 48, repeats: int = 3, bf16: bool = True
 ) -> tuple[dict, list[dict]]:
     """Sampling ``n_prompts`` IMDB openings in one batch (KV cache, top_k=0, under bf16 autocast
-    when ``bf16``), two ways:
+    when ``bf16``), three ways:
 
-    - ``new_tokens_per_second``: exactly ``new_tokens`` per prompt (``min_new_tokens``), with the
-      arguments ``base_policy.generate`` passes to ``model.generate``: pure throughput;
+    - ``new_tokens_per_second``: exactly ``new_tokens`` per prompt through the project's sampler
+      (``base_policy.sampling.sample_tokens``, what ``generate_completions`` and PPO use): pure throughput;
+    - ``hf_generate_new_tokens_per_second``: the same through ``model.generate``, for comparison;
     - ``completions_new_tokens_per_second``: ``generate_completions`` itself, which stops each text
-      at EOS: what filling the labelling queue gets.
+      at EOS: what filling the labelling queue gets (kept tokens per second).
 
     Returns the figures and the completions of the last ``generate_completions`` call.
     """
@@ -112,29 +113,27 @@ def bench_generation(
     ids, mask = left_pad(encode_prompts(tok, prompts, context_length(model) - new_tokens), pad)
     cfg = GenerateConfig(max_new_tokens=new_tokens, prompts_per_batch=n_prompts, temperature=1.0, top_k=0, top_p=1.0)
     amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-    fixed, stopping, completions = [], [], []
+    from base_policy.sampling import sample_tokens
+
+    fixed, hf, stopping, completions = [], [], [], []
     for i in range(repeats + 1):  # the first round warms up
         torch.manual_seed(i)
         t = time.perf_counter()
         with torch.no_grad(), amp:
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                do_sample=True,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                use_cache=True,
-                pad_token_id=pad,
-                eos_token_id=tok.eos_token_id,
-            )
-        assert out.shape[1] - ids.shape[1] == new_tokens
+            out, _ = sample_tokens(model, ids, mask, max_new_tokens=new_tokens, stop_at_eos=False, pad_id=pad)
+        assert out.shape[1] == new_tokens
         if i:
             fixed.append(time.perf_counter() - t)
         t = time.perf_counter()
-        with amp:
-            completions = generate_completions(model, tok, prompts, GenerateConfig(**{**cfg.__dict__, "seed": i}))
+        with torch.no_grad(), amp:
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0, max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens, use_cache=True, pad_token_id=pad, eos_token_id=tok.eos_token_id,
+            )  # fmt: skip
+        if i:
+            hf.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        completions = generate_completions(model, tok, prompts, GenerateConfig(**{**cfg.__dict__, "seed": i}))
         if i:
             stopping.append((time.perf_counter() - t, sum(c["n_tokens"] for c in completions)))
     per_batch = float(np.median(fixed))
@@ -142,6 +141,7 @@ def bench_generation(
     return {
         "new_tokens_per_second": n_prompts * new_tokens / per_batch,
         "seconds_per_batch": per_batch,
+        "hf_generate_new_tokens_per_second": n_prompts * new_tokens / float(np.median(hf)),
         "completions_new_tokens_per_second": tokens / seconds,
         "completions_seconds_per_batch": seconds,
         "completions_eos_fraction": sum(c["finish_reason"] == "eos" for c in completions) / len(completions),

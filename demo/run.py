@@ -175,6 +175,23 @@ def prompts_for(profile: Profile, split: str, n: int, seed: int) -> list[str]:
     return prompts
 
 
+def fluency(profile: Profile, base: str, before: list[dict], after: list[dict]) -> dict:
+    """Mean NLL per token (nats) under the frozen start policy: of the before and after samples, and of
+    real IMDB review text (the words that follow the first six of held-out reviews), for comparison."""
+    from base_policy.fluency import continuation_nll, real_continuations
+    from base_policy.loading import load_policy
+    from common.imdb import load_imdb
+
+    model, tok = load_policy(base)
+
+    def nll(rows: list[dict]) -> float:
+        return continuation_nll(model, tok, [r["prompt"] for r in rows], [r["response"] for r in rows])
+
+    real = real_continuations(list(load_imdb(profile.data)["test"]["text"]), max(len(after), 1), seed=profile.demo.seed)
+    return {"before": nll(before), "after": nll(after), "real_imdb": continuation_nll(model, tok, *real),
+            "n_real": len(real[0])}  # fmt: skip
+
+
 def generate_for_labelling(profile: Profile, engine, policy: str, round_no: int) -> int:
     from base_policy.generate import fill_queue
 
@@ -375,6 +392,7 @@ def run(profile: Profile, *, run_id: str | None = None, progress: bool = True, e
         after_samples = result.after
         report["before"] = rescore(before_samples, gold.score, prob_fn)
         report["after"] = rescore(after_samples, gold.score, prob_fn)
+        report["fluency"] = fluency(profile, base, before_samples, after_samples)
         report["kl"] = {f"round {x['round']}": x["ppo"]["summary"].get("eval/kl_after") for x in report["rounds"]}
         report["samples"] = [
             {
@@ -542,8 +560,14 @@ def report_markdown(report: dict) -> str:
         f"| reward model: mean P(good) | {_fmt(b['rm_mean'])} | {_fmt(a['rm_mean'])} |",
         f"| reward model agrees with gold | {_fmt(b['rm_gold_agreement'])} | {_fmt(a['rm_gold_agreement'])} |",
         f"| samples | {b['n']} | {a['n']} |",
-        "",
     ]
+    if report.get("fluency"):
+        f = report["fluency"]
+        lines.append(
+            f"| fluency: NLL per token under the start policy (real IMDB text: {_fmt(f['real_imdb'], 2)}) "
+            f"| {_fmt(f['before'], 2)} | {_fmt(f['after'], 2)} |"
+        )
+    lines.append("")
     for x in report["rounds"]:
         s, lab, rm = x["ppo"]["summary"], x["labels"], x["reward_model"]
         lines += [

@@ -25,10 +25,12 @@ PACKAGES = ["common", "db", *STAGES, "demo"]
 STAGE_API = {
     "base_policy": {
         "base_policy",
+        "base_policy.fluency",
         "base_policy.generate",
         "base_policy.loading",
         "base_policy.pretrain",
         "base_policy.registry",
+        "base_policy.sampling",
     },
     "labeling_app": {"labeling_app", "labeling_app.config", "labeling_app.simulate"},
     "reward_training": {"reward_training", "reward_training.config", "reward_training.evaluate"},

@@ -30,7 +30,7 @@ def test_completions_per_round_fits_the_overlap():
 def test_profile_holds_each_section_once_and_the_demo_its_budgets():
     from rl_finetune.ppo.config import PPOConfig
 
-    profile = Profile.load(REPO / "configs" / "default.yaml", ["ppo.lr=1e-4", "rounds=2", "demo.n_labels=10"])
+    profile = Profile.load(REPO / "configs" / "tiny.yaml", ["ppo.lr=1e-4", "rounds=2", "demo.n_labels=10"])
     assert isinstance(profile.ppo, PPOConfig) and profile.ppo.lr == pytest.approx(1e-4)
     assert profile.demo.rounds == 2 and profile.demo.n_labels == 10
     assert profile.demo.pretrain_minutes == 5 and profile.demo.ppo_minutes == 8

@@ -77,9 +77,22 @@ def test_completion_is_cut_at_end_of_text(policy):
             tail = torch.tensor([[word, eos, eos]] * input_ids.shape[0])
             return torch.cat([input_ids, tail], dim=1)
 
-    rows = generate_completions(Scripted(), tok, ["It was"], GenerateConfig(max_new_tokens=3))
+    # greedy decoding goes through model.generate (pure sampling through the KV-cache sampler, tested below)
+    rows = generate_completions(Scripted(), tok, ["It was"], GenerateConfig(max_new_tokens=3, temperature=0.0))
     assert rows[0]["text"] == " good"
     assert rows[0]["n_tokens"] == 1 and rows[0]["finish_reason"] == "eos"
+
+
+def test_pure_sampling_uses_the_kv_cache_sampler_and_is_seeded(policy):
+    """Pure sampling (the default) goes through base_policy.sampling, which PPO samples with too: the same
+    seed gives the same completions, and each prompt gets completions_per_prompt of them, in order."""
+    model, tok = policy
+    cfg = GenerateConfig(max_new_tokens=6, seed=3, completions_per_prompt=2)
+    first = generate_completions(model, tok, ["It was", "The plot"], cfg)
+    again = generate_completions(model, tok, ["It was", "The plot"], cfg)
+    assert [r["text"] for r in first] == [r["text"] for r in again]
+    assert [r["prompt"] for r in first] == ["It was", "It was", "The plot", "The plot"]
+    assert all(r["n_tokens"] <= 6 and (r["n_tokens"] == 6 or r["finish_reason"] == "eos") for r in first)
 
 
 def test_long_prompt_is_cut_from_the_left_with_a_warning(policy, caplog):
@@ -218,3 +231,19 @@ def test_latest_means_the_newest_ppo_policy_everywhere(smoke_env, tiny_policy_di
     assert refill_policy(engine, NEWEST_REGISTERED).resolve() == tiny_policy_dir.resolve()
     assert refill_policy(engine, "latest") == run
     assert refill_policy(engine, str(tiny_policy_dir)) == tiny_policy_dir
+
+
+def test_continuation_nll_is_lower_for_what_the_model_expects(policy):
+    """The fluency measure: a continuation the model itself finds likely costs fewer nats per token than
+    shuffled tokens of the same text; real review continuations come with their leading space."""
+    from base_policy.fluency import continuation_nll, real_continuations
+
+    model, tok = policy
+    greedy = generate_completions(model, tok, ["It was", "The plot"], GenerateConfig(max_new_tokens=8, temperature=0.0))
+    prompts, texts = [r["prompt"] for r in greedy], [r["text"] for r in greedy]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    shuffled = [tok.decode(list(reversed(i))) for i in ids]
+    assert continuation_nll(model, tok, prompts, texts) < continuation_nll(model, tok, prompts, shuffled)
+    reviews = ["one two three four five six " + " ".join(f"w{i}" for i in range(30)), "too short"]
+    p, c = real_continuations(reviews, 5, prompt_words=6, continuation_words=24)
+    assert p == ["one two three four five six"] and c[0].startswith(" w0 w1") and len(c[0].split()) == 24

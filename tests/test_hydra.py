@@ -12,17 +12,17 @@ from rl_finetune.ppo import core
 from rl_finetune.value_head import PolicyWithValueHead, freeze_bottom
 
 
-def tiny_gpt2():
+def tiny_gpt2(vocab_size: int = 97):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    return GPT2LMHeadModel(GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=3, n_head=2))
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=3, n_head=2))
 
 
-def tiny_llama():
+def tiny_llama(vocab_size: int = 97, eos_token_id: int | None = None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
-        vocab_size=97,
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=3,
@@ -30,6 +30,7 @@ def tiny_llama():
         num_key_value_heads=2,
         max_position_embeddings=64,
         tie_word_embeddings=True,
+        eos_token_id=eos_token_id,
     )
     return LlamaForCausalLM(cfg)
 
@@ -135,29 +136,13 @@ def test_shared_trunk_needs_frozen_layers():
 
 def _tiny_pair(kind: str):
     """A tiny random policy with GPT-2's tokenizer: GPT-2 or Llama architecture."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
     from common.assets import gpt2_tokenizer
 
     torch.manual_seed(0)
     tok = gpt2_tokenizer()
     tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    if kind == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=3, n_head=2))
-    else:
-        cfg = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            tie_word_embeddings=True,
-            eos_token_id=tok.eos_token_id,
-        )
-        model = LlamaForCausalLM(cfg)
+    model = tiny_gpt2(len(tok)) if kind == "gpt2" else tiny_llama(len(tok), tok.eos_token_id)
     return model.eval(), tok
 
 

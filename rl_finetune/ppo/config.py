@@ -161,9 +161,11 @@ class PPOConfig:
         metadata={"help": "torch threads per process for the forward/backward passes (None: cores / processes)"},
     )
     sample_threads: int | None = field(
-        default=1,
+        default=None,
         metadata={
-            "help": "torch threads while sampling token by token (1: tiny per-token ops lose more to thread sync than they gain; measured 7x faster on a busy 2-core CPU). None: same as num_threads"
+            "help": "torch threads while sampling token by token (None: same as num_threads). 1 suits tiny models, "
+            "whose per-token ops lose more to thread sync than they gain; a 135M model samples faster on all cores "
+            "(docs/ppo.md)"
         },
     )
     reward_kind: Literal["prob", "logit", "logit_diff"] = field(

@@ -1,0 +1,96 @@
+"""Pure sampling with a KV cache: the one token-by-token sampler of the project.
+
+Stage 1 fills the labelling queue with it (:func:`base_policy.generate.generate_completions`) and
+stage 4 samples its rollouts with it (:mod:`rl_finetune.ppo.rollout`). It draws from the full
+``softmax(logits / temperature)`` (no top-k/top-p), so the log-probs PPO computes later are those of
+the distribution that produced the tokens. On this project's 2-core CPU it is about 1.7x faster
+than ``model.generate`` for SmolLM2-135M (docs/base_policy.md).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over the real tokens only, so left padding does not shift them."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def response_mask(response: torch.Tensor, eos_id: int | None, stop_at_eos: bool) -> torch.Tensor:
+    """1 on every response token up to and including the first EOS, 0 after it. (B, R) -> (B, R)."""
+    if not stop_at_eos or eos_id is None:
+        return torch.ones_like(response)
+    is_eos = (response == eos_id).long()
+    after = is_eos.cumsum(-1) - is_eos  # number of EOS strictly before each position
+    return (after == 0).long()
+
+
+def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from ``softmax(logits)``, by inverting the CDF: (B, V) -> (B,).
+
+    Exact, and on CPU about 10x faster than ``torch.multinomial`` (measured here: 7 ms vs 90 ms
+    for 16 rows of 8k-50k entries), which matters when it runs once per generated token.
+    """
+    cdf = torch.softmax(logits.float(), dim=-1).cumsum(-1)  # (B, V)
+    u = torch.rand((logits.shape[0], 1), generator=generator, device=logits.device) * cdf[:, -1:]
+    # right=True: the first index whose CDF exceeds u, so zero-probability tokens are never picked
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+
+
+@torch.no_grad()
+def sample_tokens(
+    lm,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    min_new_tokens: int = 0,
+    eos_id: int | None = None,
+    stop_at_eos: bool = True,
+    pad_id: int = 0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample up to ``max_new_tokens`` per row from ``softmax(logits / temperature)`` of the causal LM
+    ``lm``, with a KV cache, after the left-padded prompts ``input_ids`` (B, P).
+
+    Returns (tokens (B, R), mask (B, R)); tokens after an EOS are ``pad_id`` and masked out. The
+    prompt's logits are never projected through the LM head, only each step's last position.
+    """
+    trunk, lm_head = lm.base_model, lm.get_output_embeddings()
+    ids, mask = input_ids, attention_mask
+    B, R = ids.shape[0], max_new_tokens
+    device = ids.device
+    pos = position_ids(mask)
+    out = trunk(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    past = out.past_key_values
+    h = out.last_hidden_state[:, -1]
+    next_pos = pos[:, -1] + 1
+    tokens = torch.full((B, R), pad_id, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    for t in range(R):
+        logits = lm_head(h).float() / temperature  # (B, V)
+        if eos_id is not None and t < min_new_tokens:
+            logits[:, eos_id] = float("-inf")
+        tok = sample_from_logits(logits, generator)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens[:, t] = tok
+        if stop_at_eos and eos_id is not None:
+            done |= tok == eos_id
+            if bool(done.all()):
+                break
+        if t == R - 1:
+            break
+        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
+        out = trunk(
+            input_ids=tok[:, None],
+            attention_mask=mask,
+            position_ids=next_pos[:, None],
+            past_key_values=past,
+            use_cache=True,
+        )
+        past = out.past_key_values
+        h = out.last_hidden_state[:, -1]
+        next_pos = next_pos + 1
+    return tokens, response_mask(tokens, eos_id, stop_at_eos)
