@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from common.config import to_dict
+from common.config import check_ranges, to_dict
 from common.errors import ConfigError, UserError
 from common.imdb import DataConfig, load_imdb, rotten_tomatoes_sentences
 from common.paths import artifacts_root, atomic_dir, base_policy_dir, write_json
@@ -137,6 +137,12 @@ class PretrainConfig:
     sample_max_new_tokens: int = field(default=40, metadata={"help": "tokens per sample in metrics.json"})
 
     def validate(self) -> None:
+        check_ranges(
+            self, "pretrain", positive=("lr",), positive_or_null=("max_minutes",), non_negative=("seed", "min_lr"),
+            at_least_one=("batch_size", "eval_tokens", "block_size"),
+        )  # fmt: skip
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ConfigError(f"pretrain.max_steps={self.max_steps} must be >= 0 or null.", "set e.g. max_steps: 1000.")
         if self.max_minutes is None and self.max_steps is None:
             raise ConfigError(
                 "pretrain needs a budget: max_minutes and max_steps are both null.",

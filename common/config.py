@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -135,6 +136,52 @@ def split_overrides(overrides: list[str] | tuple[str, ...], default: str) -> dic
         else:
             out.setdefault(default, []).append(item)
     return out
+
+
+def check_ranges(
+    cfg: Any,
+    section: str,
+    *,
+    positive: tuple[str, ...] = (),
+    positive_or_null: tuple[str, ...] = (),
+    non_negative: tuple[str, ...] = (),
+    at_least_one: tuple[str, ...] = (),
+    betas: tuple[str, ...] = (),
+) -> None:
+    """The value checks every stage shares, each failing with one :class:`ConfigError` naming the key:
+    ``positive`` finite numbers > 0 (learning rates: NaN and inf are refused too), ``positive_or_null``
+    the same or null (budgets such as ``max_minutes``: 0 or -1 never mean "unlimited"), ``non_negative``
+    numbers >= 0 (seeds), ``at_least_one`` counts >= 1, and ``betas`` pairs in [0, 1) (Adam's betas)."""
+
+    def finite(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    for name in positive + positive_or_null:
+        value = getattr(cfg, name)
+        if value is None and name in positive_or_null:
+            continue
+        if not (finite(value) and value > 0):
+            hint = " or null (no limit)" if name in positive_or_null else ""
+            raise ConfigError(
+                f"{section}.{name}={value!r} must be a finite number > 0{hint}.",
+                f"set {section}.{name} to e.g. 1e-4."
+                if "lr" in name
+                else f"set {section}.{name} to a positive number{hint}.",
+            )
+    for name in non_negative:
+        value = getattr(cfg, name)
+        if value is not None and not (finite(value) and value >= 0):
+            raise ConfigError(f"{section}.{name}={value!r} must be >= 0.", f"set {section}.{name} to e.g. 0.")
+    for name in at_least_one:
+        value = getattr(cfg, name)
+        if value is not None and not (finite(value) and value >= 1):
+            raise ConfigError(f"{section}.{name}={value!r} must be >= 1.", f"set {section}.{name} to a positive count.")
+    for name in betas:
+        value = list(getattr(cfg, name))
+        if len(value) != 2 or not all(finite(b) and 0 <= b < 1 for b in value):
+            raise ConfigError(
+                f"{section}.{name}={value!r} must be two numbers in [0, 1).", f"e.g. {section}.{name}=[0.9, 0.95]."
+            )
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -70,6 +70,32 @@ def new_run_id(prefix: str = "") -> str:
     return f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+LATEST = "latest"  # the pointer file beside the runs (write_latest)
+
+
+def check_run_id(run_id: str, root: Path, *, overwrite: bool = False, option: str = "--run-id") -> str:
+    """``run_id`` if it can name a new run folder under ``root``, else a :class:`UserError` before any
+    work is done: a safe name (letters, digits, ``.``, ``_``, ``-``; no path), never ``latest`` (the
+    pointer to the newest run), and not an existing run unless ``overwrite``."""
+    if not _RUN_ID.fullmatch(run_id or "") or run_id in (".", ".."):
+        raise UserError(
+            f"{option} {run_id!r} is not a safe run name (letters, digits, '.', '_' and '-', at most 100, no path).",
+            f"pick a plain name such as my-run-1 (runs go under {str(root)!r}).",
+        )
+    if run_id == LATEST:
+        raise UserError(
+            f"{option} 'latest' would replace the pointer to the newest run in {str(root)!r}.",
+            "pick another name.",
+        )
+    if (Path(root) / run_id).exists() and not overwrite:
+        raise UserError(
+            f"{option} {run_id!r} names an existing run in {str(root)!r}.",
+            "pick a new name, or pass --overwrite to replace it.",
+        )
+    return run_id
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; on success swap it into place.

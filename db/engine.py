@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,26 +54,42 @@ class DatabaseError(UserError):
 # URLs
 
 
+_SCHEME_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):\S*@")  # up to the last @
+_BARE_PASSWORD = re.compile(r"^(?P<head>[^:/@\s]+):\S*@")
+
+
+def mask_password(text: str) -> str:
+    """``text`` with the password of any ``user:password@`` masked as ``***``: for every message that
+    shows a database URL, parseable or not (``postgresql://u:pw@host:notaport/db``, or ``u:pw@host/db``
+    with the scheme forgotten)."""
+    if "://" in text:
+        return _SCHEME_PASSWORD.sub(lambda m: f"{m['head']}:***@", text)
+    return _BARE_PASSWORD.sub(lambda m: f"{m['head']}:***@", text)
+
+
 def resolve_url(url: str | None = None) -> tuple[URL, str]:
-    """Parse the database URL; returns it and a description of where it came from (for messages)."""
+    """Parse the database URL; returns it and a description of where it came from (for messages).
+    Blanks around it (a pasted newline) are stripped."""
     origin = "the database URL"
     if url is None:
         raw = os.environ.get("RLHF_DB_URL")
-        if raw:
+        if raw and raw.strip():
             url, origin = raw, "RLHF_DB_URL"
         else:
             url = DEFAULT_DB_URL
+    if isinstance(url, str):
+        url = url.strip()
     fix_var = "set RLHF_DB_URL" if origin == "RLHF_DB_URL" else "pass a URL"
     if not isinstance(url, str) or "://" not in url:
         raise DatabaseError(
-            f"{origin}={url!r} is not a database URL.",
+            f"{origin}={mask_password(str(url))!r} is not a database URL.",
             f"{fix_var} to sqlite:///path/to/feedback.sqlite or postgresql+psycopg://user:pass@host:5432/dbname.",
         )
     try:
         parsed = make_url(url)
     except (sa_exc.ArgumentError, ValueError):
         raise DatabaseError(
-            f"{origin}={url!r} cannot be parsed as a database URL.",
+            f"{origin}={mask_password(url)!r} cannot be parsed as a database URL.",
             f"{fix_var} to sqlite:///path/to/feedback.sqlite or postgresql+psycopg://user:pass@host:5432/dbname.",
         ) from None
     backend = parsed.get_backend_name()

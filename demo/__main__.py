@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="report folder or run id (under $RLHF_ARTIFACTS/demo/) for `overoptimization` (default: the newest)",
     )
     p.add_argument("--run-id", default=None, help="name of the report folder (default: demo-<timestamp>)")
+    p.add_argument("--overwrite", action="store_true", help="let --run-id replace an existing demo report")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is not None:
         os.environ["RLHF_CONFIG"] = str(args.config)  # anything a stage reads itself comes from the same profile
     profile = Profile.load(args.config, overrides)
+    if args.run_id is not None and args.command != "overoptimization":
+        from common.paths import artifacts_root, check_run_id
+
+        check_run_id(args.run_id, artifacts_root() / "demo", overwrite=args.overwrite)
     from demo import run as demo_run
 
     progress = not args.quiet

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="after training, write P(good) of unlabelled completions into the database (for the app's 'uncertain first' order)",
     )
     p.add_argument("--run-id", default=None, help="name of the output folder (default: a timestamp)")
+    p.add_argument("--overwrite", action="store_true", help="let --run-id replace an existing reward model")
     p.add_argument("--model", default=None, help="reward model folder for `score`/`predict` (default: the latest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         for text, p in reward_model(texts, args.model).items():
             print(json.dumps({"text": text, "p_good": round(p, 4)}))
         return 0
+    if args.command not in ("score", "predict") and args.run_id is not None:
+        from common.paths import check_run_id, reward_models_dir
+
+        check_run_id(args.run_id, reward_models_dir(), overwrite=args.overwrite)  # before any work is done
     import db
 
     engine = db.connect()

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from common.config import check_ranges
 from common.errors import ConfigError
 
 #: The labels every reward model carries, in logit order (like ``lvwerra/distilbert-imdb``).
@@ -121,8 +122,17 @@ class RewardConfig:
     RENAMED: ClassVar[dict[str, str]] = {"seed": "seed_mode"}
 
     def validate(self) -> None:
+        check_ranges(
+            self, "reward", positive=("seed_lr", "human_lr"), non_negative=("random_seed",),
+            at_least_one=("batch_size", "eval_batch_size"),
+        )  # fmt: skip
         if self.max_length < 8:
             raise ConfigError(f"reward.max_length={self.max_length} is too short.", "use at least 8 (default 64).")
+        if self.max_length > 512:  # BERT-style backbones (MiniLM, DistilBERT) have 512 positions
+            raise ConfigError(
+                f"reward.max_length={self.max_length} is more than the backbone's 512 positions.",
+                "use at most 512 (default 64).",
+            )
         if not 1 <= self.span_min_words <= self.span_max_words:
             raise ConfigError(
                 f"reward.span_min_words={self.span_min_words} and span_max_words={self.span_max_words} do not make a range.",

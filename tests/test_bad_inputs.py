@@ -370,6 +370,121 @@ CLI_CASES = [
         ("cannot reach the PostgreSQL server", "127.0.0.1", "***"),
     ),
     Case(
+        "pretrain-minutes-negative",
+        "pretrain",
+        "base_policy",
+        lambda e: ["pretrain", "--set", "max_minutes=-1", "--set", "max_steps=null"],
+        ("pretrain.max_minutes=-1.0 must be a finite number > 0 or null",),
+    ),
+    Case(
+        "pretrain-minutes-zero",
+        "pretrain",
+        "base_policy",
+        lambda e: ["pretrain", "--set", "max_minutes=0"],
+        ("pretrain.max_minutes=0.0 must be a finite number > 0",),
+    ),
+    Case(
+        "ppo-minutes-zero",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--set", "max_minutes=0"],
+        ("ppo.max_minutes=0.0 must be a finite number > 0 or null",),
+    ),
+    Case(
+        "ppo-no-train-prompts",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--set", "num_train_prompts=0"],
+        ("ppo.num_train_prompts=0 must be >= 1",),
+    ),
+    Case(
+        "ppo-negative-eval-prompts",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--set", "num_eval_prompts=-3"],
+        ("ppo.num_eval_prompts=-3 must be >= 1",),
+    ),
+    Case(
+        "ppo-lr-nan",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--set", "lr=nan"],
+        ("ppo.lr=nan must be a finite number > 0",),
+    ),
+    Case(
+        "ppo-lr-negative",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--set", "lr=-1"],
+        ("ppo.lr=-1.0 must be a finite number > 0",),
+    ),
+    Case(
+        "ppo-betas-out-of-range",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--set", "adam_betas=[2,3]"],
+        ("ppo.adam_betas=[2.0, 3.0] must be two numbers in [0, 1)",),
+    ),
+    Case(
+        "ppo-negative-seed", "ppo", "rl_finetune", lambda e: ["ppo", "--set", "seed=-1"], ("ppo.seed=-1 must be >= 0",)
+    ),
+    Case(
+        "reward-human-lr-nan",
+        "reward",
+        "reward_training",
+        lambda e: ["--set", "human_lr=nan"],
+        ("reward.human_lr=nan must be a finite number > 0",),
+    ),
+    Case(
+        "reward-max-length-beyond-positions",
+        "reward",
+        "reward_training",
+        lambda e: ["--set", "max_length=100000"],
+        ("reward.max_length=100000 is more than the backbone's 512 positions",),
+    ),
+    Case(
+        "run-id-latest",
+        "reward",
+        "reward_training",
+        lambda e: ["--run-id", "latest"],
+        ("--run-id 'latest' would replace the pointer", "pick another name"),
+    ),
+    Case(
+        "run-id-outside-artifacts",
+        "reward",
+        "reward_training",
+        lambda e: ["--run-id", "../../x"],
+        ("'../../x' is not a safe run name", "my-run-1"),
+    ),
+    Case(
+        "run-id-of-an-existing-run",
+        "reward",
+        "reward_training",
+        lambda e: ["--run-id", "rm1"],
+        ("'rm1' names an existing run", "--overwrite"),
+    ),
+    Case(
+        "demo-run-id-with-a-path",
+        "demo",
+        "demo",
+        lambda e: ["--run-id", "a/b"],
+        ("'a/b' is not a safe run name",),
+    ),
+    Case(
+        "password-in-unparseable-url",
+        "db",
+        "db",
+        lambda e: _set_env(e, RLHF_DB_URL="postgresql+psycopg://rlhf:s3cret@db-host:notaport/rlhf") or ["stats"],
+        ("cannot be parsed", "rlhf:***@db-host"),
+    ),
+    Case(
+        "password-in-url-without-scheme",
+        "db",
+        "db",
+        lambda e: _set_env(e, RLHF_DB_URL="rlhf:s3cret@db-host:5432/rlhf") or ["stats"],
+        ("not a database URL", "rlhf:***@db-host"),
+    ),
+    Case(
         "bad-db-url",
         "db",
         "db",
@@ -452,7 +567,7 @@ def _ppo_cfg(**over):
         "minibatch_size": 2,
         "ppo_epochs": 1,
         "gen_kwargs": {"max_new_tokens": 4},
-        "eval_interval": 0,
+        "eval_interval": 1000,  # no eval prompts are given; 0 is refused (a count >= 1)
         "checkpoint_interval": 0,
     }
     return load_config(PPOConfig, "ppo", SMOKE, {**base, **over})
@@ -688,3 +803,13 @@ def test_latest_pointer_file_is_accepted_as_the_reward_model(env: Env, capsys):
     )
     assert code == 0, err
     assert 0.0 <= json.loads(out.splitlines()[0])["p_good"] <= 1.0
+
+
+def test_a_pasted_newline_around_the_db_url_is_stripped(env: Env, capsys):
+    """RLHF_DB_URL copied with a trailing newline opens the same database, not a new file named 'feedback.sqlite\n'."""
+    url = f"sqlite:///{env.db_file}"
+    _set_env(env, RLHF_DB_URL=f"  {url}\n")
+    code, out, err = call_main("db", ["stats"], capsys)
+    assert code == 0, err
+    assert not list(env.db_file.parent.glob("*\n*"))
+    assert env.db_file.is_file()

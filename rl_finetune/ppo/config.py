@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from common.config import check_ranges
 from common.errors import ConfigError
 
 
@@ -186,6 +187,13 @@ class PPOConfig:
         return self.num_rollouts // self.minibatch_size
 
     def validate(self) -> None:
+        check_ranges(
+            self, "ppo", positive=("lr", "adam_eps", "cliprange", "cliprange_value", "cliprange_reward"),
+            positive_or_null=("max_minutes", "value_head_lr", "max_grad_norm", "target_kl_early_stop"),
+            non_negative=("seed", "weight_decay", "vf_coef"),
+            at_least_one=("num_train_prompts", "num_eval_prompts", "eval_interval", "reward_batch_size"),
+            betas=("adam_betas",),
+        )  # fmt: skip
         if self.kl_target is not None and self.kl_horizon is None:
             raise ConfigError(
                 f"ppo.kl_target={self.kl_target} is set but ppo.kl_horizon is not.",
