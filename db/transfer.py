@@ -57,6 +57,7 @@ def export_labels(engine: Engine, fmt: str, dest: Path) -> Path:
     dest = Path(dest)
     if fmt != "hf" and dest.is_dir():
         dest = dest / DEFAULT_NAMES[fmt]
+    _check_destination(dest)
     rows = export_rows(engine)
     if fmt == "hf":
         _write_hf(rows, dest)
@@ -64,7 +65,14 @@ def export_labels(engine: Engine, fmt: str, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
-            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            try:
+                fh = open(tmp, "w", encoding="utf-8", newline="")
+            except OSError as err:
+                raise UserError(
+                    f"cannot write the export into {str(dest.parent)!r} ({err.strerror or err}).",
+                    "pick a folder you can write to, or fix its permissions.",
+                ) from None
+            with fh:
                 if fmt == "jsonl":
                     for r in rows:
                         fh.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -79,6 +87,21 @@ def export_labels(engine: Engine, fmt: str, dest: Path) -> Path:
             tmp.unlink(missing_ok=True)
     log.info("exported %d judgements to %s (%s)", len(rows), dest, fmt)
     return dest
+
+
+def _check_destination(dest: Path) -> None:
+    """Exports write regular files only: a symlink, a FIFO or a device at ``dest`` (``/dev/stdout`` as
+    root, say) would be replaced by a regular file, so it is refused before anything is written."""
+    if dest.is_symlink():
+        raise UserError(
+            f"export destination {str(dest)!r} is a symbolic link; exporting would replace it with a file.",
+            "give the path of a regular file (or of the link's target), or a folder.",
+        )
+    if dest.exists() and not (dest.is_file() or dest.is_dir()):
+        raise UserError(
+            f"export destination {str(dest)!r} is not a regular file (a FIFO, socket or device).",
+            "give the path of a regular file or a folder.",
+        )
 
 
 def _write_hf(rows: list[dict], dest: Path) -> None:

@@ -221,6 +221,19 @@ def _long_prompt_file(e: Env) -> list[str]:
     return ["generate", "--print", "--policy", str(e.policy), "-n", "1", "--max-new-tokens", "200"]
 
 
+def _export_to_symlink(e: Env) -> list[str]:
+    target = e.write("keep.txt", "not an export\n")
+    link = e.root / "labels-link.jsonl"
+    link.symlink_to(target)
+    return ["export", "--format", "jsonl", str(link)]
+
+
+def _export_to_fifo(e: Env) -> list[str]:
+    fifo = e.root / "labels.fifo"
+    os.mkfifo(fifo)
+    return ["export", "--format", "csv", str(fifo)]
+
+
 CLI_CASES = [
     Case(
         "empty-database-require-labels",
@@ -442,6 +455,8 @@ CLI_CASES = [
         lambda e: ["--set", "max_length=100000"],
         ("reward.max_length=100000 is more than the backbone's 512 positions",),
     ),
+    Case("export-to-a-symlink", "db", "db", _export_to_symlink, ("is a symbolic link", "regular file")),
+    Case("export-to-a-fifo", "db", "db", _export_to_fifo, ("is not a regular file", "FIFO")),
     Case(
         "run-id-latest",
         "reward",
