@@ -47,7 +47,11 @@ def read_profile(path: Path | str | None = None) -> dict[str, Any]:
             "set RLHF_CONFIG (or --config) to a file such as configs/default.yaml or configs/smoke.yaml.",
         )
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config profile {str(path)!r} is not UTF-8 text.", "save it as UTF-8.") from None
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)  # one line: the problem and where, not PyYAML's snippet
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

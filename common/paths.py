@@ -188,7 +188,19 @@ def resolve_latest(parent: Path) -> Path | None:
     pointer = Path(parent) / "latest"
     if not pointer.is_file():
         return None
-    run = Path(parent) / pointer.read_text().strip()
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(
+            f"the pointer {str(pointer)!r} cannot be read ({type(err).__name__}).",
+            f"delete it and point it again: write the name of a run folder in {str(parent)!r} into it.",
+        ) from None
+    if not name or "/" in name or name in (".", ".."):
+        raise UserError(
+            f"the pointer {str(pointer)!r} does not name a run folder ({name!r}).",
+            f"write the name of a run folder in {str(parent)!r} into it, or delete it and run the stage again.",
+        )
+    run = Path(parent) / name
     return run if run.is_dir() else None
 
 

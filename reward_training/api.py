@@ -53,7 +53,12 @@ def _load(folder: str, device: str, mtime: float):
     from reward_training.model import load_backbone
 
     config = Path(folder) / "config.json"
-    arch = (json.loads(config.read_text()).get("architectures") or []) if config.is_file() else []
+    arch = (_read_json(config).get("architectures") or []) if config.is_file() else []
+    if not any((Path(folder) / name).is_file() for name in TOKENIZER_FILES):  # never a fallback tokenizer
+        raise UserError(
+            f"the reward model folder {folder!r} has no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}).",
+            "copy the tokenizer files of its backbone into it, or train it again (`make reward-model`).",
+        )
     if arch and not any(a.endswith("ForSequenceClassification") for a in arch):  # e.g. a policy folder by mistake
         raise UserError(
             f"{folder!r} holds a {arch[0]}, not a reward model (a sequence classifier).",
@@ -73,8 +78,28 @@ def _load(folder: str, device: str, mtime: float):
     settings = {"max_length": min(tok.model_max_length or 512, 512, positions), "bf16": True}
     f = Path(folder) / "reward_config.json"
     if f.is_file():
-        settings.update(json.loads(f.read_text()))
+        settings.update(_read_json(f))
     return model, tok, settings
+
+
+#: Files of which a saved tokenizer has at least one.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json", "spiece.model")
+
+
+def _read_json(path: Path) -> dict:
+    """A model folder's JSON file as a dict, or one line naming the file and the fix."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(
+            f"{str(path)!r} cannot be read as JSON ({type(err).__name__}: {str(err)[:120]}).",
+            "train the reward model again (`make reward-model`), or restore the file from its run.",
+        ) from None
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{str(path)!r} does not hold a JSON object.", "train the reward model again (`make reward-model`)."
+        )
+    return data
 
 
 def _weights_mtime(folder: Path) -> float:

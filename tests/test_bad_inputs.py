@@ -234,6 +234,24 @@ def _export_to_fifo(e: Env) -> list[str]:
     return ["export", "--format", "csv", str(fifo)]
 
 
+def _reward_without_tokenizer(e: Env) -> list[str]:
+    from reward_training.api import TOKENIZER_FILES
+
+    for name in TOKENIZER_FILES:
+        (e.reward / name).unlink(missing_ok=True)
+    return ["predict", "--model", str(e.reward), "a fine film"]
+
+
+def _corrupt_reward_config(e: Env) -> list[str]:
+    (e.reward / "reward_config.json").write_text("{not json")
+    return ["predict", "--model", str(e.reward), "a fine film"]
+
+
+def _empty_latest(e: Env) -> list[str]:
+    (e.artifacts / "reward_models" / "latest").write_text("")
+    return ["predict", "a fine film"]
+
+
 CLI_CASES = [
     Case(
         "empty-database-require-labels",
@@ -454,6 +472,28 @@ CLI_CASES = [
         "reward_training",
         lambda e: ["--set", "max_length=100000"],
         ("reward.max_length=100000 is more than the backbone's 512 positions",),
+    ),
+    Case(
+        "reward-model-without-tokenizer",
+        "reward",
+        "reward_training",
+        _reward_without_tokenizer,
+        ("has no tokenizer", "rm1", "make reward-model"),
+    ),
+    Case(
+        "corrupt-reward-config",
+        "reward",
+        "reward_training",
+        _corrupt_reward_config,
+        ("reward_config.json", "cannot be read as JSON"),
+    ),
+    Case("empty-latest-pointer", "reward", "reward_training", _empty_latest, ("does not name a run folder", "latest")),
+    Case(
+        "non-utf8-profile",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--config", str(e.write("p.yaml", b"ppo:\n  lr: \xff\xfe\n"))],
+        ("is not UTF-8",),
     ),
     Case("export-to-a-symlink", "db", "db", _export_to_symlink, ("is a symbolic link", "regular file")),
     Case("export-to-a-fifo", "db", "db", _export_to_fifo, ("is not a regular file", "FIFO")),
