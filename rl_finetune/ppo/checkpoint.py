@@ -66,6 +66,6 @@ def load_checkpoint(folder: Path, accelerator, policy: torch.nn.Module, optimize
     if not (folder / "state.json").is_file():
         return None
     state = json.loads((folder / "state.json").read_text())
-    policy.load_state_dict(torch.load(folder / "policy.pt", map_location=accelerator.device))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=accelerator.device))
+    policy.load_state_dict(torch.load(folder / "policy.pt", map_location=accelerator.device, weights_only=True))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=accelerator.device, weights_only=True))
     return state
