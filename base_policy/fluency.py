@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from base_policy.generate import encode_prompts, left_pad
+from base_policy.generate import context_length, encode_prompts, left_pad
 
 
 @torch.no_grad()
@@ -27,8 +27,11 @@ def continuation_nll(
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prompt_ids = encode_prompts(tokenizer, prompts, 64)
-    cont_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    ctx = context_length(model)
+    prompt_ids = encode_prompts(tokenizer, prompts, max(1, ctx // 2))
+    # prompt + continuation must fit the model's positions: keep the continuation's start, the prompt's end
+    cont_ids = [tokenizer(c, add_special_tokens=False)["input_ids"][: ctx - 1] for c in continuations]
+    prompt_ids = [p[-(ctx - len(c)) :] for p, c in zip(prompt_ids, cont_ids)]
     total, count = 0.0, 0
     device = next(model.parameters()).device
     for start in range(0, len(prompt_ids), batch_size):

@@ -135,6 +135,8 @@ def test_smoke_demo_end_to_end(smoke_env, tiny_policy_dir, tiny_reward_dir, caps
         for key in ("gold_mean", "gold_positive_rate", "rm_mean", "rm_gold_agreement"):
             assert math.isfinite(report[side][key])
     assert all(math.isfinite(x) for x in finite_numbers(report))
+    assert all(report["fluency"][k] > 0 for k in ("before", "after", "real_imdb"))  # NLL per token, nats
+    assert "fluency: NLL per token under the start policy" in md
     assert all(v is not None for v in report["kl"].values())
     assert report["samples"] and report["samples"][0]["before"] is not None
 

@@ -244,6 +244,8 @@ def test_continuation_nll_is_lower_for_what_the_model_expects(policy):
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     shuffled = [tok.decode(list(reversed(i))) for i in ids]
     assert continuation_nll(model, tok, prompts, texts) < continuation_nll(model, tok, prompts, shuffled)
+    long = " ".join(["a much longer continuation than the tiny model's 128 positions"] * 40)
+    assert continuation_nll(model, tok, ["It was"], [long]) > 0  # cut to the context, not an index error
     reviews = ["one two three four five six " + " ".join(f"w{i}" for i in range(30)), "too short"]
     p, c = real_continuations(reviews, 5, prompt_words=6, continuation_words=24)
     assert p == ["one two three four five six"] and c[0].startswith(" w0 w1") and len(c[0].split()) == 24
