@@ -868,3 +868,15 @@ def test_a_pasted_newline_around_the_db_url_is_stripped(env: Env, capsys):
     assert code == 0, err
     assert not list(env.db_file.parent.glob("*\n*"))
     assert env.db_file.is_file()
+
+
+def test_commands_print_no_alembic_info_lines(env: Env):
+    """Alembic's 'setup plugin ...' INFO lines (every plugin, at every command that reads the migration
+    scripts) are noise; --verbose keeps them."""
+    import subprocess
+    import sys
+
+    code = "import logging; logging.basicConfig(level=logging.INFO); import db; db.engine.head_revision()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "setup plugin" not in proc.stderr and "INFO alembic" not in proc.stderr
