@@ -301,43 +301,22 @@ def labelling() -> None:
         # The buttons are sent before the texts (into a container placed above them), so by the
         # time a new item is visible its buttons, which carry its id, are already in place.
         texts = st.container()
-        cols = st.columns(4)
-        cols[0].button(
-            "Good",
-            key=f"good-{cid}",
-            on_click=_judge,
-            args=(cid, "good"),
-            icon=":material/thumb_up:",
-            shortcut=SHORTCUTS["good"],
-            width="stretch",
+        buttons = (  # (label, action, icon): one button per key, its widget key carrying the item's id
+            ("Good", "good", "thumb_up"),
+            ("Bad", "bad", "thumb_down"),
+            ("Skip", "skip", "skip_next"),
+            ("Undo", "undo", "undo"),
         )
-        cols[1].button(
-            "Bad",
-            key=f"bad-{cid}",
-            on_click=_judge,
-            args=(cid, "bad"),
-            icon=":material/thumb_down:",
-            shortcut=SHORTCUTS["bad"],
-            width="stretch",
-        )
-        cols[2].button(
-            "Skip",
-            key=f"skip-{cid}",
-            on_click=_judge,
-            args=(cid, "skip"),
-            icon=":material/skip_next:",
-            shortcut=SHORTCUTS["skip"],
-            width="stretch",
-        )
-        cols[3].button(
-            "Undo",
-            key=f"undo-{cid}",
-            on_click=_undo,
-            args=(cid,),
-            shortcut=SHORTCUTS["undo"],
-            width="stretch",
-            icon=":material/undo:",
-        )
+        for col, (label, action, icon) in zip(st.columns(len(buttons)), buttons):
+            col.button(
+                label,
+                key=f"{action}-{cid}",
+                on_click=_undo if action == "undo" else _judge,
+                args=(cid,) if action == "undo" else (cid, action),
+                icon=f":material/{icon}:",
+                shortcut=SHORTCUTS[action],
+                width="stretch",
+            )
         with texts:
             with st.container(border=True, key="prompt_box"):
                 st.caption("PROMPT (the opening the model was given)")

@@ -20,6 +20,7 @@ from base_policy.generate import left_pad as left_pad_ids
 # the one prompt tokeniser, shared with generation (the trainer imports it from here)
 from base_policy.sampling import position_ids, response_mask, sample_from_logits, sample_tokens  # noqa: F401
 from common.errors import UserError
+from db.types import shown_text
 from rl_finetune.ppo.config import GenKwargs
 
 
@@ -157,7 +158,7 @@ class Rollout:
     @property
     def texts(self) -> list[str]:
         """Prompt + response, what ``reward_fn`` scores."""
-        return [p + r for p, r in zip(self.prompts, self.responses)]
+        return [shown_text(p, r) for p, r in zip(self.prompts, self.responses)]
 
 
 def join_rollouts(chunks: list[Rollout], pad_id: int) -> Rollout:
@@ -209,7 +210,7 @@ class Sampler:
                 response, mask = sample(policy, batch, self.gen_kwargs, self.eos_id, self.pad_id, generator)
             responses = decode_responses(self.tokenizer, response, mask)
             with timer("reward"):
-                full = [p + r for p, r in zip(batch.texts, responses)]
+                full = [shown_text(p, r) for p, r in zip(batch.texts, responses)]
                 scores = check_scores(self.reward_fn(full), len(full), f"{where} chunk {c}")
             yield Rollout(batch.input_ids, batch.attention_mask, response, mask, scores.to(dev), batch.texts, responses)
 
