@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 
-from base_policy.sampling import sample_tokens
+from base_policy.sampling import Bf16Weights, sample_tokens
 from common.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -160,10 +160,12 @@ def generate_completions(
     model.eval()
     k = cfg.completions_per_prompt
     out: list[dict[str, Any]] = []
+    # under autocast the weights are cast to bf16 once for the whole call, not on every token
+    weights = Bf16Weights(enabled=_use_bf16(model, cfg.bf16), static=True)
     for start in range(0, len(prompts), cfg.prompts_per_batch):
         chunk = [ids for ids in encoded[start : start + cfg.prompts_per_batch] for _ in range(k)]  # each prompt k times
         input_ids, mask = left_pad(chunk, pad)
-        with _autocast(model, cfg.bf16):
+        with _autocast(model, cfg.bf16), weights(model, trainable=True):
             new = _sample_batch(model, input_ids, mask, cfg, eos, pad)  # (B * k, <= max_new_tokens)
         for row in range(new.shape[0]):
             ids = new[row].tolist()
@@ -184,10 +186,17 @@ def generate_completions(
     return out
 
 
-def _autocast(model, bf16: bool):
+def _device(model) -> torch.device:
     param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cpu")
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _use_bf16(model, bf16: bool) -> bool:
+    return bf16 and _device(model).type == "cpu"
+
+
+def _autocast(model, bf16: bool):
+    return torch.autocast(_device(model).type, dtype=torch.bfloat16, enabled=_use_bf16(model, bf16))
 
 
 def _sample_batch(model, input_ids, mask, cfg: GenerateConfig, eos: int | None, pad: int) -> torch.Tensor:

@@ -2,6 +2,10 @@
 
     flock /tmp/rlhf-cpu.lock python benchmarks/bench_ppo.py [--steps 12] [--policy DIR] [--reward DIR]
 
+Every layer trains unless ``--set num_layers_unfrozen=2`` (the default profile's SmolLM2 setting; TRL
+trains every layer, so the side-by-side is like for like without it). Other ``--set`` keys change the
+batch (``num_rollouts``, ``generation_batch_size``, ``minibatch_size``); the figures use the batch run.
+
 Policy: ``--policy`` or the base policy (``$RLHF_ARTIFACTS/base_policy``) when it exists, else a randomly
 initialised 4-layer d=256 GPT-2 with the project's 8k IMDB BPE (cached under
 ``$RLHF_ARTIFACTS/cache/tokenizers``) or GPT-2's tokenizer. Reward: ``--reward`` or the latest reward
@@ -146,19 +150,22 @@ def main() -> None:
             k: statistics.median(r[k] for r in rows)
             for k in ("step_time", "time/rollout", "time/reward", "time/forward", "time/optimise")
         }
-        results[precision] = 16 / med["step_time"]
+        batch = cfg.num_rollouts
+        results[precision] = batch / med["step_time"]
         print(
             json.dumps(
                 {
                     "bench": "ppo_ours",
                     "precision": precision,
-                    "batch": 16,
-                    "response_tokens": 32,
-                    "ppo_epochs": 4,
-                    "minibatches": 1,
+                    "batch": batch,
+                    "response_tokens": cfg.gen_kwargs.max_new_tokens,
+                    "ppo_epochs": cfg.ppo_epochs,
+                    "minibatches": cfg.minibatches_per_epoch,
+                    "num_layers_unfrozen": cfg.num_layers_unfrozen,
+                    "shared_trunk": cfg.shared_trunk,
                     "steps_timed": len(rows),
                     "s_per_step_median": round(med["step_time"], 3),
-                    "episodes_per_s": round(16 / med["step_time"], 2),
+                    "episodes_per_s": round(batch / med["step_time"], 2),
                     "s_per_step_mean": round(statistics.mean(r["step_time"] for r in rows), 3),
                     "breakdown_s": {k.split("/")[-1]: round(v, 3) for k, v in med.items() if k != "step_time"},
                     "wall_s_incl_setup": round(wall, 1),

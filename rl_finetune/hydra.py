@@ -12,6 +12,9 @@ the same in every pass PPO makes over it:
 forward pass after the last frozen block), then runs only the top blocks on it
 (:meth:`FrozenTrunk.replay`). The reference is the same trunk with a frozen copy of only the top
 ``N`` blocks and the final norm (:meth:`FrozenTrunk.reference`), not a copy of the whole model.
+Sampling already runs the frozen layers over prompt and response, so the rollout keeps their
+output from it (:meth:`FrozenTrunk.recording`) and :meth:`FrozenTrunk.hidden` runs only when it
+could not (a batch whose every row ended early).
 
 Both work by swapping modules inside the Hugging Face model for the length of a ``with`` block,
 so the model's own forward (attention masks, rotary or learned positions) runs unchanged:
@@ -108,6 +111,35 @@ class FrozenTrunk:
         finally:
             handle.remove()
         return store["h"].detach()
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[list[torch.Tensor]]:
+        """Record the last frozen block's output on every forward pass inside the block. Token-by-token
+        sampling makes one pass for the prompt and one per token fed back, so the rollout gets the
+        frozen trunk's output for free (:meth:`assemble`) instead of paying :meth:`hidden` again."""
+        outputs: list[torch.Tensor] = []
+
+        def hook(_module, _args, output):
+            outputs.append((output[0] if isinstance(output, tuple) else output).detach())
+
+        handle = self.blocks[self.split - 1].register_forward_hook(hook)
+        try:
+            yield outputs
+        finally:
+            handle.remove()
+
+    @staticmethod
+    def assemble(outputs: list[torch.Tensor], length: int) -> torch.Tensor | None:
+        """The frozen trunk's output (B, ``length``, C) for prompt + response, from a sampling run's
+        :meth:`recording`: the prompt pass, then one state per token fed back. The last response token is
+        never fed back, and its state is never needed (nothing attends to the last position and its logits
+        predict nothing), so that row is zeros. None when the run stopped early (every row ended)."""
+        if not outputs:
+            return None
+        hidden = torch.cat(outputs, dim=1)
+        if length - hidden.shape[1] != 1:
+            return None
+        return torch.cat([hidden, hidden.new_zeros(hidden.shape[0], 1, hidden.shape[2])], dim=1)
 
     @contextlib.contextmanager
     def replay(self, hidden: torch.Tensor) -> Iterator[None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -182,3 +183,64 @@ def test_num_layers_unfrozen_beyond_the_model_is_refused():
     model, tok = _tiny_pair("gpt2")
     with pytest.raises(UserError, match="num_layers_unfrozen=5 is more than the policy's 3 layers"):
         train((model, tok), lambda t: [0.0] * len(t), ["x"], PPOConfig(num_layers_unfrozen=5, mixed_precision="no"))
+
+
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
+def test_sampling_records_the_frozen_trunk_output(make):
+    """The trunk output kept from token-by-token sampling equals a fresh forward pass over prompt + response
+    (every position but the last, which nothing uses), and a run that ends early keeps nothing."""
+    from base_policy.sampling import sample_tokens
+
+    torch.manual_seed(0)
+    lm = make().eval()
+    freeze_bottom(lm, 1)
+    trunk = FrozenTrunk(lm, 1)
+    inputs, _ = batch()
+    prompt, mask = inputs["input_ids"][:, :6], inputs["attention_mask"][:, :6]
+    with trunk.recording() as outputs:
+        response, _ = sample_tokens(lm, prompt, mask, max_new_tokens=4, eos_id=None, generator=torch.Generator())
+    kept = FrozenTrunk.assemble(outputs, prompt.shape[1] + 4)
+    ids = torch.cat([prompt, response], 1)
+    attn = torch.cat([mask, torch.ones_like(response)], 1)
+    fresh = trunk.hidden(ids, attn, (attn.cumsum(-1) - 1).clamp(min=0))
+    assert kept.shape == fresh.shape
+    real = attn[:, :-1].bool()  # padding rows are masked out everywhere they are used
+    torch.testing.assert_close(kept[:, :-1][real], fresh[:, :-1][real], rtol=1e-4, atol=1e-5)
+    assert FrozenTrunk.assemble(outputs[:-1], prompt.shape[1] + 4) is None  # stopped early: recompute
+
+
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
+def test_bf16_weight_copies_change_no_number(make):
+    """Under bf16 autocast, cached bf16 copies of the weights give bit-for-bit the logits (and input
+    gradients) autocast's own casts give, and the fp32 weights are back after the block."""
+    from base_policy.sampling import Bf16Weights
+
+    torch.manual_seed(0)
+    lm = make().eval()
+    freeze_bottom(lm, 1)
+    inputs, _ = batch()
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+
+    def logits_and_grad(ctx):
+        emb = lm.get_input_embeddings()(inputs["input_ids"]).detach().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16), ctx:
+            out = lm(inputs_embeds=emb, attention_mask=inputs["attention_mask"], position_ids=inputs["position_ids"])
+        out.logits.float().square().mean().backward()
+        return out.logits.detach(), emb.grad
+
+    fast = Bf16Weights(enabled=True)
+    plain = logits_and_grad(contextlib.nullcontext())
+    for _ in range(2):  # the second pass uses the cached copies
+        cached = logits_and_grad(fast(lm))
+        assert torch.equal(cached[0], plain[0]) and torch.equal(cached[1], plain[1])
+
+    def matmul_dtypes():
+        return {m.weight.dtype for m in lm.modules() if type(m).__name__ in ("Linear", "Conv1D")}
+
+    with fast(lm, trainable=True):
+        assert matmul_dtypes() == {torch.bfloat16}
+    assert all(torch.equal(v, lm.state_dict()[k]) and lm.state_dict()[k].dtype == v.dtype for k, v in before.items())
+    trainable = [p for p in lm.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for p in trainable)  # gradients still reach the trained blocks
+    with Bf16Weights(enabled=False)(lm, trainable=True):
+        assert matmul_dtypes() == {torch.float32}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,9 +18,10 @@ from base_policy.generate import encode_prompts as tokenize_prompts  # noqa: F40
 from base_policy.generate import left_pad as left_pad_ids
 
 # the one prompt tokeniser, shared with generation (the trainer imports it from here)
-from base_policy.sampling import position_ids, response_mask, sample_from_logits, sample_tokens  # noqa: F401
+from base_policy.sampling import Bf16Weights, position_ids, response_mask, sample_from_logits, sample_tokens  # noqa: F401
 from common.errors import UserError
 from db.types import shown_text
+from rl_finetune.hydra import FrozenTrunk
 from rl_finetune.ppo.config import GenKwargs
 
 
@@ -170,7 +171,11 @@ def join_rollouts(chunks: list[Rollout], pad_id: int) -> Rollout:
     def lpad(x, value):
         return torch.nn.functional.pad(x, (P - x.shape[1], 0), value=value)
 
+    hidden = None
+    if all(c.trunk_hidden is not None for c in chunks):  # left-padded like the prompts (pad rows are masked)
+        hidden = torch.cat([torch.nn.functional.pad(c.trunk_hidden, (0, 0, P - c.query.shape[1], 0)) for c in chunks])
     return Rollout(
+        trunk_hidden=hidden,
         query=torch.cat([lpad(c.query, pad_id) for c in chunks]),
         query_mask=torch.cat([lpad(c.query_mask, 0) for c in chunks]),
         response=torch.cat([c.response for c in chunks]),
@@ -195,6 +200,8 @@ class Sampler:
     device: torch.device
     autocast: Callable  # the accelerator's autocast context
     threads: int | None = 1  # torch threads while sampling (sampling_threads)
+    weights: Bf16Weights = field(default_factory=lambda: Bf16Weights(enabled=False))  # bf16 weight copies
+    trunk: FrozenTrunk | None = None  # with a shared frozen trunk: keep its output from sampling (hydra)
 
     @torch.no_grad()
     def __call__(
@@ -206,13 +213,19 @@ class Sampler:
         for c, start in enumerate(range(0, len(texts), size)):
             batch = left_pad(tokens[start : start + size], self.pad_id, texts[start : start + size])
             batch.input_ids, batch.attention_mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
-            with self.autocast(), sampling_threads(self.threads, dev):
-                response, mask = sample(policy, batch, self.gen_kwargs, self.eos_id, self.pad_id, generator)
+            record = self.trunk.recording() if self.trunk is not None else contextlib.nullcontext([])
+            with self.autocast(), sampling_threads(self.threads, dev), self.weights(policy.lm, trainable=True):
+                with record as trunk_outputs:
+                    response, mask = sample(policy, batch, self.gen_kwargs, self.eos_id, self.pad_id, generator)
+            length = batch.input_ids.shape[1] + response.shape[1]
+            hidden = self.trunk.assemble(trunk_outputs, length) if self.trunk is not None else None
             responses = decode_responses(self.tokenizer, response, mask)
             with timer("reward"):
                 full = [shown_text(p, r) for p, r in zip(batch.texts, responses)]
                 scores = check_scores(self.reward_fn(full), len(full), f"{where} chunk {c}")
-            yield Rollout(batch.input_ids, batch.attention_mask, response, mask, scores.to(dev), batch.texts, responses)
+            yield Rollout(
+                batch.input_ids, batch.attention_mask, response, mask, scores.to(dev), batch.texts, responses, hidden
+            )
 
 
 @dataclass

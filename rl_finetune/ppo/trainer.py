@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from base_policy.sampling import Bf16Weights
 from common.config import to_dict
 from common.errors import UserError
 from rl_finetune.hydra import FrozenTrunk
@@ -149,9 +150,11 @@ class PPOTrainer:
         self.model, self.opt = acc.prepare(policy_model, opt)
         self.params = params
 
+        # bf16 copies of the frozen weights, cast once instead of by autocast on every call (CPU)
+        self.bf16 = Bf16Weights(enabled=cfg.mixed_precision == "bf16" and acc.device.type == "cpu")
         self.sampler = Sampler(
             tok, reward_fn, cfg.gen_kwargs, cfg.generation_batch_size, self.eos_id, self.pad_id, acc.device,
-            acc.autocast, cfg.sample_threads,
+            acc.autocast, cfg.sample_threads, self.bf16, self.trunk,
         )  # fmt: skip
         self.kl_ctl = make_kl_controller(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
         self.moments = core.RunningMoments()
@@ -256,7 +259,7 @@ class PPOTrainer:
             with self.accelerator.autocast(), self.frozen_trunk(rollout, reference=True):
                 return self.unwrapped(**inputs, with_values=False)[0]
         start = inputs.pop("start")
-        with self.accelerator.autocast():
+        with self.accelerator.autocast(), self.bf16(self.ref):
             ref_h = self.ref.base_model(**inputs, use_cache=False).last_hidden_state[:, start:-1]
             return self.ref.get_output_embeddings()(ref_h)
 
@@ -266,13 +269,14 @@ class PPOTrainer:
         once, kept on the rollout, and replayed into every later forward pass of the policy (or, with
         ``reference``, of the reference's top blocks). A no-op when every layer trains (``self.trunk`` is None)."""
         if self.trunk is None:
-            yield
+            with self.bf16(self.unwrapped.lm):
+                yield
             return
         if rollout.trunk_hidden is None:
-            with self.accelerator.autocast():
+            with self.accelerator.autocast(), self.bf16(self.unwrapped.lm):
                 rollout.trunk_hidden = self.trunk.hidden(**rollout.model_inputs())
         hidden = rollout.trunk_hidden if mb is None else rollout.trunk_hidden[mb]
-        with self.trunk.reference(hidden) if reference else self.trunk.replay(hidden):
+        with self.trunk.reference(hidden) if reference else self.trunk.replay(hidden), self.bf16(self.unwrapped.lm):
             yield
 
     # ------------------------------------------------------------------ 3. rewards, 4. advantages
