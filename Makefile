@@ -92,6 +92,10 @@ export: setup ## Export the labels (FORMAT=jsonl|csv|hf, DEST=path)
 notebook: setup ## Execute the walkthrough notebook top to bottom into $RLHF_ARTIFACTS/notebook/
 	$(PY) notebooks/run_notebook.py $(ARGS)
 
+.PHONY: clean-runs
+clean-runs: setup ## Remove unfinished runs (.work-*) and temporary folders under $RLHF_ARTIFACTS whose owner is dead (`python -m db stats` lists them)
+	$(PY) -m db clean-runs --yes $(ARGS)
+
 clean: ## Remove run outputs (artifacts/, data/), keeping .venv
 	rm -rf artifacts data
 

@@ -72,7 +72,14 @@ def generate_parser() -> argparse.ArgumentParser:
 
 
 def run_pretrain(argv: list[str]) -> int:
-    from base_policy.pretrain import PretrainConfig, format_summary, register_base_policy, save_base_policy, train
+    from base_policy.pretrain import (
+        PretrainConfig,
+        format_summary,
+        mark_finished,
+        register_base_policy,
+        save_base_policy,
+        train,
+    )
     from common.assets import offline_env
     from common.config import load_config
     from common.imdb import DataConfig
@@ -81,17 +88,54 @@ def run_pretrain(argv: list[str]) -> int:
     setup_logging(args.verbose)
     cfg = load_config(PretrainConfig, "pretrain", args.config, args.overrides)
     data_cfg = load_config(DataConfig, "data", args.config)
+    from pathlib import Path
+
+    out = Path(args.out) if args.out else None
+    engine = pretrain_preflight(cfg, out, register=not args.no_register)
     if data_cfg.source == "local" and not cfg.init_from:
         offline_env()
     result = train(cfg, data_cfg, resume=args.resume, progress=not args.no_progress)
-    from pathlib import Path
-
-    path = save_base_policy(result, Path(args.out) if args.out else None)
+    # save, then register: a failed registration leaves the new folder unregistered, and the
+    # registry's fingerprints keep it from being taken for the previous version
+    path = save_base_policy(result, out)
     print(format_summary(result.metrics, path))
-    if not args.no_register:
-        version = register_base_policy(path, result.metrics)
+    if engine is not None:
+        version = register_base_policy(path, result.metrics, engine=engine)
         print(f"  registered as policy version {version}")
+    mark_finished(result, path)  # a later --resume does not train this run again
     return 0
+
+
+def pretrain_preflight(cfg, out, *, register: bool):
+    """Before any data or model work: an explicit --out holds no other kind of model; the output
+    and checkpoint folders are writable with room for about twice what the run writes (the model,
+    and a checkpoint of weights and Adam's two moments); the database accepts a write (unless
+    --no-register). Returns the engine, or None."""
+    from base_policy.pretrain import checkpoint_dir
+    from common.paths import artifacts_root, base_policy_dir, check_output_folder, check_writable_dirs, weights_size
+
+    target = out or base_policy_dir()
+    if out is not None:
+        check_output_folder(out, kind="policy", overwrite=True)  # stage 1 replaces its policy by design
+    if cfg.init_from:
+        model_mb = weights_size(cfg.init_from) / (1 << 20) or 600.0
+    else:
+        params = (cfg.vocab_size or 50257) * cfg.n_embd + cfg.n_ctx * cfg.n_embd + 12 * cfg.n_layer * cfg.n_embd**2
+        model_mb = 4 * params / (1 << 20)
+    copies = 1 + (3 if cfg.checkpoint_every else 0)
+    check_writable_dirs(
+        [target.parent, checkpoint_dir(), artifacts_root() / "cache"],
+        need_mb=2 * copies * model_mb + 20,
+        stage="pretraining",
+    )
+    if not register:
+        return None
+    import db
+    from db.engine import check_writable
+
+    engine = db.connect()
+    check_writable(engine, stage="pretraining")
+    return engine
 
 
 def run_generate(argv: list[str]) -> int:
@@ -133,8 +177,10 @@ def run_generate(argv: list[str]) -> int:
             print(json.dumps(row, ensure_ascii=False))
         return 0
     import db
+    from db.engine import check_writable
 
     engine = db.connect()
+    check_writable(engine, stage="generate")  # before the model loads
     written = fill_queue(engine, spec, cfg.n, cfg, prompts=prompts)
     print(
         f"wrote {written} completions from {spec} to {db.__name__} ({engine.url.render_as_string(hide_password=True)})"

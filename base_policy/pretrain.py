@@ -35,7 +35,7 @@ import torch
 from common.config import check_ranges, to_dict
 from common.errors import ConfigError, UserError
 from common.imdb import DataConfig, load_imdb, rotten_tomatoes_sentences
-from common.paths import artifacts_root, atomic_dir, base_policy_dir, write_json
+from common.paths import artifacts_root, atomic_dir, base_policy_dir, new_run_id, owned_name, write_json
 
 log = logging.getLogger(__name__)
 
@@ -220,9 +220,14 @@ def cached_stream(tok, texts: Sequence[str], name: str, cache_dir: Path | None =
         return np.load(path)
     arr = encode_stream(tok, texts)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    tmp = path.with_name(owned_name(path.name))
+    try:
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return arr
 
 
@@ -372,18 +377,30 @@ def checkpoint_dir() -> Path:
     return artifacts_root() / "checkpoints" / "pretrain"
 
 
+#: Beside ``last.pt`` once its run's model was saved (and registered): which run, and where it went.
+FINISHED = "finished.json"
+_FRESH_FIX = "start fresh without --resume (it replaces the base policy when done)"
+
+
 def save_checkpoint(folder: Path, model, optimizer, tok, state: dict[str, Any]) -> None:
     """Everything needed to resume, written atomically (``last.pt`` + the tokenizer)."""
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "tokenizer" / "tokenizer.json").is_file():
         with atomic_dir(folder / "tokenizer") as tmp:
             tok.save_pretrained(tmp)
-    tmp = folder / ".last.pt.tmp"
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, tmp)
-    os.replace(tmp, folder / "last.pt")
+    tmp = folder / owned_name("last.pt")
+    try:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, tmp)
+        os.replace(tmp, folder / "last.pt")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(folder: Path, cfg: PretrainConfig) -> dict[str, Any]:
+    """The checkpoint to resume, checked: it exists, is plain data (``weights_only``), fits ``cfg``'s
+    architecture, and its run has not already finished and been saved. Each refusal is one line
+    naming the run and the fix."""
     path = folder / "last.pt"
     if not path.is_file():
         raise UserError(
@@ -394,17 +411,50 @@ def load_checkpoint(folder: Path, cfg: PretrainConfig) -> dict[str, Any]:
             path, map_location="cpu", weights_only=True
         )  # tensors and plain values only: no pickled code runs
     except Exception as err:  # truncated, foreign or code-carrying files all end here
-        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        first_line = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200]  # torch's advice left out
         raise UserError(
             f"--resume: {str(path)!r} is not a checkpoint this program can read ({type(err).__name__}: {first_line}).",
-            "delete it and start fresh without --resume (checkpoints hold only tensors and plain values).",
+            f"delete that run's folder (rm -r {str(folder)!r}) and {_FRESH_FIX}; checkpoints hold only tensors "
+            "and plain values.",
         ) from None
+    if not isinstance(ckpt, dict) or not {"model", "optimizer", "step"} <= set(ckpt):
+        raise UserError(
+            f"--resume: {str(path)!r} is not a pretraining checkpoint (no model, optimizer and step in it).",
+            f"delete that run's folder (rm -r {str(folder)!r}) and {_FRESH_FIX}.",
+        )
     if ckpt.get("arch") != cfg.arch:
         raise UserError(
             f"--resume: the checkpoint in {str(folder)!r} was trained with {ckpt.get('arch')}, not {cfg.arch}.",
-            "resume with the same model settings, or start fresh without --resume.",
+            f"resume with the same model settings, or {_FRESH_FIX}.",
+        )
+    finished = finished_run(folder)
+    if finished is not None and finished.get("run") == ckpt.get("run", "?"):
+        raise UserError(
+            f"--resume: the pretraining run {finished['run']!r} already finished ({finished.get('steps')} steps) and was "
+            f"saved to {finished.get('saved_to')!r}; resuming would train it again and replace that model.",
+            f"{_FRESH_FIX}, or keep the saved model.",
         )
     return ckpt
+
+
+def finished_run(folder: Path) -> dict | None:
+    """What ``folder/finished.json`` says (None without it, or when it is unreadable)."""
+    try:
+        raw = json.loads((folder / FINISHED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def mark_finished(result: PretrainResult, saved_to: Path) -> None:
+    """Record that the run behind the last checkpoint is saved (its model registered), so that a
+    later ``--resume`` does not train it again."""
+    folder = checkpoint_dir()
+    if (folder / "last.pt").is_file() and result.metrics.get("run"):
+        write_json(
+            folder / FINISHED,
+            {"run": result.metrics["run"], "steps": result.metrics.get("steps"), "saved_to": str(saved_to)},
+        )
 
 
 # ------------------------------------------------------------------------------- training
@@ -438,6 +488,7 @@ class LoopState:
     elapsed: float = 0.0  # seconds of training loop, including those before a resume
     losses: list[float] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
+    run: str = field(default_factory=lambda: new_run_id("pretrain-"))  # named in the checkpoint and the log
 
 
 def prepare_tokenizer(cfg: PretrainConfig, train_texts: Sequence[str]):
@@ -491,15 +542,33 @@ def prepare_model(cfg: PretrainConfig, tok):
     return model
 
 
-def resume_from_checkpoint(model, optimizer, rng: np.random.Generator, cfg: PretrainConfig) -> LoopState:
-    """Load the last checkpoint into ``model``, ``optimizer``, ``rng`` and torch's generator."""
-    ckpt = load_checkpoint(checkpoint_dir(), cfg)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    rng.bit_generator.state = ckpt["rng"]
-    torch.set_rng_state(ckpt["torch_rng"])
-    state = LoopState(ckpt["step"], ckpt["tokens_seen"], ckpt["elapsed"], ckpt["losses"])
-    log.info("resumed from %s at step %d (%.1f min trained)", checkpoint_dir(), state.step, state.elapsed / 60)
+def resume_from_checkpoint(
+    model, optimizer, rng: np.random.Generator, cfg: PretrainConfig, ckpt: dict[str, Any] | None = None
+) -> LoopState:
+    """Load the last checkpoint (``ckpt``, already read by :func:`load_checkpoint`, or read now) into
+    ``model``, ``optimizer``, ``rng`` and torch's generator."""
+    folder = checkpoint_dir()
+    ckpt = ckpt if ckpt is not None else load_checkpoint(folder, cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        rng.bit_generator.state = ckpt["rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        state = LoopState(ckpt["step"], ckpt["tokens_seen"], ckpt["elapsed"], ckpt["losses"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UserError(
+            f"--resume: the checkpoint in {str(folder)!r} does not fit this model ({type(err).__name__}: {first}).",
+            f"delete that run's folder (rm -r {str(folder)!r}) and {_FRESH_FIX}.",
+        ) from None
+    state.run = str(ckpt.get("run") or "pretrain-unnamed")
+    log.info(
+        "resumed from %s (pretraining run %s) at step %d (%.1f min trained)",
+        folder,
+        state.run,
+        state.step,
+        state.elapsed / 60,
+    )
     return state
 
 
@@ -562,6 +631,7 @@ def checkpoint_state(state: LoopState, rng: np.random.Generator, cfg: PretrainCo
         "torch_rng": torch.get_rng_state(),
         "arch": cfg.arch,
         "config": to_dict(cfg),
+        "run": state.run,
     }
 
 
@@ -663,6 +733,7 @@ def final_metrics(
         "chars_per_token": data.chars_per_token,
         "evals": state.evals,
         "samples": samples,
+        "run": state.run,
         "config": to_dict(cfg),
         "torch": torch.__version__,
         "nproc": os.cpu_count(),
@@ -688,8 +759,8 @@ def train(
 ) -> PretrainResult:
     """Train the base policy; returns the model, tokenizer, metrics and the loss per step.
     Saves nothing but checkpoints (see :func:`save_base_policy`)."""
-    if resume and not (checkpoint_dir() / "last.pt").is_file():
-        load_checkpoint(checkpoint_dir(), cfg)  # the one-line "no checkpoint" error, before any data work
+    # a missing, damaged, mismatched or finished checkpoint is refused before any data work
+    ckpt = load_checkpoint(checkpoint_dir(), cfg) if resume else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     started = time.time()
@@ -699,7 +770,7 @@ def train(
     model = prepare_model(cfg, data.tok)
     optimizer = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
-    state = resume_from_checkpoint(model, optimizer, rng, cfg) if resume else LoopState()
+    state = resume_from_checkpoint(model, optimizer, rng, cfg, ckpt) if resume else LoopState()
     # 3. the loop: until the step or time budget is spent
     train_seconds = train_loop(model, optimizer, data, state, rng, cfg, progress=progress, on_step=on_step)
     # 4. evaluation and samples

@@ -98,7 +98,8 @@ def bench_generation(
     when ``bf16``), three ways:
 
     - ``new_tokens_per_second``: exactly ``new_tokens`` per prompt through the project's sampler
-      (``base_policy.sampling.sample_tokens``, what ``generate_completions`` and PPO use): pure throughput;
+      (``base_policy.sampling.sample_tokens`` with ``Bf16Weights``, what ``generate_completions`` and PPO
+      use): pure throughput; ``autocast_only_new_tokens_per_second`` is the same without the bf16 weight copies;
     - ``hf_generate_new_tokens_per_second``: the same through ``model.generate``, for comparison;
     - ``completions_new_tokens_per_second``: ``generate_completions`` itself, which stops each text
       at EOS: what filling the labelling queue gets (kept tokens per second).
@@ -113,17 +114,23 @@ def bench_generation(
     ids, mask = left_pad(encode_prompts(tok, prompts, context_length(model) - new_tokens), pad)
     cfg = GenerateConfig(max_new_tokens=new_tokens, prompts_per_batch=n_prompts, temperature=1.0, top_k=0, top_p=1.0)
     amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-    from base_policy.sampling import sample_tokens
+    from base_policy.sampling import Bf16Weights, sample_tokens
 
-    fixed, hf, stopping, completions = [], [], [], []
+    weights = Bf16Weights(enabled=bf16, static=True)  # what generate_completions and PPO's sampler do
+    fixed, plain_autocast, hf, stopping, completions = [], [], [], [], []
     for i in range(repeats + 1):  # the first round warms up
         torch.manual_seed(i)
         t = time.perf_counter()
-        with torch.no_grad(), amp:
+        with torch.no_grad(), amp, weights(model, trainable=True):
             out, _ = sample_tokens(model, ids, mask, max_new_tokens=new_tokens, stop_at_eos=False, pad_id=pad)
         assert out.shape[1] == new_tokens
         if i:
             fixed.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        with torch.no_grad(), amp:  # autocast casting the fp32 weights on every call, as before Bf16Weights
+            sample_tokens(model, ids, mask, max_new_tokens=new_tokens, stop_at_eos=False, pad_id=pad)
+        if i:
+            plain_autocast.append(time.perf_counter() - t)
         t = time.perf_counter()
         with torch.no_grad(), amp:
             out = model.generate(
@@ -141,6 +148,7 @@ def bench_generation(
     return {
         "new_tokens_per_second": n_prompts * new_tokens / per_batch,
         "seconds_per_batch": per_batch,
+        "autocast_only_new_tokens_per_second": n_prompts * new_tokens / float(np.median(plain_autocast)),
         "hf_generate_new_tokens_per_second": n_prompts * new_tokens / float(np.median(hf)),
         "completions_new_tokens_per_second": tokens / seconds,
         "completions_seconds_per_batch": seconds,

@@ -1,4 +1,8 @@
-"""``python -m db upgrade | stats | export --format jsonl|csv|hf DEST | import-prompts FILE``."""
+"""``python -m db upgrade | stats | export --format jsonl|csv|hf DEST | import-prompts FILE | clean-runs [--yes]``.
+
+``stats`` also lists what runs left under ``$RLHF_ARTIFACTS`` (unfinished ``.work-*`` runs, hidden
+``.*.tmp-*`` / ``.*.old-*`` saves) with their sizes; ``clean-runs --yes`` (``make clean-runs``)
+removes those whose owner is dead."""
 
 from __future__ import annotations
 
@@ -22,7 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("upgrade", help="create the database or migrate it to the newest schema")
-    sub.add_parser("stats", help="print counts as JSON")
+    sub.add_parser(
+        "stats", help="print counts as JSON, and the unfinished runs and temporary folders under $RLHF_ARTIFACTS"
+    )
+    cr = sub.add_parser(
+        "clean-runs",
+        help="list unfinished runs and temporary folders under $RLHF_ARTIFACTS; remove those whose owner is dead",
+    )
+    cr.add_argument("--yes", action="store_true", help="remove them (without it: only list what would go)")
     ex = sub.add_parser("export", help="export every judgement joined with its prompt and completion")
     ex.add_argument(
         "--format",
@@ -36,6 +47,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def leftovers_summary() -> dict:
+    """The unfinished runs and temporary folders under ``RLHF_ARTIFACTS``, for ``stats``."""
+    from common.paths import artifacts_root, find_leftovers
+
+    root = artifacts_root()
+    items = find_leftovers(root)
+    return {
+        "root": str(root),
+        "count": len(items),
+        "total_mb": round(sum(i.size for i in items) / (1 << 20), 1),
+        "removable_mb": round(sum(i.size for i in items if i.collectable) / (1 << 20), 1),
+        "items": [i.as_dict(root) for i in items],
+    }
+
+
+def clean_runs(*, yes: bool) -> int:
+    """List the leftovers; with ``yes`` remove those whose owner is dead (never a live run's)."""
+    from common.paths import artifacts_root, find_leftovers, remove_leftovers
+
+    root = artifacts_root()
+    items = find_leftovers(root)
+    for item in items:
+        d = item.as_dict(root)
+        state = "remove" if item.collectable else "keep  "
+        print(f"{state} {d['size_mb']:>9.1f} MB  {item.kind:<14}  {d['path']}  (owner: {item.owner})")
+    removable = [i for i in items if i.collectable]
+    mb = sum(i.size for i in removable) / (1 << 20)
+    if not yes:
+        print(f"{len(removable)} of {len(items)} removable ({mb:.1f} MB) under {root}; run with --yes to remove them")
+        return 0
+    removed = remove_leftovers(removable)
+    print(f"removed {len(removed)} of {len(items)} ({mb:.1f} MB) under {root}")
+    return 0
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -45,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{describe(engine)} is at schema revision {db.current_revision(engine)}")
     elif args.command == "stats":
         engine = db.connect(args.url)
-        print(json.dumps(db.stats(engine), indent=2, sort_keys=True))
+        out = db.stats(engine)
+        out["artifacts_leftovers"] = leftovers_summary()
+        print(json.dumps(out, indent=2, sort_keys=True))
+    elif args.command == "clean-runs":
+        return clean_runs(yes=args.yes)
     elif args.command == "export":
         engine = db.connect(args.url)
         out = db.export_labels(engine, args.format, args.dest)

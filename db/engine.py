@@ -29,8 +29,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
-from common.errors import UserError
-from common.paths import DEFAULT_DB_URL
+from common.errors import EXPLAINERS, UserError
+from common.paths import DEFAULT_DB_URL, check_writable_dirs
 
 # Alembic logs every plugin it sets up, when it is first imported, at INFO: noise on every command.
 logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
@@ -403,3 +403,70 @@ def _explain(err: sa_exc.DBAPIError, url: URL, origin: str) -> DatabaseError:
             f"start the server / check host, port, user, password and database name, or {_fix(origin)}.",
         )
     return DatabaseError(f"cannot use the database at {where} ({msg}).", f"check the server, or {_fix(origin)}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Writability: checked before a stage works, explained when a write fails anyway
+
+
+def _current_where() -> str:
+    """The database the environment names, for a message (password masked)."""
+    try:
+        return describe(resolve_url()[0])
+    except UserError:
+        return f"the database at {mask_password(os.environ.get('RLHF_DB_URL', '').strip())!r}"
+
+
+def explain_write_error(err: BaseException, where: str | None = None) -> DatabaseError | None:
+    """One line for a database error that escaped a stage (a read-only or full database, a lost
+    server), or None when ``err`` is not one. Registered with :data:`common.errors.EXPLAINERS`,
+    so every command's :func:`common.errors.cli_entry` shows it."""
+    if not isinstance(err, sa_exc.DBAPIError):
+        return None
+    msg = str(err.orig or err).strip().splitlines()[0] if str(err.orig or err).strip() else type(err).__name__
+    low = msg.lower()
+    where = where or _current_where()
+    if "readonly" in low or "read-only" in low or "read only" in low or "permission denied" in low:
+        return DatabaseError(
+            f"{where} refused a write ({mask_password(msg)}).",
+            "make the database file and its folder writable (or give the user write rights), "
+            "or set RLHF_DB_URL to a writable database.",
+        )
+    if "disk is full" in low or "no space" in low or "disk full" in low:
+        return DatabaseError(
+            f"the disk of {where} is full ({mask_password(msg)}).",
+            "free some space on that disk (`python -m db clean-runs --yes` removes unfinished runs), "
+            "or set RLHF_DB_URL to a database on another disk.",
+        )
+    if isinstance(err, sa_exc.OperationalError):
+        return DatabaseError(
+            f"{where} failed ({mask_password(msg)}).",
+            "check the database (file, disk, server), then run the command again.",
+        )
+    return None
+
+
+EXPLAINERS.append(explain_write_error)
+
+
+def check_writable(engine: Engine, *, need_mb: float = 20.0, stage: str = "this stage") -> None:
+    """Before a stage does any work: the database accepts a write (one rolled-back update) and, for
+    SQLite, its folder takes new files (the journal) and has ``need_mb`` free. A
+    :class:`DatabaseError` naming the database and the fix otherwise."""
+    where = describe(engine)
+    db_file = _sqlite_file(engine.url) if engine.url.get_backend_name() == "sqlite" else None
+    if db_file is not None:
+        try:
+            check_writable_dirs([Path(db_file).parent], need_mb=need_mb, stage=stage)
+        except UserError as err:
+            raise DatabaseError(f"{where}: {err.problem}", err.fix) from None
+    try:
+        with _quiet_alembic(), write_engine(engine).connect() as conn:
+            trans = conn.begin()
+            try:
+                conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
+            finally:
+                trans.rollback()
+    except sa_exc.DBAPIError as err:
+        found = explain_write_error(err, where)
+        raise (found or _explain(err, engine.url, "RLHF_DB_URL")) from None

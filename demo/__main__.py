@@ -52,6 +52,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def preflight(profile: Profile) -> None:
+    """Before any stage runs: the artefacts folders are writable, with room for about twice what the
+    loop writes (a base policy and its checkpoint, a reward model and its seed cache per round, a
+    PPO policy and its checkpoints per round), and the database accepts a write."""
+    from common.paths import artifacts_root, base_policy_dir, check_writable_dirs, weights_size
+
+    pre = profile.pretrain
+    base = profile.demo.base_policy
+    policy_mb = weights_size(base_policy_dir() if base == "auto" else base) / (1 << 20)
+    if not policy_mb:
+        params = (pre.vocab_size or 50257) * pre.n_embd + pre.n_ctx * pre.n_embd + 12 * pre.n_layer * pre.n_embd**2
+        policy_mb = 4 * params / (1 << 20)
+    reward_mb = weights_size(profile.reward.backbone_or_default) / (1 << 20) or 100.0
+    rounds = profile.demo.rounds + (1 if profile.demo.overoptimization else 0)
+    written = 4 * policy_mb + rounds * (2 * reward_mb + 4 * policy_mb)
+    root = artifacts_root()
+    check_writable_dirs(
+        [root / "demo", root / "reward_models", root / "policies", root], need_mb=2 * written + 20, stage="the demo"
+    )
+    import db
+    from db.engine import check_writable
+
+    engine = db.connect()
+    try:
+        check_writable(engine, stage="the demo")
+    finally:
+        engine.dispose()
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -74,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         from common.paths import artifacts_root, check_run_id
 
         check_run_id(args.run_id, artifacts_root() / "demo", overwrite=args.overwrite)
+    preflight(profile)
     from demo import run as demo_run
 
     progress = not args.quiet

@@ -51,6 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+UNKNOWN_BACKBONE_MB = 100.0  # a hub name: about MiniLM/DistilBERT-sized
+
+
+def preflight(cfg: RewardConfig) -> None:
+    """Before any data or model loads: the reward model folder and the seed cache are writable, with room
+    for about twice what the run writes (the seeded backbone in the cache, and the run folder)."""
+    from common.paths import check_writable_dirs, reward_models_dir, weights_size
+    from reward_training.training import seed_cache_root
+
+    size_mb = weights_size(cfg.backbone_or_default) / (1 << 20) or UNKNOWN_BACKBONE_MB
+    check_writable_dirs(
+        [reward_models_dir(), seed_cache_root()], need_mb=2 * 2 * size_mb + 20, stage="the reward model stage"
+    )
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # `predict --model DIR "text"` works too
@@ -69,16 +84,21 @@ def main(argv: list[str] | None = None) -> int:
         from common.paths import check_run_id, reward_models_dir
 
         check_run_id(args.run_id, reward_models_dir(), overwrite=args.overwrite)  # before any work is done
+    cfg = None
+    if args.command == "train":
+        cfg = load_config(RewardConfig, "reward", profile=args.config, overrides=args.overrides)
+        preflight(cfg)
     import db
+    from db.engine import check_writable
 
     engine = db.connect()
+    check_writable(engine, stage="the reward model stage")
     if args.command == "score":
         from reward_training.api import score_completions
 
         n = score_completions(engine, args.model)
         print(json.dumps({"scored": n}))
         return 0
-    cfg = load_config(RewardConfig, "reward", profile=args.config, overrides=args.overrides)
     from common.imdb import DataConfig
     from reward_training.training import train
 

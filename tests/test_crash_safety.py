@@ -367,8 +367,8 @@ def test_sqlite_survives_sigkill_during_judgement_writes(tmp_path):
 
 
 def test_a_later_save_removes_what_a_killed_process_left(tmp_path):
-    """Temporary folders carry the writer's pid: the next save in the same folder removes those whose
-    process is gone (a killed reward-model run leaves ``.<run-id>.tmp-<pid>-*`` under another name)."""
+    """Temporary folders carry the writer's host and pid: the next save in the same folder removes those
+    whose process (on this host) is gone (a killed reward-model run leaves ``.<run-id>.tmp-<pid>-*`` under another name)."""
     from common.paths import atomic_dir, write_latest
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -382,7 +382,15 @@ def test_a_later_save_removes_what_a_killed_process_left(tmp_path):
     live.mkdir()
     no_pid = tmp_path / ".m.json.tmp-12345678"  # another writer's name without a pid: never touched
     no_pid.write_text("{}")
+    from common.paths import host_tag
+
+    stale_new = tmp_path / f".run-d.tmp-{host_tag()}-{dead_pid}-0badf00d"  # host and pid in the name: dead
+    stale_new.mkdir()
+    other_host = tmp_path / f".run-e.tmp-otherhost-{dead_pid}-0badf00d"  # another machine's: never touched
+    other_host.mkdir()
     with atomic_dir(tmp_path / "run-b") as tmp:
         (tmp / "config.json").write_text("{}")
     write_latest(tmp_path, "run-b")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, no_pid.name, "latest", "run-b"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, no_pid.name, other_host.name, "latest", "run-b"]
+    )

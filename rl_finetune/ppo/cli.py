@@ -41,9 +41,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gold", action="store_true", help="also score eval samples with the gold judge (common.gold)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: $RLHF_ARTIFACTS/policies/<run-id>)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="let --out replace an existing policy folder (never another kind)"
+    )
     p.add_argument("--no-db", action="store_true", help="do not register the new policy in the database")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+#: Bytes per parameter-sized copy a run writes: the saved policy (1) and a checkpoint (weights,
+#: Adam's two moments: 3), times two for the free space asked (a new checkpoint beside the old).
+COPIES_WRITTEN = 4
+UNKNOWN_POLICY_MB = 600.0  # a hub name (not on disk yet): about SmolLM2-135M in fp32
+
+
+def preflight(cfg: PPOConfig, args):
+    """Before any model loads: the policies folder (and --out's) is writable with room for about twice
+    what the run writes, and the database accepts a write unless --no-db; returns the engine (or None)."""
+    from common.paths import check_writable_dirs, policies_dir, weights_size
+
+    spec = args.policy
+    size_mb = UNKNOWN_POLICY_MB
+    if spec in (None, "base", "latest") or (spec and Path(spec).is_dir()):
+        from base_policy.loading import resolve_policy
+
+        size_mb = weights_size(resolve_policy(spec)) / (1 << 20) or UNKNOWN_POLICY_MB
+    copies = COPIES_WRITTEN if cfg.checkpoint_interval else 1
+    folders = [policies_dir()] + ([Path(args.out).parent] if args.out is not None else [])
+    check_writable_dirs(folders, need_mb=2 * copies * size_mb + 20, stage="PPO")
+    if args.no_db:
+        return None
+    import db
+    from db.engine import check_writable
+
+    engine = db.connect()
+    check_writable(engine, stage="PPO")
+    return engine
 
 
 @cli_entry
@@ -57,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_kl:
         overrides += ["init_kl_coef=0.0", "kl_target=null", "kl_horizon=null"]
     cfg = load_config(PPOConfig, "ppo", args.config, overrides)
+    if args.out is not None:
+        from common.paths import check_output_folder
+
+        check_output_folder(args.out, kind="policy", overwrite=args.overwrite)  # before any work
+    engine = preflight(cfg, args)
     from common.imdb import DataConfig
     from rl_finetune.ppo.stage import run_stage
 
@@ -74,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out,
         resume=args.resume,
         register_version=not args.no_db,
+        engine=engine,
     )
     if stage.folder is None:  # not the main process
         return 0

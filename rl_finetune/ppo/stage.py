@@ -19,14 +19,15 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.metrics import scalar_metrics
-from common.paths import new_run_id, policies_dir, write_latest
+from common.paths import WORK_PREFIX, claim_run, new_run_id, policies_dir, write_latest
+from rl_finetune.ppo import checkpoint
 from rl_finetune.ppo.config import PPOConfig
 from rl_finetune.ppo.trainer import PPOResult, RewardFn, save_policy, train
 
 log = logging.getLogger(__name__)
 
-#: A run trains in ``policies/.work-<run-id>/`` (metrics, checkpoints) until its policy is saved.
-WORK_PREFIX = ".work-"
+#: A run trains in ``policies/.work-<run-id>/`` (metrics, checkpoints) until its policy is saved
+#: (``WORK_PREFIX``, from :mod:`common.paths`, which lists and collects the unfinished ones).
 
 
 @dataclass
@@ -67,19 +68,15 @@ def stage_prompts(cfg: PPOConfig, data_cfg) -> tuple[list[str], list[str]]:
 
 def latest_unfinished() -> Path | None:
     """The newest work folder under ``policies/`` with a checkpoint (a run to resume), or None."""
-    root = policies_dir()
-    if not root.is_dir():
-        return None
-    runs = sorted(
-        (p for p in root.glob(WORK_PREFIX + "*") if (p / "checkpoint" / "state.json").is_file()),
-        key=lambda p: p.stat().st_mtime,
-    )
+    runs = checkpoint.unfinished_runs(policies_dir())
     return runs[-1] if runs else None
 
 
-def register(folder: Path, start_policy: str, summary: dict, engine=None) -> int | None:
-    """Record the new policy in the database, parent = the starting policy's version. Skipped (with a
-    warning) when the database is unavailable: PPO itself never needs one."""
+def register(folder: Path, start_policy: str, summary: dict, engine=None) -> int:
+    """Record the new policy in the database, parent = the starting policy's version. A failure is a
+    :class:`UserError` that names the saved folder: the caller then leaves ``latest`` where it was."""
+    from common.errors import explain
+
     try:
         import db
         from base_policy.registry import ensure_registered, register_policy
@@ -89,11 +86,15 @@ def register(folder: Path, start_policy: str, summary: dict, engine=None) -> int
         return register_policy(
             folder, name=folder.name, metrics=scalar_metrics(summary), parent_id=parent, engine=engine
         )
-    except (ImportError, UserError, OSError) as err:
-        log.warning("the new policy was saved but not registered in the database: %s", err)
-    except Exception as err:  # a database problem must not lose a trained policy
-        log.warning("the new policy was saved but not registered in the database (%s: %s)", type(err).__name__, err)
-    return None
+    except Exception as err:
+        why = explain(err)
+        reason = why.problem if why is not None else f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        raise UserError(
+            f"the policy was saved to {str(folder)!r} but could not be registered in the database ({reason.rstrip('.')}); "
+            "`latest` was not moved.",
+            "fix the database (see the reason) and run again, or pass --no-db to skip registering; "
+            f"the saved policy can be used as --policy {folder}.",
+        ) from None
 
 
 def run_stage(
@@ -123,14 +124,20 @@ def run_stage(
     3. Training writes metrics and checkpoints to ``work_dir`` (None = ``policies/.work-<run-id>/``,
        removed once the policy is saved); ``resume=True`` continues from the checkpoint in
        ``work_dir`` (None = the newest unfinished run under ``policies/``, and its run id).
-    4. With ``save``: the policy goes atomically to ``out`` (None = ``policies/<run-id>/``, and
-       ``policies/latest`` then points at it) and, with ``register_version``, into the database
-       (``engine``, None = ``db.connect()``).
+       A run to resume is checked before any model loads (:func:`checkpoint.find_run_to_resume`).
+    4. With ``save``: the policy goes atomically to ``out`` (None = ``policies/<run-id>/``), then,
+       with ``register_version``, into the database (``engine``, None = ``db.connect()``), and only
+       then ``policies/latest`` points at it (when ``out`` is None): a failure at any step leaves
+       ``latest`` on a saved, registered policy.
     """
     from base_policy.loading import load_policy, resolve_policy
 
-    # 1. the starting policy and the reward model
+    # 1. the starting policy (and the run to resume, checked before anything loads), the reward model
     start = resolve_policy(policy)
+    temporary = work_dir is None
+    if resume and work_dir is None:
+        work_dir, run_id = checkpoint.find_run_to_resume(policies_dir(), start, cfg)
+        log.info("resuming PPO run %s from %s", run_id, work_dir / checkpoint.CHECKPOINT)
     model, tokenizer = load_policy(start)
     reward_fn, eval_fns = reward_fns(reward, cfg)
     # 2. the prompts
@@ -144,15 +151,14 @@ def run_stage(
         prompts = default_train if prompts is None else prompts
         eval_prompts = default_eval if eval_prompts is None else eval_prompts
     # 3. train
-    temporary = work_dir is None
-    if resume and work_dir is None:
-        unfinished = latest_unfinished()
-        if unfinished is None:
-            log.warning("resume: no unfinished run under %s; starting a new one", policies_dir())
-        else:
-            work_dir, run_id = unfinished, unfinished.name[len(WORK_PREFIX) :]
     run_id = run_id or new_run_id("ppo-")
-    work_dir = policies_dir() / f"{WORK_PREFIX}{run_id}" if work_dir is None else Path(work_dir)
+    from accelerate import PartialState
+
+    if work_dir is None:
+        work_dir = policies_dir() / f"{WORK_PREFIX}{run_id}"
+        if PartialState().is_main_process:
+            claim_run(work_dir)  # who trains it: `python -m db stats` and clean-runs read this
+    work_dir = Path(work_dir)
     result = train(
         (model, tokenizer),
         reward_fn,
@@ -165,16 +171,14 @@ def run_stage(
         resume=resume,
         progress=progress,
     )
-    from accelerate import PartialState
-
     if not save or not PartialState().is_main_process:
         return StageResult(result)
-    # 4. save, point latest, register
+    # 4. save, register, then point latest (in this order: see the docstring)
     folder = Path(out) if out is not None else policies_dir() / run_id
     save_policy(result, folder)
+    version = register(folder, start, result.summary, engine) if register_version else None
     if out is None:
         write_latest(policies_dir(), run_id)
-    version = register(folder, start, result.summary, engine) if register_version else None
     if temporary:
         shutil.rmtree(work_dir, ignore_errors=True)
     return StageResult(result, folder, version)
