@@ -5,7 +5,7 @@ function takes that engine first. See ``docs/architecture.md`` and ``docs/databa
 """
 
 from db.engine import DatabaseError, connect, current_revision, head_revision, migrate
-from db.models import Base, Completion, Judgement, Labeler, Lease, ModelVersion, Prompt
+from db.models import COMMENT_MAX, FLAGS, Base, Completion, Judgement, Labeler, Lease, ModelVersion, Prompt
 from db.queue import extend_lease, get_item, hold_item, next_item, queue_size
 from db.reads import (
     get_model_version,
@@ -14,6 +14,7 @@ from db.reads import (
     labelled_dataset,
     latest_model_version,
     list_model_versions,
+    session_judgement_count,
     stats,
     unlabelled_completions,
 )
@@ -25,9 +26,11 @@ from db.writes import (
     add_completions,
     add_prompts,
     check_database_file,
+    check_note,
     database_file_id,
     get_or_create_labeler,
     labeler_name_key,
+    missing_database_file,
     record_judgement,
     register_model_version,
     release_leases,
@@ -37,10 +40,12 @@ from db.writes import (
 )
 
 __all__ = [
+    "COMMENT_MAX",
     "Base",
     "Completion",
     "DatabaseError",
     "DatabaseGone",
+    "FLAGS",
     "Item",
     "Judgement",
     "LabelledExample",
@@ -54,6 +59,7 @@ __all__ = [
     "add_completions",
     "add_prompts",
     "check_database_file",
+    "check_note",
     "connect",
     "current_revision",
     "database_file_id",
@@ -72,11 +78,13 @@ __all__ = [
     "latest_model_version",
     "list_model_versions",
     "migrate",
+    "missing_database_file",
     "next_item",
     "queue_size",
     "record_judgement",
     "register_model_version",
     "release_leases",
+    "session_judgement_count",
     "set_reward_scores",
     "shown_text",
     "stats",

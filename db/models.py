@@ -29,6 +29,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 LABELS = ("good", "bad", "skip")
+# What a labeller may flag an item as, beside the label (judgements.flag, migration 0004).
+FLAGS = ("offensive", "broken_text")
+COMMENT_MAX = 1000  # characters of a labeller's free comment on an item
 MODEL_KINDS = ("policy", "reward")
 
 # Stable constraint names, so migrations can refer to them on every backend.
@@ -134,6 +137,9 @@ class Judgement(Base):
     seconds: Mapped[float | None] = mapped_column(Float)
     # The browser session (tab) that gave the judgement: undo only ever reaches this session's own.
     session_key: Mapped[str | None] = mapped_column(String(128))
+    # Optional, given with the label: one of FLAGS, and a free comment (migration 0004).
+    flag: Mapped[str | None] = mapped_column(String(32))
+    comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 

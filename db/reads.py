@@ -147,6 +147,8 @@ JUDGEMENT_COLUMNS = [
     "labeler",
     "label",
     "seconds",
+    "flag",
+    "comment",
     "created_at",
     "updated_at",
     "prompt",
@@ -167,6 +169,8 @@ def judgement_rows(engine: Engine) -> list[dict]:
             Labeler.name,
             Judgement.label,
             Judgement.seconds,
+            Judgement.flag,
+            Judgement.comment,
             Judgement.created_at,
             Judgement.updated_at,
             Prompt.text,
@@ -181,6 +185,20 @@ def judgement_rows(engine: Engine) -> list[dict]:
     )
     with Session(engine) as s:
         return [dict(zip(JUDGEMENT_COLUMNS, row)) for row in s.execute(q)]
+
+
+def session_judgement_count(engine: Engine, labeler_id: int, session_key: str) -> int:
+    """How many judgements ``labeler_id`` has standing from browser session ``session_key`` (the app's
+    progress toward ``label.session_goal``; undone ones are gone, so they do not count)."""
+    with Session(engine) as s:
+        return (
+            s.scalar(
+                select(func.count(Judgement.id)).where(
+                    Judgement.labeler_id == labeler_id, Judgement.session_key == session_key
+                )
+            )
+            or 0
+        )
 
 
 def judgements_frame(engine: Engine) -> pd.DataFrame:

@@ -116,6 +116,8 @@ def _write_hf(rows: list[dict], dest: Path) -> None:
             "labeler": Value("string"),
             "label": Value("string"),
             "seconds": Value("float64"),
+            "flag": Value("string"),
+            "comment": Value("string"),
             "created_at": Value("string"),
             "updated_at": Value("string"),
             "prompt": Value("string"),

@@ -12,6 +12,7 @@ import os
 import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, text, update
@@ -21,6 +22,8 @@ from sqlalchemy.orm import Session
 from common.errors import UserError
 from db.engine import PG_LOCK_NAMESPACE, DatabaseError, run_write
 from db.models import (
+    COMMENT_MAX,
+    FLAGS,
     LABELS,
     MODEL_KINDS,
     Completion,
@@ -354,11 +357,15 @@ def record_judgement(
     seconds: float | None = None,
     session_key: str | None = None,
     overlap: int = 1,
+    flag: str | None = None,
+    comment: str | None = None,
 ) -> None:
     """Store (or change) ``labeler_id``'s label on ``completion_id`` and release their lease on it.
 
     One row per labeller and completion: repeating the same call (a double click) changes
-    nothing; a different label updates the row.
+    nothing; a different label (or flag, or comment) updates the row. ``flag`` (one of
+    ``db.models.FLAGS``, e.g. ``"offensive"``) and ``comment`` (free text, stripped, at most
+    ``COMMENT_MAX`` characters; blank = none) are optional and stored in the same write as the label.
 
     With ``session_key`` (the labelling app) the judgement is accepted only from the session that
     holds the item: :class:`LeaseLost` (nothing stored) when this session now holds another item or
@@ -371,6 +378,7 @@ def record_judgement(
         seconds = float(seconds)
         if not math.isfinite(seconds) or seconds < 0:
             seconds = None
+    flag, comment = check_note(flag, comment)
 
     def work(s: Session) -> None:
         now = utcnow()
@@ -391,6 +399,8 @@ def record_judgement(
             label=label,
             seconds=seconds,
             session_key=held_by,
+            flag=flag,
+            comment=comment,
             created_at=now,
             updated_at=now,
         )
@@ -401,9 +411,13 @@ def record_judgement(
                     "label": ins.excluded.label,
                     "seconds": ins.excluded.seconds,
                     "session_key": func.coalesce(ins.excluded.session_key, Judgement.session_key),
+                    "flag": ins.excluded.flag,
+                    "comment": ins.excluded.comment,
                     "updated_at": ins.excluded.updated_at,
                 },
-                where=Judgement.label != ins.excluded.label,
+                where=(Judgement.label != ins.excluded.label)
+                | Judgement.flag.is_distinct_from(ins.excluded.flag)
+                | Judgement.comment.is_distinct_from(ins.excluded.comment),
             )
         )
         _count_label(s, completion_id, int(label != "skip") - int(old is not None and old != "skip"))
@@ -419,6 +433,18 @@ def record_judgement(
     except sa_exc.IntegrityError:
         _missing(engine, labeler_id=labeler_id, completion_id=completion_id)
         raise
+
+
+def check_note(flag: Any, comment: Any) -> tuple[str | None, str | None]:
+    """A judgement's optional flag and comment as stored: ``flag`` one of ``FLAGS`` or None, ``comment``
+    stripped text of at most ``COMMENT_MAX`` characters, or None when blank."""
+    if flag is not None and flag not in FLAGS:
+        raise UserError(f"flag {flag!r} is not one of {list(FLAGS)}.", "leave it out, or use one of those.")
+    if comment is not None:
+        comment = _check_text(comment, "the comment", allow_empty=True).strip() or None
+        if comment is not None and len(comment) > COMMENT_MAX:
+            raise UserError(f"the comment is {len(comment)} characters long.", f"keep it to {COMMENT_MAX} characters.")
+    return flag, comment
 
 
 def _check_held(
@@ -567,6 +593,23 @@ def check_database_file(engine: Engine, expected: tuple[int, int] | None) -> Non
         "stop the app, put the database file back at that path (or restore it from a backup, or copy it "
         "out of /proc/<pid>/fd of the running app before stopping it), then start the app again.",
     )
+
+
+def missing_database_file(url: str | None = None) -> Path | None:
+    """The absolute path of the SQLite file ``url`` names (default: ``RLHF_DB_URL``, else the default
+    database) when that file does not exist yet, else None (it exists, or the URL is PostgreSQL or an
+    in-memory database). Lets a caller refuse to create a database it was not asked to create, since
+    :func:`db.connect` creates a missing SQLite file."""
+    from db.engine import resolve_url
+
+    parsed, _ = resolve_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    name = parsed.database
+    if not name or name == ":memory:" or name.startswith("file:") or parsed.query.get("mode") == "memory":
+        return None
+    path = Path(os.path.abspath(name))
+    return None if path.exists() else path
 
 
 def _sqlite_path(engine: Engine) -> str | None:

@@ -1,8 +1,12 @@
-"""Start the labelling app with Streamlit: ``python -m labeling_app [--port N]``.
+"""Start the labelling app with Streamlit: ``python -m labeling_app [--port N] [--create-db]``.
 
 A thin wrapper over ``streamlit run labeling_app/app.py`` with settings for a closed network
 (headless, no usage statistics, no file watcher). The database is ``RLHF_DB_URL``, the
 profile ``RLHF_CONFIG`` (section ``label``), the access token ``RLHF_LABEL_TOKEN``.
+
+Before Streamlit starts, the database is opened (and migrated): one that cannot be opened stops
+the start with one line naming it and the fix. A missing database is created only at the default
+path (``data/feedback.sqlite``) or with ``--create-db``; an existing one is never replaced.
 """
 
 from __future__ import annotations
@@ -51,6 +55,20 @@ def streamlit_args(port: int, address: str, app: Path = APP) -> list[str]:
     ]
 
 
+def open_database(*, create: bool = False) -> None:
+    """Open (and migrate) the database once before Streamlit starts, so a missing or broken one stops
+    the start here with one line, not on a labeller's screen; creates it only when allowed."""
+    import db
+    from common.paths import db_url
+    from labeling_app.runtime import check_database_may_be_created
+
+    url = db_url()
+    created = check_database_may_be_created(url, create=create)
+    db.connect(url).dispose()
+    if created is not None:
+        print(f"created a new, empty database at {created}", file=sys.stderr)
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
@@ -68,6 +86,12 @@ def main(argv: list[str] | None = None) -> None:
         help="address to listen on (default 127.0.0.1; 0.0.0.0 to serve a team, with RLHF_LABEL_TOKEN set)",
     )
     parser.add_argument("--config", type=Path, default=None, help="profile file (default: $RLHF_CONFIG)")
+    parser.add_argument(
+        "--create-db",
+        action="store_true",
+        help="create the SQLite database named by RLHF_DB_URL if it does not exist (without this flag only "
+        "the default data/feedback.sqlite is created; otherwise run `python -m db upgrade` first)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port {args.port} is not a port number.", "use 1-65535, e.g. --port 8501.")
@@ -79,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             "Set RLHF_LABEL_TOKEN to a shared secret (see docs/security.md).",
             file=sys.stderr,
         )
+    open_database(create=args.create_db)
     cmd = streamlit_args(args.port, args.address)
     print(f"labelling app on http://{args.address}:{args.port}", file=sys.stderr)
     os.execv(sys.executable, cmd)

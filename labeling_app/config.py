@@ -25,10 +25,11 @@ class LabelConfig:
         },
     )
     lease_seconds: int = field(
-        default=120,
+        default=90,
         metadata={
             "help": "how long an item shown to one session is reserved for it; renewed every third of that "
-            "while the item is on screen, so a closed tab gives its item back after at most this long"
+            "while the item is on screen (and given back when the labeller leaves the page or signs out), "
+            "so a closed tab gives its item back after at most this long"
         },
     )
     min_dwell_ms: int = field(
@@ -36,6 +37,20 @@ class LabelConfig:
         metadata={
             "help": "a key press judges an item only after it has been on screen this long, and only as a fresh "
             "press (a held key judges once); 0 turns the check off"
+        },
+    )
+    session_goal: int = field(
+        default=50,
+        metadata={
+            "help": "judgements a labeller aims for in one sitting, shown as progress ('12 of 50 this session'); "
+            "0 hides it"
+        },
+    )
+    guidelines: str | None = field(
+        default=None,
+        metadata={
+            "help": "the labelling guidelines file shown on the Guidelines page (null: $RLHF_GUIDELINES, else "
+            "configs/guidelines.md)"
         },
     )
     prefetch: int = field(
@@ -62,11 +77,18 @@ class LabelConfig:
             raise ConfigError("label.instructions is empty.", "write the criterion labellers should apply.")
         if self.overlap < 1:
             raise ConfigError(f"label.overlap={self.overlap} must be at least 1.", "use 1 (no overlap) or k > 1.")
-        if self.lease_seconds < 1:
-            raise ConfigError(f"label.lease_seconds={self.lease_seconds} must be positive.", "use e.g. 600.")
+        if self.lease_seconds < 3:
+            raise ConfigError(
+                f"label.lease_seconds={self.lease_seconds} must be at least 3 (it is renewed every third of it).",
+                "use e.g. 90.",
+            )
         if not 0 <= self.min_dwell_ms <= 10_000:
             raise ConfigError(
                 f"label.min_dwell_ms={self.min_dwell_ms} must be between 0 and 10000.", "use e.g. 300 (0 = no check)."
+            )
+        if not 0 <= self.session_goal <= 100_000:
+            raise ConfigError(
+                f"label.session_goal={self.session_goal} must be between 0 and 100000.", "use e.g. 50 (0 = no goal)."
             )
         if self.prefetch < 0:
             raise ConfigError(f"label.prefetch={self.prefetch} must be >= 0.", "use e.g. 64 (0 turns auto refill off).")

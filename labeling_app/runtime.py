@@ -50,6 +50,33 @@ def valid_session_key(key: object) -> bool:
     return isinstance(key, str) and 8 <= len(key) <= 64 and key.isalnum()
 
 
+def is_default_database(path: Path) -> bool:
+    """Whether ``path`` is the default SQLite file (``data/feedback.sqlite`` under the working directory)."""
+    from sqlalchemy.engine import make_url
+
+    from common.paths import DEFAULT_DB_URL
+
+    return Path(path).resolve() == Path(make_url(DEFAULT_DB_URL).database).resolve()
+
+
+def check_database_may_be_created(url: str, *, create: bool = False) -> Path | None:
+    """Before opening ``url``: the SQLite file that opening it will create, or None when it exists (or
+    the URL is PostgreSQL). A missing file is created only at the default path (so ``make label``
+    works on a fresh clone) or with ``create`` (``python -m labeling_app --create-db``); any other
+    missing database is a :class:`UserError`, because a database that was deleted, moved or mistyped
+    must never be silently replaced by an empty one."""
+    import db
+
+    missing = db.missing_database_file(url)
+    if missing is None or create or is_default_database(missing):
+        return missing
+    raise UserError(
+        f"the database file {str(missing)!r} (from RLHF_DB_URL) does not exist.",
+        "check the path, or put the file back if it was moved; to start a new, empty database there run "
+        "`python -m db upgrade` first, or start the app with `python -m labeling_app --create-db`.",
+    )
+
+
 #: ``label.policy`` value: refill from the newest policy registered in the database.
 NEWEST_REGISTERED = "newest_registered"
 
@@ -79,6 +106,47 @@ def refill_policy(engine, policy: str) -> Path | None:
         return ppo
     base = base_policy_dir()
     return base if (base / "config.json").is_file() else None
+
+
+def heartbeat_seconds(lease_seconds: float) -> float:
+    """How often the page renews the lease on the item on screen: three times per lease."""
+    return max(1.0, lease_seconds / 3)
+
+
+# ---------------------------------------------------------------------------- when an item was first shown
+
+
+@dataclass
+class ShownTimes:
+    """When each browser session's item was first shown, across reloads of the tab (one app process).
+
+    A reload starts a new Streamlit session that resumes the same leased item; the key gate's dwell
+    time and the seconds stored with the judgement count from when the item was first drawn for that
+    session, so the first key after a reload of an item the labeller has been reading is not refused
+    as too quick. Keeps the newest item per (labeller, session key), at most ``max_sessions``."""
+
+    max_sessions: int = 10_000
+    _shown: dict[tuple[int, str], tuple[int, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def shown(self, labeler_id: int, session_key: str, completion_id: int, now: float, *, fresh: bool = False) -> float:
+        """When ``completion_id`` was first shown to (labeller, session): ``now`` unless it is the item
+        that session was already showing (and not ``fresh``, as for an item shown again after an undo)."""
+        key = (labeler_id, session_key)
+        with self._lock:
+            before = self._shown.pop(key, None)
+            if before is not None and before[0] == completion_id and not fresh:
+                since = before[1]
+            else:
+                since = now
+            self._shown[key] = (completion_id, since)  # (re)inserted last: the dict is oldest first
+            while len(self._shown) > self.max_sessions:
+                self._shown.pop(next(iter(self._shown)))
+            return since
+
+    def forget(self, labeler_id: int, session_key: str) -> None:
+        with self._lock:
+            self._shown.pop((labeler_id, session_key), None)
 
 
 # ---------------------------------------------------------------------------- background refill

@@ -33,14 +33,30 @@ class Context:
     labeler_name: str | None = None
 
 
+# Said to labellers when the app cannot start (bad profile, database that cannot be opened); the
+# details go to the "for whoever runs this app" line and to the server log.
+CANNOT_START = "Labelling cannot start right now. Please tell whoever runs this app; nothing you did caused this."
+
+
 @st.cache_resource(show_spinner=False)
 def get_engine(url: str):
     """One engine per database URL for the whole app process, and the identity (device, inode) of
-    the SQLite file it opened, checked before every write (creates a missing SQLite db)."""
+    the SQLite file it opened, checked before every write. A missing SQLite file is created only
+    at the default path (``runtime.check_database_may_be_created``); any other missing database
+    is refused, so a deleted or mistyped database is never silently replaced by an empty one."""
     import db
 
+    created = runtime.check_database_may_be_created(url)
     engine = db.connect(url)
+    if created is not None:
+        log.warning("created a new, empty database at %s", created)
     return engine, db.database_file_id(engine)
+
+
+@st.cache_resource(show_spinner=False)
+def get_shown_times() -> runtime.ShownTimes:
+    """When each session's item was first shown, kept across reloads of a tab (one per app process)."""
+    return runtime.ShownTimes()
 
 
 def check_database(ctx: Context) -> None:
@@ -80,10 +96,14 @@ def load_label_config() -> LabelConfig:
     return _load_config(str(path), mtime)
 
 
-def error_page(title: str, message: str) -> None:
-    """Show one clear error (no traceback) and stop the run."""
+def error_page(title: str, message: str, operator: str | None = None) -> None:
+    """Show one clear error (no traceback) and stop the run; ``operator`` (the technical detail and
+    the fix) goes to the server log and to a "for whoever runs this app" line."""
     st.title(title)
     st.error(message, icon="⚠️")
+    if operator:
+        log.error("%s", operator)
+        st.caption(f"For whoever runs this app: {operator}")
     st.stop()
 
 
@@ -94,18 +114,22 @@ def bootstrap() -> Context:
     try:
         cfg = load_label_config()
     except UserError as err:
-        error_page("Configuration error", str(err))
+        error_page("Configuration error", CANNOT_START, f"the profile's label section: {err}")
     try:
         url = db_url()
     except UserError as err:
-        error_page("Database error", str(err))
+        error_page("Database error", CANNOT_START, str(err))
     try:
         engine, file_id = get_engine(url)
     except UserError as err:
-        error_page("Database error", f"Cannot open the database at {_safe_url(url)}: {err}")
+        error_page("Database error", CANNOT_START, f"cannot open the database at {_safe_url(url)}: {err}")
     except Exception as err:  # an unexpected driver error still gets a page, not a traceback
         log.exception("cannot open the database at %s", _safe_url(url))
-        error_page("Database error", f"Cannot open the database at {_safe_url(url)}: {type(err).__name__}: {err}")
+        error_page(
+            "Database error",
+            CANNOT_START,
+            f"cannot open the database at {_safe_url(url)}: {type(err).__name__}: {err}",
+        )
     state = st.session_state
     ctx = Context(
         engine=engine,
@@ -139,7 +163,7 @@ def sign_in(ctx: Context, name: str, token: str | None) -> str | None:
     """Check the token, then create or find the labeller; return an error message or None."""
     expected = runtime.required_token()
     if not runtime.token_ok(token, expected):
-        return "Wrong access token. Ask whoever runs this app for the token in RLHF_LABEL_TOKEN."
+        return "Wrong access token. Ask whoever runs this app for it."
     import db
 
     try:
@@ -172,13 +196,41 @@ def try_resume_sign_in(ctx: Context) -> bool:
     return True
 
 
+def release_item(ctx: Context, *, keep_in_line: bool = True) -> None:
+    """Give back the item this tab holds (the labeller moved to another page, or signed out), so it
+    is free for others at once instead of when its lease runs out. With ``keep_in_line`` it comes
+    back first when this tab returns to labelling, if nobody took it meanwhile."""
+    import db
+
+    state = st.session_state
+    key = state.get("session_key")
+    item = state.get("item")
+    if ctx.labeler_id is None or not key or item is None:
+        return
+    try:
+        check_database(ctx)
+        db.release_leases(ctx.engine, ctx.labeler_id, key)
+    except Exception as err:  # the lease runs out by itself; never break navigation for it
+        log.warning("could not release the lease of labeller %s: %s", ctx.labeler_id, err)
+        return
+    state.item = None
+    get_shown_times().forget(ctx.labeler_id, key)
+    if keep_in_line:
+        state.setdefault("comeback", []).insert(0, item.completion_id)
+
+
 def sign_out(ctx: Context) -> None:
     """Forget the labeller in this tab and give back the item this tab holds."""
     import db
 
     key = st.session_state.get("session_key")
     if ctx.labeler_id is not None and key:
-        db.release_leases(ctx.engine, ctx.labeler_id, key)
+        try:
+            check_database(ctx)
+            db.release_leases(ctx.engine, ctx.labeler_id, key)
+        except Exception as err:  # the lease runs out by itself
+            log.warning("could not release the lease of labeller %s: %s", ctx.labeler_id, err)
+        get_shown_times().forget(ctx.labeler_id, key)
     for name in (
         "labeler_id",
         "labeler_name",
@@ -191,6 +243,10 @@ def sign_out(ctx: Context) -> None:
         "gate",
         "comeback",
         "last_action",
+        "session_count",
+        "notice",
+        "flash_before",
+        "shown_at",
     ):
         st.session_state.pop(name, None)
     st.query_params.clear()

@@ -16,12 +16,13 @@ from labeling_app import metrics, runtime
 from labeling_app.config import DEFAULT_INSTRUCTIONS, LabelConfig
 
 
-@pytest.mark.parametrize("profile", ["default", "smoke", "hub"])
+@pytest.mark.parametrize("profile", ["default", "smoke", "hub", "tiny"])
 def test_profiles_load(profile):
     from tests.conftest import REPO
 
     cfg = load_config(LabelConfig, "label", profile=REPO / "configs" / f"{profile}.yaml")
     assert cfg.overlap >= 1 and cfg.instructions
+    assert cfg.min_dwell_ms == 300 and cfg.session_goal == 50
 
 
 @pytest.mark.parametrize(
@@ -32,6 +33,9 @@ def test_profiles_load(profile):
         ({"instructions": "  "}, "instructions"),
         ({"refill_batch": 0}, "refill_batch"),
         ({"overlapp": 2}, "overlapp"),
+        ({"session_goal": -1}, "session_goal"),
+        ({"lease_seconds": 2}, "lease_seconds"),
+        ({"min_dwell_ms": 20_000}, "min_dwell_ms"),
     ],
 )
 def test_bad_label_config_names_the_key(smoke_env, override, word):
@@ -260,3 +264,128 @@ def test_key_gate_fast_taps_give_one_action():
     gate = KeyGate(min_dwell=0.3)
     verdicts = [gate.press("undo", now=5.0 + 0.06 * i, shown_at=0.0) for i in range(5)]  # 60 ms apart
     assert verdicts[0].accept and not any(v.accept or v.retract for v in verdicts[1:])
+
+
+# ---------------------------------------------------------------------------- how an item is shown (display)
+
+
+def test_the_passage_shows_where_the_model_starts_and_every_space_that_matters():
+    from labeling_app.display import passage
+
+    assert passage("This movie", " was great.") == "This movie⟦␣was great.⟧"
+    assert passage("This movie ", "was great.") == "This movie␣⟦was great.⟧"
+    assert passage("Great", "est film ever") == "Great⟦est film ever⟧"  # continues the word: no gap
+    assert passage("A", "  two  spaces \n end\t") == "A⟦␣␣two␣␣spaces␣↵\n␣end⇥⟧"
+    assert passage("A", "") == "A⟦⟧"
+    assert passage("A", "zero\u200bwidth, rtl\u202e, nbsp\u00a0.") == "A⟦zero⟨U+200B⟩width, rtl⟨U+202E⟩, nbsp⟨U+00A0⟩.⟧"
+    assert passage("A", "looks like ⟦ a ␣ marker ⟧") == "A⟦looks like ⟨U+27E6⟩ a ⟨U+2423⟩ marker ⟨U+27E7⟩⟧"
+    assert passage("👨\u200d👩\u200d👧", " x") == "👨\u200d👩\u200d👧⟦␣x⟧"  # emoji joiners stay
+
+
+def test_the_passage_is_exactly_the_stored_text():
+    """Whatever the texts, the passage decodes back to them, and st.text (strip + dedent) leaves it as it is."""
+    import random
+    import textwrap
+
+    from labeling_app.display import parse_passage, passage
+
+    alphabet = list("ab ,.\n\t\r\x0b\x00\u00a0\u2028\u200b\u200d\u202e⟦⟧␣⇥↵⟨⟩U+0041é😀")
+    rng = random.Random(20)
+    for _ in range(5000):
+        prompt = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 10)))
+        completion = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
+        shown = passage(prompt, completion)
+        assert parse_passage(shown) == (prompt, completion), (prompt, completion, shown)
+        assert textwrap.dedent(shown).strip() == shown
+
+
+# ---------------------------------------------------------------------------- dwell across reloads, database on start
+
+
+def test_shown_times_survive_a_reload_and_restart_for_a_new_or_undone_item():
+    times = runtime.ShownTimes(max_sessions=2)
+    assert times.shown(1, "tab", 10, now=100.0) == 100.0
+    assert times.shown(1, "tab", 10, now=105.0) == 100.0  # a reload resumes the same item: first showing
+    assert times.shown(1, "tab", 11, now=106.0) == 106.0  # the next item
+    assert times.shown(1, "tab", 11, now=107.0, fresh=True) == 107.0  # shown again after an undo
+    assert times.shown(2, "tab", 11, now=108.0) == 108.0  # another labeller's session
+    times.shown(3, "tab", 12, now=109.0)  # at most two sessions are kept: the oldest goes
+    assert times.shown(1, "tab", 11, now=110.0) == 110.0
+    times.forget(3, "tab")
+    assert times.shown(3, "tab", 12, now=111.0) == 111.0
+
+
+def test_a_missing_database_is_created_only_at_the_default_path(tmp_path, monkeypatch):
+    from common.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    assert (
+        runtime.check_database_may_be_created("sqlite:///data/feedback.sqlite") == tmp_path / "data" / "feedback.sqlite"
+    )
+    other = tmp_path / "team.sqlite"
+    with pytest.raises(UserError, match="does not exist") as err:
+        runtime.check_database_may_be_created(f"sqlite:///{other}")
+    assert "python -m db upgrade" in err.value.fix and "--create-db" in err.value.fix
+    assert runtime.check_database_may_be_created(f"sqlite:///{other}", create=True) == other
+    other.write_bytes(b"")
+    assert runtime.check_database_may_be_created(f"sqlite:///{other}") is None  # exists: opened as it is
+    assert runtime.check_database_may_be_created("postgresql+psycopg://u@h/db") is None
+
+
+@pytest.fixture
+def no_exec(monkeypatch):
+    """``python -m labeling_app`` up to the point where it would become Streamlit."""
+    import labeling_app.__main__ as cli
+
+    class Exec(Exception):
+        pass
+
+    def fake_execv(*_args):
+        raise Exec
+
+    monkeypatch.setattr(cli.os, "execv", fake_execv)
+    return cli, Exec
+
+
+def test_the_app_start_refuses_a_missing_database_unless_asked_to_create_it(tmp_path, monkeypatch, capsys, no_exec):
+    import db
+
+    cli, Exec = no_exec
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "elsewhere" / "labels.sqlite"
+    monkeypatch.setenv("RLHF_DB_URL", f"sqlite:///{path}")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--port", "8599"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1
+    assert err[0].startswith("error: ") and str(path) in err[0] and "Fix:" in err[0] and "db upgrade" in err[0]
+    assert not path.exists() and not path.parent.exists()
+    with pytest.raises(Exec):  # asked for: created, migrated, then Streamlit starts
+        cli.main(["--port", "8599", "--create-db"])
+    assert "created a new, empty database" in capsys.readouterr().err
+    assert db.current_revision(db.connect(f"sqlite:///{path}", upgrade=False)) == db.head_revision()
+
+
+def test_the_app_start_never_replaces_an_existing_database(tmp_path, monkeypatch, capsys, no_exec):
+    import db
+
+    cli, Exec = no_exec
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "labels.sqlite"
+    engine = db.connect(f"sqlite:///{path}")
+    (cid,) = db.add_completions(engine, [db.NewCompletion("p", " c", None, {})])
+    db.record_judgement(engine, labeler_id=db.get_or_create_labeler(engine, "ann"), completion_id=cid, label="good")
+    ident = db.database_file_id(engine)
+    monkeypatch.setenv("RLHF_DB_URL", f"sqlite:///{path}")
+    with pytest.raises(Exec):
+        cli.main(["--port", "8599", "--create-db"])  # the flag never touches an existing one
+    assert "created" not in capsys.readouterr().err
+    db.check_database_file(engine, ident)  # the same file
+    assert len(db.judgement_rows(engine)) == 1
+    notes = tmp_path / "notes.sqlite"  # not a database: refused, left as it is
+    notes.write_bytes(b"my notes, not a database" * 50)
+    monkeypatch.setenv("RLHF_DB_URL", f"sqlite:///{notes}")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--port", "8599", "--create-db"])
+    assert exit_.value.code == 2 and "not a SQLite database" in capsys.readouterr().err
+    assert notes.read_bytes() == b"my notes, not a database" * 50

@@ -10,6 +10,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
 import db
+from labeling_app import display
 from tests.support import harness
 
 APP = str(Path(__file__).resolve().parent.parent / "labeling_app" / "app.py")
@@ -52,6 +53,14 @@ def start(name: str | None = "alice", token: str | None = None) -> AppTest:
 
 def texts(at: AppTest) -> list[str]:
     return [t.value for t in at.text]
+
+
+def shown_passage(at: AppTest) -> tuple[str, str] | None:
+    """(prompt, completion) as the page shows them: the one passage, decoded back (``display``)."""
+    for t in at.text:
+        if display.OPEN in t.value and t.value.endswith(display.CLOSE):
+            return display.parse_passage(t.value)
+    return None
 
 
 def shown_id(at: AppTest) -> int | None:
@@ -164,7 +173,8 @@ def test_queue_runs_out_after_last_item(smoke_env):
 def test_generated_text_is_plain_text(smoke_env):
     seed(smoke_env["db_url"], texts=[NASTY])
     at = start()
-    assert NASTY in texts(at)  # st.text: shown literally
+    assert shown_passage(at) == ("This movie 0", NASTY)  # st.text: shown literally
+    assert display.passage("This movie 0", NASTY) in texts(at)
     for element in list(at.markdown) + list(at.caption) + list(at.info) + list(at.success):
         assert "<script>" not in element.value and "**bold**" not in element.value
     assert not at.get("html")
@@ -204,14 +214,28 @@ def test_unopenable_database_shows_error_page(smoke_env, monkeypatch, tmp_path):
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception
     assert at.title[0].value == "Database error"
-    assert str(bogus) in at.error[0].value
+    # the labeller reads plain words; the file and the fix are on the operator's line
+    assert str(bogus) not in at.error[0].value and "tell whoever runs this app" in at.error[0].value
+    assert any(str(bogus) in c.value and "For whoever runs this app" in c.value for c in at.caption)
 
 
-def test_missing_database_is_created(smoke_env):
+def test_missing_database_is_created_only_at_the_default_path(smoke_env, monkeypatch, tmp_path):
+    # smoke_env's database is data/feedback.sqlite under the working directory: the default path
     assert not smoke_env["db_file"].exists()
     at = start()
     assert not at.exception
     assert smoke_env["db_file"].exists()
+    # anywhere else, a missing database (deleted, moved, mistyped) is refused, never created empty
+    elsewhere = tmp_path / "team" / "labels.sqlite"
+    monkeypatch.setenv("RLHF_DB_URL", f"sqlite:///{elsewhere}")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert at.title[0].value == "Database error"
+    assert any("python -m db upgrade" in c.value and str(elsewhere) in c.value for c in at.caption)
+    assert not elsewhere.exists() and not elsewhere.parent.exists()
+    db.connect(f"sqlite:///{elsewhere}")  # python -m db upgrade
+    at = start()
+    assert not at.exception and not any(t.value == "Database error" for t in at.title)
 
 
 def test_stats_page_with_data(smoke_env):
@@ -277,11 +301,20 @@ def test_data_page_imports_prompts(smoke_env):
     assert any("No policy" in c.value for c in at.caption)
 
 
-@pytest.mark.parametrize("text", ["مرحبا بالعالم — שלום 🎬🍿 ünïcödé", "x" * 100_000, "   leading spaces\nand\ttabs"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "مرحبا بالعالم — שלום 🎬🍿 ünïcödé",
+        "x" * 100_000,
+        "   leading spaces\nand\ttabs  \n",
+        "est film\u200b ever\u202e",  # continues the prompt's word; zero-width space, right-to-left override
+        "",
+    ],
+)
 def test_unusual_completions_are_shown_verbatim(smoke_env, text):
     seed(smoke_env["db_url"], texts=[text])
     at = start()
-    assert text.strip() in texts(at)  # st.text trims the ends, nothing else
+    assert shown_passage(at) == ("This movie 0", text)  # nothing trimmed, nothing hidden
     at.button(key=f"good-{shown_id(at)}").click().run()
     assert not at.exception
     assert judgements(smoke_env["db_url"])[0][2] == "good"
@@ -365,3 +398,172 @@ def test_a_deleted_database_stops_writing_and_says_so(smoke_env):
     assert any("put the database file back" in c.value for c in at.caption)  # the operator's recovery
     assert not smoke_env["db_file"].exists()  # nothing was written elsewhere
     assert moved.exists()
+
+
+# ---------------------------------------------------------------------------- issue 20: the rest
+
+
+def progress_text(at: AppTest) -> str | None:
+    """The session-goal line ("12 of 50 this session")."""
+    bars = at.get("progress")
+    return bars[0].proto.text if bars else None
+
+
+def test_progress_toward_the_session_goal_survives_undo_and_reload(smoke_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_CONFIG", str(profile(tmp_path, min_dwell_ms=0, session_goal=3)))
+    url = smoke_env["db_url"]
+    seed(url, 6)
+    at = start()
+    assert progress_text(at) == "0 of 3 this session"
+    for label in ("good", "bad"):
+        at.button(key=f"{label}-{shown_id(at)}").click().run()
+    assert progress_text(at) == "2 of 3 this session"
+    at.button(key=f"undo-{shown_id(at)}").click().run()
+    assert progress_text(at) == "1 of 3 this session"
+    again = AppTest.from_file(APP, default_timeout=TIMEOUT)  # a reload of the tab: same session key
+    again.query_params["u"] = "alice"
+    again.query_params["s"] = at.query_params["s"]
+    again.run()
+    assert progress_text(again) == "1 of 3 this session"
+    for _ in range(2):
+        again.button(key=f"good-{shown_id(again)}").click().run()
+    assert progress_text(again) == "3 of 3 this session: goal reached, thank you!"
+    other = start()  # another tab starts its own count; the day's count is the labeller's
+    assert progress_text(other) == "0 of 3 this session"
+    assert any("You today: 3" in c.value for c in other.caption)
+
+
+def test_a_flag_and_comment_are_stored_with_the_judgement_undone_with_it_and_exported(smoke_env, tmp_path):
+    url = smoke_env["db_url"]
+    seed(url, 3)
+    at = start()
+    first = shown_id(at)
+    at.pills(key="note_flag").set_value("offensive")
+    at.text_input(key="note_comment").input('  =HYPERLINK("http://evil.example") rude  ')
+    at.button(key=f"bad-{first}").click().run()
+    assert not at.exception, at.exception
+    (row,) = db.judgement_rows(db.connect(url))
+    assert (row["completion_id"], row["label"], row["flag"], row["comment"]) == (
+        first,
+        "bad",
+        "offensive",
+        '=HYPERLINK("http://evil.example") rude',
+    )
+    assert any("flagged offensive, with a comment" in c.value for c in at.caption)
+    # the next item starts with no flag and no comment
+    second = shown_id(at)
+    assert at.pills(key="note_flag").value is None and at.text_input(key="note_comment").value == ""
+    at.button(key=f"good-{second}").click().run()
+    assert db.judgement_rows(db.connect(url))[1]["flag"] is None
+    # undo twice: the first item is back, with what was given with it, to keep or change
+    at.button(key=f"undo-{shown_id(at)}").click().run()
+    at.button(key=f"undo-{second}").click().run()
+    assert shown_id(at) == first and judgements(url) == []
+    assert any("was bad, flagged offensive, with a comment" in i.value for i in at.info)
+    assert at.pills(key="note_flag").value == "offensive"
+    assert at.text_input(key="note_comment").value == '=HYPERLINK("http://evil.example") rude'
+    at.pills(key="note_flag").set_value("broken_text")
+    at.text_input(key="note_comment").input("")
+    at.button(key=f"skip-{first}").click().run()
+    (row,) = db.judgement_rows(db.connect(url))
+    assert (row["label"], row["flag"], row["comment"]) == ("skip", "broken_text", None)
+    # the Data page's CSV carries them, neutralised like every other cell
+    at.button(key=f"bad-{shown_id(at)}").click().run()
+    at.switch_page("views/data.py").run()
+    at.radio(key="export_fmt").set_value("csv").run()
+    at.button(key="export").click().run()
+    assert not at.exception, at.exception
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(at.session_state["export_file"][1].decode("utf-8"))))
+    assert {r["flag"] for r in rows} == {"broken_text", ""}
+
+
+def test_a_comment_that_cannot_be_stored_is_refused_in_plain_words(smoke_env):
+    url = smoke_env["db_url"]
+    seed(url, 2)
+    at = start()
+    cid = shown_id(at)
+    at.text_input(key="note_comment").input("nul \x00 inside")
+    at.button(key=f"good-{cid}").click().run()
+    assert not at.exception
+    assert shown_id(at) == cid and judgements(url) == []
+    assert any("Not saved" in e.value and "NUL" in e.value for e in at.error)
+
+
+def test_leaving_the_label_page_gives_the_item_back(smoke_env):
+    url = smoke_env["db_url"]
+    seed(url, 3)
+    at = start()
+    shown = shown_id(at)
+    engine = db.connect(url)
+    assert db.stats(engine)["active_leases"] == 1
+    at.switch_page("views/stats.py").run()
+    assert not at.exception, at.exception
+    assert db.stats(engine)["active_leases"] == 0  # free for others at once, not after the lease runs out
+    at.switch_page("views/label.py").run()
+    assert shown_id(at) == shown  # nobody took it meanwhile: the same item comes back
+    at.switch_page("views/data.py").run()
+    ben = db.get_or_create_labeler(engine, "ben")
+    for i in range(50):  # ben's queue is random: he takes items until he has that one
+        if db.next_item(engine, ben, session_key=f"b{i}").completion_id == shown:
+            break
+        db.release_leases(engine, ben, f"b{i}")
+    else:
+        raise AssertionError("the released item never reached another labeller")
+    at.switch_page("views/label.py").run()
+    assert shown_id(at) not in (None, shown)  # ben holds it now: alice gets another
+
+
+def test_a_judgement_after_the_lease_ran_out_and_went_to_another_labeller_is_refused(smoke_env, tmp_path, monkeypatch):
+    """No heartbeat in AppTest: the lease is not renewed, as in a tab that slept past it."""
+    monkeypatch.setenv("RLHF_CONFIG", str(profile(tmp_path, min_dwell_ms=0, lease_seconds=3)))
+    url = smoke_env["db_url"]
+    seed(url, 2)
+    at = start()
+    shown = shown_id(at)
+    import time
+
+    time.sleep(3.2)
+    engine = db.connect(url)
+    ben = db.get_or_create_labeler(engine, "ben")
+    taken = {db.next_item(engine, ben, session_key=f"b{i}", lease_seconds=600).completion_id for i in range(2)}
+    assert shown in taken
+    at.button(key=f"good-{shown}").click().run()
+    assert not at.exception
+    assert judgements(url) == []  # never a second label when overlap does not ask for one
+    assert any("went to another labeller" in w.value for w in at.warning)
+    assert shown_id(at) is None  # ben holds both items
+
+
+def test_the_dwell_time_counts_from_the_first_showing_not_from_a_reload(smoke_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_CONFIG", str(profile(tmp_path, min_dwell_ms=400)))
+    url = smoke_env["db_url"]
+    seed(url, 3)
+    at = start()
+    shown = shown_id(at)
+    import time
+
+    time.sleep(0.5)  # the labeller reads it, then reloads the tab
+    again = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    again.query_params["u"] = "alice"
+    again.query_params["s"] = at.query_params["s"]
+    again.run()
+    assert shown_id(again) == shown
+    again.button(key=f"good-{shown}").click().run()  # the first key after the reload counts
+    assert judgements(url) == [(shown, "alice", "good")]
+    assert not any("Too quick" in w.value for w in again.warning)
+    nxt = shown_id(again)
+    again.button(key=f"bad-{nxt}").click().run()  # a new item pressed at once: refused, with a message
+    assert len(judgements(url)) == 1 and shown_id(again) == nxt
+    assert any("Too quick" in w.value for w in again.warning)
+
+
+def test_good_is_green_and_the_passage_marks_the_models_part(smoke_env):
+    seed(smoke_env["db_url"], texts=[" was great."])
+    at = start()
+    cid = shown_id(at)
+    assert at.button(key=f"good-{cid}").label == ":green[Good]"
+    assert all(at.button(key=f"{a}-{cid}").proto.type != "primary" for a in ("good", "bad", "skip", "undo"))
+    assert "This movie 0⟦␣was great.⟧" in texts(at)

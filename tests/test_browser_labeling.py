@@ -53,9 +53,9 @@ def test_label_20_items_with_the_keyboard_and_undo_one(tmp_path):
         assert current is not None
         for i in range(20):
             key = "gbgs"[i % 4]
-            text = page.locator(harness.COMPLETION_TEXT).inner_text()
+            text = harness.completion_part(page.locator(harness.COMPLETION_TEXT).inner_text())
             if "<script>" in text:  # generated text is shown literally, never run or rendered
-                assert text.strip() == NASTY and page.title() != "pwned"
+                assert text == NASTY and page.title() != "pwned"
             pressed.append((current, keys[key]))
             current = harness.press_and_wait_next(page, key, current)
         assert current is not None
@@ -138,4 +138,113 @@ def test_held_and_rapid_keys_do_exactly_what_the_labeller_saw(tmp_path):
             shown = harness.press_and_wait_next(page, "g", shown)
             assert shown == expected
         harness.press_and_wait_next(page, "g", shown)
+    assert _judged(url) == sorted((cid, "good") for cid in judged)
+
+
+def _profile(tmp_path: Path, **label) -> Path:
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    cfg["label"].update(label)
+    out = tmp_path / "profile.yaml"
+    out.write_text(yaml.safe_dump(cfg))
+    return out
+
+
+def test_the_lease_is_renewed_while_shown_and_freed_when_the_tab_closes(tmp_path):
+    """lease_seconds 9: the browser's heartbeat renews it every 3 s. Held for longer than the lease,
+    the item stays this tab's; once the tab is closed, it is free again within the lease."""
+    import time
+
+    import db
+
+    url = f"sqlite:///{tmp_path / 'feedback.sqlite'}"
+    _seed(url, 3)
+    env = {
+        "RLHF_DB_URL": url,
+        "RLHF_CONFIG": str(_profile(tmp_path, lease_seconds=9)),
+        "RLHF_ARTIFACTS": str(tmp_path / "artifacts"),
+    }
+    engine = db.connect(url)
+    ben = db.get_or_create_labeler(engine, "ben")
+    with harness.running_app(env, log_path=tmp_path / "streamlit.log") as base, harness.chromium_page() as page:
+        harness.sign_in(page, base, "ann")
+        shown = _settle(page)
+        time.sleep(12)  # longer than the lease: only the heartbeat keeps it
+        items = [db.next_item(engine, ben, session_key=f"b{i}") for i in range(3)]
+        taken = {item.completion_id for item in items if item is not None}
+        assert shown not in taken and len(taken) == 2  # ben gets the two others, never ann's
+        db.release_leases(engine, ben)
+        after = harness.press_and_wait_next(page, "g", shown)  # the judgement still counts
+        assert _judged(url) == [(shown, "good")]
+        assert after is not None
+        page.close()  # the tab goes away with `after` on screen
+        time.sleep(11)
+        taken = {db.next_item(engine, ben, session_key=f"c{i}") for i in range(2)}
+        assert after in {item.completion_id for item in taken if item is not None}
+
+
+def test_a_comment_typed_then_a_click_on_good_is_stored_with_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'feedback.sqlite'}"
+    _seed(url, 4)
+    env = {
+        "RLHF_DB_URL": url,
+        "RLHF_CONFIG": str(REPO / "configs" / "smoke.yaml"),
+        "RLHF_ARTIFACTS": str(tmp_path / "artifacts"),
+    }
+    import db
+
+    with harness.running_app(env, log_path=tmp_path / "streamlit.log") as base, harness.chromium_page() as page:
+        harness.sign_in(page, base, "commenter")
+        first = _settle(page)
+        page.get_by_text("Broken text", exact=True).click()
+        box = page.get_by_role("textbox", name="Comment (optional)")
+        box.click()
+        box.type("gets cut off, then repeats")  # "g", "b", "s" typed here never judge
+        assert _judged(url) == []
+        page.get_by_role("button", name="Good").click()  # no Enter: the click commits the box first
+        page.wait_for_function(
+            "([sel, prev]) => { const el = document.querySelector(sel);"
+            " const m = el && el.textContent.match(/#(\\d+)/); return m && Number(m[1]) !== prev; }",
+            arg=[harness.COMPLETION_CAPTION, first],
+        )
+        assert box.input_value() == ""  # the next item starts with an empty comment
+    (row,) = db.judgement_rows(db.connect(url))
+    assert (row["completion_id"], row["label"], row["flag"], row["comment"]) == (
+        first,
+        "good",
+        "broken_text",
+        "gets cut off, then repeats",
+    )
+
+
+def test_the_first_key_after_a_page_load_counts_and_a_too_quick_one_says_so(tmp_path):
+    """A labeller who reloads the tab and presses a key the moment the item is readable: the press
+    counts (the item had been on screen long before the reload, and its buttons take keys by the time
+    its text shows). A press on a new item before the dwell time is refused with a message."""
+    import time
+
+    url = f"sqlite:///{tmp_path / 'feedback.sqlite'}"
+    _seed(url, 12)
+    env = {
+        "RLHF_DB_URL": url,
+        "RLHF_CONFIG": str(REPO / "configs" / "smoke.yaml"),
+        "RLHF_ARTIFACTS": str(tmp_path / "artifacts"),
+    }
+    judged = []
+    with harness.running_app(env, log_path=tmp_path / "streamlit.log") as base, harness.chromium_page() as page:
+        harness.sign_in(page, base, "reloader")
+        current = _settle(page)
+        for _ in range(4):
+            time.sleep(0.5)  # reading it
+            page.reload()
+            page.locator(harness.COMPLETION_TEXT).wait_for()  # readable: press at once
+            assert harness.current_completion_id(page) == current
+            judged.append(current)
+            current = harness.press_and_wait_next(page, "g", current, timeout_ms=5_000, dwell_s=0)
+            assert page.get_by_text("Too quick").count() == 0
+        assert _judged(url) == sorted((cid, "good") for cid in judged)
+        page.keyboard.press("b")  # the next item, pressed the moment it appeared: too quick, and it says so
+        page.get_by_text("Too quick").wait_for(timeout=5_000)
+        assert harness.current_completion_id(page) == current
     assert _judged(url) == sorted((cid, "good") for cid in judged)

@@ -732,3 +732,131 @@ def test_a_deleted_database_file_is_noticed(tmp_path):
     with pytest.raises(db.DatabaseGone, match="replaced"):
         db.check_database_file(engine, ident)
     assert db.database_file_id(db.connect("sqlite://")) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# a flag and a comment with the judgement (migration 0004), the session's count, missing files
+
+
+def test_a_flag_and_comment_are_written_with_the_judgement_and_undone_with_it(db_engine):
+    c1, c2 = _completions(db_engine, 2)
+    ann = db.get_or_create_labeler(db_engine, "ann")
+    item = db.next_item(db_engine, ann, session_key="tab")
+    db.record_judgement(
+        db_engine,
+        labeler_id=ann,
+        completion_id=item.completion_id,
+        label="bad",
+        session_key="tab",
+        flag="offensive",
+        comment="  slurs in the second sentence \n",
+    )
+    (row,) = db.judgement_rows(db_engine)
+    assert (row["label"], row["flag"], row["comment"]) == ("bad", "offensive", "slurs in the second sentence")
+    # a repeat (a double click) changes nothing; a new flag or comment alone updates the row, once
+    db.record_judgement(
+        db_engine,
+        labeler_id=ann,
+        completion_id=item.completion_id,
+        label="bad",
+        flag="offensive",
+        comment="slurs in the second sentence",
+    )
+    db.record_judgement(
+        db_engine, labeler_id=ann, completion_id=item.completion_id, label="bad", flag="broken_text", comment="   "
+    )
+    (row,) = db.judgement_rows(db_engine)
+    assert (row["flag"], row["comment"]) == ("broken_text", None)  # a blank comment is none
+    assert db.get_item(db_engine, item.completion_id).n_labels == 1
+    assert db.session_judgement_count(db_engine, ann, "tab") == 1
+    assert db.undo_last(db_engine, ann, session_key="tab") == item.completion_id  # the row goes, flag and all
+    assert db.judgement_rows(db_engine) == [] and db.session_judgement_count(db_engine, ann, "tab") == 0
+    for bad in ({"flag": "rude"}, {"comment": "nul\x00"}, {"comment": "x" * (db.COMMENT_MAX + 1)}):
+        with pytest.raises(UserError):
+            db.record_judgement(db_engine, labeler_id=ann, completion_id=c2, label="good", **bad)
+    assert db.judgement_rows(db_engine) == []
+    with db_engine.connect() as conn:  # nothing written half-way either
+        assert conn.execute(text("SELECT count(*) FROM judgements")).scalar() == 0
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "hf"])
+def test_flags_and_comments_are_exported(db_engine, tmp_path, fmt):
+    c1, c2 = _completions(db_engine, 2)
+    ann = db.get_or_create_labeler(db_engine, "ann")
+    db.record_judgement(
+        db_engine,
+        labeler_id=ann,
+        completion_id=c1,
+        label="bad",
+        flag="offensive",
+        comment='=HYPERLINK("http://evil.example","x") and "quotes", commas\nnewline',
+    )
+    db.record_judgement(db_engine, labeler_id=ann, completion_id=c2, label="good")
+    out = db.export_labels(db_engine, fmt, tmp_path / f"labels.{fmt}")
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    elif fmt == "csv":
+        with open(out, encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    else:
+        from datasets import load_from_disk
+
+        rows = load_from_disk(str(out)).to_list()
+    comment = '=HYPERLINK("http://evil.example","x") and "quotes", commas\nnewline'
+    if fmt == "csv":  # neutralised as every other CSV cell; a missing flag is an empty cell
+        assert (rows[0]["flag"], rows[0]["comment"]) == ("offensive", "'" + comment)
+        assert (rows[1]["flag"], rows[1]["comment"]) == ("", "")
+    else:  # JSONL and datasets keep the text exact
+        assert (rows[0]["flag"], rows[0]["comment"]) == ("offensive", comment)
+        assert (rows[1]["flag"], rows[1]["comment"]) == (None, None)
+    if fmt == "csv":  # python -m db export writes the same file
+        res = _run_cli(
+            "export",
+            "--format",
+            "csv",
+            str(tmp_path / "cli.csv"),
+            cwd=tmp_path,
+            env={"RLHF_DB_URL": str(db_engine.url.render_as_string(hide_password=False))},
+        )
+        assert res.returncode == 0, res.stderr
+        assert (tmp_path / "cli.csv").read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
+
+
+def test_upgrade_from_0003_adds_empty_flags_and_comments(tmp_path):
+    from db.engine import make_engine, migrate, resolve_url
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    old = make_engine(resolve_url(url)[0])
+    migrate(old, "0003")
+    (cid,) = _completions(old, 1)
+    with old.begin() as conn:
+        conn.execute(text("INSERT INTO labelers (name, created_at) VALUES ('ann', '2026-11-30 10:00:00')"))
+        conn.execute(
+            text(
+                "INSERT INTO judgements (completion_id, labeler_id, label, created_at, updated_at) "
+                "VALUES (:c, (SELECT id FROM labelers WHERE name = 'ann'), 'good', '2026-11-30 10:00:00', "
+                "'2026-11-30 10:00:00')"
+            ),
+            {"c": cid},
+        )
+    old.dispose()
+    engine = db.connect(url)
+    assert db.current_revision(engine) == "0004" == db.head_revision()
+    (row,) = db.judgement_rows(engine)
+    assert (row["label"], row["flag"], row["comment"]) == ("good", None, None)
+    from alembic import command
+
+    from db.engine import alembic_config
+
+    with engine.begin() as conn:  # and back down
+        command.downgrade(alembic_config(conn), "0003")
+    assert "flag" not in {c["name"] for c in inspect(engine).get_columns("judgements")}
+
+
+def test_missing_database_file_names_only_missing_sqlite_files(tmp_path):
+    path = tmp_path / "sub" / "f.sqlite"
+    assert db.missing_database_file(f"sqlite:///{path}") == path
+    db.connect(f"sqlite:///{path}")
+    assert db.missing_database_file(f"sqlite:///{path}") is None
+    assert db.missing_database_file("sqlite://") is None and db.missing_database_file("sqlite:///:memory:") is None
+    assert db.missing_database_file("postgresql+psycopg://u:pw@h/db") is None

@@ -232,7 +232,7 @@ def test_app_signs_in_through_the_validating_db_function():
 @pytest.mark.parametrize(
     "address,token,warned", [("0.0.0.0", None, True), ("0.0.0.0", "s3cret", False), ("127.0.0.1", None, False)]
 )
-def test_open_app_on_the_network_warns(monkeypatch, capsys, address, token, warned):
+def test_open_app_on_the_network_warns(smoke_env, monkeypatch, capsys, address, token, warned):
     import labeling_app.__main__ as cli
 
     class Exec(Exception):

@@ -14,7 +14,7 @@ import streamlit as st
 
 import db
 from common.errors import UserError
-from labeling_app import runtime, ui
+from labeling_app import display, runtime, ui
 from labeling_app.keys import KeyGate, Verdict
 
 log = logging.getLogger(__name__)
@@ -34,20 +34,25 @@ if st.query_params.get(runtime.SESSION_PARAM) != key:
 if st.query_params.get(runtime.LABELER_PARAM) != ctx.labeler_name:
     st.query_params[runtime.LABELER_PARAM] = ctx.labeler_name
 
-state.setdefault("undo_stack", [])  # (completion id, label) judged in this session, newest last
+state.setdefault("undo_stack", [])  # (completion id, label, flag, comment) judged in this session, newest last
 state.setdefault("comeback", [])  # items to show again, in order, after undoing several in a row
-state.setdefault("last_action", None)  # ("judge", id, label) or ("undo", id, label, shown before): for retracting
+state.setdefault("last_action", None)  # ("judge", id, ...) or ("undo", id, label, flag, comment): for retracting
 state.setdefault("flash", None)  # (kind, text) about the last action
 if "gate" not in state:
     state.gate = KeyGate(min_dwell=cfg.min_dwell_ms / 1000)
 
 SHORTCUTS = {"good": "G", "bad": "B", "skip": "S", "undo": "U"}
+FIRST_DRAW_PAUSE_S = 0.25  # after a page load, the item's text follows its buttons by this much
 # Said to the labeller when a judgement is refused because the item is no longer theirs.
 LEASE_MESSAGES = {
     "judged": "Not saved: you already judged #{cid} in another tab. Here is your next item.",
     "moved_on": "Not saved: #{cid} is no longer yours in this tab (another tab took over). Here is your next item.",
     "taken": "Not saved: #{cid} was kept for you too long and went to another labeller. Here is your next item.",
+    "expired": "#{cid} was kept for you too long and went to another labeller (or another tab). Here is your next item.",
 }
+FLAG_NAMES = {"offensive": "Offensive", "broken_text": "Broken text"}
+assert set(FLAG_NAMES) == set(db.FLAGS)
+shown_times = ui.get_shown_times()
 
 
 def _counts() -> dict:
@@ -57,15 +62,78 @@ def _counts() -> dict:
     return state.counts
 
 
+def _session_count() -> int:
+    """Judgements standing from this tab's session (read once, also after a reload; then kept locally)."""
+    if "session_count" not in state:
+        state.session_count = db.session_judgement_count(ctx.engine, ctx.labeler_id, state.session_key)
+    return state.session_count
+
+
 def _count(delta: int) -> None:
     counts = _counts()
     counts["today"] = max(0, counts["today"] + delta)
     counts["total"] = max(0, counts["total"] + delta)
+    if "session_count" in state:  # else read when next shown, with this judgement in it
+        state.session_count = max(0, state.session_count + delta)
 
 
-def _show(item) -> None:
+def _show(item, *, fresh: bool = False) -> None:
+    """Put ``item`` on screen. The dwell time counts from when this session first showed it, so a
+    reload of the tab (a new Streamlit session resuming the same lease) does not restart it; an item
+    shown again after an undo (``fresh``) starts anew."""
     state.item = item
-    state.shown_at = time.monotonic()
+    now = time.monotonic()
+    if item is None:
+        state.shown_at = now
+    else:
+        state.shown_at = shown_times.shown(ctx.labeler_id, state.session_key, item.completion_id, now, fresh=fresh)
+
+
+def _note(completion_id: int) -> tuple[str | None, str | None]:
+    """The flag and comment given with ``completion_id`` (the widgets belong to the item they were
+    drawn with, ``note_for``; a press for another item carries none)."""
+    if state.get("note_for") != completion_id:
+        return None, None
+    comment = state.get("note_comment")
+    return state.get("note_flag"), comment if comment and comment.strip() else None
+
+
+def _set_note(completion_id: int, flag: str | None, comment: str | None) -> None:
+    """Show ``flag`` and ``comment`` again when ``completion_id`` is next drawn (after an undo)."""
+    state.setdefault("restore_note", {})[completion_id] = (flag, comment or "")
+
+
+def _note_widgets(cid: int) -> None:
+    """The optional flag and comment for item ``cid``: empty for a new item, or what was given with it
+    before an undo."""
+    if state.get("note_for") != cid:  # a new item: set the widgets' values before they are drawn
+        state.note_flag, state.note_comment = state.setdefault("restore_note", {}).pop(cid, (None, ""))
+        state.note_for = cid
+    flag_col, comment_col = st.columns([2, 3], vertical_alignment="bottom")
+    flag_col.pills(
+        "Flag (optional)",
+        list(db.FLAGS),
+        format_func=FLAG_NAMES.get,
+        key="note_flag",
+        help="Stored with your judgement, e.g. for text that should not be used at all.",
+    )
+    comment_col.text_input(
+        "Comment (optional)",
+        key="note_comment",
+        max_chars=db.COMMENT_MAX,
+        placeholder="anything worth knowing about this item",
+        help="Stored with your judgement. While you type here the keys type too: click a button, "
+        "or click outside the box to use the keys again.",
+    )
+
+
+def _described(label: str | None, flag: str | None, comment: str | None) -> str:
+    parts = [label] if label else []
+    if flag:
+        parts.append(f"flagged {FLAG_NAMES[flag].lower()}")
+    if comment:
+        parts.append("with a comment")
+    return ", ".join(parts)
 
 
 def _fetch_next() -> None:
@@ -81,7 +149,7 @@ def _fetch_next() -> None:
             lease_seconds=cfg.lease_seconds,
         )
         if again is not None:
-            _show(again)
+            _show(again, fresh=True)
             return
     _show(
         db.next_item(
@@ -133,10 +201,11 @@ def _retract(key: str) -> None:
             if undone is not None:
                 state.comeback.insert(0, undone)  # shown again now (it is leased back to this session)
                 if state.undo_stack and state.undo_stack[-1][0] == undone:
-                    state.undo_stack.pop()
+                    _, _, flag, comment = state.undo_stack.pop()
+                    _set_note(undone, flag, comment)
                 _count(-1)
         else:  # an undo: store that judgement again and show what was on screen before it
-            _, cid, label, _before = action
+            _, cid, label, flag, comment = action
             db.record_judgement(
                 ctx.engine,
                 labeler_id=ctx.labeler_id,
@@ -144,8 +213,10 @@ def _retract(key: str) -> None:
                 label=label,
                 session_key=state.session_key,
                 overlap=cfg.overlap,
+                flag=flag,
+                comment=comment,
             )
-            state.undo_stack.append((cid, label))
+            state.undo_stack.append((cid, label, flag, comment))
             _count(+1)
             if state.comeback and state.comeback[0] == cid:
                 state.comeback.pop(0)
@@ -184,7 +255,13 @@ def _judge(completion_id: int, label: str) -> None:
     database refuses a judgement of an item this session no longer holds (``db.LeaseLost``)."""
     if not _press(label, completion_id).accept:
         return
-    seconds = round(time.monotonic() - state.get("shown_at", time.monotonic()), 3)
+    seconds = round(time.monotonic() - (state.get("shown_at") or time.monotonic()), 3)
+    flag, comment = _note(completion_id)
+    try:
+        flag, comment = db.check_note(flag, comment)  # as stored: stripped, blank = none
+    except UserError as err:  # e.g. a comment with a character no database stores
+        state.flash = ("error", f"Not saved: {err.problem} Please {err.fix}")
+        return
     try:
         ui.check_database(ctx)
         db.record_judgement(
@@ -195,6 +272,8 @@ def _judge(completion_id: int, label: str) -> None:
             seconds=seconds,
             session_key=state.session_key,
             overlap=cfg.overlap,
+            flag=flag,
+            comment=comment,
         )
     except db.LeaseLost as err:
         log.info("refused judgement of %s by labeller %s: %s", completion_id, ctx.labeler_id, err)
@@ -205,9 +284,9 @@ def _judge(completion_id: int, label: str) -> None:
         _stop_on_error(err, "save your judgement")
         return
     _count(+1)
-    state.undo_stack.append((completion_id, label))
-    state.last_action = ("judge", completion_id, label)
-    state.flash = ("ok", f"Saved #{completion_id} as {label}.")
+    state.undo_stack.append((completion_id, label, flag, comment))
+    state.last_action = ("judge", completion_id)
+    state.flash = ("ok", f"Saved #{completion_id} as {_described(label, flag, comment)}.")
     state.item = None  # the fragment leases and draws the next item
 
 
@@ -230,15 +309,18 @@ def _undo(completion_id: int | None) -> None:
     if undone is None:
         state.flash = ("info", "Nothing to undo in this session.")
         return
-    label = None
+    label = flag = comment = None
     if state.undo_stack and state.undo_stack[-1][0] == undone:
-        label = state.undo_stack.pop()[1]
+        _, label, flag, comment = state.undo_stack.pop()
+        _set_note(undone, flag, comment)  # what was given with it is shown again, to keep or change
     _count(-1)
     if before is not None:
+        if any(_note(before)):  # a flag or comment already given on the item on screen waits with it
+            _set_note(before, *_note(before))
         state.comeback.insert(0, before)
     state.comeback.insert(0, undone)  # shown now (leased back to this session), then ``before``
-    state.last_action = ("undo", undone, label, before) if label else None
-    was = f" (was {label})" if label else ""
+    state.last_action = ("undo", undone, label, flag, comment) if label else None
+    was = f" (was {_described(label, flag, comment)})" if label else ""
     state.flash = ("undo", f"Undone #{undone}{was}: it is shown again, judge it anew.")
     state.item = None
 
@@ -260,19 +342,27 @@ def _flash() -> None:
         st.caption(text)
 
 
-@st.fragment(run_every=max(5.0, cfg.lease_seconds / 3))
+@st.fragment(run_every=runtime.heartbeat_seconds(cfg.lease_seconds))
 def heartbeat() -> None:
-    """Renew the lease on the item on screen while the tab is open (a closed tab stops renewing)."""
+    """Renew the lease on the item on screen while the tab is open (a closed tab stops renewing, so
+    its item is free again within ``lease_seconds``). When the item could not be kept (the tab slept
+    past its lease and someone else took it), the next item is shown at once, with a message."""
     item = state.get("item")
     if item is None or state.get("db_gone"):
         return
     try:
         ui.check_database(ctx)
-        db.extend_lease(
+        kept = db.extend_lease(
             ctx.engine, ctx.labeler_id, state.session_key, cfg.lease_seconds, completion_id=item.completion_id
         )
     except Exception as err:  # the next key press reports it; never break the page from here
         log.warning("lease heartbeat failed: %s", err)
+        return
+    if not kept:
+        log.info("labeller %s lost the lease on %s", ctx.labeler_id, item.completion_id)
+        state.flash = ("warning", LEASE_MESSAGES["expired"].format(cid=item.completion_id))
+        state.item = None
+        st.rerun()
 
 
 @st.fragment
@@ -292,6 +382,7 @@ def labelling() -> None:
             )
             return
     item = state.item
+    refiller = ui.get_refiller(ctx.url)
     if item is None:
         st.success("Nothing left for you to label right now. Thank you! More items may come later.")
         st.button("Undo", key="undo-none", on_click=_undo, args=(None,), shortcut=SHORTCUTS["undo"])
@@ -302,7 +393,7 @@ def labelling() -> None:
         # time a new item is visible its buttons, which carry its id, are already in place.
         texts = st.container()
         buttons = (  # (label, action, icon): one button per key, its widget key carrying the item's id
-            ("Good", "good", "thumb_up"),
+            (":green[Good]", "good", "thumb_up"),  # green, not the theme's red primary
             ("Bad", "bad", "thumb_down"),
             ("Skip", "skip", "skip_next"),
             ("Undo", "undo", "undo"),
@@ -317,25 +408,41 @@ def labelling() -> None:
                 shortcut=SHORTCUTS[action],
                 width="stretch",
             )
-        with texts:
-            with st.container(border=True, key="prompt_box"):
-                st.caption("PROMPT (the opening the model was given)")
-                st.text(item.prompt)
+        if not state.get("page_loaded"):
+            # The first draw after a page load: the browser needs 25-90 ms (measured) to load the button
+            # code before a key reaches a button, while a text shows at once. Holding the text back that
+            # long means a key pressed as soon as the item can be read is never silently lost.
+            state.page_loaded = True
+            time.sleep(FIRST_DRAW_PAUSE_S)
+        with texts:  # one passage, exactly as stored: the prompt, then the model's part between the markers
             with st.container(border=True, key="completion_box"):
-                st.caption(f"COMPLETION #{cid} (judge this part)")
-                st.text(item.completion)
+                st.caption(f"COMPLETION #{cid} · judge what the model wrote after the prompt ({display.LEGEND})")
+                st.text(display.passage(item.prompt, item.completion))
+        _note_widgets(cid)
         left = db.queue_size(ctx.engine, ctx.labeler_id, overlap=cfg.overlap)
     _flash()
+    if cfg.session_goal:
+        done = _session_count()
+        reached = done >= cfg.session_goal
+        st.progress(
+            min(1.0, done / cfg.session_goal),
+            text=f"{done} of {cfg.session_goal} this session" + (": goal reached, thank you!" if reached else ""),
+        )
     counts = _counts()
     st.caption(
         f"You today: {counts['today']} · you in total: {counts['total']} · left in the queue: {left}",
         help="judgements including skips; the queue counts items you could still get",
     )
-    message = runtime.maybe_refill(ui.get_refiller(ctx.url), ctx.engine, cfg, left)
+    message = runtime.maybe_refill(refiller, ctx.engine, cfg, left)
     if message:  # the operator's details (commands, errors) go to the log, not to the labeller
         log.info("queue refill: %s", message)
-    if ui.get_refiller(ctx.url).running():
+    if refiller.running():
         st.caption("More items are being written in the background.")
+    elif item is None:  # the operator's command is in the server log, not on the labeller's page
+        st.caption(
+            "For whoever runs this app: the queue is empty and no refill is running; the server log says why, "
+            "and the Data page has a refill button."
+        )
 
 
 st.subheader("Label completions")

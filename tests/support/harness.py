@@ -24,9 +24,19 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-# Where things are on the labelling page (stable keys set in views/label.py).
+# Where things are on the labelling page (stable keys set in views/label.py). The completion is shown
+# inside one passage, prompt first, the model's part between markers: see completion_part.
 COMPLETION_CAPTION = ".st-key-completion_box [data-testid='stCaptionContainer']"
 COMPLETION_TEXT = ".st-key-completion_box [data-testid='stText']"
+
+
+def completion_part(shown: str) -> str:
+    """The completion exactly as stored, from the passage's text (``labeling_app.display``)."""
+    from labeling_app.display import parse_passage
+
+    return parse_passage(shown)[1]
+
+
 # A press counts once the item has been on screen for label.min_dwell_ms (300 by default): a scripted
 # labeller waits this long before each key.
 DWELL_S = 0.35
@@ -125,9 +135,9 @@ def sign_in(page, url: str, name: str, token: str | None = None, timeout_ms: int
 def wait_ready(page, timeout_ms: int = 30_000) -> None:
     """Wait until the labelling page has finished its first full run (the progress line is drawn).
 
-    Measured here: a key pressed while Streamlit is still running the whole page for the first
-    time after a load (the first ~100-300 ms) is often dropped; presses during the labelling
-    fragment's own reruns are not.
+    (Measured here: after a page load the browser shows texts 25-90 ms before it can take a key on
+    a button, which loads its code lazily; the page therefore draws the item's text after its buttons,
+    ``views/label.py``'s ``FIRST_DRAW_PAUSE_S``, so a key pressed as soon as the item is readable counts.)
     """
     page.get_by_text("You today:").wait_for(timeout=timeout_ms)
 
