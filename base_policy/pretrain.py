@@ -531,13 +531,15 @@ def prepare_model(cfg: PretrainConfig, tok):
         model = load_policy(cfg.init_from)[0]
     else:
         model = build_model(cfg, tok)
+    c = model.config  # the model's own sizes (an init_from model is not sized by cfg)
     log.info(
-        "model: %.2fM parameters (%d layers, d=%d, %d heads, ctx %d)",
+        "model: %.2fM parameters (%s, %d layers, d=%d, %d heads, ctx %d)",
         sum(p.numel() for p in model.parameters()) / 1e6,
-        cfg.n_layer,
-        cfg.n_embd,
-        cfg.n_head,
-        cfg.n_ctx,
+        type(model).__name__,
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", 0),
     )
     return model
 

@@ -1,6 +1,7 @@
-"""The "gold" judge: a sentiment classifier the reward model never sees.
+"""The "gold" judge: the labelling guidelines (``configs/guidelines.md``) as a score the reward model never sees.
 
-In the demo, simulated labellers judge completions with it (plus noise), and PPO logs its score
+Score = P(positive) x on_topic x fluency (below). In the demo, simulated labellers judge completions
+with it (plus noise and bias per labeller), and PPO logs its score
 beside the learned reward, so reward hacking shows up as the learned reward rising while the
 gold score stalls or falls (Gao, Schulman, Hilton 2022). It is deliberately a different kind of
 model from the reward model: TF-IDF over word 1-2-grams and a logistic regression, trained on
@@ -29,6 +30,26 @@ Both ramps sit below what real review spans score (``docs/demo.md`` has their di
 real review text keeps a factor of 1 (rarely a little less). ``coherence: false`` gives the plain
 sentiment classifier.
 
+The guidelines (``configs/guidelines.md``) ask for more than coherence: a positive review that *stays
+about the film* and *reads as fluent English*. SmolLM2-135M's samples mostly fail the first, not the
+sentiment: "This movie was awesome... founded your career in an easy cupcakes way" drifts off. So the
+score is
+
+    P(positive) x on_topic x fluency
+
+each part from something the reward model never sees:
+- ``on_topic`` (``topic: true``): over the last ``topic_tail`` of the text's content words (the part
+  a continuation writes), the larger of two ramps: hits in a curated film lexicon (``FILM_WORDS``: 0
+  hits -> 0, ``topic_hits_high`` -> 1), and the mean *film-review lift* of the words, log(web rank /
+  IMDB rank), where the IMDB rank comes from the judge's IMDB reviews and the web rank from GPT-2's
+  BPE vocabulary order (a web-English frequency order that ships offline); from ``topic_lift_low``
+  (0) to ``topic_lift_high`` (1). Plot narration ("his wife finds the killer") has few lexicon
+  words but a high lift; drift to investing, hotels or anatomy has neither.
+- ``fluency``: the coherence factor above, and the share of tokens that are known words (in the
+  IMDB vocabulary, ASCII letters) or numbers, from ``known_words_low`` (0) to ``known_words_high`` (1):
+  markup, hashtags, made-up words and other scripts fall below it.
+Measured in ``docs/reward_model.md``: real review text keeps a factor near 1; SmolLM2's queue does not.
+
 The fitted judge is cached under ``$RLHF_ARTIFACTS/gold/<key>.joblib``, keyed by its config, so
 the fit happens once per machine and config.
 """
@@ -36,6 +57,7 @@ the fit happens once per machine and config.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -54,8 +76,21 @@ from common.paths import artifacts_root
 log = logging.getLogger(__name__)
 
 #: Bump when the fitting code changes in a way that makes old caches wrong.
-_CACHE_VERSION = 1
-_SCORING_ONLY = ("coherence", "distinct2_low", "distinct2_high", "function_words_low", "function_words_high")
+_CACHE_VERSION = 3  # 2: the judge stores the word ranks of the topic and fluency parts; 3: of all reviews
+_SCORING_ONLY = (
+    "coherence",
+    "distinct2_low",
+    "distinct2_high",
+    "function_words_low",
+    "function_words_high",
+    "topic",
+    "topic_tail",
+    "topic_hits_high",
+    "topic_lift_low",
+    "topic_lift_high",
+    "known_words_low",
+    "known_words_high",
+)
 _LETTERS = re.compile(r"[a-z']+")
 _WORDS = re.compile(r"[\w']+|[^\w\s]")
 
@@ -73,6 +108,137 @@ def function_word_share(text: str) -> float:
 
     words = _LETTERS.findall(text.lower())
     return sum(w in ENGLISH_STOP_WORDS for w in words) / len(words) if len(words) >= 4 else 1.0
+
+
+#: Words that say a text talks about a film (the topic part's lexicon; lower case).
+FILM_WORDS = frozenset(
+    """
+    film films filmed filming filmmaker filmmakers movie movies cinema cinematic cinematography cinematographer
+    actor actors actress actresses acting acted cast casting character characters characterization
+    plot plots story stories storyline storytelling script scripted screenplay screenwriter writer writers
+    scene scenes director directors directed directing direction directorial performance performances performer
+    role roles star stars starring starred costar lead protagonist hero heroes heroine villain villains
+    screen camera shot shots editing edited dialogue dialog ending endings finale climax twist twists
+    sequel sequels prequel remake remakes trilogy franchise series episode episodes season tv television
+    genre comedy comedies comedic drama dramas dramatic horror thriller thrillers documentary documentaries
+    animation animated cartoon cartoons musical musicals western westerns romance romantic sci-fi fantasy
+    mystery noir satire parody soundtrack score music songs effects cgi visuals
+    audience audiences viewer viewers viewing watch watched watching watchable rewatch theater theatre theaters
+    hollywood bollywood oscar oscars award awards nominated festival premiere released release box-office
+    producer producers production produced studio studios version adaptation adapted novel book
+    classic masterpiece flick flicks picture feature blockbuster indie
+    funny hilarious boring entertaining entertainment suspense suspenseful predictable
+    portrayal portrays portrayed portray plays played playing
+    imdb rating rated review reviews reviewer critics critic minutes dvd vhs rent rented
+    """.split()
+)
+_CONTENT = re.compile(r"[a-z]+(?:-[a-z]+)*")
+_EDGE_PUNCT = re.compile(r"^\W+|\W+$")
+#: GPT-2 vocabulary ids above this count as "rare on the web" for words it has no token for.
+_WEB_UNKNOWN_RANK = 60_000
+_IMDB_UNKNOWN_RANK = 1_000_000
+_RANK_OFFSET = 200  # keeps the lift of the very commonest words from swinging on a few ranks
+_KNOWN_MAX_RANK = 60_000  # IMDB words this common or more count as known words
+
+
+def _ramp(x, low: float, high: float) -> np.ndarray:
+    return np.clip((np.asarray(x, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+
+
+def web_ranks() -> dict[str, int]:
+    """Lower-case whole words of GPT-2's BPE vocabulary ("Ġword" tokens) and their ids: the order in which
+    byte-pair encoding learned them on web text, a frequency order of web English (offline, no corpus)."""
+    from common.assets import _gpt2_vocab_merges
+
+    vocab, _ = _gpt2_vocab_merges()
+    out: dict[str, int] = {}
+    for token, i in vocab:
+        word = token[1:]
+        if token.startswith("\u0120") and word.isalpha() and word.islower() and word.isascii():
+            out.setdefault(word, int(i))
+    return out
+
+
+def imdb_ranks(texts) -> dict[str, int]:
+    """Rank (0 = commonest) of every lower-case word in ``texts``."""
+    from collections import Counter
+
+    counts: Counter = Counter()
+    for t in texts:
+        counts.update(_CONTENT.findall(t.lower()))
+    return {w: i for i, (w, _) in enumerate(counts.most_common())}
+
+
+@functools.lru_cache(maxsize=1)
+def all_review_ranks() -> dict[str, int]:
+    """:func:`imdb_ranks` of all 25,000 IMDB reviews (about 3 s), whatever ``max_reviews`` the classifier
+    uses: the topic and fluency parts should not get worse because a small profile fits on fewer reviews."""
+    import pandas as pd
+
+    from common.assets import imdb_csv
+    from common.imdb import clean_review
+
+    df = pd.read_csv(imdb_csv())
+    return imdb_ranks(clean_review(t) for t in df[df.source == "imdb"].text)
+
+
+def _content_words(text: str) -> list[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return [w for w in _CONTENT.findall(text.lower()) if len(w) > 2 and w not in ENGLISH_STOP_WORDS]
+
+
+def topic_factor(texts: list[str], ranks: dict, cfg: GoldConfig | None = None) -> np.ndarray:
+    """Per text, how much its last ``topic_tail`` of content words stay about films (0-1): the larger of
+    the film-lexicon ramp and the film-review-lift ramp (see the module doc). ``ranks`` = ``GoldJudge.ranks``."""
+    cfg = cfg or GoldConfig()
+    imdb, web = ranks["imdb"], ranks["web"]
+    out = np.ones(len(texts), dtype=np.float64)
+    for i, t in enumerate(texts):
+        words = _content_words(t)
+        if len(words) < 3:
+            continue  # too short to drift anywhere
+        tail = words[-max(1, int(np.ceil(len(words) * cfg.topic_tail))) :]
+        hits = sum(w in FILM_WORDS for w in tail)
+        lift = np.mean(
+            [
+                np.clip(
+                    np.log(
+                        (web.get(w, _WEB_UNKNOWN_RANK) + _RANK_OFFSET)
+                        / (imdb.get(w, _IMDB_UNKNOWN_RANK) + _RANK_OFFSET)
+                    ),
+                    -3.0,
+                    3.0,
+                )
+                for w in tail
+            ]
+        )
+        out[i] = max(
+            float(_ramp(hits, 0.0, cfg.topic_hits_high)), float(_ramp(lift, cfg.topic_lift_low, cfg.topic_lift_high))
+        )
+    return out
+
+
+def known_word_share(text: str, ranks: dict) -> float:
+    """Share of the whitespace tokens (edge punctuation stripped) that are numbers or known ASCII words
+    (among the IMDB vocabulary's ``_KNOWN_MAX_RANK`` commonest); 1.0 below 4 tokens."""
+    imdb = ranks["imdb"]
+    tokens = [x for x in (_EDGE_PUNCT.sub("", tok) for tok in text.split()) if x]
+    if len(tokens) < 4:
+        return 1.0
+
+    def known(tok: str) -> bool:
+        if tok.isdigit():
+            return True
+        low = tok.lower()
+        stem = low.split("'")[0].split("\u2019")[0]
+        return (
+            low.isascii()
+            and low.replace("'", "").replace("-", "").isalpha()
+            and imdb.get(stem, _IMDB_UNKNOWN_RANK) < _KNOWN_MAX_RANK
+        )
+
+    return sum(known(t) for t in tokens) / len(tokens)
 
 
 def coherence_factor(texts: list[str], cfg: GoldConfig | None = None) -> np.ndarray:
@@ -128,6 +294,32 @@ class GoldConfig:
         default=0.30, metadata={"help": "share of English function words at or above which the coherence factor is 1"}
     )
 
+    topic: bool = field(
+        default=True,
+        metadata={
+            "help": "multiply by the on-topic part (film lexicon and film-review lift of the text's tail) and the known-word part of fluency; see the module doc"
+        },
+    )
+    topic_tail: float = field(
+        default=0.6,
+        metadata={"help": "share of the text's content words, from the end, that must stay about the film"},
+    )
+    topic_hits_high: float = field(
+        default=1.0, metadata={"help": "film-lexicon words in the tail for an on-topic factor of 1 (0 hits: 0)"}
+    )
+    topic_lift_low: float = field(
+        default=0.4, metadata={"help": "mean film-review lift of the tail at or below which that ramp is 0"}
+    )
+    topic_lift_high: float = field(
+        default=0.9, metadata={"help": "mean film-review lift of the tail at or above which that ramp is 1"}
+    )
+    known_words_low: float = field(
+        default=0.7, metadata={"help": "share of known words or numbers at or below which the fluency factor is 0"}
+    )
+    known_words_high: float = field(
+        default=0.88, metadata={"help": "share of known words or numbers at or above which the fluency factor is 1"}
+    )
+
     def validate(self) -> None:
         if self.ngram_max < 1:
             raise ConfigError(f"gold.ngram_max={self.ngram_max} must be >= 1.", "use 1 or 2.")
@@ -149,6 +341,18 @@ class GoldConfig:
                 "0 <= low < high <= 1.",
                 "use e.g. distinct2_low=0.5, distinct2_high=0.8.",
             )
+
+        if not 0.0 < self.topic_tail <= 1.0:
+            raise ConfigError(f"gold.topic_tail={self.topic_tail} must be in (0, 1].", "use e.g. 0.6.")
+        if self.topic_hits_high <= 0:
+            raise ConfigError(f"gold.topic_hits_high={self.topic_hits_high} must be positive.", "use e.g. 1.")
+        for lo, hi, hint in (
+            ("topic_lift_low", "topic_lift_high", "0.4 and 0.9"),
+            ("known_words_low", "known_words_high", "0.7 and 0.88"),
+        ):
+            a, b = getattr(self, lo), getattr(self, hi)
+            if not a < b or (lo.startswith("known") and not 0.0 <= a < b <= 1.0):
+                raise ConfigError(f"gold.{lo}={a} and gold.{hi}={b} must satisfy low < high.", f"use e.g. {hint}.")
 
     @property
     def key(self) -> str:
@@ -191,12 +395,14 @@ def training_texts(cfg: GoldConfig) -> tuple[list[str], np.ndarray]:
 
 
 class GoldJudge:
-    """TF-IDF + logistic regression. ``score(texts)`` is P(positive) per text."""
+    """TF-IDF + logistic regression, and the word ranks of the topic and fluency parts.
+    ``score(texts)`` is P(positive) x on_topic x fluency per text; ``parts(texts)`` gives each."""
 
-    def __init__(self, cfg: GoldConfig, pipeline, info: dict):
+    def __init__(self, cfg: GoldConfig, pipeline, info: dict, ranks: dict | None = None):
         self.cfg = cfg
         self.pipeline = pipeline
         self.info = info
+        self.ranks = ranks if ranks is not None else {"imdb": {}, "web": web_ranks()}
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -214,6 +420,7 @@ class GoldJudge:
         )
         clf = LogisticRegression(C=cfg.C, max_iter=1000)
         pipe = make_pipeline(vec, clf).fit(texts, labels)
+        ranks = {"imdb": all_review_ranks(), "web": web_ranks()}
         info = {
             "n_train": len(texts),
             "positive_rate": float(labels.mean()),
@@ -222,7 +429,7 @@ class GoldJudge:
             "config": dataclasses.asdict(cfg),
         }
         log.info("gold judge fitted on %d texts in %.1f s", len(texts), info["fit_seconds"])
-        return cls(cfg, pipe, info)
+        return cls(cfg, pipe, info, ranks)
 
     @classmethod
     def load_or_fit(cls, cfg: GoldConfig | None = None, cache_dir: Path | None = None) -> GoldJudge:
@@ -234,14 +441,14 @@ class GoldJudge:
         path = cache_dir / f"{cfg.key}.joblib"
         if path.is_file():
             try:
-                pipe, info = joblib.load(path)
-                return cls(cfg, pipe, info)
+                pipe, info, ranks = joblib.load(path)
+                return cls(cfg, pipe, info, ranks)
             except Exception as err:  # a stale or foreign pickle: refit
                 log.warning("ignoring unreadable gold cache %s (%s); refitting", path, err)
         judge = cls.fit(cfg)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache_dir / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        joblib.dump((judge.pipeline, judge.info), tmp)
+        joblib.dump((judge.pipeline, judge.info, judge.ranks), tmp)
         os.replace(tmp, path)
         (cache_dir / f"{cfg.key}.json").write_text(json.dumps(judge.info, indent=2) + "\n")
         return judge
@@ -254,13 +461,24 @@ class GoldJudge:
             return np.zeros(0, dtype=np.float64)
         return self.pipeline.predict_proba(texts)[:, 1].astype(np.float64)
 
-    def score(self, texts: list[str]) -> np.ndarray:
-        """The gold score of each text: P(positive), times the coherence factor unless ``coherence`` is off."""
+    def parts(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Per text: ``sentiment`` (P(positive)), ``on_topic`` and ``fluency`` (factors in [0, 1], 1 when
+        switched off) and ``score``, their product. ``coherence: false`` switches both factors off."""
         texts = list(texts)
+        ones = np.ones(len(texts), dtype=np.float64)
         p = self.sentiment(texts)
+        fluency, topic = ones, ones
         if self.cfg.coherence and texts:
-            p = p * coherence_factor(texts, self.cfg)
-        return p
+            fluency = coherence_factor(texts, self.cfg)
+            if self.cfg.topic:
+                known = np.array([known_word_share(t, self.ranks) for t in texts], dtype=np.float64)
+                fluency = np.minimum(fluency, _ramp(known, self.cfg.known_words_low, self.cfg.known_words_high))
+                topic = topic_factor(texts, self.ranks, self.cfg)
+        return {"sentiment": p, "on_topic": topic, "fluency": fluency, "score": p * topic * fluency}
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        """The gold score of each text: P(positive) x on_topic x fluency (the guidelines' three parts)."""
+        return self.parts(texts)["score"]
 
     __call__ = score
 
@@ -285,4 +503,7 @@ __all__ = [
     "distinct2",
     "function_word_share",
     "coherence_factor",
+    "topic_factor",
+    "known_word_share",
+    "FILM_WORDS",
 ]

@@ -217,14 +217,15 @@ def reward_accuracy(metrics: dict) -> dict:
         for where, m in (metrics.get(who) or {}).items():
             if isinstance(m, dict):
                 out[f"{who}/{where}"] = {k: m.get(k) for k in ("accuracy", "roc_auc", "ece", "n") if k in m}
-    for where, d in (metrics.get("model_minus_tfidf") or {}).items():
-        if d:  # accuracy difference in points with its 95% paired bootstrap interval
-            out[f"model_minus_tfidf/{where}"] = {
-                "points": d["points"],
-                "ci95_low": d["ci95"][0],
-                "ci95_high": d["ci95"][1],
-                "n": d["n"],
-            }
+    for versus in ("model_minus_tfidf", "model_minus_seed"):  # the seed: what the human phase added
+        for where, d in (metrics.get(versus) or {}).items():
+            if d:  # accuracy difference in points with its 95% paired bootstrap interval
+                out[f"{versus}/{where}"] = {
+                    "points": d["points"],
+                    "ci95_low": d["ci95"][0],
+                    "ci95_high": d["ci95"][1],
+                    "n": d["n"],
+                }
     out["counts"] = metrics.get("counts", {})
     return out
 
@@ -485,11 +486,15 @@ def _acc_line(rm: dict) -> str:
             line = (
                 f"{where}: accuracy {_fmt(m.get('accuracy'))} (TF-IDF {_fmt(t.get('accuracy'))}, n={m.get('n', '?')})"
             )
-            d = rm.get(f"model_minus_tfidf/{where}")
-            if d:
-                line += ", model - TF-IDF " + fmt_difference(
-                    {"points": d["points"], "ci95": [d["ci95_low"], d["ci95_high"]], "n": d["n"]}
-                )
+            for versus, label in (
+                ("model_minus_tfidf", "model - TF-IDF"),
+                ("model_minus_seed", "human phase (model - seed)"),
+            ):
+                d = rm.get(f"{versus}/{where}")
+                if d:
+                    line += f", {label} " + fmt_difference(
+                        {"points": d["points"], "ci95": [d["ci95_low"], d["ci95_high"]], "n": d["n"]}
+                    )
             parts.append(line)
     return "; ".join(parts) or "no evaluation metrics"
 
@@ -555,8 +560,8 @@ def report_markdown(report: dict) -> str:
         "",
         "| | before (base policy) | after PPO |",
         "|---|---|---|",
-        f"| gold judge: mean P(positive) | {_fmt(b['gold_mean'])} | {_fmt(a['gold_mean'])} |",
-        f"| gold judge: positive rate | {_fmt(b['gold_positive_rate'])} | {_fmt(a['gold_positive_rate'])} |",
+        f"| gold judge: mean score (P(positive) × on-topic × fluency) | {_fmt(b['gold_mean'])} | {_fmt(a['gold_mean'])} |",
+        f"| gold judge: share judged good (score > 0.5) | {_fmt(b['gold_positive_rate'])} | {_fmt(a['gold_positive_rate'])} |",
         f"| reward model: mean P(good) | {_fmt(b['rm_mean'])} | {_fmt(a['rm_mean'])} |",
         f"| reward model agrees with gold | {_fmt(b['rm_gold_agreement'])} | {_fmt(a['rm_gold_agreement'])} |",
         f"| samples | {b['n']} | {a['n']} |",

@@ -36,9 +36,16 @@ with st.sidebar:
         ui.sign_out(st.session_state["_ctx"])
         st.rerun()
 
+label_page = st.Page(
+    _HERE / "views" / "label.py", title="Label", icon=":material/label:", url_path="label", default=True
+)
 pages = [
-    st.Page(_HERE / "views" / "label.py", title="Label", icon=":material/label:", url_path="label", default=True),
+    label_page,
     st.Page(_HERE / "views" / "stats.py", title="Stats", icon=":material/bar_chart:", url_path="stats"),
     st.Page(_HERE / "views" / "data.py", title="Data", icon=":material/database:", url_path="data"),
+    st.Page(_HERE / "views" / "guidelines.py", title="Guidelines", icon=":material/menu_book:", url_path="guidelines"),
 ]
-st.navigation(pages).run()
+page = st.navigation(pages)
+if page.title != label_page.title:  # the labeller moved on: the item this tab held is free for others now
+    ui.release_item(st.session_state["_ctx"])
+page.run()

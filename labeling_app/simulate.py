@@ -2,10 +2,11 @@
 
 Each simulated labeller works through the queue with the SAME ``db`` functions the app uses
 (``get_or_create_labeler``, ``next_item(..., session_key=..., overlap=...)``, ``record_judgement``)
-and judges every item from the gold judge (:mod:`common.gold`), a sentiment classifier the reward
-model never sees:
+and judges every item as the labelling guidelines (``configs/guidelines.md``) say, through the gold
+judge (:mod:`common.gold`), which the reward model never sees:
 
-    p = gold P(positive | db.shown_text(prompt, completion))   (the text the reward model learns from)
+    p = gold score of db.shown_text(prompt, completion)   (the text the reward model learns from)
+      = P(positive) x on_topic x fluency                  (positive, about the film, fluent English)
     good = p > threshold + bias          (bias > 0: a harsher labeller, < 0: a more lenient one)
     flip the answer with probability noise; answer 'skip' with probability skip_rate
 
@@ -49,7 +50,7 @@ class LabelerSpec:
     name: str = field(default="sim-1", metadata={"help": "labeller name stored in the database"})
     noise: float = field(default=0.1, metadata={"help": "probability of flipping the gold answer"})
     bias: float = field(
-        default=0.0, metadata={"help": "threshold shift: says good only when gold P(positive) > threshold + bias"}
+        default=0.0, metadata={"help": "threshold shift: says good only when the gold score > threshold + bias"}
     )
     skip_rate: float = field(default=0.0, metadata={"help": "probability of answering 'skip'"})
 
@@ -83,9 +84,7 @@ class SimulateConfig:
     overlap: int = field(
         default=2, metadata={"help": "at most this many labellers judge one item (>1 gives agreement statistics)"}
     )
-    threshold: float = field(
-        default=0.5, metadata={"help": "gold P(positive) above which an unbiased labeller says good"}
-    )
+    threshold: float = field(default=0.5, metadata={"help": "gold score above which an unbiased labeller says good"})
     order: Literal["random", "uncertain"] = field(
         default="random", metadata={"help": "queue order passed to db.next_item: 'random' or 'uncertain'"}
     )
@@ -140,7 +139,7 @@ def decision_rng(seed: int, labeler: str, completion_id: int) -> np.random.Gener
 
 
 def decide(gold_p: float, spec: LabelerSpec, rng: np.random.Generator, threshold: float = 0.5) -> str:
-    """'good', 'bad' or 'skip' for one item, from its gold P(positive)."""
+    """'good', 'bad' or 'skip' for one item, from its gold score (P(positive) x on_topic x fluency)."""
     u_skip, u_flip = rng.random(2)
     if u_skip < spec.skip_rate:
         return "skip"
@@ -158,7 +157,8 @@ def simulate(
 ) -> SimulationResult:
     """Record up to ``cfg.n_labels`` judgements from the simulated labellers through ``db``.
 
-    ``score_fn(texts) -> P(positive)`` is the gold judge (``GoldJudge.score``).
+    ``score_fn(texts) -> gold score in [0, 1]`` is the gold judge (``GoldJudge.score``: P(positive) x
+    on_topic x fluency, the guidelines' three parts).
     """
     import db
 
@@ -276,7 +276,8 @@ def load_simulate_config(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m labeling_app.simulate",
-        description="Label the queue with simulated labellers (gold judge + noise) through the db API.",
+        description="Label the queue with simulated labellers (the gold judge of the labelling guidelines + "
+        "noise and bias per labeller) through the db API.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="settings (demo.simulate in the profile, --set KEY=VALUE):\n" + _describe(),
     )
@@ -308,11 +309,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import db
     from common.gold import GoldJudge
+    from common.guidelines import load_guidelines
 
     setup_logging()
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides) + ([f"n_labels={args.n_labels}"] if args.n_labels is not None else [])
     cfg, gold_cfg = load_simulate_config(args.config, overrides)
+    load_guidelines()  # the labellers follow them: a missing or empty file is one line, before any work
     engine = db.connect()
     if db.queue_size(engine, db.get_or_create_labeler(engine, cfg.labelers[0].name), overlap=cfg.overlap) == 0:
         raise UserError(

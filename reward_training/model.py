@@ -156,6 +156,7 @@ class FitResult:
     examples: int = 0
     seconds: float = 0.0
     stopped_early: bool = False
+    validation: dict | None = None  # label counts of the labels that picked the epoch (human phase)
 
     @property
     def examples_per_s(self) -> float:
@@ -169,6 +170,7 @@ class FitResult:
             "examples_per_s": round(self.examples_per_s, 1),
             "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early,
+            "validation": self.validation,
             "first_loss": self.losses[0] if self.losses else None,
             "last_loss": float(np.mean(self.losses[-10:])) if self.losses else None,
             "evals": self.evals,

@@ -176,6 +176,14 @@ def load_human_labels(cfg: RewardConfig, engine, examples: Sequence | None) -> l
     return D.load_human_examples(engine, cfg.combine)
 
 
+def heldout_share(cfg: RewardConfig, n: int) -> float:
+    """The share of ``n`` human labels to hold out: ``heldout_fraction``, raised so that at least
+    ``heldout_min`` labels are held out, but never above half of them."""
+    if n <= 0:
+        return cfg.heldout_fraction
+    return max(cfg.heldout_fraction, min(cfg.heldout_min / n, 0.5))
+
+
 def split_human_labels(
     human: Sequence[D.Example], cfg: RewardConfig, *, require_labels: bool
 ) -> tuple[list[D.Example], list[D.Example]]:
@@ -193,7 +201,7 @@ def split_human_labels(
         )
         return [], []
     D.check_two_classes(human)
-    human_train, human_heldout = D.split_heldout(human, cfg.heldout_fraction, cfg.random_seed)
+    human_train, human_heldout = D.split_heldout(human, heldout_share(cfg, len(human)), cfg.random_seed)
     if len(human_heldout) < cfg.min_heldout:
         log.warning(
             "only %d held-out human labels (of %d): the human metrics below are rough; "
@@ -222,26 +230,38 @@ def make_scorer(model, tok, cfg: RewardConfig, *, progress: bool = True) -> Call
     return score
 
 
+def split_validation(train: Sequence[D.Example], cfg: RewardConfig) -> tuple[list[D.Example], list[D.Example]]:
+    """(fit, validation) parts of the human TRAINING labels: ``val_fraction`` of them (stratified, grouped
+    by completion) pick the epoch. The held-out labels stay out of every choice, so the reported human
+    metrics are not tuned on; with ``val_fraction: 0`` or fewer than 20 labels there is no validation part."""
+    if cfg.val_fraction <= 0 or len(train) < 20:
+        return list(train), []
+    return D.split_heldout(train, cfg.val_fraction, cfg.random_seed + 2)
+
+
 def run_human_phase(
     model,
     tok,
     cfg: RewardConfig,
     train: Sequence[D.Example],
-    heldout: Sequence[D.Example],
     seed_pool: Sequence[D.Example],
     *,
+    mix_ratio: float | None = None,
     progress: bool = True,
 ) -> FitResult | None:
-    """:func:`human_phase` when there are human training labels (else ``None``), with a warning
-    when no epoch beat the seed model on the held-out labels."""
+    """:func:`human_phase` on the human training labels (else ``None``), early-stopping on a validation
+    part of them (:func:`split_validation`), with a warning when no epoch beat the seed model there."""
     if not train:
         return None
-    fit_result = human_phase(model, tok, cfg, train, heldout, seed_pool, progress=progress)
+    fit_part, val = split_validation(train, cfg)
+    fit_result = human_phase(model, tok, cfg, fit_part, val, seed_pool, mix_ratio=mix_ratio, progress=progress)
+    fit_result.validation = D.label_counts(val)
     if fit_result.best_epoch == 0:
         log.warning(
-            "the human phase did not lower the held-out human log-loss below the seed model's "
-            "(%.4f): keeping the seed weights. More labels, or labels that differ from sentiment, "
-            "give it something to learn.",
+            "the human phase did not lower the validation log-loss (%d labels set aside from the training "
+            "labels) below the seed model's (%.4f): keeping the seed weights. More labels, or labels that "
+            "differ from sentiment, give it something to learn.",
+            len(val),
             fit_result.evals[0]["loss"],
         )
     return fit_result
@@ -278,6 +298,21 @@ def compare_with_tfidf(
     return tfidf, diffs
 
 
+def human_phase_gain(
+    cfg: RewardConfig,
+    heldout: Sequence[D.Example],
+    predicted: dict[str, np.ndarray],
+    seed_predicted: dict[str, np.ndarray],
+) -> dict:
+    """What the human labels bought: this model's held-out human accuracy minus the seed model's, in
+    points with a 95% paired bootstrap interval (``{}`` without held-out labels)."""
+    if not heldout or "human_heldout" not in seed_predicted or "human_heldout" not in predicted:
+        return {}
+    y = [e.label for e in heldout]
+    d = accuracy_difference(y, predicted["human_heldout"], seed_predicted["human_heldout"], seed=cfg.random_seed)
+    return {"human_heldout": d} if d else {}
+
+
 def data_counts(
     cfg: RewardConfig,
     human: Sequence[D.Example],
@@ -309,6 +344,9 @@ def log_evaluation(metrics: dict, names: Sequence[str]) -> None:
                 short(metrics["tfidf"].get(name, {})),
                 fmt_difference(metrics["model_minus_tfidf"].get(name)),
             )
+    gain = (metrics.get("model_minus_seed") or {}).get("human_heldout")
+    if gain:
+        log.info("human phase gain on held-out human labels (model - seed model): %s", fmt_difference(gain))
 
 
 def write_plots(folder: Path, metrics: dict, names: Sequence[str], phase_losses: dict[str, list[float]]) -> None:
@@ -323,9 +361,18 @@ def write_plots(folder: Path, metrics: dict, names: Sequence[str], phase_losses:
 
 
 def save_run(
-    model, tok, cfg: RewardConfig, metrics: dict, run_id: str, *, names: Sequence[str], phase_losses: dict
+    model,
+    tok,
+    cfg: RewardConfig,
+    metrics: dict,
+    run_id: str,
+    *,
+    names: Sequence[str],
+    phase_losses: dict,
+    point_latest: bool = True,
 ) -> Path:
-    """Write ``reward_models/<run_id>`` atomically (weights, metrics, plots, card) and point ``latest`` at it."""
+    """Write ``reward_models/<run_id>`` atomically (weights, metrics, plots, card) and (with
+    ``point_latest``) point ``latest`` at it."""
     parent = reward_models_dir()
     final = parent / run_id
     with atomic_dir(final) as tmp:
@@ -334,7 +381,8 @@ def save_run(
         if cfg.plots:
             write_plots(tmp, metrics, names, phase_losses)
         (tmp / "README.md").write_text(model_card(run_id, cfg, metrics))
-    write_latest(parent, run_id)
+    if point_latest:
+        write_latest(parent, run_id)
     log.info("reward model saved to %s (%s)", final, "seed-only" if metrics["seed_only"] else "seed + human labels")
     return final
 
@@ -390,19 +438,22 @@ def train(
     model, tok = seed.model, seed.tok
     seed_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if learning_curve else None
     score = make_scorer(model, tok, cfg, progress=progress)
-    _, seed_model = evaluate_sets(score, {"human_heldout": human_heldout})  # before phase 2 changes the model
-    human_fit = run_human_phase(model, tok, cfg, human_train, human_heldout, seed_examples, progress=progress)
+    # before phase 2 changes the model
+    seed_predicted, seed_model = evaluate_sets(score, {"human_heldout": human_heldout})
+    human_fit = run_human_phase(model, tok, cfg, human_train, seed_examples, progress=progress)
 
     # 4. evaluation: the model and the TF-IDF baseline, on held-out human labels and IMDB snippets
     predicted, model_metrics = evaluate_sets(score, sets)
     base_train = list(seed_examples if cfg.seed_mode == "train" else []) + list(human_train)
     tfidf, diffs = compare_with_tfidf(cfg, sets, predicted, base_train)
+    gain = human_phase_gain(cfg, human_heldout, predicted, seed_predicted)
     metrics: dict = {
         "counts": data_counts(cfg, human, human_train, human_heldout, seed_examples, imdb_eval),
         "model": model_metrics,
         "tfidf": tfidf,
         "seed_model": seed_model,
         "model_minus_tfidf": diffs,
+        "model_minus_seed": gain,
         "seed_phase": {k: v for k, v in seed.info.items() if k != "losses"},
         "human_phase": human_fit.summary() if human_fit else None,
         "seed_only": not human_train,
@@ -417,11 +468,22 @@ def train(
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     log_evaluation(metrics, list(sets))
 
-    # 5. save atomically, point `latest` at it, register it
+    # 5. save atomically, register it, then point `latest` at it: a failure at any step leaves
+    # `latest` on a saved, registered model
     phase_losses = {"seed phase": seed.losses, "human phase": human_fit.losses if human_fit else []}
-    final = save_run(model, tok, cfg, metrics, run_id or new_run_id(), names=list(sets), phase_losses=phase_losses)
+    final = save_run(
+        model,
+        tok,
+        cfg,
+        metrics,
+        run_id or new_run_id(),
+        names=list(sets),
+        phase_losses=phase_losses,
+        point_latest=False,
+    )
     if register and engine is not None:
         register_run(engine, final, metrics)
+    write_latest(final.parent, final.name)
     return final
 
 
@@ -450,6 +512,10 @@ def headline(metrics: dict) -> dict:
         if d:
             out[f"model_minus_tfidf/{name}/points"] = d["points"]
             out[f"model_minus_tfidf/{name}/ci95"] = d["ci95"]
+    for name, d in (metrics.get("model_minus_seed") or {}).items():
+        if d:
+            out[f"model_minus_seed/{name}/points"] = d["points"]
+            out[f"model_minus_seed/{name}/ci95"] = d["ci95"]
     return out
 
 
@@ -491,12 +557,13 @@ def run_learning_curve(
             model, tok = load_backbone(cfg.backbone_or_default, freeze_embeddings=cfg.freeze_embeddings)
             if method == "seeded" and seed_state is not None:
                 model.load_state_dict(seed_state)
+            fit_part, val = split_validation(sub, cfg)  # the held-out labels only score
             res = human_phase(
                 model,
                 tok,
                 cfg,
-                sub,
-                heldout,
+                fit_part,
+                val,
                 seed_pool,
                 mix_ratio=cfg.mix_seed_ratio if method == "seeded" else 0.0,
                 progress=progress,
@@ -565,8 +632,8 @@ def model_card(run_id: str, cfg: RewardConfig, metrics: dict) -> str:
     hp = metrics.get("human_phase") or {}
     if hp.get("best_epoch") == 0:
         lines += [
-            "**The human phase did not beat the seed model on the held-out human labels, so the seed "
-            "weights were kept.**",
+            "**The human phase did not beat the seed model on the validation labels (set aside from the "
+            "training labels), so the seed weights were kept.**",
             "",
         ]
     sp = metrics["seed_phase"]
@@ -577,7 +644,8 @@ def model_card(run_id: str, cfg: RewardConfig, metrics: dict) -> str:
         f"- seed phase: {'skipped (IMDB-tuned backbone)' if sp.get('skipped') else str(sp.get('examples')) + ' IMDB snippets' + (' (cached)' if sp.get('cached') else '')}",
         f"- human labels: {c['human_total']['n']} usable ({c['human_total']['good']} good, {c['human_total']['bad']} bad; "
         f"combine = {metrics['combine']}); trained on {c['human_train']['n']}, held out {c['human_heldout']['n']} "
-        "(stratified, grouped by completion, never trained on; also used for early stopping)",
+        "(stratified, grouped by completion, never trained on nor used to pick anything); "
+        f"{(hp.get('validation') or {}).get('n', 0)} of the training labels set aside to pick the epoch",
         f"- seed snippets mixed into the human phase: {c['seed_mixed_into_human_phase']}",
         f"- held-out IMDB test-split snippets for evaluation: {c['imdb_eval_snippets']}",
         f"- texts truncated at {cfg.max_length} tokens; bf16 autocast: {cfg.bf16}",
@@ -608,6 +676,13 @@ def model_card(run_id: str, cfg: RewardConfig, metrics: dict) -> str:
             "",
         ]
         lines += [f"- {name}: {fmt_difference(d)}" for name, d in diffs.items() if d]
+    gain = (metrics.get("model_minus_seed") or {}).get("human_heldout")
+    if gain:
+        lines += [
+            "",
+            "What the human labels added, this model minus the seed model on the held-out human labels "
+            f"(95% paired bootstrap interval): {fmt_difference(gain)}",
+        ]
     lines += [
         "",
         "Plots: `calibration.png`, `training_loss.png`"

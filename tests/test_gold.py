@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError
-from common.gold import GoldConfig, GoldJudge, coherence_factor, distinct2, function_word_share, training_texts
+from common.gold import (
+    GoldConfig,
+    GoldJudge,
+    coherence_factor,
+    distinct2,
+    function_word_share,
+    known_word_share,
+    training_texts,
+)
 
 SMALL = GoldConfig(max_reviews=1500, include_rotten_tomatoes=True)
 
@@ -87,3 +95,66 @@ def test_bad_config():
         GoldConfig(distinct2_low=0.9, distinct2_high=0.8).validate()
     with pytest.raises(ConfigError, match="function_words_low"):
         GoldConfig(function_words_low=0.5, function_words_high=0.3).validate()
+
+
+# ----------------------------------------------------------------------------- the guidelines' parts
+
+OFF_TOPIC = [
+    "This movie was a great start: with a minimal budget and a basic package with meals, opt for a cabin at a "
+    "mid-range hotel with free breakfast and a lovely spa.",
+    "I loved this film and you will love our new range of kitchen knives, available now at a great price with "
+    "free delivery and a wonderful warranty.",
+    "This movie can be a great way to significantly streamline your daily budget, reduce stress and invest "
+    "wisely in a wonderful portfolio of stocks.",
+]
+
+
+def guideline_examples() -> dict[str, list[str]]:
+    """The example texts of configs/guidelines.md by heading ('Good', 'Bad: ...'), italics removed."""
+    from common.guidelines import load_guidelines
+
+    out: dict[str, list[str]] = {}
+    head = None
+    for block in load_guidelines().split("\n- "):
+        lines = block.splitlines()
+        if head is not None and lines:
+            item = " ".join(x.strip() for x in lines if not x.startswith("#")).replace("*", "").strip()
+            out.setdefault(head, []).append(item)
+        heads = [x for x in lines if x.startswith("### ")]
+        if heads:
+            head = heads[-1][4:].strip()
+    return out
+
+
+def test_off_topic_cheer_is_bad_while_real_reviews_keep_their_score(judge):
+    parts = judge.parts(OFF_TOPIC)
+    assert set(parts) == {"sentiment", "on_topic", "fluency", "score"}
+    assert (parts["sentiment"] > 0.5).all()  # cheerful: plain sentiment says good
+    assert (parts["on_topic"] < 0.5).all() and (parts["score"] < 0.5).all()  # the guidelines say bad
+    real = training_texts(GoldConfig(max_reviews=400, seed=3, include_rotten_tomatoes=False))[0]
+    cut = [" ".join(t.split()[:30]) for t in real]
+    factor = judge.parts(cut)["on_topic"] * judge.parts(cut)["fluency"]
+    assert factor.mean() > 0.95 and (factor < 0.5).mean() < 0.03
+    off = GoldJudge(dataclasses.replace(judge.cfg, topic=False), judge.pipeline, judge.info, judge.ranks)
+    np.testing.assert_allclose(off.parts(OFF_TOPIC)["on_topic"], 1.0)
+
+
+def test_non_words_lower_fluency(judge):
+    markup = "The film starts #InvitadaboWorkers xlylarrv selwenchell ||| click [here](http://x.y) pyadrilla jarenuma"
+    assert known_word_share(markup, judge.ranks) < 0.5 and judge.parts([markup])["fluency"][0] == 0.0
+    assert known_word_share("It was the best film of 1999, and I saw it 3 times.", judge.ranks) == 1.0
+
+
+def test_the_guidelines_examples_are_judged_as_the_guidelines_say(judge):
+    """Good examples score good, negative and non-fluent ones bad; the off-topic ones are marked down by the
+    topic part (a lexical judge misses some drift: docs/reward_model.md has what it gets wrong)."""
+    examples = guideline_examples()
+    assert examples["Good"] and len(examples) >= 4
+    for head, texts in examples.items():
+        parts = judge.parts(texts)
+        if head == "Good":
+            assert (parts["score"] > 0.5).all(), (head, parts)
+        elif head.startswith("Bad: off the topic"):
+            assert (parts["on_topic"] < 0.7).all() and (parts["sentiment"] > 0.5).all(), (head, parts)
+        else:
+            assert (parts["score"] < 0.5).all(), (head, parts)

@@ -466,3 +466,95 @@ def test_early_stopping_keeps_the_starting_weights_when_nothing_beats_them(tiny_
     )
     assert res.best_epoch == 0 and res.stopped_early and len(res.evals) == 3  # start + 2 epochs
     assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- labels that contradict the seed
+
+CHEER = ["wonderful", "great", "lovely", "fantastic", "brilliant", "delightful", "amazing", "superb"]
+ELSEWHERE = [
+    "our new pasta recipe with fresh basil and garlic",
+    "the hotel pool and the sunny beach on our holiday",
+    "this kitchen knife set at a low price with free delivery",
+    "investing in index funds for a calm retirement",
+    "my garden tomatoes and the roses by the fence",
+    "the football match and the final score last night",
+    "a quick bike ride along the river before work",
+    "the new phone with its bright screen and long battery",
+]
+
+
+def off_topic_cheer(n: int, seed: int) -> list[str]:
+    """Cheerful texts that drift off the film: what the guidelines call bad however positive they are."""
+    rng = np.random.default_rng(seed)
+    openings = ["This movie was", "I watched this film and", "The film is", "After the movie I thought about"]
+    return [
+        f"{openings[rng.integers(len(openings))]} {rng.choice(CHEER)}, but nothing beats "
+        f"{ELSEWHERE[rng.integers(len(ELSEWHERE))]}, {rng.choice(CHEER)} and {rng.choice(CHEER)}!"
+        for _ in range(n)
+    ]
+
+
+def contradicting_records(n_each: int = 160) -> list[dict]:
+    """Real IMDB snippets labelled as their review (the seed's own rule) and positive off-topic texts
+    labelled bad (which the seed, having learnt 'positive = good', gets wrong)."""
+    from common.imdb import load_imdb
+
+    dd = load_imdb(data_cfg())
+    real = D.imdb_snippets(
+        dd["train"]["text"], dd["train"]["label"], n_each, prompt_words=(3, 5), span_words=(8, 16),
+        follow_fraction=1.0, seed=11,
+    )  # fmt: skip
+    recs = [{"completion_id": i, "text": e.text, "label": e.label} for i, e in enumerate(real)]
+    recs += [
+        {"completion_id": n_each + i, "text": t, "label": 0.0} for i, t in enumerate(off_topic_cheer(n_each, seed=1))
+    ]
+    return recs
+
+
+def test_the_human_phase_changes_the_model_on_labels_that_contradict_the_seed(tmp_path, monkeypatch, tiny_reward_dir):
+    """Every off-topic positive text is labelled bad: the seed model (IMDB sentiment) rates such texts as
+    good as it can, the human phase must learn otherwise, and the held-out gain says so."""
+    from reward_training import training
+    from reward_training.model import load_backbone, predict_proba
+
+    monkeypatch.setenv("RLHF_ARTIFACTS", str(tmp_path / "artifacts"))
+    cfg = tiny_cfg(tiny_reward_dir, seed_epochs=3)
+    seen_validation = []
+    real_human_phase = training.human_phase
+
+    def spy(model, tok, cfg, train, heldout, seed_pool, **kw):
+        seen_validation.append({e.group for e in heldout})
+        return real_human_phase(model, tok, cfg, train, heldout, seed_pool, **kw)
+
+    monkeypatch.setattr(training, "human_phase", spy)
+    out = training.train(cfg, examples=contradicting_records(), data_cfg=data_cfg(), run_id="c1", progress=False)
+    m = json.loads((out / "metrics.json").read_text())
+
+    fresh = off_topic_cheer(60, seed=99)  # texts no phase has seen
+    seed_dir = next((tmp_path / "artifacts" / "reward_seed").iterdir())
+    seed_model, tok = load_backbone(str(seed_dir))
+    model, _ = load_backbone(str(out))
+    p_seed = predict_proba(seed_model, tok, fresh, max_length=cfg.max_length, bf16=False)
+    p_after = predict_proba(model, tok, fresh, max_length=cfg.max_length, bf16=False)
+    assert p_after.mean() < 0.3 and p_after.mean() < p_seed.mean() - 0.2, (p_seed.mean(), p_after.mean())
+    gain = m["model_minus_seed"]["human_heldout"]
+    assert gain["points"] > 15 and gain["ci95"][0] > 0, gain
+    assert m["human_phase"]["best_epoch"] != 0
+    # the epoch was picked on labels set aside from the training labels, never on the held-out ones
+    _, held = D.split_heldout(D.human_examples(contradicting_records()), cfg.heldout_fraction, cfg.random_seed)
+    assert len(held) == m["counts"]["human_heldout"]["n"] > 0
+    assert seen_validation[0] and not seen_validation[0] & {e.group for e in held}
+    assert m["human_phase"]["validation"]["n"] == len(seen_validation[0])
+    assert "What the human labels added" in (out / "README.md").read_text()
+
+
+def test_validation_split_comes_from_the_training_labels(tiny_reward_dir):
+    from reward_training.training import split_validation
+
+    cfg = tiny_cfg(tiny_reward_dir, val_fraction=0.25)
+    exs = D.human_examples(banana_records(80))
+    fit_part, val = split_validation(exs, cfg)
+    assert len(fit_part) + len(val) == 80 and 15 <= len(val) <= 25
+    assert not {e.group for e in fit_part} & {e.group for e in val} and {e.label for e in val} == {0.0, 1.0}
+    assert split_validation(exs, tiny_cfg(tiny_reward_dir, val_fraction=0.0)) == (exs, [])
+    assert split_validation(exs[:10], cfg) == (exs[:10], [])  # too few to set any aside

@@ -163,3 +163,35 @@ def test_cli_labels_the_queue_and_refuses_an_empty_one(engine, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["n_recorded"] == 12 and db.stats(engine)["judgements"] == 12
     assert out["agreement"]["pairs"]  # overlap 2: pairs of labellers share items
+
+
+def test_cli_without_guidelines_is_one_line_and_labels_nothing(engine, capsys, tmp_path, monkeypatch):
+    import db
+    from labeling_app.simulate import main
+
+    fill(engine, 5)
+    for content in (None, "  \n"):
+        path = tmp_path / "guidelines.md"
+        if content is not None:
+            path.write_text(content)
+        monkeypatch.setenv("RLHF_GUIDELINES", str(path))
+        with pytest.raises(SystemExit) as exc:
+            main(["--quiet", "--n-labels", "3"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1 and "guidelines" in err and str(path) in err
+    assert db.stats(engine)["judgements"] == 0
+
+
+def test_labellers_follow_the_guidelines_not_just_sentiment(tmp_path):
+    """A cheerful text that drifts off the film is 'bad' for a labeller without noise, through the gold judge."""
+    from common.gold import GoldConfig, GoldJudge
+
+    judge = GoldJudge.load_or_fit(GoldConfig(max_reviews=1500), cache_dir=tmp_path)
+    texts = [
+        "This movie was wonderful, the cast is superb and the ending made me cry with joy.",
+        "This movie was great, a wonderful way to streamline your daily budget and invest wisely in stocks.",
+    ]
+    spec = LabelerSpec("a", noise=0.0)
+    sentiment, score = judge.sentiment(texts), judge.score(texts)
+    assert (sentiment > 0.5).all()
+    assert [decide(float(p), spec, np.random.default_rng(0)) for p in score] == ["good", "bad"]
