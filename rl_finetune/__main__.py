@@ -13,13 +13,16 @@ from common.errors import UserError, cli_entry
 
 COMMANDS = {
     "ppo": "fine-tune the policy with PPO against the newest reward model (make finetune)",
+    "rloo": "the same with RLOO: k samples per prompt, leave-one-out baseline, no value head (ppo --set algorithm=rloo)",
+    "grpo": "the same with GRPO: k samples per prompt, group-normalised advantages (ppo --set algorithm=grpo)",
+    "analyse": "what RL changed inside the model: python -m rl_finetune analyse BASE TUNED (make analyse)",
 }
 #: Commands that moved to stage 1's package, with where they went.
 MOVED = {"pretrain": "python -m base_policy pretrain", "generate": "python -m base_policy generate"}
 
 
 def usage() -> str:
-    lines = ["usage: python -m rl_finetune ppo [options]", ""]
+    lines = ["usage: python -m rl_finetune ppo [options] | analyse BASE TUNED [options]", ""]
     lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
     lines += ["", "`python -m rl_finetune ppo --help` lists its options; the base policy is `python -m base_policy`."]
     return "\n".join(lines)
@@ -32,13 +35,20 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command == "ppo":
+    if command in ("ppo", "rloo", "grpo"):  # one loop, three learners (docs/ppo.md, "Other learners")
         from rl_finetune.ppo.cli import main as ppo_main
 
-        return ppo_main(rest) or 0
+        return ppo_main(rest, algorithm=command) or 0
+    if command in ("analyse", "analyze"):
+        from rl_finetune.analysis.cli import main as analyse_main
+
+        return analyse_main(rest) or 0
     if command in MOVED:
         raise UserError(f"{command} is a stage-1 command now.", f"run `{MOVED[command]}`.")
-    raise UserError(f"unknown command {command!r}.", "use: ppo (see --help); stage 1 is `python -m base_policy`.")
+    raise UserError(
+        f"unknown command {command!r}.",
+        "use: ppo, rloo, grpo or analyse (see --help); stage 1 is `python -m base_policy`.",
+    )
 
 
 if __name__ == "__main__":

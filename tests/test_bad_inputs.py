@@ -584,6 +584,27 @@ CLI_CASES = [
         "ppo-negative-seed", "ppo", "rl_finetune", lambda e: ["ppo", "--set", "seed=-1"], ("ppo.seed=-1 must be >= 0",)
     ),
     Case(
+        "rloo-one-sample",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["rloo", "--set", "samples_per_prompt=1"],
+        ("samples_per_prompt=1 has no leave-one-out baseline", "2 or more"),
+    ),
+    Case(
+        "unknown-learner",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["ppo", "--set", "algorithm=dpo"],
+        ("ppo.algorithm='dpo' is not allowed", "'rloo', 'grpo'"),
+    ),
+    Case(
+        "learner-command-conflict",
+        "ppo",
+        "rl_finetune",
+        lambda e: ["rloo", "--set", "algorithm=grpo"],
+        ("was given --set algorithm=grpo", "python -m rl_finetune grpo"),
+    ),
+    Case(
         "reward-human-lr-nan",
         "reward",
         "reward_training",

@@ -19,14 +19,23 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from common.config import add_config_args, describe, load_config
-from common.errors import cli_entry, setup_logging
+from common.errors import UserError, cli_entry, setup_logging
 from rl_finetune.ppo.config import PPOConfig
 
+#: ``python -m rl_finetune rloo`` and ``grpo`` are this command with ``--set algorithm=rloo|grpo`` (docs/ppo.md)
+DESCRIPTIONS = {
+    "ppo": "PPO fine-tuning of a policy against a learned reward model, with a KL leash to the starting policy.",
+    "rloo": "RLOO fine-tuning (PPO's loop with k samples per prompt and a leave-one-out baseline, no value head) "
+    "against a learned reward model, with a KL leash to the starting policy.",
+    "grpo": "GRPO fine-tuning (PPO's loop with k samples per prompt and group-normalised advantages, no value head) "
+    "against a learned reward model, with a KL leash to the starting policy.",
+}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(algorithm: str = "ppo") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m rl_finetune ppo",
-        description="PPO fine-tuning of a policy against a learned reward model, with a KL leash to the starting policy.",
+        prog=f"python -m rl_finetune {algorithm}",
+        description=DESCRIPTIONS[algorithm],
         epilog="config keys (section ppo, set with --set KEY=VALUE):\n" + describe(PPOConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -79,14 +88,29 @@ def preflight(cfg: PPOConfig, args):
     return engine
 
 
+def learner_overrides(algorithm: str, overrides: list[str]) -> list[str]:
+    """``--set`` overrides for ``python -m rl_finetune <algorithm>``: ``algorithm=<algorithm>`` first; an
+    ``algorithm=`` override that names another learner is refused (which one did the user mean?)."""
+    if algorithm == "ppo":
+        return overrides
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip().removeprefix("ppo.") == "algorithm" and value.strip() != algorithm:
+            raise UserError(
+                f"`python -m rl_finetune {algorithm}` was given --set {item.strip()}.",
+                f"drop the --set, or run `python -m rl_finetune {value.strip()}` (or `ppo --set algorithm=...`).",
+            )
+    return [f"algorithm={algorithm}", *overrides]
+
+
 @cli_entry
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, algorithm: str = "ppo") -> int:
+    args = build_parser(algorithm).parse_args(argv)
     setup_logging(args.verbose)
     from common.assets import offline_env
 
     offline_env()
-    overrides = list(args.overrides)
+    overrides = learner_overrides(algorithm, list(args.overrides))
     if args.no_kl:
         overrides += ["init_kl_coef=0.0", "kl_target=null", "kl_horizon=null"]
     cfg = load_config(PPOConfig, "ppo", args.config, overrides)

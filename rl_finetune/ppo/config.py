@@ -112,6 +112,31 @@ class PPOConfig:
         },
     )
 
+    # -- learner (docs/ppo.md, "Other learners") --------------------------------------------------
+    algorithm: Literal["ppo", "rloo", "grpo"] = field(
+        default="ppo",
+        metadata={
+            "help": "ppo: GAE with a value head; rloo: leave-one-out baseline over the k samples of a prompt; "
+            "grpo: group-normalised advantages (both critic-free: no value loss)"
+        },
+    )
+    samples_per_prompt: int | None = field(
+        default=None,
+        metadata={
+            "help": "k responses sampled per prompt (num_rollouts / k prompts per step; None: 1 for ppo, 4 for rloo/grpo)"
+        },
+    )
+    kl_penalty: Literal["reward", "loss"] = field(
+        default="reward",
+        metadata={
+            "help": "rloo/grpo: the KL (kl_estimator, coefficient kl_coef) in the reward (score - beta * sum KL, as RLOO) "
+            "or as a loss term (+ beta * mean KL per token, as GRPO; use kl_estimator=k3); ppo: reward only"
+        },
+    )
+    grpo_scale_std: bool = field(
+        default=True, metadata={"help": "grpo: divide by the group's std (false: only subtract its mean, Dr. GRPO)"}
+    )
+
     # -- reward and KL ---------------------------------------------------------------------------
     init_kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient (beta) at the start"})
     kl_target: float | None = field(
@@ -186,6 +211,13 @@ class PPOConfig:
     def minibatches_per_epoch(self) -> int:
         return self.num_rollouts // self.minibatch_size
 
+    @property
+    def k(self) -> int:
+        """Samples per prompt: ``samples_per_prompt``, or 1 for ppo and 4 for rloo/grpo when it is None."""
+        if self.samples_per_prompt is not None:
+            return self.samples_per_prompt
+        return 1 if self.algorithm == "ppo" else 4
+
     def validate(self) -> None:
         check_ranges(
             self, "ppo", positive=("lr", "adam_eps", "cliprange", "cliprange_value", "cliprange_reward"),
@@ -233,3 +265,30 @@ class PPOConfig:
             raise ConfigError("ppo.kl_loss_coef and ppo.ent_coef must be >= 0.", "use 0 to turn them off.")
         if len(self.adam_betas) != 2:
             raise ConfigError("ppo.adam_betas must hold two numbers.", "e.g. [0.9, 0.95].")
+        self._validate_learner()
+
+    def _validate_learner(self) -> None:
+        if self.samples_per_prompt is not None and self.samples_per_prompt < 1:
+            raise ConfigError(
+                f"ppo.samples_per_prompt={self.samples_per_prompt} must be >= 1.", "set it to e.g. 4, or null."
+            )
+        if self.algorithm == "rloo" and self.k < 2:
+            raise ConfigError(
+                f"ppo.algorithm=rloo with ppo.samples_per_prompt={self.k} has no leave-one-out baseline.",
+                "set ppo.samples_per_prompt to 2 or more (e.g. 4).",
+            )
+        if self.algorithm == "grpo" and self.k < 2:
+            raise ConfigError(
+                f"ppo.algorithm=grpo with ppo.samples_per_prompt={self.k} gives every sample advantage 0.",
+                "set ppo.samples_per_prompt to 2 or more (e.g. 4).",
+            )
+        if self.num_rollouts % self.k:
+            raise ConfigError(
+                f"ppo.num_rollouts={self.num_rollouts} is not a multiple of ppo.samples_per_prompt={self.k}.",
+                "make num_rollouts a multiple of samples_per_prompt (num_rollouts / k prompts per step).",
+            )
+        if self.algorithm == "ppo" and self.kl_penalty == "loss":
+            raise ConfigError(
+                "ppo.kl_penalty=loss is for algorithm=rloo or grpo; PPO keeps the KL in the reward.",
+                "set ppo.kl_penalty=reward, or use ppo.kl_loss_coef for PPO's exact KL in the loss.",
+            )

@@ -151,7 +151,7 @@ def run_stage(
         prompts = default_train if prompts is None else prompts
         eval_prompts = default_eval if eval_prompts is None else eval_prompts
     # 3. train
-    run_id = run_id or new_run_id("ppo-")
+    run_id = run_id or new_run_id(f"{cfg.algorithm}-")  # ppo-, rloo-, grpo-
     from accelerate import PartialState
 
     if work_dir is None:

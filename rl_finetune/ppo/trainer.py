@@ -8,6 +8,8 @@ One iteration, :meth:`PPOTrainer.train_step`, is a list of named calls:
   4. ``advantages``: GAE advantages and returns; advantages whitened
   5. ``optimise``: ``ppo_epochs`` passes of :func:`core.ppo_loss` over minibatches (early stop on approx-KL)
   6. ``update_kl_controller``: the KL controller moves kl_coef
+With ``algorithm=rloo|grpo`` (k samples per prompt), phases 3-5 call :mod:`critic_free` instead: one reward per
+sample, RLOO/GRPO advantages, and the clipped surrogate without a value loss (docs/ppo.md, "Other learners");
 then :func:`report.step_metrics` turns the step into a metrics row. :meth:`PPOTrainer.run` adds eval,
 checkpoints and reports around the steps.
 
@@ -36,7 +38,7 @@ from base_policy.sampling import Bf16Weights
 from common.config import to_dict
 from common.errors import UserError
 from rl_finetune.hydra import FrozenTrunk
-from rl_finetune.ppo import checkpoint, core
+from rl_finetune.ppo import checkpoint, core, critic_free
 from rl_finetune.ppo.config import PPOConfig
 from rl_finetune.ppo.distributed import any_process, make_accelerator, mean_of, mean_over_processes, optimiser_step
 from rl_finetune.ppo.evaluate import Evaluator
@@ -176,7 +178,8 @@ class PPOTrainer:
         self.before: list[dict] = []
         if acc.is_main_process:
             log.info(
-                "PPO: %d prompts, %d eval prompts, %d trainable parameters, %d process(es), %d thread(s), %s",
+                "%s: %d prompts, %d eval prompts, %d trainable parameters, %d process(es), %d thread(s), %s",
+                cfg.algorithm.upper(),
                 len(prompts),
                 len(self.eval_prompts),
                 self.n_trainable,
@@ -204,6 +207,8 @@ class PPOTrainer:
             update_stats = self.optimise(rollout, old, advantages, returns, step)  # 5.
         kl_mean = self.update_kl_controller(kl)  # 6.
         stats = {**rollout_stats(old, returns, rollout.mask.float()), **update_stats}
+        if cfg.algorithm != "ppo":  # no value head to report on
+            stats = {k: v for k, v in stats.items() if k not in ("value_mean", "explained_variance")}
         scores, stats = acc.gather(rollout.scores), mean_over_processes(acc, stats)
         return step_metrics(step, scores, kl_mean, kl_coef, stats, timer, cfg.num_rollouts * acc.num_processes)
 
@@ -211,7 +216,8 @@ class PPOTrainer:
     def rollout(self, step: int, timer: Timer) -> Rollout:
         """``num_rollouts`` prompts of the stream (this step's share), their responses and scores."""
         gen = seeded(self.cfg.seed * 1_000_003 + step * 7919 + self.accelerator.process_index)
-        idx = self.stream.take(step, self.cfg.num_rollouts)
+        idx = self.stream.take(step, self.cfg.num_rollouts // self.cfg.k)
+        idx = critic_free.repeat_each(idx, self.cfg.k)  # k samples per prompt, side by side (k = 1 for PPO)
         tokens, texts = [self.stream.tokens[i] for i in idx], [self.stream.texts[i] for i in idx]
         batches = self.sampler(self.unwrapped, tokens, texts, gen, f"step {step}, rollout", timer)
         return join_rollouts(list(batches), self.pad_id)
@@ -288,10 +294,17 @@ class PPOTrainer:
         std, whiten = (self.moments.std if cfg.scale_reward == "running" else None), cfg.scale_reward == "whiten"
         scores = core.scale_and_clip_scores(rollout.scores, cfg.cliprange_reward, std=std, whiten_batch=whiten)
         mask = rollout.mask.float()
+        if cfg.algorithm != "ppo":  # one reward per sample (B,), the KL in it or (kl_penalty=loss) in the loss
+            kl_coef = kl_coef if cfg.kl_penalty == "reward" else 0.0
+            return critic_free.sequence_rewards(scores, old.logprobs, old.ref_logprobs, mask, kl_coef, cfg.kl_estimator)
         return core.compute_rewards(scores, old.logprobs, old.ref_logprobs, mask, kl_coef, cfg.kl_estimator)
 
     def advantages(self, old: LogprobsAndValues, rewards: torch.Tensor, mask: torch.Tensor):
-        """GAE advantages (whitened with ``whiten_advantages``) and returns, (B, R) each."""
+        """GAE advantages (whitened with ``whiten_advantages``) and returns, (B, R) each; for rloo/grpo the
+        critic-free advantages of the sequence rewards (never whitened) and those rewards as the returns."""
+        if self.cfg.algorithm != "ppo":  # RLOO / GRPO over the k samples of each prompt, on every response token
+            adv = critic_free.advantages(rewards, self.cfg.k, self.cfg.algorithm, self.cfg.grpo_scale_std)
+            return critic_free.token_advantages(adv, mask), critic_free.token_advantages(rewards, mask)
         advantages, returns = core.gae(old.values, rewards, mask, self.cfg.gamma, self.cfg.lam)
         return (core.whiten(advantages, mask) if self.cfg.whiten_advantages else advantages), returns
 
@@ -310,15 +323,33 @@ class PPOTrainer:
                 mb = mb.to(acc.device)
                 logits, values = self.policy_forward(rollout, mb)
                 o = old[mb]
-                loss, stats = core.ppo_loss(
-                    logits, values, rollout.response[mb], o.logprobs, o.values, advantages[mb], returns[mb], mask[mb],
-                    ref_logp_full=o.ref_logp_full, **coefs,
-                )  # fmt: skip
+                if cfg.algorithm != "ppo":
+                    loss, stats = self.critic_free_loss(
+                        logits, values, rollout.response[mb], o, advantages[mb], mask[mb]
+                    )
+                else:
+                    loss, stats = core.ppo_loss(
+                        logits, values, rollout.response[mb], o.logprobs, o.values, advantages[mb], returns[mb],
+                        mask[mb], ref_logp_full=o.ref_logp_full, **coefs,
+                    )  # fmt: skip
                 grad_norm = optimiser_step(acc, self.opt, self.params, loss, cfg.max_grad_norm)
                 rows.append({**{k: v.item() for k, v in stats.items()}, **grad_norm})
                 if limit is not None and mean_of(acc, stats["approx_kl"]) > limit:
                     return {**mean_rows(rows), "ppo_updates": float(len(rows)), "early_stopped": 1.0}
         return {**mean_rows(rows), "ppo_updates": float(len(rows)), "early_stopped": 0.0}
+
+    def critic_free_loss(self, logits, values, tokens, old: LogprobsAndValues, advantages, mask):
+        """RLOO/GRPO's loss on a minibatch (:func:`critic_free.policy_gradient_loss`): no value loss; with
+        ``kl_penalty=loss`` the KL (``kl_estimator``, the KL controller's coefficient) is a loss term."""
+        cfg = self.cfg
+        loss, stats = critic_free.policy_gradient_loss(
+            logits, tokens, old.logprobs, advantages, mask, temperature=cfg.gen_kwargs.temperature,
+            cliprange=cfg.cliprange, ent_coef=cfg.ent_coef, kl_coef=self.kl_ctl.value if cfg.kl_penalty == "loss" else 0.0,
+            ref_logprobs=old.ref_logprobs, kl_estimator=cfg.kl_estimator, kl_loss_coef=cfg.kl_loss_coef,
+            ref_logp_full=old.ref_logp_full,
+        )  # fmt: skip
+        # the unused value head stays in the graph with a zero gradient (DDP wants a gradient for every parameter)
+        return loss + 0.0 * values.float().sum(), stats
 
     # ------------------------------------------------------------------ 6. KL controller
     def update_kl_controller(self, kl: torch.Tensor) -> float:

@@ -1,0 +1,12 @@
+"""``python -m rl_finetune analyse BASE TUNED``: what RL fine-tuning changed inside a causal LM.
+
+An automated form of EleutherAI's exploratory analysis of trlx's sentiment run, through forward
+hooks on plain ``transformers`` models (GPT-2 and the Llama family), each model measured with its
+own activations, final norm and unembedding. Modules: ``hooks`` (model parts, recording and
+patching), ``measures`` (logit lens, direct logit attribution, patching, weight change, statistics),
+``figures`` (PNGs), ``report`` (markdown) and ``cli``. docs/analysis.md describes the report.
+"""
+
+from rl_finetune.analysis.report import analyse
+
+__all__ = ["analyse"]
