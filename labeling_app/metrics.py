@@ -42,6 +42,31 @@ def per_labeller(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols).sort_values("judgements", ascending=False, ignore_index=True)
 
 
+def labeller_reliability(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each labeller's Dawid–Skene accuracy from the items they share with others (skips left out).
+
+    ``reliability`` is text: the estimated accuracy to two decimals, or "unknown" for a labeller
+    with no good/bad judgement on an item someone else also judged (see ``reward_training.reliability``).
+    """
+    from reward_training.reliability import dawid_skene  # numpy only: no torch in the app
+
+    cols = ["labeller", "shared_items", "reliability"]
+    if frame.empty:
+        return pd.DataFrame(columns=cols)
+    rel = dawid_skene(zip(frame["completion_id"], frame["labeler"], frame["label"]))
+    rows = [
+        {
+            "labeller": name,
+            "shared_items": rel.labellers[name].n_shared if name in rel.labellers else 0,
+            "reliability": "unknown"
+            if name not in rel.labellers or rel.labellers[name].accuracy is None
+            else f"{rel.labellers[name].accuracy:.2f}",
+        }
+        for name in sorted(frame["labeler"].unique())
+    ]
+    return pd.DataFrame(rows, columns=cols)
+
+
 def labels_over_time(frame: pd.DataFrame, bins: int = 60) -> pd.DataFrame:
     """Cumulative judgements per labeller over time (one column per labeller), for a line chart.
 

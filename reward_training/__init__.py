@@ -5,6 +5,9 @@
 - ``reward_model(strings, path=None) -> dict[str, float]``: the course's API, P(good) per string.
 - ``score_completions(engine, path)``: P(good) of unlabelled completions into the database.
 
+``reward_training.config``, ``reward_training.evaluate`` (numpy metrics) and ``reward_training.reliability``
+(Dawid–Skene labeller reliability, numpy only) may be imported by other stages too.
+
 Imports are lazy so ``import reward_training`` stays cheap.
 """
 

@@ -78,9 +78,12 @@ class RewardConfig:
     )
 
     # --- human phase
-    combine: Literal["majority", "soft"] = field(
+    combine: Literal["majority", "soft", "reliability"] = field(
         default="majority",
-        metadata={"help": "several labellers on one item: majority vote (ties dropped) or soft label = fraction good"},
+        metadata={
+            "help": "several labellers on one item: majority vote (ties dropped), soft label = fraction good, "
+            "or reliability = soft label = Dawid-Skene posterior P(good), labellers weighted by estimated reliability"
+        },
     )
     heldout_fraction: float = field(
         default=0.2,

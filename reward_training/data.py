@@ -134,10 +134,28 @@ def human_examples(records: Iterable[Any]) -> list[Example]:
     return out
 
 
+def reliability_examples(records: Iterable[Any], judgements: Iterable[dict]) -> list[Example]:
+    """``combine: reliability``: the records (as for :func:`human_examples`) with their label replaced
+    by the Dawid–Skene posterior P(good) from ``judgements`` (``db.judgement_rows``-like dicts with
+    ``completion_id``, ``labeler``, ``label``); see ``reward_training.reliability``."""
+    from reward_training.reliability import dawid_skene
+
+    post = dawid_skene((j["completion_id"], j["labeler"], j["label"]) for j in judgements).posterior
+    out = []
+    for r in records:
+        get = r.get if isinstance(r, dict) else (lambda k, _r=r: getattr(_r, k, None))
+        cid = get("completion_id")
+        if cid in post:
+            out.append({"completion_id": cid, "text": get("text"), "label": post[cid]})
+    return human_examples(out)
+
+
 def load_human_examples(engine, combine: str = "majority") -> list[Example]:
     """The combined human judgements from the database (skips excluded, text = ``db.shown_text``)."""
     import db
 
+    if combine == "reliability":
+        return reliability_examples(db.labelled_dataset(engine, combine="soft"), db.judgement_rows(engine))
     return human_examples(db.labelled_dataset(engine, combine=combine))
 
 

@@ -260,6 +260,26 @@ def test_stats_page_with_data(smoke_env):
     assert list(frames[2]["accuracy"]) == [0.7, 0.8]
 
 
+def test_stats_page_shows_labeller_reliability(smoke_env):
+    url = smoke_env["db_url"]
+    ids = seed(url, 7)
+    engine = db.connect(url)
+    for name, wrong in (("ann", set()), ("ben", {0}), ("cat", {1, 2, 3})):
+        who = db.get_or_create_labeler(engine, name)
+        for i, cid in enumerate(ids[:6]):
+            label = "good" if (i % 2 == 0) != (i in wrong) else "bad"
+            db.record_judgement(engine, labeler_id=who, completion_id=cid, label=label, seconds=1.0)
+    solo = db.get_or_create_labeler(engine, "dan")  # labels an item nobody else sees
+    db.record_judgement(engine, labeler_id=solo, completion_id=ids[6], label="good", seconds=1.0)
+    at = start()
+    at.switch_page("views/stats.py").run()
+    assert not at.exception, at.exception
+    per = at.dataframe[0].value.set_index("labeller")
+    assert per.loc["dan", "reliability"] == "unknown"
+    acc = {n: float(per.loc[n, "reliability"]) for n in ("ann", "ben", "cat")}
+    assert acc["ann"] > acc["ben"] > acc["cat"], acc
+
+
 def test_data_page_exports_and_imports(smoke_env):
     url = smoke_env["db_url"]
     seed(url, 2)

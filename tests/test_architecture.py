@@ -33,7 +33,12 @@ STAGE_API = {
         "base_policy.sampling",
     },
     "labeling_app": {"labeling_app", "labeling_app.config", "labeling_app.simulate"},
-    "reward_training": {"reward_training", "reward_training.config", "reward_training.evaluate"},
+    "reward_training": {
+        "reward_training",
+        "reward_training.config",
+        "reward_training.evaluate",
+        "reward_training.reliability",
+    },
     "rl_finetune": {"rl_finetune", "rl_finetune.ppo", "rl_finetune.ppo.config", "rl_finetune.ppo.core"},
 }
 

@@ -558,3 +558,27 @@ def test_validation_split_comes_from_the_training_labels(tiny_reward_dir):
     assert not {e.group for e in fit_part} & {e.group for e in val} and {e.label for e in val} == {0.0, 1.0}
     assert split_validation(exs, tiny_cfg(tiny_reward_dir, val_fraction=0.0)) == (exs, [])
     assert split_validation(exs[:10], cfg) == (exs[:10], [])  # too few to set any aside
+
+
+def test_combine_reliability_trains_from_db_on_posterior_soft_labels(smoke_env, tiny_reward_dir):
+    import db
+    from reward_training.__main__ import main
+
+    engine = db.connect()
+    recs = banana_records(40)
+    prompts = [" ".join(r["text"].split()[:3]) for r in recs]
+    ids = db.add_completions(
+        engine, [db.NewCompletion(prompt=p, text=r["text"][len(p) :]) for p, r in zip(prompts, recs)]
+    )
+    for name, wrong in (("ann", set()), ("ben", {4}), ("cat", set(range(0, 40, 3)))):
+        who = db.get_or_create_labeler(engine, name)
+        for i, (cid, r) in enumerate(zip(ids, recs)):
+            good = bool(r["label"]) != (i in wrong)
+            db.record_judgement(engine, labeler_id=who, completion_id=cid, label="good" if good else "bad")
+    ex = D.load_human_examples(engine, "reliability")
+    assert len(ex) == 40 and all(0 < e.label < 1 for e in ex)
+    assert all((e.label > 0.5) == bool(r["label"]) for e, r in zip(ex, recs))  # ann and ben outvote cat
+    sets = ["backbone=" + str(tiny_reward_dir), "human_epochs=1", "bf16=false", "plots=false", "combine=reliability"]
+    assert main(["--no-progress", "--run-id", "rel1", *[a for s in sets for a in ("--set", s)]]) == 0
+    m = json.loads((smoke_env["artifacts"] / "reward_models" / "rel1" / "metrics.json").read_text())
+    assert m["combine"] == "reliability" and m["counts"]["human_total"]["n"] == 40

@@ -26,13 +26,16 @@ if frame.empty:
 
 st.markdown("#### Per labeller")
 st.dataframe(
-    metrics.per_labeller(frame),
+    metrics.per_labeller(frame).merge(metrics.labeller_reliability(frame)[["labeller", "reliability"]], how="left"),
     hide_index=True,
     width="stretch",
     column_config={
         "good_rate": st.column_config.NumberColumn("good rate", format="%.2f"),
         "labels_per_hour": st.column_config.NumberColumn("labels / hour"),
         "median_seconds": st.column_config.NumberColumn("median s / item"),
+        "reliability": st.column_config.TextColumn(
+            "reliability", help="Dawid-Skene accuracy on shared items; unknown without overlap"
+        ),
     },
 )
 
