@@ -21,6 +21,15 @@ REPO = Path(__file__).resolve().parent.parent
 NASTY = "<script>document.title='pwned'</script> **bold** [link](http://x)"
 
 
+def _app_env(url: str, tmp_path: Path, profile: Path | None = None) -> dict[str, str]:
+    """The app's environment: this database, the smoke profile (or ``profile``), artefacts under ``tmp_path``."""
+    return {
+        "RLHF_DB_URL": url,
+        "RLHF_CONFIG": str(profile or REPO / "configs" / "smoke.yaml"),
+        "RLHF_ARTIFACTS": str(tmp_path / "artifacts"),
+    }
+
+
 def _seed(url: str, n: int) -> list[int]:
     import db
 
@@ -40,11 +49,7 @@ def test_label_20_items_with_the_keyboard_and_undo_one(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'feedback.sqlite'}"
     _seed(url, 25)
-    env = {
-        "RLHF_DB_URL": url,
-        "RLHF_CONFIG": str(REPO / "configs" / "smoke.yaml"),
-        "RLHF_ARTIFACTS": str(tmp_path / "artifacts"),
-    }
+    env = _app_env(url, tmp_path)
     keys = {"g": "good", "b": "bad", "s": "skip"}
     pressed: list[tuple[int, str]] = []
     with harness.running_app(env, log_path=tmp_path / "streamlit.log") as base, harness.chromium_page() as page:
@@ -94,11 +99,7 @@ def _settle(page, seconds: float = 1.0) -> int | None:
 def test_held_and_rapid_keys_do_exactly_what_the_labeller_saw(tmp_path):
     url = f"sqlite:///{tmp_path / 'feedback.sqlite'}"
     _seed(url, 30)
-    env = {
-        "RLHF_DB_URL": url,
-        "RLHF_CONFIG": str(REPO / "configs" / "smoke.yaml"),
-        "RLHF_ARTIFACTS": str(tmp_path / "artifacts"),
-    }
+    env = _app_env(url, tmp_path)
     with harness.running_app(env, log_path=tmp_path / "streamlit.log") as base, harness.chromium_page() as page:
         harness.sign_in(page, base, "holder")
         first = _settle(page)
@@ -160,11 +161,7 @@ def test_the_lease_is_renewed_while_shown_and_freed_when_the_tab_closes(tmp_path
 
     url = f"sqlite:///{tmp_path / 'feedback.sqlite'}"
     _seed(url, 3)
-    env = {
-        "RLHF_DB_URL": url,
-        "RLHF_CONFIG": str(_profile(tmp_path, lease_seconds=9)),
-        "RLHF_ARTIFACTS": str(tmp_path / "artifacts"),
-    }
+    env = _app_env(url, tmp_path, _profile(tmp_path, lease_seconds=9))
     engine = db.connect(url)
     ben = db.get_or_create_labeler(engine, "ben")
     with harness.running_app(env, log_path=tmp_path / "streamlit.log") as base, harness.chromium_page() as page:
@@ -187,11 +184,7 @@ def test_the_lease_is_renewed_while_shown_and_freed_when_the_tab_closes(tmp_path
 def test_a_comment_typed_then_a_click_on_good_is_stored_with_it(tmp_path):
     url = f"sqlite:///{tmp_path / 'feedback.sqlite'}"
     _seed(url, 4)
-    env = {
-        "RLHF_DB_URL": url,
-        "RLHF_CONFIG": str(REPO / "configs" / "smoke.yaml"),
-        "RLHF_ARTIFACTS": str(tmp_path / "artifacts"),
-    }
+    env = _app_env(url, tmp_path)
     import db
 
     with harness.running_app(env, log_path=tmp_path / "streamlit.log") as base, harness.chromium_page() as page:
@@ -226,11 +219,7 @@ def test_the_first_key_after_a_page_load_counts_and_a_too_quick_one_says_so(tmp_
 
     url = f"sqlite:///{tmp_path / 'feedback.sqlite'}"
     _seed(url, 12)
-    env = {
-        "RLHF_DB_URL": url,
-        "RLHF_CONFIG": str(REPO / "configs" / "smoke.yaml"),
-        "RLHF_ARTIFACTS": str(tmp_path / "artifacts"),
-    }
+    env = _app_env(url, tmp_path)
     judged = []
     with harness.running_app(env, log_path=tmp_path / "streamlit.log") as base, harness.chromium_page() as page:
         harness.sign_in(page, base, "reloader")
