@@ -155,3 +155,76 @@ class Lease(Base):
     labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"))
     session_key: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairwise comparisons (migration 0005): two completions of one prompt, and who preferred which.
+
+CHOICES = ("a", "b", "tie", "skip")
+SIDES = ("a", "b")
+
+
+class Comparison(Base):
+    """Two completions of the same prompt to be compared (the queue's item in pairwise mode).
+
+    ``a_id < b_id`` always, so one pair is one row whichever order it was proposed in; which one
+    a labeller saw on the left is recorded per judgement (``PairJudgement.left``)."""
+
+    __tablename__ = "comparisons"
+    __table_args__ = (
+        UniqueConstraint("a_id", "b_id", name="uq_comparisons_a_b"),
+        CheckConstraint("a_id < b_id", name="ordered"),
+        Index("ix_comparisons_n_labels_id", "n_labels", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    a_id: Mapped[int] = mapped_column(ForeignKey("completions.id", ondelete="CASCADE"), index=True)
+    b_id: Mapped[int] = mapped_column(ForeignKey("completions.id", ondelete="CASCADE"), index=True)
+    # How the pair was made: "same_policy" (two samples of one version) or "versions" (two versions).
+    source: Mapped[str] = mapped_column(String(32), default="same_policy")
+    # Non-skip pair judgements on this comparison, kept in step by the writes (like completions.n_labels).
+    n_labels: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    a: Mapped[Completion] = relationship(foreign_keys=[a_id], lazy="joined")
+    b: Mapped[Completion] = relationship(foreign_keys=[b_id], lazy="joined")
+
+
+class PairJudgement(Base):
+    """One labeller's choice on one comparison: ``a``, ``b``, ``tie`` or ``skip`` (re-labelling updates it).
+
+    ``left`` is the completion ("a" or "b") the labeller saw on the left, chosen at random per
+    item, so the share of "left" wins measures position bias."""
+
+    __tablename__ = "pair_judgements"
+    __table_args__ = (
+        UniqueConstraint("comparison_id", "labeler_id", name="uq_pair_judgements_comparison_labeler"),
+        CheckConstraint("choice IN ('a', 'b', 'tie', 'skip')", name="choice"),
+        CheckConstraint("left_side IN ('a', 'b')", name="left_side"),
+        Index("ix_pair_judgements_labeler_updated", "labeler_id", "updated_at"),
+        Index("ix_pair_judgements_labeler_session", "labeler_id", "session_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"))
+    choice: Mapped[str] = mapped_column(String(8))
+    left_side: Mapped[str] = mapped_column(String(1))
+    seconds: Mapped[float | None] = mapped_column(Float)
+    session_key: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class PairLease(Base):
+    """Who is comparing what right now: one comparison per (labeller, browser session), until ``expires_at``."""
+
+    __tablename__ = "pair_leases"
+    __table_args__ = (UniqueConstraint("labeler_id", "session_key", name="uq_pair_leases_labeler_session"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"), index=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"))
+    session_key: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
