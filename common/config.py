@@ -35,7 +35,7 @@ from common.paths import profile_path
 T = TypeVar("T")
 
 #: The sections a profile may hold, one per stage (plus ``data``, shared by all).
-SECTIONS = ("data", "pretrain", "generate", "label", "reward", "ppo", "demo")
+SECTIONS = ("data", "pretrain", "generate", "label", "reward", "ppo", "dpo", "kto", "compare", "tracking", "demo")
 
 
 def read_profile(path: Path | str | None = None) -> dict[str, Any]:
