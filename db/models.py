@@ -112,6 +112,8 @@ class Completion(Base):
     # Probability of "good" under a reward model, for "uncertain first" ordering.
     reward_score: Mapped[float | None] = mapped_column(Float)
     reward_model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    # The ensemble's spread (std of P(good) across members; migration 0006), for "uncertain first".
+    reward_spread: Mapped[float | None] = mapped_column(Float)
     # Good/bad judgements on this completion (skips excluded), kept in step by record_judgement/undo_last.
     n_labels: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
