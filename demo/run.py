@@ -273,6 +273,35 @@ def run_ppo(
     return stage.result, stage.folder
 
 
+def label_ledger(rounds: list[dict]) -> list[dict]:
+    """The labelling budget ledger: per round, the labels it cost and the gold it bought.
+
+    ``gold_gain`` is the round's PPO gold positive rate after minus before (on the same held-out
+    prompts), and ``points_per_100`` that gain in percentage points per 100 of the round's recorded labels; the reward
+    model's held-out accuracy (when measured) shows what the labels taught it. A round whose gain per
+    100 labels falls towards zero says more labels of the same kind are no longer worth it."""
+    rows, total = [], 0
+    for x in rounds:
+        n = int(x["labels"]["n_recorded"])
+        total += n
+        s = x["ppo"]["summary"]
+        before, after = s.get("eval/gold_before"), s.get("eval/gold_after")
+        gain = after - before if before is not None and after is not None else None
+        rows.append(
+            {
+                "round": x["round"],
+                "labels": n,
+                "labels_total": total,
+                "gold_before": before,
+                "gold_after": after,
+                "gold_gain": gain,
+                "points_per_100": 100 * gain / n * 100 if gain is not None and n else None,
+                "rm_accuracy": (x["reward_model"].get("model/human_heldout") or {}).get("accuracy"),
+            }
+        )
+    return rows
+
+
 def rescore(samples: list[dict], gold_fn, prob_fn) -> dict:
     import db
 
@@ -395,6 +424,7 @@ def run(profile: Profile, *, run_id: str | None = None, progress: bool = True, e
         report["after"] = rescore(after_samples, gold.score, prob_fn)
         report["fluency"] = fluency(profile, base, before_samples, after_samples)
         report["kl"] = {f"round {x['round']}": x["ppo"]["summary"].get("eval/kl_after") for x in report["rounds"]}
+        report["ledger"] = label_ledger(report["rounds"])
         report["samples"] = [
             {
                 "prompt": b["prompt"],
@@ -586,6 +616,26 @@ def report_markdown(report: dict) -> str:
             f"{_fmt(s.get('eval/p_good_before'))} -> {_fmt(s.get('eval/p_good_after'))}, gold {_fmt(s.get('eval/gold_before'))} -> "
             f"{_fmt(s.get('eval/gold_after'))}, KL to the start policy {_fmt(s.get('eval/kl_after'))} nats, "
             f"distinct-2 {_fmt(s.get('eval/distinct_2_before'))} -> {_fmt(s.get('eval/distinct_2_after'))}",
+            "",
+        ]
+    if report.get("ledger"):
+        lines += [
+            "## Labels and what they bought (the budget ledger)",
+            "",
+            "| round | labels | labels so far | reward model held-out accuracy | gold before PPO | gold after | "
+            "gold gain per 100 labels (points) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['round']} | {r['labels']} | {r['labels_total']} | {_fmt(r['rm_accuracy'])} | {_fmt(r['gold_before'])} "
+            f"| {_fmt(r['gold_after'])} | {_fmt(r['points_per_100'], 2)} |"
+            for r in report["ledger"]
+        ]
+        lines += [
+            "",
+            "Gold is the gold judge's positive rate on the held-out prompts; each round's gain is its PPO run's "
+            "after minus before. When the gain per 100 labels falls towards zero, more labels of this kind "
+            "no longer pay.",
             "",
         ]
     if report.get("overoptimization"):

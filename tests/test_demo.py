@@ -102,6 +102,24 @@ def test_reward_accuracy_line_shows_the_difference_with_its_interval():
     assert _acc_line(older) == "human_heldout: accuracy 0.780 (TF-IDF 0.720, n=1000)"
 
 
+def test_label_ledger_gives_each_rounds_gold_gain_per_100_labels():
+    from demo.run import label_ledger
+
+    def rnd(r, n, before, after, acc):
+        return {
+            "round": r,
+            "labels": {"n_recorded": n},
+            "ppo": {"summary": {"eval/gold_before": before, "eval/gold_after": after}},
+            "reward_model": {"model/human_heldout": {"accuracy": acc}},
+        }
+
+    rows = label_ledger([rnd(1, 200, 0.30, 0.50, 0.7), rnd(2, 400, 0.50, 0.58, 0.8), rnd(3, 100, None, 0.6, None)])
+    assert [r["labels_total"] for r in rows] == [200, 600, 700]
+    assert rows[0]["points_per_100"] == pytest.approx(10.0) and rows[1]["points_per_100"] == pytest.approx(2.0)
+    assert rows[1]["rm_accuracy"] == 0.8
+    assert rows[2]["gold_gain"] is None and rows[2]["points_per_100"] is None and rows[2]["rm_accuracy"] is None
+
+
 def test_smoke_demo_end_to_end(smoke_env, tiny_policy_dir, tiny_reward_dir, capsys):
     """Two rounds and the over-optimisation run on the smoke profile, from a tiny base policy with
     a tiny BERT reward backbone (`CONFIG=configs/smoke.yaml make demo` in CI covers pretraining)."""
@@ -138,6 +156,8 @@ def test_smoke_demo_end_to_end(smoke_env, tiny_policy_dir, tiny_reward_dir, caps
     assert all(report["fluency"][k] > 0 for k in ("before", "after", "real_imdb"))  # NLL per token, nats
     assert "fluency: NLL per token under the start policy" in md
     assert all(v is not None for v in report["kl"].values())
+    assert [r["round"] for r in report["ledger"]] == [1, 2] and report["ledger"][1]["labels_total"] == 120
+    assert "gold gain per 100 labels" in md
     assert report["samples"] and report["samples"][0]["before"] is not None
 
     # labels went through the db: two rounds of 60, with overlap 2 and agreement statistics
