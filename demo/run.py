@@ -31,6 +31,7 @@ import numpy as np
 from common.config import to_dict
 from common.errors import UserError
 from common.fmt import fmt_number
+from common.memory import peak_rss_mb, release_freed_memory
 from common.paths import artifacts_root, base_policy_dir, new_run_id, write_json, write_latest
 from demo.config import Profile
 
@@ -46,6 +47,7 @@ class Steps:
     def __init__(self, total: int, echo=print):
         self.total, self.n, self.echo = total, 0, echo
         self.times: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}  # the process's peak RSS after each step (which step raised it)
         self.t0 = time.perf_counter()
 
     @contextmanager
@@ -56,6 +58,8 @@ class Steps:
         yield
         dt = time.perf_counter() - t
         self.times[name] = round(self.times.get(name, 0.0) + dt, 2)
+        self.peak_mb[name] = round(peak_rss_mb())
+        release_freed_memory()  # the step's models are garbage now: give their pages back before the next
         self.echo(
             f"[{self.n}/{self.total}] {name} done in {dt:.1f} s (total {time.perf_counter() - self.t0:.1f} s)",
             flush=True,
@@ -445,6 +449,7 @@ def run(profile: Profile, *, run_id: str | None = None, progress: bool = True, e
             )
         ][: cfg.n_report_samples]
         report["timings_s"] = {**steps.times}
+        report["peak_rss_mb"] = {**steps.peak_mb, "report": round(peak_rss_mb())}
         report["total_seconds"] = round(steps.elapsed, 1)
         report["plots"] = write_plots(report, out)
         write_json(out / "report.json", report)
@@ -662,8 +667,9 @@ def report_markdown(report: dict) -> str:
             f"| {_cell(s['after'])} | {_fmt(s['gold_after'], 2)} / {_fmt(s['rm_after'], 2)} |"
         )
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
-    lines += ["", "## Time per step (s)", "", "| step | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in report["timings_s"].items()]
+    peaks = report.get("peak_rss_mb") or {}
+    lines += ["", "## Time and memory per step", "", "| step | seconds | peak RSS so far (MiB) |", "|---|---|---|"]
+    lines += [f"| {k} | {v} | {peaks.get(k, 'n/a')} |" for k, v in report["timings_s"].items()]
     return "\n".join(lines) + "\n"
 
 
