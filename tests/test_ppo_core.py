@@ -53,6 +53,18 @@ def test_logprobs_and_temperature():
     assert close(core.entropy_from_logits(t([[[0.0, 0.0]]])), [[math.log(2)]])
 
 
+def test_chunked_logprobs_and_entropy_equal_the_plain_ones():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 5, 11, generator=g).to(torch.bfloat16)  # 7 rows: chunks of 3, 3, 1
+    tokens = torch.randint(0, 11, (7, 5), generator=g)
+    logp, ent = core.logprobs_and_entropy(logits, tokens, temperature=0.7, rows=3)
+    assert logp.dtype == ent.dtype == torch.float32
+    assert torch.allclose(logp, core.logprobs_from_logits(logits, tokens, 0.7), atol=1e-6)
+    assert torch.allclose(ent, core.entropy_from_logits(logits, 0.7), atol=1e-6)
+    only, none = core.logprobs_and_entropy(logits, tokens, 0.7, with_entropy=False)
+    assert none is None and torch.equal(only, logp)
+
+
 def test_exact_kl_over_the_vocabulary():
     # policy softmax([0, ln 3]) = [0.25, 0.75]; reference [0.5, 0.5]
     # KL = 0.25 ln(0.25/0.5) + 0.75 ln(0.75/0.5) = -0.17329 + 0.30410 = 0.13081

@@ -229,11 +229,12 @@ class PPOTrainer:
         T = self.cfg.gen_kwargs.temperature
         logits, values = self.policy_forward(rollout)
         ref_logits = self.reference_logits(rollout)
+        logprobs, entropy = core.logprobs_and_entropy(logits, rollout.response, T)  # chunked: 1/8 the memory
         return LogprobsAndValues(
-            logprobs=core.logprobs_from_logits(logits, rollout.response, T),
+            logprobs=logprobs,
             values=values.float(),
-            entropy=core.entropy_from_logits(logits, T),
-            ref_logprobs=core.logprobs_from_logits(ref_logits, rollout.response, T),
+            entropy=entropy,
+            ref_logprobs=core.logprobs_and_entropy(ref_logits, rollout.response, T, with_entropy=False)[0],
             # the reference's full next-token distributions, for the exact KL in the loss
             ref_logp_full=torch.log_softmax(ref_logits.float() / T, dim=-1) if self.cfg.kl_loss_coef else None,
         )
