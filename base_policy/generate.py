@@ -261,6 +261,13 @@ def _cached_policy(spec: str):
         return _MODEL_CACHE[key]
 
 
+def release_cached_policies() -> None:
+    """Forget the policy :func:`fill_queue` keeps loaded (the app's refills reuse it): a run that goes
+    on to train (the demo) calls this, so the generation model's 0.5 GB is not held through PPO."""
+    with _CACHE_LOCK:
+        _MODEL_CACHE.clear()
+
+
 def fill_queue(
     engine,
     policy_path: str | Path | None,

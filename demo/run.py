@@ -31,7 +31,7 @@ import numpy as np
 from common.config import to_dict
 from common.errors import UserError
 from common.fmt import fmt_number
-from common.memory import peak_rss_mb, release_freed_memory
+from common.memory import current_rss_mb, peak_rss_mb, release_freed_memory
 from common.paths import artifacts_root, base_policy_dir, new_run_id, write_json, write_latest
 from demo.config import Profile
 
@@ -48,6 +48,7 @@ class Steps:
         self.total, self.n, self.echo = total, 0, echo
         self.times: dict[str, float] = {}
         self.peak_mb: dict[str, float] = {}  # the process's peak RSS after each step (which step raised it)
+        self.held_mb: dict[str, float] = {}  # RSS still held after the step (what the next step starts from)
         self.t0 = time.perf_counter()
 
     @contextmanager
@@ -60,6 +61,9 @@ class Steps:
         self.times[name] = round(self.times.get(name, 0.0) + dt, 2)
         self.peak_mb[name] = round(peak_rss_mb())
         release_freed_memory()  # the step's models are garbage now: give their pages back before the next
+        held = current_rss_mb()
+        if held is not None:
+            self.held_mb[name] = round(held)
         self.echo(
             f"[{self.n}/{self.total}] {name} done in {dt:.1f} s (total {time.perf_counter() - self.t0:.1f} s)",
             flush=True,
@@ -197,13 +201,16 @@ def fluency(profile: Profile, base: str, before: list[dict], after: list[dict]) 
 
 
 def generate_for_labelling(profile: Profile, engine, policy: str, round_no: int) -> int:
-    from base_policy.generate import fill_queue
+    from base_policy.generate import fill_queue, release_cached_policies
 
     cfg = profile.demo
     gcfg = dataclasses.replace(profile.generate, seed=cfg.seed + round_no)
     n = cfg.completions_per_round
     prompts = prompts_for(profile, "train", math.ceil(n / gcfg.completions_per_prompt), seed=cfg.seed + 1000 * round_no)
-    return fill_queue(engine, policy, n, gcfg, prompts=prompts)
+    try:
+        return fill_queue(engine, policy, n, gcfg, prompts=prompts)
+    finally:
+        release_cached_policies()  # the reward model and PPO come next: do not hold the generation model
 
 
 def train_reward_model(profile: Profile, engine, run_id: str, *, progress: bool) -> tuple[Path, dict]:
@@ -450,6 +457,7 @@ def run(profile: Profile, *, run_id: str | None = None, progress: bool = True, e
         ][: cfg.n_report_samples]
         report["timings_s"] = {**steps.times}
         report["peak_rss_mb"] = {**steps.peak_mb, "report": round(peak_rss_mb())}
+        report["held_rss_mb"] = {**steps.held_mb}
         report["total_seconds"] = round(steps.elapsed, 1)
         report["plots"] = write_plots(report, out)
         write_json(out / "report.json", report)
@@ -667,9 +675,15 @@ def report_markdown(report: dict) -> str:
             f"| {_cell(s['after'])} | {_fmt(s['gold_after'], 2)} / {_fmt(s['rm_after'], 2)} |"
         )
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
-    peaks = report.get("peak_rss_mb") or {}
-    lines += ["", "## Time and memory per step", "", "| step | seconds | peak RSS so far (MiB) |", "|---|---|---|"]
-    lines += [f"| {k} | {v} | {peaks.get(k, 'n/a')} |" for k, v in report["timings_s"].items()]
+    peaks, held = report.get("peak_rss_mb") or {}, report.get("held_rss_mb") or {}
+    lines += [
+        "",
+        "## Time and memory per step",
+        "",
+        "| step | seconds | peak RSS so far (MiB) | RSS held after it (MiB) |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {k} | {v} | {peaks.get(k, 'n/a')} | {held.get(k, 'n/a')} |" for k, v in report["timings_s"].items()]
     return "\n".join(lines) + "\n"
 
 

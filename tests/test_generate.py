@@ -143,6 +143,23 @@ def test_fill_queue_writes_completions_with_version_and_params(smoke_env, tiny_p
     assert ensure_registered(engine, tiny_policy_dir) == version
 
 
+def test_the_cached_generation_policy_can_be_released(smoke_env, tiny_policy_dir):
+    import gc
+    import weakref
+
+    from base_policy import generate
+
+    engine = db.connect(smoke_env["db_url"])
+    cfg = GenerateConfig(completions_per_prompt=1, prompts_per_batch=1, max_new_tokens=2, seed=0)
+    assert fill_queue(engine, tiny_policy_dir, 1, cfg, prompts=["A film"]) == 1
+    ((model, _tok),) = generate._MODEL_CACHE.values()  # kept for the app's next refill
+    alive = weakref.ref(model)
+    del model
+    generate.release_cached_policies()
+    gc.collect()
+    assert not generate._MODEL_CACHE and alive() is None  # nothing else holds the model
+
+
 def test_cli_generate_writes_n_completions(smoke_env, tiny_policy_dir, capsys):
     from base_policy.__main__ import main
 
