@@ -9,7 +9,11 @@ Figures (one JSON line each):
 - ``streamlit_floor_ms``: the key-to-render time of a one-button Streamlit app on the same machine
   and server settings, i.e. what Streamlit, the websocket and the browser cost before this app does anything.
 
-Run: ``flock /tmp/rlhf-cpu.lock python benchmarks/bench_labeling.py`` (about a minute).
+With ``--mode compare``, the Compare page instead (the same budget, 100 ms p95):
+- ``next_pair_ms``: key press (1, 2 alternately) -> next pair rendered, p50/p95/max over ``--items`` choices;
+- ``db_pair_write_ms`` / ``db_next_pair_ms``: ``db.record_pair_judgement`` / ``db.next_pair`` alone.
+
+Run: ``flock /tmp/rlhf-cpu.lock python benchmarks/bench_labeling.py [--mode compare]`` (about a minute).
 """
 
 from __future__ import annotations
@@ -168,8 +172,108 @@ def bench_db(tmp: Path, n_writes: int) -> dict:
     return {"writes": writes, "fetches": fetches}
 
 
+def seed_pairs(url: str, n: int) -> None:
+    """``n`` comparisons of two real review continuations of one prompt each."""
+    import db
+
+    engine = db.connect(url)
+    pieces = review_pieces(2 * n)
+    db.add_completions(
+        engine,
+        [db.NewCompletion(prompt=pieces[2 * i][0], text=pieces[2 * i + k][1]) for i in range(n) for k in (0, 1)],
+    )
+    db.make_comparisons(engine)
+
+
+def bench_compare_browser(tmp: Path, n_items: int) -> dict:
+    from tests.test_browser_compare import PAIR_CAPTION, current_pair_id, press_and_wait_next, sign_in_to_compare
+
+    url = f"sqlite:///{tmp / 'compare.sqlite'}"
+    seed_pairs(url, n_items + 30)
+    env = {
+        "RLHF_DB_URL": url,
+        "RLHF_CONFIG": str(REPO / "configs" / "smoke.yaml"),
+        "RLHF_ARTIFACTS": str(tmp / "artifacts"),
+    }
+    with harness.running_app(env, log_path=tmp / "streamlit.log") as base, harness.chromium_page() as page:
+        sign_in_to_compare(page, base, "bench")
+        current = current_pair_id(page)
+        for _ in range(5):  # warm-up
+            current = press_and_wait_next(page, "1", current)
+        page.evaluate(harness.LATENCY_PROBE, [PAIR_CAPTION])
+        t0 = time.perf_counter()
+        for i in range(n_items):
+            current = press_and_wait_next(page, "12"[i % 2], current)
+        elapsed = time.perf_counter() - t0
+        lat = page.evaluate("window.__lat")
+        page.screenshot(path=str(tmp / "bench.png"))
+    return {"latencies": lat, "elapsed_s": elapsed, "n": n_items}
+
+
+def bench_pair_db(tmp: Path, n_writes: int) -> dict:
+    import db
+
+    url = f"sqlite:///{tmp / 'pair_writes.sqlite'}"
+    seed_pairs(url, n_writes)
+    engine = db.connect(url)
+    lid = db.get_or_create_labeler(engine, "writer")
+    writes, fetches = [], []
+    for _ in range(n_writes):
+        t = time.perf_counter()
+        pair = db.next_pair(engine, lid, session_key="benchsession")
+        fetches.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        db.record_pair_judgement(
+            engine, labeler_id=lid, comparison_id=pair.comparison_id, choice="a", left_side="b", seconds=1.0
+        )
+        writes.append((time.perf_counter() - t) * 1000)
+    return {"writes": writes, "fetches": fetches}
+
+
+def main_compare(args, base: dict) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        d_res = bench_pair_db(tmp, args.writes)
+        for figure, key in (("db_pair_write_ms", "writes"), ("db_next_pair_ms", "fetches")):
+            xs = d_res[key]
+            print(
+                json.dumps(
+                    {
+                        **base,
+                        "figure": figure,
+                        "backend": "sqlite",
+                        "n": len(xs),
+                        "p50": pct(xs, 50),
+                        "p95": pct(xs, 95),
+                    }
+                )
+            )
+        b = bench_compare_browser(tmp, args.items)
+        lat = b["latencies"]
+        print(
+            json.dumps(
+                {
+                    **base,
+                    "figure": "next_pair_ms",
+                    "n": len(lat),
+                    "p50": pct(lat, 50),
+                    "p95": pct(lat, 95),
+                    "max": round(max(lat), 2),
+                    "goal_p95": 100.0,
+                    "goal_met": pct(lat, 95) <= 100.0,
+                    "comparisons_per_minute": round(b["n"] / b["elapsed_s"] * 60, 1),
+                }
+            )
+        )
+        if args.screenshot:
+            args.screenshot.write_bytes((tmp / "bench.png").read_bytes())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--mode", choices=["label", "compare"], default="label", help="the Label page, or the Compare page"
+    )
     parser.add_argument("--items", type=int, default=100, help="judgements timed in the browser")
     parser.add_argument("--writes", type=int, default=300, help="db writes timed")
     parser.add_argument("--screenshot", type=Path, default=None, help="also save the last page as PNG here")
@@ -178,6 +282,9 @@ def main() -> None:
         raise SystemExit("error: /usr/bin/chromium is missing. Fix: apt-get install -y chromium")
     command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
     base = {"command": command, **machine()}
+    if args.mode == "compare":
+        main_compare(args, base)
+        return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         d_res = bench_db(tmp, args.writes)

@@ -4,8 +4,39 @@
 function takes that engine first. See ``docs/architecture.md`` and ``docs/database.md``.
 """
 
+from db.accounts import (
+    Account,
+    accounts_enabled,
+    add_account,
+    audit,
+    audit_events,
+    disable_account,
+    enable_account,
+    get_account,
+    list_accounts,
+    set_password,
+    set_role,
+    sign_in,
+)
 from db.engine import DatabaseError, connect, current_revision, head_revision, migrate
 from db.models import COMMENT_MAX, FLAGS, Base, Completion, Judgement, Labeler, Lease, ModelVersion, Prompt
+from db.pairs import (
+    add_comparisons,
+    extend_pair_lease,
+    get_pair,
+    hold_pair,
+    make_comparisons,
+    next_pair,
+    pair_judgement_rows,
+    pair_queue_size,
+    pair_stats,
+    preference_pairs,
+    record_pair_judgement,
+    release_pair_leases,
+    session_pair_count,
+    shown_left,
+    undo_last_pair,
+)
 from db.queue import extend_lease, get_item, hold_item, next_item, queue_size
 from db.reads import (
     get_model_version,
@@ -18,9 +49,10 @@ from db.reads import (
     stats,
     unlabelled_completions,
 )
-from db.transfer import export_labels, import_prompts
-from db.types import Item, LabelledExample, ModelVersionInfo, NewCompletion, shown_text
+from db.transfer import export_labels, export_pairs, import_prompts, read_preference_file
+from db.types import Item, LabelledExample, ModelVersionInfo, NewCompletion, PairItem, PreferencePair, shown_text
 from db.writes import (
+    AccountDisabled,
     DatabaseGone,
     LeaseLost,
     add_completions,
@@ -40,6 +72,19 @@ from db.writes import (
 )
 
 __all__ = [
+    "Account",
+    "AccountDisabled",
+    "accounts_enabled",
+    "add_account",
+    "audit",
+    "audit_events",
+    "disable_account",
+    "enable_account",
+    "get_account",
+    "list_accounts",
+    "set_password",
+    "set_role",
+    "sign_in",
     "COMMENT_MAX",
     "Base",
     "Completion",
@@ -55,7 +100,10 @@ __all__ = [
     "ModelVersion",
     "ModelVersionInfo",
     "NewCompletion",
+    "PairItem",
+    "PreferencePair",
     "Prompt",
+    "add_comparisons",
     "add_completions",
     "add_prompts",
     "check_database_file",
@@ -64,12 +112,16 @@ __all__ = [
     "current_revision",
     "database_file_id",
     "export_labels",
+    "export_pairs",
     "extend_lease",
+    "extend_pair_lease",
     "get_item",
     "get_model_version",
     "get_or_create_labeler",
+    "get_pair",
     "head_revision",
     "hold_item",
+    "hold_pair",
     "import_prompts",
     "judgement_rows",
     "judgements_frame",
@@ -77,18 +129,30 @@ __all__ = [
     "labelled_dataset",
     "latest_model_version",
     "list_model_versions",
+    "make_comparisons",
     "migrate",
     "missing_database_file",
     "next_item",
+    "next_pair",
+    "pair_judgement_rows",
+    "pair_queue_size",
+    "pair_stats",
+    "preference_pairs",
     "queue_size",
+    "read_preference_file",
     "record_judgement",
+    "record_pair_judgement",
     "register_model_version",
     "release_leases",
+    "release_pair_leases",
     "session_judgement_count",
+    "session_pair_count",
     "set_reward_scores",
+    "shown_left",
     "shown_text",
     "stats",
     "undo_last",
+    "undo_last_pair",
     "unlabelled_completions",
     "validate_labeler_name",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -33,6 +34,7 @@ LABELS = ("good", "bad", "skip")
 FLAGS = ("offensive", "broken_text")
 COMMENT_MAX = 1000  # characters of a labeller's free comment on an item
 MODEL_KINDS = ("policy", "reward")
+ROLES = ("admin", "labeller")  # labelers.role (migration 0007)
 
 # Stable constraint names, so migrations can refer to them on every backend.
 NAMING = {
@@ -60,13 +62,46 @@ class Base(DeclarativeBase):
 
 
 class Labeler(Base):
-    """A person (or a simulated labeller) who judges completions."""
+    """A person (or a simulated labeller) who judges completions, and their account (migration 0007).
+
+    Every labeller is an account: ``password_hash`` (argon2id, ``db.accounts``) is null until an admin
+    sets a password, and an account without one cannot sign in when the app runs in accounts mode.
+    ``disabled_at`` set = the account can no longer sign in; its judgements stay attributed to it."""
 
     __tablename__ = "labelers"
+    __table_args__ = (CheckConstraint("role IN ('admin', 'labeller')", name="role"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default="labeller", server_default="labeller")
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime)
+    password_set_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class AuditEvent(Base):
+    """One line of the audit trail (migration 0007): who did what, when, from where, and whether it
+    was allowed. Sign-ins and failed attempts, exports, imports, account changes and undo.
+
+    ``actor`` is the name as given (kept when the account is gone, or never existed: a failed
+    sign-in under an unknown name); ``client`` is the browser's address as the server saw it, or
+    ``cli`` for the command line. ``detail`` never holds a password."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_action_at", "action", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    ok: Mapped[bool] = mapped_column(Boolean, default=True)
+    actor: Mapped[str | None] = mapped_column(String(64))
+    # casefolded name (db.labeler_name_key), for throttling by name whatever the case typed
+    actor_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("labelers.id", ondelete="SET NULL"), index=True)
+    target: Mapped[str | None] = mapped_column(String(200))
+    client: Mapped[str | None] = mapped_column(String(64), index=True)
+    detail: Mapped[str | None] = mapped_column(Text)
 
 
 class Prompt(Base):

@@ -70,3 +70,34 @@ class ModelVersionInfo:
     parent_id: int | None
     metrics: dict[str, Any] | None
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One preference in TRL's explicit-prompt preference format: ``prompt``, then the ``chosen`` and the
+    ``rejected`` completion (each a continuation of the prompt, as :func:`shown_text` joins them).
+
+    ``comparison_id`` and ``labeler`` say where it came from (None when read back from a file)."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    comparison_id: int | None = None
+    labeler: str | None = None
+
+
+@dataclass(frozen=True)
+class PairItem:
+    """One comparison as a labeller sees it: the prompt and its two completions ``a`` and ``b``
+    (``a_id < b_id``). ``n_labels`` counts non-skip pair judgements."""
+
+    comparison_id: int
+    prompt: str
+    a_id: int
+    a: str
+    b_id: int
+    b: str
+    a_model_version_id: int | None
+    b_model_version_id: int | None
+    source: str
+    n_labels: int

@@ -56,6 +56,10 @@ class LeaseLost(UserError):
         self.reason = reason
 
 
+class AccountDisabled(UserError):
+    """A queue, judgement or undo operation of an account an admin has disabled: refused, nothing stored."""
+
+
 class DatabaseGone(DatabaseError):
     """The SQLite file this process opened is no longer the file at its path (deleted, moved or replaced)."""
 
@@ -76,11 +80,18 @@ def dialect_insert(session: Session, entity):
 
 
 def lock_labeler(session: Session, labeler_id: int) -> None:
-    """Serialise one labeller's queue operations on PostgreSQL (SQLite's BEGIN IMMEDIATE already does)."""
+    """Serialise one labeller's queue operations on PostgreSQL (SQLite's BEGIN IMMEDIATE already does),
+    and refuse them for a disabled account (:class:`AccountDisabled`): a key press already on its way when
+    an admin disables the account stores nothing."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(
             text("SELECT pg_advisory_xact_lock(:ns, :key)"),
             {"ns": PG_LOCK_NAMESPACE + LOCK_LABELER, "key": int(labeler_id)},
+        )
+    if session.scalar(select(Labeler.disabled_at).where(Labeler.id == labeler_id)) is not None:
+        raise AccountDisabled(
+            "this account is disabled: nothing was saved.",
+            "ask an admin to enable it (`python -m db users enable NAME`).",
         )
 
 
@@ -216,8 +227,12 @@ def add_completions(engine: Engine, items: list[NewCompletion]) -> list[int]:
     return run_write(engine, work, what="add completions")
 
 
-def set_reward_scores(engine: Engine, scores: dict[int, float], model_version_id: int) -> None:
-    """Store a reward model's probability of "good" per completion (for "uncertain first" ordering)."""
+def set_reward_scores(
+    engine: Engine, scores: dict[int, float], model_version_id: int, *, spreads: dict[int, float] | None = None
+) -> None:
+    """Store a reward model's probability of "good" per completion (for "uncertain first" ordering) and,
+    for an ensemble, its spread (std of P(good) across members, ``completions.reward_spread``); a
+    completion scored without a spread has its old spread cleared."""
     clean: dict[int, float] = {}
     for cid, score in scores.items():
         score = float(score)
@@ -227,6 +242,15 @@ def set_reward_scores(engine: Engine, scores: dict[int, float], model_version_id
                 "check the reward model's output; scores must be finite probabilities.",
             )
         clean[int(cid)] = score
+    spread: dict[int, float] = {}
+    for cid, value in (spreads or {}).items():
+        value = float(value)
+        if not (math.isfinite(value) and value >= 0) or int(cid) not in clean:
+            raise UserError(
+                f"reward spread for completion {cid} is {value} (or it has no score).",
+                "pass a finite spread >= 0 for completions that are scored too.",
+            )
+        spread[int(cid)] = value
     if not clean:
         return
 
@@ -240,7 +264,15 @@ def set_reward_scores(engine: Engine, scores: dict[int, float], model_version_id
             )
         s.execute(
             update(Completion),
-            [{"id": cid, "reward_score": sc, "reward_model_version_id": model_version_id} for cid, sc in clean.items()],
+            [
+                {
+                    "id": cid,
+                    "reward_score": sc,
+                    "reward_spread": spread.get(cid),
+                    "reward_model_version_id": model_version_id,
+                }
+                for cid, sc in clean.items()
+            ],
         )
 
     run_write(engine, work, what="store reward scores")
@@ -524,7 +556,7 @@ def undo_last(engine: Engine, labeler_id: int, *, session_key: str, lease_second
 
     Only this session's judgements are reached, never the labeller's older work from other tabs or
     days. The item is leased back to that session, so ``next_item`` shows it again there and no
-    other labeller takes it meanwhile."""
+    other labeller takes it meanwhile. Each undo writes an ``undo`` row of the audit trail."""
 
     def work(s: Session) -> int | None:
         lock_labeler(s, labeler_id)
@@ -538,6 +570,10 @@ def undo_last(engine: Engine, labeler_id: int, *, session_key: str, lease_second
             return None
         s.execute(delete(Judgement).where(Judgement.id == row.id))
         _count_label(s, row.completion_id, -int(row.label != "skip"))
+        from db.accounts import audit_in  # the audit trail records every undo, in the same transaction
+
+        who = s.scalar(select(Labeler.name).where(Labeler.id == labeler_id))
+        audit_in(s, "undo", actor=who, actor_id=labeler_id, target=f"completion {row.completion_id}", detail=row.label)
         put_lease(
             s, labeler_id=labeler_id, session_key=session_key, completion_id=row.completion_id, seconds=lease_seconds
         )

@@ -4,6 +4,9 @@ A thin wrapper over ``streamlit run labeling_app/app.py`` with settings for a cl
 (headless, no usage statistics, no file watcher). The database is ``RLHF_DB_URL``, the
 profile ``RLHF_CONFIG`` (section ``label``), the access token ``RLHF_LABEL_TOKEN``.
 
+Another ``--address`` than this machine's needs accounts (``python -m db users add NAME --role
+admin``); without them the start is refused unless ``--insecure-open`` is given (docs/security.md).
+
 Before Streamlit starts, the database is opened (and migrated): one that cannot be opened stops
 the start with one line naming it and the fix. A missing database is created only at the default
 path (``data/feedback.sqlite``) or with ``--create-db``; an existing one is never replaced.
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from common.config import describe
 from common.errors import UserError, cli_entry
+from labeling_app import runtime
 from labeling_app.config import LabelConfig
 
 APP = Path(__file__).resolve().parent / "app.py"
@@ -55,18 +59,24 @@ def streamlit_args(port: int, address: str, app: Path = APP) -> list[str]:
     ]
 
 
-def open_database(*, create: bool = False) -> None:
+def open_database(*, create: bool = False) -> bool:
     """Open (and migrate) the database once before Streamlit starts, so a missing or broken one stops
-    the start here with one line, not on a labeller's screen; creates it only when allowed."""
+    the start here with one line, not on a labeller's screen; creates it only when allowed. Returns
+    whether it has accounts (:func:`db.accounts_enabled`)."""
     import db
     from common.paths import db_url
     from labeling_app.runtime import check_database_may_be_created
 
     url = db_url()
     created = check_database_may_be_created(url, create=create)
-    db.connect(url).dispose()
+    engine = db.connect(url)
+    try:
+        accounts = db.accounts_enabled(engine)
+    finally:
+        engine.dispose()
     if created is not None:
         print(f"created a new, empty database at {created}", file=sys.stderr)
+    return accounts
 
 
 @cli_entry
@@ -83,7 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--address",
         default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1; 0.0.0.0 to serve a team, with RLHF_LABEL_TOKEN set)",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 to serve a team: needs accounts, "
+        "`python -m db users add NAME --role admin`)",
+    )
+    parser.add_argument(
+        "--insecure-open",
+        action="store_true",
+        help="serve another address without accounts anyway: shared-token mode (one trusted room) with "
+        "RLHF_LABEL_TOKEN, else an open app",
     )
     parser.add_argument("--config", type=Path, default=None, help="profile file (default: $RLHF_CONFIG)")
     parser.add_argument(
@@ -97,15 +114,13 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--port {args.port} is not a port number.", "use 1-65535, e.g. --port 8501.")
     if args.config is not None:
         os.environ["RLHF_CONFIG"] = str(args.config)
-    if args.address not in ("127.0.0.1", "localhost", "::1") and not os.environ.get("RLHF_LABEL_TOKEN"):
-        print(
-            f"warning: serving on {args.address} without RLHF_LABEL_TOKEN: anyone who can reach this port can label. "
-            "Set RLHF_LABEL_TOKEN to a shared secret (see docs/security.md).",
-            file=sys.stderr,
-        )
-    open_database(create=args.create_db)
+    accounts = open_database(create=args.create_db)
+    mode = runtime.sign_in_mode(accounts, runtime.required_token())
+    warning = runtime.check_serving(args.address, mode, insecure_open=args.insecure_open)
+    if warning:
+        print(warning, file=sys.stderr)
     cmd = streamlit_args(args.port, args.address)
-    print(f"labelling app on http://{args.address}:{args.port}", file=sys.stderr)
+    print(f"labelling app on http://{args.address}:{args.port}, {runtime.MODE_NAMES[mode]}", file=sys.stderr)
     os.execv(sys.executable, cmd)
 
 

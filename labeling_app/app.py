@@ -24,7 +24,7 @@ ctx = ui.bootstrap()
 st.session_state["_ctx"] = ctx
 
 if not ui.try_resume_sign_in(ctx):
-    # Nothing but the sign-in form until a labeller (and the token, if one is set) is given.
+    # Nothing but the sign-in form until someone signed in (name and password, or the token, if needed).
     st.navigation([st.Page(_HERE / "views" / "sign_in.py", title="Sign in")], position="hidden").run()
     st.stop()
 
@@ -32,6 +32,7 @@ st.session_state["_ctx"] = ui.bootstrap()
 with st.sidebar:
     st.caption("Signed in as")
     st.text(st.session_state.labeler_name)
+    st.caption(ui.role_caption(st.session_state["_ctx"]))
     if st.button("Sign out", key="sign_out"):
         ui.sign_out(st.session_state["_ctx"])
         st.rerun()
@@ -41,11 +42,16 @@ label_page = st.Page(
 )
 pages = [
     label_page,
+    st.Page(_HERE / "views" / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     st.Page(_HERE / "views" / "stats.py", title="Stats", icon=":material/bar_chart:", url_path="stats"),
-    st.Page(_HERE / "views" / "data.py", title="Data", icon=":material/database:", url_path="data"),
     st.Page(_HERE / "views" / "guidelines.py", title="Guidelines", icon=":material/menu_book:", url_path="guidelines"),
+    st.Page(_HERE / "views" / "analysis.py", title="Analysis", icon=":material/biotech:", url_path="analysis"),
 ]
+if ui.is_admin(st.session_state["_ctx"]):  # a labeller's navigation has no Data page; the page checks again
+    pages.append(st.Page(_HERE / "views" / "data.py", title="Data", icon=":material/database:", url_path="data"))
 page = st.navigation(pages)
 if page.title != label_page.title:  # the labeller moved on: the item this tab held is free for others now
     ui.release_item(st.session_state["_ctx"])
+if page.title != "Compare":  # the same for the comparison this tab held
+    ui.release_pair(st.session_state["_ctx"])
 page.run()

@@ -60,3 +60,26 @@ class KeyGate:
             return Verdict(False, "too_soon", retract)
         self._last_accepted[key] = (now, gap < self.repeat_delay)
         return Verdict(True, None, retract)
+
+
+# The Compare page's keys: what each press means for the pair on screen.
+PAIR_SHORTCUTS = {"left": "1", "right": "2", "tie": "0", "skip": "S", "undo": "U"}
+
+
+def pair_choice(action: str, left: str) -> str:
+    """The stored choice (``a``, ``b``, ``tie`` or ``skip``) of a press on the Compare page, given the
+    completion (``"a"`` or ``"b"``) shown on the left: "left" is that one, "right" the other."""
+    if action == "left":
+        return left
+    if action == "right":
+        return "b" if left == "a" else "a"
+    if action in ("tie", "skip"):
+        return action
+    raise ValueError(f"not a comparison action: {action!r}")
+
+
+def pair_action(choice: str, left: str) -> str:
+    """The inverse of :func:`pair_choice`: which button a stored choice was (for messages after undo)."""
+    if choice in ("tie", "skip"):
+        return choice
+    return "left" if choice == left else "right"

@@ -41,6 +41,46 @@ def token_ok(given: str | None, expected: str | None) -> bool:
     return hmac.compare_digest((given or "").encode("utf-8"), expected.encode("utf-8"))
 
 
+#: How the app lets people in (``sign_in_mode``), as docs/security.md names them.
+MODE_NAMES = {
+    "accounts": "accounts mode",
+    "shared-token": "shared-token mode (one trusted room)",
+    "local": "local mode (one person on this machine)",
+}
+LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
+
+
+def sign_in_mode(accounts: bool, token: str | None) -> str:
+    """``accounts`` when the database has an account with a password (name + password, roles), else
+    ``shared-token`` when ``RLHF_LABEL_TOKEN`` is set (any name, one shared secret), else ``local``."""
+    if accounts:
+        return "accounts"
+    return "shared-token" if token else "local"
+
+
+def check_serving(address: str, mode: str, *, insecure_open: bool) -> str | None:
+    """Refuse to serve the network without accounts (a :class:`UserError`); returns the warning to print
+    when ``insecure_open`` lets it start anyway, else None."""
+    if address in LOCAL_ADDRESSES or mode == "accounts":
+        return None
+    if not insecure_open:
+        raise UserError(
+            f"--address {address} would serve the labelling app to the network in {MODE_NAMES[mode]}, "
+            "where nothing tells people apart.",
+            "create accounts first (python -m db users add NAME --role admin; see docs/security.md), or, for one "
+            "trusted room, set RLHF_LABEL_TOKEN and add --insecure-open.",
+        )
+    if mode == "shared-token":
+        return (
+            f"warning: serving on {address} in {MODE_NAMES[mode]}: whoever has the token can label under any name, "
+            "export and import. Use accounts beyond one trusted room (see docs/security.md)."
+        )
+    return (
+        f"warning: serving on {address} without accounts or RLHF_LABEL_TOKEN (--insecure-open): anyone who can "
+        "reach this port can label, export and import (see docs/security.md)."
+    )
+
+
 def new_session_key() -> str:
     """A random key for one browser tab (its lease in the queue)."""
     return uuid.uuid4().hex[:16]
@@ -75,6 +115,23 @@ def check_database_may_be_created(url: str, *, create: bool = False) -> Path | N
         "check the path, or put the file back if it was moved; to start a new, empty database there run "
         "`python -m db upgrade` first, or start the app with `python -m labeling_app --create-db`.",
     )
+
+
+def save_guidelines(path: Path, text: str) -> None:
+    """Replace the guidelines file with ``text`` atomically (a temporary file beside it, then a rename),
+    so readers see the old file or the new one, never half of it."""
+    if not isinstance(text, str) or not text.strip():
+        raise UserError("the guidelines are empty.", "write what good and bad mean before saving.")
+    if "\x00" in text:
+        raise UserError("the guidelines contain a NUL character.", "remove it.")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path} ({err.strerror}).", "check that the app may write that file.") from None
 
 
 #: ``label.policy`` value: refill from the newest policy registered in the database.

@@ -10,6 +10,12 @@ judge (:mod:`common.gold`), which the reward model never sees:
     good = p > threshold + bias          (bias > 0: a harsher labeller, < 0: a more lenient one)
     flip the answer with probability noise; answer 'skip' with probability skip_rate
 
+Comparisons (:func:`simulate_comparisons`, the pair queue ``db.next_pair``) are judged by the same
+gold judge: the completion whose shown text scores higher is preferred, ``tie`` when the two scores
+are within ``tie_margin``; the answer is flipped with probability ``noise``, and with probability
+``position_bias`` the labeller picks whichever completion is on the left without judging (the
+left side is drawn per pair and session, as the app draws it: ``db.shown_left``).
+
 Every decision comes from a random generator seeded by (seed, labeller name, completion id), so a
 labeller's answer to an item does not depend on the order items arrive in, and a rerun gives the
 same labels. Labellers take turns (one item each, round robin), as people labelling at the same
@@ -53,6 +59,9 @@ class LabelerSpec:
         default=0.0, metadata={"help": "threshold shift: says good only when the gold score > threshold + bias"}
     )
     skip_rate: float = field(default=0.0, metadata={"help": "probability of answering 'skip'"})
+    position_bias: float = field(
+        default=0.0, metadata={"help": "comparisons: probability of picking the left completion without judging"}
+    )
 
     def validate(self) -> None:
         if not 0.0 <= self.noise <= 1.0:
@@ -63,6 +72,10 @@ class LabelerSpec:
             raise ConfigError(f"labeler {self.name!r}: skip_rate={self.skip_rate} must be in [0, 1).", "use e.g. 0.02.")
         if not -1.0 < self.bias < 1.0:
             raise ConfigError(f"labeler {self.name!r}: bias={self.bias} must be in (-1, 1).", "use e.g. 0.1.")
+        if not 0.0 <= self.position_bias <= 1.0:
+            raise ConfigError(
+                f"labeler {self.name!r}: position_bias={self.position_bias} is not a probability.", "use e.g. 0.05."
+            )
 
 
 def _default_labelers() -> list[LabelerSpec]:
@@ -90,6 +103,7 @@ class SimulateConfig:
     )
     seed: int = field(default=0, metadata={"help": "seed of every labeller's decisions"})
     seconds: float = field(default=2.0, metadata={"help": "'seconds spent' recorded with each judgement"})
+    tie_margin: float = field(default=0.02, metadata={"help": "comparisons: gold scores closer than this are a tie"})
 
     def validate(self) -> None:
         if self.n_labels < 0:
@@ -107,6 +121,8 @@ class SimulateConfig:
             raise ConfigError(f"simulate.order={self.order!r} is not allowed.", "use 'random' or 'uncertain'.")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"simulate.threshold={self.threshold} must be in (0, 1).", "use 0.5.")
+        if not 0.0 <= self.tie_margin < 1.0:
+            raise ConfigError(f"simulate.tie_margin={self.tie_margin} must be in [0, 1).", "use e.g. 0.02.")
 
 
 @dataclass
@@ -147,6 +163,24 @@ def decide(gold_p: float, spec: LabelerSpec, rng: np.random.Generator, threshold
     if u_flip < spec.noise:
         good = not good
     return "good" if good else "bad"
+
+
+def decide_pair(
+    gold_a: float, gold_b: float, left: str, spec: LabelerSpec, rng: np.random.Generator, tie_margin: float = 0.02
+) -> str:
+    """'a', 'b', 'tie' or 'skip' for one comparison, from the gold scores of its two completions and
+    the side (``left``, 'a' or 'b') shown on the left."""
+    u_skip, u_position, u_flip = rng.random(3)
+    if u_skip < spec.skip_rate:
+        return "skip"
+    if u_position < spec.position_bias:
+        return left
+    if abs(gold_a - gold_b) < tie_margin:
+        return "tie"
+    better = "a" if gold_a > gold_b else "b"
+    if u_flip < spec.noise:
+        return "b" if better == "a" else "a"
+    return better
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -208,6 +242,98 @@ def simulate(
         per_labeler=per,
         label_counts=counts,
         gold_agreement={k: round(a / t, 4) if t else float("nan") for k, (a, t) in agree.items()},
+        seconds=time.perf_counter() - t0,
+        exhausted=exhausted,
+    )
+
+
+@dataclass
+class PairSimulationResult:
+    n_recorded: int
+    per_labeler: dict[str, int]
+    choice_counts: dict[str, int]
+    gold_agreement: dict[str, float]  # per labeller: share of a/b answers that prefer the higher gold score
+    share_left: float  # of the a/b answers, the share that picked the left side
+    seconds: float
+    exhausted: bool
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "seconds": round(self.seconds, 2)}
+
+
+def simulate_comparisons(
+    engine,
+    cfg: SimulateConfig,
+    score_fn: ScoreFn,
+    *,
+    n: int | None = None,
+    progress: bool = False,
+    session_prefix: str = "sim-pairs",
+) -> PairSimulationResult:
+    """Record up to ``n`` (default ``cfg.n_labels``) pair judgements from the simulated labellers,
+    through the pair queue the Compare page uses (``db.next_pair``, ``db.record_pair_judgement``),
+    each labeller in turn. Make the pairs first (``db.make_comparisons``). Decisions are seeded by
+    (seed, labeller, comparison id), so a rerun gives the same choices."""
+    import db
+
+    cfg.validate()
+    total = cfg.n_labels if n is None else int(n)
+    t0 = time.perf_counter()
+    ids = {s.name: db.get_or_create_labeler(engine, s.name) for s in cfg.labelers}
+    active = list(cfg.labelers)
+    per = {s.name: 0 for s in cfg.labelers}
+    counts = {"a": 0, "b": 0, "tie": 0, "skip": 0}
+    agree = {s.name: [0, 0] for s in cfg.labelers}
+    left_picks = decisive = done = 0
+    bar = _bar(total, progress)
+    while done < total and active:
+        for spec in list(active):
+            if done >= total:
+                break
+            key = f"{session_prefix}-{spec.name}"
+            pair = db.next_pair(engine, ids[spec.name], session_key=key, overlap=cfg.overlap)
+            if pair is None:
+                active.remove(spec)
+                continue
+            gold_a, gold_b = (
+                float(x)
+                for x in np.asarray(score_fn([db.shown_text(pair.prompt, pair.a), db.shown_text(pair.prompt, pair.b)]))
+            )
+            left = db.shown_left(pair.comparison_id, key)
+            rng = decision_rng(cfg.seed, f"{spec.name}/pairs", pair.comparison_id)
+            choice = decide_pair(gold_a, gold_b, left, spec, rng, cfg.tie_margin)
+            db.record_pair_judgement(
+                engine,
+                labeler_id=ids[spec.name],
+                comparison_id=pair.comparison_id,
+                choice=choice,
+                left_side=left,
+                seconds=cfg.seconds,
+                session_key=key,
+                overlap=cfg.overlap,
+            )
+            done += 1
+            per[spec.name] += 1
+            counts[choice] += 1
+            if choice in ("a", "b"):
+                decisive += 1
+                left_picks += int(choice == left)
+                if gold_a != gold_b:
+                    agree[spec.name][0] += int((choice == "a") == (gold_a > gold_b))
+                    agree[spec.name][1] += 1
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    exhausted = done < total
+    if exhausted:
+        log.warning("the pair queue ran out after %d of %d judgements (make more comparisons)", done, total)
+    return PairSimulationResult(
+        n_recorded=done,
+        per_labeler=per,
+        choice_counts=counts,
+        gold_agreement={k: round(a / t, 4) if t else float("nan") for k, (a, t) in agree.items()},
+        share_left=round(left_picks / decisive, 4) if decisive else float("nan"),
         seconds=time.perf_counter() - t0,
         exhausted=exhausted,
     )
@@ -294,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-labels", type=int, default=None, help="judgements to record (overrides n_labels)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--pairs", action="store_true", help="judge comparisons (python -m db pairs make) instead of single items"
+    )
     return p
 
 
@@ -317,6 +446,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg, gold_cfg = load_simulate_config(args.config, overrides)
     load_guidelines()  # the labellers follow them: a missing or empty file is one line, before any work
     engine = db.connect()
+    if args.pairs:
+        first = db.get_or_create_labeler(engine, cfg.labelers[0].name)
+        if db.pair_queue_size(engine, first, overlap=cfg.overlap) == 0:
+            raise UserError("the comparison queue is empty.", "make pairs first: python -m db pairs make.")
+        judge = GoldJudge.load_or_fit(gold_cfg)
+        result = simulate_comparisons(engine, cfg, judge.score, progress=not args.quiet)
+        print(json.dumps({**result.as_dict(), "pairs": db.pair_stats(engine)}, indent=2, default=str))
+        return 0
     if db.queue_size(engine, db.get_or_create_labeler(engine, cfg.labelers[0].name), overlap=cfg.overlap) == 0:
         raise UserError(
             "the labelling queue is empty.", "fill it first: `make generate` (python -m base_policy generate)."

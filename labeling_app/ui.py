@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import streamlit as st
 
@@ -31,6 +31,7 @@ class Context:
     db_file_id: tuple[int, int] | None = None  # (device, inode) of the SQLite file opened (None: PostgreSQL)
     labeler_id: int | None = None
     labeler_name: str | None = None
+    mode: str = "local"  # runtime.sign_in_mode: "accounts", "shared-token" or "local"
 
 
 # Said to labellers when the app cannot start (bad profile, database that cannot be opened); the
@@ -146,7 +147,8 @@ def bootstrap() -> Context:
     except db.DatabaseGone as err:
         st.title("The database is gone")
         database_gone_page(err)
-    return ctx
+    mode = runtime.sign_in_mode(db.accounts_enabled(engine), runtime.required_token())
+    return replace(ctx, mode=mode)
 
 
 def _safe_url(url: str) -> str:
@@ -159,35 +161,84 @@ def _safe_url(url: str) -> str:
         return url
 
 
-def sign_in(ctx: Context, name: str, token: str | None) -> str | None:
-    """Check the token, then create or find the labeller; return an error message or None."""
-    expected = runtime.required_token()
-    if not runtime.token_ok(token, expected):
-        return "Wrong access token. Ask whoever runs this app for it."
+def client_address() -> str:
+    """The browser's address as this server sees it (``local`` for this machine): the sign-in throttle
+    counts failures per client. Behind a reverse proxy this is the proxy's address (docs/security.md)."""
+    ip = st.context.ip_address
+    return ip if isinstance(ip, str) and ip else "local"  # (headless tests get no address at all)
+
+
+def sign_in(ctx: Context, name: str, secret: str | None) -> str | None:
+    """Sign in; return an error message or None.
+
+    Accounts mode: ``name`` and ``secret`` (the password) checked by :func:`db.sign_in` (throttled,
+    audited). Shared-token mode: ``secret`` is the token (throttled per client and name like a
+    password, audited), then the labeller is found or created by name. Local mode: the name alone."""
     import db
 
     try:
         check_database(ctx)
-        labeler_id = db.get_or_create_labeler(ctx.engine, name)
     except db.DatabaseGone as err:
         log.error("%s", err)
         return DB_GONE
+    client = client_address()
+    if ctx.mode == "accounts":
+        result = db.sign_in(ctx.engine, name, secret, client=client)
+        if not result.ok:
+            return result.problem
+        _signed_in(ctx, result.account.id, result.account.name)
+        return None
+    if ctx.mode == "shared-token":
+        who = name.strip()[:64] if isinstance(name, str) else None
+        wait = db.accounts.throttle_wait(ctx.engine, who or "", client)
+        if wait > 0:
+            db.audit(ctx.engine, "sign_in_throttled", actor=who, ok=False, client=client, detail="shared token")
+            return f"Too many wrong access tokens from this computer. Wait {wait:.0f} s, then try again."
+        if not runtime.token_ok(secret, runtime.required_token()):
+            db.audit(ctx.engine, "sign_in_failed", actor=who, ok=False, client=client, detail="wrong access token")
+            return "Wrong access token. Ask whoever runs this app for it."
+    try:
+        labeler_id = db.get_or_create_labeler(ctx.engine, name)
     except UserError as err:
         return f"That name cannot be used: {err.problem} Please {err.fix}" if err.fix else str(err)
     shown = db.validate_labeler_name(name)
-    st.session_state.labeler_id = labeler_id
-    st.session_state.labeler_name = shown
-    st.session_state.token_ok = True
-    st.query_params[runtime.LABELER_PARAM] = shown
+    if ctx.mode == "shared-token":
+        db.audit(ctx.engine, "sign_in", actor=shown, actor_id=labeler_id, client=client, detail="shared token")
+    _signed_in(ctx, labeler_id, shown)
     return None
 
 
+def _signed_in(ctx: Context, labeler_id: int, name: str) -> None:
+    state = st.session_state
+    state.labeler_id = labeler_id
+    state.labeler_name = name
+    state.signed_in_mode = ctx.mode
+    state.token_ok = True
+    st.query_params[runtime.LABELER_PARAM] = name  # the name only (not a secret): the form is filled after a reload
+
+
 def try_resume_sign_in(ctx: Context) -> bool:
-    """After a reload: sign the remembered labeller back in when no token is required."""
-    if st.session_state.get("labeler_id") is not None:
+    """Whether this run is signed in. A signed-in session stays so while its mode holds and, in accounts
+    mode, while its account is active (re-read from the database on every run: a disabled account is
+    out at its next click). After a reload, local mode signs the remembered name back in; the other
+    modes ask again (Streamlit gives the app no way to set a session cookie, docs/security.md)."""
+    import db
+
+    state = st.session_state
+    if state.get("labeler_id") is not None:
+        if state.get("signed_in_mode", "local") != ctx.mode:  # e.g. the first account was made meanwhile
+            sign_out(ctx, audit=False)
+            state.sign_in_problem = f"This app now runs in {runtime.MODE_NAMES[ctx.mode]}: please sign in again."
+            return False
+        if ctx.mode == "accounts":
+            account = db.get_account(ctx.engine, state.labeler_id)
+            if account is None or not account.active:
+                sign_out(ctx, audit=False)
+                state.sign_in_problem = "Your account was disabled (or its password reset): you were signed out."
+                return False
         return True
     name = st.query_params.get(runtime.LABELER_PARAM)
-    if not name or runtime.required_token() is not None:
+    if not name or ctx.mode != "local":
         return False
     problem = sign_in(ctx, name, None)
     if problem:  # shown on the sign-in form: a refused name in the URL is never silent
@@ -219,21 +270,117 @@ def release_item(ctx: Context, *, keep_in_line: bool = True) -> None:
         state.setdefault("comeback", []).insert(0, item.completion_id)
 
 
-def sign_out(ctx: Context) -> None:
+#: The Compare page's keys in session state (labeling_app/views/compare.py), forgotten on sign-out.
+PAIR_STATE = (
+    "pair",
+    "pair_left",
+    "pair_shown_at",
+    "pair_undo",
+    "pair_comeback",
+    "pair_last_action",
+    "pair_flash",
+    "pair_flash_before",
+    "pair_notice",
+    "pair_gate",
+    "pair_session_count",
+    "pair_owner",
+    "pair_page_loaded",
+)
+
+
+def release_pair(ctx: Context) -> None:
+    """Give back the comparison this tab holds (the labeller left the Compare page, or signed out), so
+    it is free for others at once instead of when its lease runs out; it comes back first on return."""
+    import db
+
+    state = st.session_state
+    key, pair = state.get("session_key"), state.get("pair")
+    if ctx.labeler_id is None or not key or pair is None:
+        return
+    try:
+        check_database(ctx)
+        db.release_pair_leases(ctx.engine, ctx.labeler_id, key)
+    except Exception as err:  # the lease runs out by itself; never break navigation for it
+        log.warning("could not release the pair lease of labeller %s: %s", ctx.labeler_id, err)
+        return
+    state.pair = None
+    state.setdefault("pair_comeback", []).insert(0, pair.comparison_id)
+
+
+def is_admin(ctx: Context) -> bool:
+    """Whether the signed-in person may use the admin pages and actions (Data, queue, guidelines editor).
+
+    In accounts mode: the account's role as stored now (read on every call, so a demoted or disabled
+    admin loses access at the next click). In local and shared-token mode everyone may, as before
+    accounts existed: that is what "one trusted room" means."""
+    if ctx.mode != "accounts":
+        return True
+    if ctx.labeler_id is None:
+        return False
+    import db
+
+    account = db.get_account(ctx.engine, ctx.labeler_id)
+    return account is not None and account.active and account.role == "admin"
+
+
+def role_caption(ctx: Context) -> str:
+    """The sidebar's line under the name: the role in accounts mode, else the mode."""
+    if ctx.mode == "accounts":
+        return "admin" if is_admin(ctx) else "labeller"
+    return runtime.MODE_NAMES[ctx.mode]
+
+
+def admin_action(ctx: Context, what: str) -> bool:
+    """Check, on the server, that this person may do ``what`` now; when not, show why, write one
+    ``refused`` audit row and return False. Called at the top of every admin page and before each action."""
+    if is_admin(ctx):
+        return True
+    import db
+
+    db.audit(
+        ctx.engine,
+        "refused",
+        actor=ctx.labeler_name,
+        actor_id=ctx.labeler_id,
+        ok=False,
+        target=what[:200],
+        client=client_address(),
+        detail="admin only",
+    )
+    log.warning("refused %s to %s: admins only", what, ctx.labeler_name)
+    st.error(f"Only an admin may use {what}. Your account is a labeller account.", icon=":material/block:")
+    return False
+
+
+def require_admin(ctx: Context, what: str) -> None:
+    """:func:`admin_action`, stopping the page when refused."""
+    if not admin_action(ctx, what):
+        st.stop()
+
+
+def sign_out(ctx: Context, *, audit: bool = True) -> None:
     """Forget the labeller in this tab and give back the item this tab holds."""
     import db
 
+    if audit and ctx.labeler_id is not None and ctx.mode != "local":
+        try:
+            db.audit(ctx.engine, "sign_out", actor=ctx.labeler_name, actor_id=ctx.labeler_id, client=client_address())
+        except Exception as err:  # signing out must work even when the database does not
+            log.warning("could not record the sign-out of %s: %s", ctx.labeler_name, err)
     key = st.session_state.get("session_key")
     if ctx.labeler_id is not None and key:
         try:
             check_database(ctx)
             db.release_leases(ctx.engine, ctx.labeler_id, key)
+            db.release_pair_leases(ctx.engine, ctx.labeler_id, key)
         except Exception as err:  # the lease runs out by itself
             log.warning("could not release the lease of labeller %s: %s", ctx.labeler_id, err)
         get_shown_times().forget(ctx.labeler_id, key)
     for name in (
         "labeler_id",
         "labeler_name",
+        "signed_in_mode",
+        "export_file",
         "token_ok",
         "item",
         "undo_stack",
@@ -247,6 +394,7 @@ def sign_out(ctx: Context) -> None:
         "notice",
         "flash_before",
         "shown_at",
+        *PAIR_STATE,
     ):
         st.session_state.pop(name, None)
     st.query_params.clear()

@@ -230,9 +230,20 @@ def test_app_signs_in_through_the_validating_db_function():
 
 
 @pytest.mark.parametrize(
-    "address,token,warned", [("0.0.0.0", None, True), ("0.0.0.0", "s3cret", False), ("127.0.0.1", None, False)]
+    "address,token,accounts,insecure_open,outcome",
+    [
+        ("0.0.0.0", None, False, False, "refused"),
+        ("0.0.0.0", "s3cret", False, False, "refused"),  # shared-token mode needs --insecure-open on a network
+        ("0.0.0.0", "s3cret", False, True, "warned"),
+        ("0.0.0.0", None, False, True, "warned"),
+        ("0.0.0.0", None, True, False, "started"),  # accounts mode
+        ("127.0.0.1", None, False, False, "started"),
+    ],
 )
-def test_open_app_on_the_network_warns(smoke_env, monkeypatch, capsys, address, token, warned):
+def test_serving_the_network_without_accounts_is_refused(
+    smoke_env, monkeypatch, capsys, address, token, accounts, insecure_open, outcome
+):
+    import db
     import labeling_app.__main__ as cli
 
     class Exec(Exception):
@@ -246,8 +257,19 @@ def test_open_app_on_the_network_warns(smoke_env, monkeypatch, capsys, address, 
         monkeypatch.setenv("RLHF_LABEL_TOKEN", token)
     else:
         monkeypatch.delenv("RLHF_LABEL_TOKEN", raising=False)
-    with pytest.raises(Exec):
-        cli.main(["--address", address, "--port", "8599"])
+    if accounts:
+        db.add_account(db.connect(smoke_env["db_url"]), "root", "a long enough password", role="admin")
+    argv = ["--address", address, "--port", "8599"] + (["--insecure-open"] if insecure_open else [])
+    if outcome == "refused":
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2
+    else:
+        with pytest.raises(Exec):
+            cli.main(argv)
     err = capsys.readouterr().err
-    assert ("without RLHF_LABEL_TOKEN" in err) is warned
-    assert "s3cret" not in err
+    assert ("python -m db users add" in err and "--insecure-open" in err) is (outcome == "refused")
+    assert ("warning: serving on" in err) is (outcome == "warned")
+    if outcome == "warned" and token:
+        assert "shared-token mode (one trusted room)" in err
+    assert "s3cret" not in err and "a long enough password" not in err

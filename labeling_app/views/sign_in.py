@@ -1,4 +1,5 @@
-"""Sign-in: the labeller's name, and the access token when ``RLHF_LABEL_TOKEN`` is set."""
+"""Sign-in: name and password in accounts mode; the name (and the shared token when
+``RLHF_LABEL_TOKEN`` is set) otherwise."""
 
 from __future__ import annotations
 
@@ -7,24 +8,35 @@ import streamlit as st
 from labeling_app import runtime, ui
 
 ctx = ui.context()
-needs_token = runtime.required_token() is not None
+accounts = ctx.mode == "accounts"
+needs_token = ctx.mode == "shared-token"
 
 st.title("Sign in to label")
-st.caption(
-    "Your name is stored with every judgement you make. "
-    "1-64 characters of one alphabet; the same name (in any case) continues where you left off."
-)
+if accounts:
+    st.caption(
+        "Your account's name and password. Accounts are made by whoever runs this app "
+        "(`python -m db users add`); the page never creates one."
+    )
+else:
+    st.caption(
+        "Your name is stored with every judgement you make. "
+        "1-64 characters of one alphabet; the same name (in any case) continues where you left off."
+    )
 problem = st.session_state.pop("sign_in_problem", None)  # e.g. a refused name from the URL (?u=)
 if problem:
     st.error(problem)
 with st.form("sign_in", enter_to_submit=True):
     # No max_chars: a box that silently cuts a long (or pasted) name would hide the refusal below.
     name = st.text_input("Your name", value=st.query_params.get(runtime.LABELER_PARAM, ""), key="sign_in_name")
-    token = st.text_input("Access token", type="password", key="sign_in_token") if needs_token else None
+    if accounts:
+        secret = st.text_input("Password", type="password", key="sign_in_password")
+    else:
+        secret = st.text_input("Access token", type="password", key="sign_in_token") if needs_token else None
     submitted = st.form_submit_button("Start labelling", type="primary")
+st.caption(f"This app runs in {runtime.MODE_NAMES[ctx.mode]}.")
 
 if submitted:
-    problem = ui.sign_in(ctx, name, token)
+    problem = ui.sign_in(ctx, name, secret)
     if problem:
         st.error(problem)
     else:

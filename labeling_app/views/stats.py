@@ -5,12 +5,39 @@ from __future__ import annotations
 import streamlit as st
 
 import db
-from labeling_app import metrics, ui
+from labeling_app import metrics, pair_stats, ui
 
 ctx = ui.context()
 
+
+def own_figures(frame) -> None:
+    """A labeller's view: their progress, good rate and agreement with the others (without names)."""
+    mine = frame[frame["labeler_id"] == ctx.labeler_id]
+    st.caption("Your own figures. Everyone's are shown to admins.")
+    judged = mine[mine["label"].isin(["good", "bad"])]
+    pairs = metrics.pairwise_kappa(frame)
+    names = set(mine["labeler"])
+    own = pairs[pairs["labeller_a"].isin(names) | pairs["labeller_b"].isin(names)] if len(pairs) else pairs
+    kappa = metrics.mean_kappa(own) if len(own) else None
+    c = st.columns(3)
+    c[0].metric("Your judgements", len(mine))
+    c[1].metric("Your good rate", f"{(judged['label'] == 'good').mean():.0%}" if len(judged) else "–")
+    c[2].metric(
+        "Your agreement with others",
+        f"{kappa:.2f}" if kappa is not None else "–",
+        help="Cohen's kappa with the other labellers on items you both judged, weighted by shared items",
+    )
+    if mine.empty:
+        st.info("No judgements yet. Label a few items on the Label page and come back.")
+        return
+    st.line_chart(metrics.labels_over_time(mine))
+
+
 st.subheader("Labelling statistics")
 frame = db.judgements_frame(ctx.engine)
+if not ui.is_admin(ctx):  # a labeller sees their own figures only (checked on the server, every run)
+    own_figures(frame)
+    st.stop()
 summary = db.stats(ctx.engine)
 
 c = st.columns(4)
@@ -63,3 +90,5 @@ else:
     if acc["accuracy"].notna().sum() >= 2:
         st.line_chart(acc.set_index("created_at")[["accuracy"]])
     st.dataframe(acc, hide_index=True, width="stretch")
+
+pair_stats.render_pair_stats(ctx)
