@@ -10,7 +10,9 @@ Rules (``next_item``):
    (with overlap 1 no item is handed to two labellers; with k, to at most k).
 3. Items with the fewest labels come first (``completions.n_labels``, kept in step with the
    judgements); among equals, ``random`` (the walk along the id index starts at a random id), or
-   ``uncertain`` (reward score closest to 0.5 first, unscored last, then by id).
+   ``uncertain``: the reward ensemble's largest disagreement first (``reward_spread``, the std of
+   P(good) across its heads), then, for items scored without a spread (a single-head model), the
+   reward score closest to 0.5; unscored last; then by id.
 4. The chosen item is leased to (labeller, session) for ``lease_seconds``; recording a
    judgement on it releases the lease.
 
@@ -209,6 +211,8 @@ def _choose(s: Session, labeler_id: int, session_key: str, overlap: int, order: 
         if order == "uncertain":
             queries = [
                 base.order_by(
+                    case((Completion.reward_spread.is_(None), 1), else_=0),
+                    Completion.reward_spread.desc(),
                     case((Completion.reward_score.is_(None), 1), else_=0),
                     func.abs(Completion.reward_score - 0.5),
                     Completion.id,

@@ -56,13 +56,17 @@ UNKNOWN_BACKBONE_MB = 100.0  # a hub name: about MiniLM/DistilBERT-sized
 
 def preflight(cfg: RewardConfig) -> None:
     """Before any data or model loads: the reward model folder and the seed cache are writable, with room
-    for about twice what the run writes (the seeded backbone in the cache, and the run folder)."""
+    for about twice what the run writes (the seeded backbone in the cache, and the run folder with its
+    ensemble members, each at most a backbone's size)."""
     from common.paths import check_writable_dirs, reward_models_dir, weights_size
     from reward_training.training import seed_cache_root
 
     size_mb = weights_size(cfg.backbone_or_default) / (1 << 20) or UNKNOWN_BACKBONE_MB
+    members = cfg.ensemble_size - 1 if cfg.ensemble == "members" else 0
     check_writable_dirs(
-        [reward_models_dir(), seed_cache_root()], need_mb=2 * 2 * size_mb + 20, stage="the reward model stage"
+        [reward_models_dir(), seed_cache_root()],
+        need_mb=2 * (2 + members) * size_mb + 20,
+        stage="the reward model stage",
     )
 
 

@@ -50,7 +50,7 @@ def resolve_model_dir(path: str | Path | None = None) -> Path:
 @functools.lru_cache(maxsize=4)
 def _load(folder: str, device: str, mtime: float):
     """(model, tokenizer, settings), cached per folder, device and weights' modification time."""
-    from reward_training.model import load_backbone
+    from reward_training.model import load_backbone, load_heads, load_members
 
     config = Path(folder) / "config.json"
     arch = (_read_json(config).get("architectures") or []) if config.is_file() else []
@@ -71,9 +71,11 @@ def _load(folder: str, device: str, mtime: float):
             err.problem.replace("the reward backbone", "the reward model", 1),
             "train it again (`make reward-model`), or pass another reward model folder.",
         ) from None
-    model.to(torch.device(device)).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    load_heads(model, folder)
+    for m in [model, *load_members(model, folder)]:
+        m.to(torch.device(device)).eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
     positions = getattr(model.config, "max_position_embeddings", None) or 512  # a 100 kB text must fit the model
     settings = {"max_length": min(tok.model_max_length or 512, 512, positions), "bf16": True}
     f = Path(folder) / "reward_config.json"
@@ -114,14 +116,19 @@ def load_reward_fn(
     device: str | torch.device | None = None,
     batch_size: int = 32,
     bf16: bool | None = None,
+    conservative_k: float | None = None,
 ) -> Callable[[list[str]], torch.Tensor]:
     """A function ``texts -> scores`` (float32 tensor of shape (N,), on ``device``) for PPO.
 
     ``kind``: ``prob`` = P(good) in [0, 1]; ``logit`` = the raw POSITIVE logit (what the course
     took from ``lvwerra/distilbert-imdb``); ``logit_diff`` = POSITIVE - NEGATIVE logit = log-odds of good.
     Batched, no gradient; bf16 autocast as the model was trained unless ``bf16`` says otherwise.
+
+    With an ensemble the score is the ensemble's: ``kind`` of the mean of its members' (or heads') logits,
+    minus ``conservative_k`` x the standard deviation of ``kind`` across them (``conservative_k``: None =
+    the model's saved ``reward.conservative_k``, 0 unless set). A single model has no spread: its own score.
     """
-    from reward_training.model import predict_logits
+    from reward_training.model import ensemble_size, predict_logits, sync_mean_head
 
     if kind not in KINDS:
         raise UserError(f"unknown reward kind {kind!r}.", f"use one of {', '.join(KINDS)}.")
@@ -129,23 +136,43 @@ def load_reward_fn(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     model, tok, settings = _load(str(folder), str(dev), _weights_mtime(folder))
     use_bf16 = settings.get("bf16", True) if bf16 is None else bf16
+    k = float(settings.get("conservative_k", 0.0) if conservative_k is None else conservative_k)
+    if not (k >= 0 and k < float("inf")):
+        raise UserError(f"conservative_k={conservative_k!r} must be a finite number >= 0.", "use e.g. 0 or 1.")
+    members = k > 0 and ensemble_size(model) > 1
+    sync_mean_head(model)
 
     def reward_fn(texts: list[str]) -> torch.Tensor:
         texts = [str(t) for t in texts]
         logits = predict_logits(
-            model, tok, texts, max_length=settings["max_length"], batch_size=batch_size, bf16=use_bf16, device=dev
-        )  # (N, 2) float32 on CPU
-        if kind == "prob":
-            scores = torch.softmax(logits, dim=-1)[:, 1]
-        elif kind == "logit":
-            scores = logits[:, 1]
-        else:
-            scores = logits[:, 1] - logits[:, 0]
+            model,
+            tok,
+            texts,
+            max_length=settings["max_length"],
+            batch_size=batch_size,
+            bf16=use_bf16,
+            device=dev,
+            members=members,
+        )  # (N, 2), or (K, N, 2) per head, float32 on CPU
+        scores = kind_scores(logits, kind)
+        if members:
+            mean = kind_scores(logits.mean(0), kind)  # the mean head's score
+            scores = mean - k * scores.std(0, unbiased=False)
         return scores.to(dev)
 
     reward_fn.model_dir = folder  # type: ignore[attr-defined]
     reward_fn.kind = kind  # type: ignore[attr-defined]
+    reward_fn.conservative_k = k  # type: ignore[attr-defined]
     return reward_fn
+
+
+def kind_scores(logits: torch.Tensor, kind: ScoreKind) -> torch.Tensor:
+    """The score of ``kind`` from logits (..., 2): P(good), the POSITIVE logit, or the log-odds of good."""
+    if kind == "prob":
+        return torch.softmax(logits, dim=-1)[..., 1]
+    if kind == "logit":
+        return logits[..., 1]
+    return logits[..., 1] - logits[..., 0]
 
 
 def reward_model(strings: list[str], path: str | Path | None = None) -> dict[str, float]:
@@ -156,8 +183,9 @@ def reward_model(strings: list[str], path: str | Path | None = None) -> dict[str
 
 
 def score_completions(engine, path: str | Path | None = None, *, limit: int = 5000, batch_size: int = 64) -> int:
-    """Write P(good) for unlabelled completions into the database (the app's "uncertain first"
-    order); returns how many were scored. The model must be registered in the database."""
+    """Write P(good) (the ensemble mean) and, for an ensemble, its spread (std of P(good) across the heads)
+    for unlabelled completions into the database (the app's "uncertain first" order); returns how many
+    were scored. The model must be registered in the database."""
     import db
 
     folder = resolve_model_dir(path).resolve()
@@ -170,7 +198,22 @@ def score_completions(engine, path: str | Path | None = None, *, limit: int = 50
     items = db.unlabelled_completions(engine, limit)
     if not items:
         return 0
-    reward_fn = load_reward_fn(folder, kind="prob", batch_size=batch_size)
-    probs = reward_fn([db.shown_text(it.prompt, it.completion) for it in items]).tolist()
-    db.set_reward_scores(engine, {it.completion_id: float(p) for it, p in zip(items, probs)}, version.id)
+    from reward_training.model import predict_mean_spread
+
+    model, tok, settings = _load(str(folder), "cpu", _weights_mtime(folder))
+    probs, spread = predict_mean_spread(
+        model,
+        tok,
+        [db.shown_text(it.prompt, it.completion) for it in items],
+        max_length=settings["max_length"],
+        batch_size=batch_size,
+        bf16=settings.get("bf16", True),
+    )
+    ids = [it.completion_id for it in items]
+    db.set_reward_scores(
+        engine,
+        dict(zip(ids, probs.tolist())),
+        version.id,
+        spreads=dict(zip(ids, spread.tolist())) if spread is not None else None,
+    )
     return len(items)

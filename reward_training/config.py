@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -124,6 +125,48 @@ class RewardConfig:
         default=1, metadata={"help": "stop after this many epochs without a lower validation log-loss"}
     )
 
+    # --- pairwise preferences (Bradley-Terry) and mixing with good/bad labels
+    pairs: Literal["auto", "off", "only"] = field(
+        default="auto",
+        metadata={
+            "help": "pair judgements (A/B comparisons, ties and skips excluded): auto = use them when the database "
+            "has any (with the good/bad labels when both exist), off = good/bad labels only, only = pairs only "
+            "(an error when there are none)"
+        },
+    )
+    pair_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "weight of the Bradley-Terry loss -log sigmoid(s_chosen - s_rejected) per batch: loss = "
+            "cross-entropy on the good/bad labels + pair_weight x Bradley-Terry on the pairs (when both are used)"
+        },
+    )
+
+    # --- ensemble (uncertainty for the "uncertain first" queue and the conservative reward)
+    ensemble: Literal["members", "heads"] = field(
+        default="members",
+        metadata={
+            "help": "members = ensemble_size whole models, each from the seed weights with its own dropout, order "
+            "and validation split (ensemble_size x the human phase and the scoring); heads = ensemble_size "
+            "classifier heads on one shared encoder (about 1x, but their spread hardly grows off-distribution: "
+            "docs/reward_model.md, 'Ensemble uncertainty')"
+        },
+    )
+    ensemble_size: int = field(
+        default=3,
+        metadata={
+            "help": "ensemble members (or heads) trained in the human phase; their spread (std of P(good)) orders "
+            "the 'uncertain first' queue and gives the conservative reward; 1 = a single model, no spread"
+        },
+    )
+    conservative_k: float = field(
+        default=0.0,
+        metadata={
+            "help": "reward for PPO = ensemble mean - conservative_k x ensemble spread (of the reward kind used); "
+            "0 = the mean; saved with the model, load_reward_fn(conservative_k=...) overrides it"
+        },
+    )
+
     # --- shared training settings
     batch_size: int = field(default=32, metadata={"help": "examples per optimiser step"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
@@ -187,6 +230,19 @@ class RewardConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(
                     f"reward.{name}={getattr(self, name)} must be at least 1.", f"set reward.{name} >= 1."
+                )
+        if isinstance(self.ensemble_size, bool) or not isinstance(self.ensemble_size, int) or self.ensemble_size < 1:
+            raise ConfigError(
+                f"reward.ensemble_size={self.ensemble_size!r} must be a whole number >= 1.",
+                "use 1 for a single head (no spread) or e.g. 5 for an ensemble.",
+            )
+        if self.ensemble_size > 64:
+            raise ConfigError(f"reward.ensemble_size={self.ensemble_size} is more than 64.", "use e.g. 5.")
+        for name in ("pair_weight", "conservative_k"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(
+                    f"reward.{name}={value!r} must be a finite number >= 0.", f"set reward.{name} to e.g. 1."
                 )
         if self.mix_seed_ratio < 0:
             raise ConfigError(

@@ -225,3 +225,56 @@ def mix_in_seed(human: Sequence[Example], seed_pool: Sequence[Example], ratio: f
     extra = [seed_pool[i] for i in rng.permutation(len(seed_pool))[:k]]
     mixed = list(human) + extra
     return [mixed[i] for i in rng.permutation(len(mixed))]
+
+
+# ----------------------------------------------------------------------------- preference pairs
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One preference: the text (prompt + completion, ``db.shown_text``) the labeller chose over the other.
+
+    ``group`` keeps the pairs of one prompt together when splitting (no prompt on both sides)."""
+
+    chosen: str
+    rejected: str
+    group: str
+
+
+def pair_examples(records: Iterable[Any]) -> list[Pair]:
+    """Turn ``db.types.PreferencePair``-like records (attributes or dict keys ``prompt``, ``chosen``,
+    ``rejected``: TRL's explicit-prompt format, completions without the prompt) into pairs. A pair whose
+    two texts are the same says nothing and is dropped."""
+    from db.types import shown_text
+
+    out, same = [], 0
+    for r in records:
+        get = r.get if isinstance(r, dict) else (lambda k, _r=r: getattr(_r, k, None))
+        prompt, chosen, rejected = get("prompt"), get("chosen"), get("rejected")
+        if not all(isinstance(x, str) for x in (prompt, chosen, rejected)):
+            raise UserError(
+                f"preference record {r!r} is not text (prompt, chosen, rejected).",
+                "pass records with string fields prompt, chosen and rejected (TRL's preference format).",
+            )
+        if chosen == rejected:
+            same += 1
+            continue
+        out.append(Pair(shown_text(prompt, chosen), shown_text(prompt, rejected), group=f"p:{prompt}"))
+    if same:
+        log.warning("dropped %d preference pair(s) whose chosen and rejected texts are the same", same)
+    return out
+
+
+def split_pairs(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """(train, held-out) pairs, grouped by prompt; with two or more prompts each side gets at least one."""
+    names = sorted({p.group for p in pairs})
+    rng = np.random.default_rng(seed)
+    rng.shuffle(names)
+    k = int(round(len(names) * fraction))
+    k = min(max(k, 1), len(names) - 1) if len(names) >= 2 else 0
+    held = set(names[:k])
+    return [p for p in pairs if p.group not in held], [p for p in pairs if p.group in held]
+
+
+def pair_counts(pairs: Sequence[Pair]) -> dict[str, int]:
+    return {"n": len(pairs), "prompts": len({p.group for p in pairs})}

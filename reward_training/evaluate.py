@@ -73,21 +73,64 @@ def accuracy_difference(
     hard = y[decided] > 0.5
     a = ((np.asarray(p_a, dtype=float)[decided] > 0.5) == hard).astype(float)
     b = ((np.asarray(p_b, dtype=float)[decided] > 0.5) == hard).astype(float)
-    diff = a - b
+    return points_with_interval(a - b, reps=reps, seed=seed)
+
+
+def bootstrap_interval(values: np.ndarray, *, reps: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The 95% percentile-bootstrap interval of the mean of ``values`` (resampled ``reps`` times)."""
     rng = np.random.default_rng(seed)
-    chunk = max(1, 4_000_000 // len(diff))  # resampled indices held at once: ~32 MB whatever the size
+    chunk = max(1, 4_000_000 // len(values))  # resampled indices held at once: ~32 MB whatever the size
     boot = np.concatenate(
         [
-            diff[rng.integers(0, len(diff), size=(min(chunk, reps - i), len(diff)))].mean(axis=1)
+            values[rng.integers(0, len(values), size=(min(chunk, reps - i), len(values)))].mean(axis=1)
             for i in range(0, reps, chunk)
         ]
     )
     lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def points_with_interval(values: np.ndarray, *, reps: int = 2000, seed: int = 0) -> dict:
+    """The mean of per-example values (1 right, 0 wrong, or differences of those) in points, with its 95%
+    bootstrap interval."""
+    lo, hi = bootstrap_interval(values, reps=reps, seed=seed)
     return {
-        "points": round(100 * float(diff.mean()), 2),
-        "ci95": [round(100 * float(lo), 2), round(100 * float(hi), 2)],
-        "n": int(len(diff)),
+        "points": round(100 * float(values.mean()), 2),
+        "ci95": [round(100 * lo, 2), round(100 * hi, 2)],
+        "n": int(len(values)),
     }
+
+
+def pair_correct(s_chosen: Sequence[float], s_rejected: Sequence[float]) -> np.ndarray:
+    """Per pair: 1 when the chosen text scores higher, 0.5 on a tie, 0 otherwise."""
+    d = np.asarray(s_chosen, dtype=float) - np.asarray(s_rejected, dtype=float)
+    return (d > 0) + 0.5 * (d == 0)
+
+
+def pairwise_metrics(s_chosen: Sequence[float], s_rejected: Sequence[float], *, seed: int = 0) -> dict:
+    """Pairwise accuracy (share of pairs whose chosen text scores higher, ties half) with a 95% bootstrap
+    interval, and the Bradley-Terry log-loss -mean log sigmoid(s_chosen - s_rejected), on scores = logits
+    of good minus bad."""
+    if len(s_chosen) == 0:
+        return {"n": 0}
+    d = np.asarray(s_chosen, dtype=float) - np.asarray(s_rejected, dtype=float)
+    acc = points_with_interval(pair_correct(s_chosen, s_rejected), seed=seed)
+    return {
+        "n": acc["n"],
+        "accuracy": acc["points"] / 100,
+        "ci95": [acc["ci95"][0] / 100, acc["ci95"][1] / 100],
+        "bt_loss": float(np.mean(np.logaddexp(0.0, -d))),
+    }
+
+
+def pairwise_difference(
+    a: tuple[Sequence[float], Sequence[float]], b: tuple[Sequence[float], Sequence[float]], *, seed: int = 0
+) -> dict | None:
+    """Pairwise accuracy of model A minus model B on the same pairs ((chosen, rejected) scores of each), in
+    points with a 95% paired bootstrap interval; None without pairs."""
+    if len(a[0]) == 0:
+        return None
+    return points_with_interval(pair_correct(*a) - pair_correct(*b), seed=seed)
 
 
 def fmt_difference(d: dict | None) -> str:

@@ -6,6 +6,7 @@ takes the human labels directly (tests, benchmarks, notebooks).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -27,12 +28,29 @@ from reward_training.evaluate import (
     accuracy_difference,
     binary_metrics,
     fmt_difference,
+    pairwise_difference,
+    pairwise_metrics,
     plot_calibration,
     plot_learning_curve,
     plot_losses,
     short,
 )
-from reward_training.model import FitResult, fit, load_backbone, predict_proba, quiet_hf
+from reward_training.model import (
+    FitResult,
+    attach_heads,
+    attach_members,
+    ensemble_size,
+    fit,
+    heads_detached,
+    load_backbone,
+    predict_logits,
+    predict_mean_spread,
+    predict_proba,
+    quiet_hf,
+    reward_score,
+    save_heads,
+    save_members,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +135,17 @@ def seed_phase(
 # ----------------------------------------------------------------------------- phase 2: human labels
 
 
+def pair_scores(model, tok, cfg: RewardConfig, pairs: Sequence[D.Pair]) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (good-minus-bad logit of the mean head) of the chosen and of the rejected texts."""
+    if not pairs:
+        return np.zeros(0), np.zeros(0)
+    texts = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    s = reward_score(
+        predict_logits(model, tok, texts, max_length=cfg.max_length, batch_size=cfg.eval_batch_size, bf16=cfg.bf16)
+    ).numpy()
+    return s[: len(pairs)], s[len(pairs) :]
+
+
 def human_phase(
     model,
     tok,
@@ -126,31 +155,45 @@ def human_phase(
     seed_pool: Sequence[D.Example],
     *,
     mix_ratio: float | None = None,
+    pairs: Sequence[D.Pair] = (),
+    heldout_pairs: Sequence[D.Pair] = (),
     progress: bool = True,
 ) -> FitResult:
-    """Fine-tune on the human labels (plus ``mix_ratio`` seed snippets per label), early-stopping on
-    the held-out human log-loss when there is a held-out split."""
+    """Fine-tune on the human labels (plus ``mix_ratio`` seed snippets per label) and/or preference pairs
+    (Bradley-Terry, ``pair_weight`` when both), with ``cfg.ensemble_size`` heads; early-stopping on the
+    same weighted loss over ``heldout`` labels and ``heldout_pairs`` when there are any."""
     ratio = cfg.mix_seed_ratio if mix_ratio is None else mix_ratio
-    mixed = D.mix_in_seed(train, seed_pool, ratio, cfg.random_seed)
+    mixed = D.mix_in_seed(train, seed_pool, ratio, cfg.random_seed) if train else []
     torch.manual_seed(cfg.random_seed + 1)  # dropout masks: the same labels give the same model, whatever ran before
+    if cfg.ensemble == "heads":
+        attach_heads(model, cfg.ensemble_size, seed=cfg.random_seed)
     evaluate = None
-    if heldout:
+    if heldout or heldout_pairs:
         texts, labels = [e.text for e in heldout], [e.label for e in heldout]
+        w = cfg.pair_weight if (heldout and heldout_pairs) else 1.0
 
         def evaluate() -> dict:
-            m = binary_metrics(
-                labels,
-                predict_proba(
-                    model, tok, texts, max_length=cfg.max_length, batch_size=cfg.eval_batch_size, bf16=cfg.bf16
-                ),
-            )
-            return {"loss": m["log_loss"], "accuracy": m["accuracy"]}
+            out: dict = {"loss": 0.0}
+            if heldout:
+                m = binary_metrics(
+                    labels,
+                    predict_proba(
+                        model, tok, texts, max_length=cfg.max_length, batch_size=cfg.eval_batch_size, bf16=cfg.bf16
+                    ),
+                )
+                out.update(loss=m["log_loss"], accuracy=m["accuracy"])
+            if heldout_pairs:
+                pm = pairwise_metrics(*pair_scores(model, tok, cfg, heldout_pairs))
+                out.update(loss=out["loss"] + w * pm["bt_loss"], pair_accuracy=pm["accuracy"])
+            return out
 
     return fit(
         model,
         tok,
         [e.text for e in mixed],
         [e.label for e in mixed],
+        pairs=[(p.chosen, p.rejected) for p in pairs],
+        pair_weight=cfg.pair_weight,
         epochs=cfg.human_epochs,
         lr=cfg.human_lr,
         batch_size=cfg.batch_size,
@@ -185,11 +228,14 @@ def heldout_share(cfg: RewardConfig, n: int) -> float:
 
 
 def split_human_labels(
-    human: Sequence[D.Example], cfg: RewardConfig, *, require_labels: bool
+    human: Sequence[D.Example], cfg: RewardConfig, *, require_labels: bool, have_pairs: bool = False
 ) -> tuple[list[D.Example], list[D.Example]]:
     """(train, held-out) human labels, after checking there are two classes (or none, which gives
-    the seed-only model unless ``require_labels``); warns when the held-out part is small."""
+    the seed-only model unless ``require_labels``, or a pairs-only model when ``have_pairs``); warns
+    when the held-out part is small."""
     if not human:
+        if have_pairs:
+            return [], []
         if require_labels:
             raise UserError(
                 "there are no human labels in the database yet (--require-labels was given).",
@@ -239,6 +285,14 @@ def split_validation(train: Sequence[D.Example], cfg: RewardConfig) -> tuple[lis
     return D.split_heldout(train, cfg.val_fraction, cfg.random_seed + 2)
 
 
+def split_validation_pairs(pairs: Sequence[D.Pair], cfg: RewardConfig) -> tuple[list[D.Pair], list[D.Pair]]:
+    """(fit, validation) parts of the training pairs, as :func:`split_validation` does for labels (grouped
+    by prompt; no validation part with ``val_fraction: 0`` or fewer than 20 pairs)."""
+    if cfg.val_fraction <= 0 or len(pairs) < 20:
+        return list(pairs), []
+    return D.split_pairs(pairs, cfg.val_fraction, cfg.random_seed + 2)
+
+
 def run_human_phase(
     model,
     tok,
@@ -247,24 +301,123 @@ def run_human_phase(
     seed_pool: Sequence[D.Example],
     *,
     mix_ratio: float | None = None,
+    pairs: Sequence[D.Pair] = (),
     progress: bool = True,
 ) -> FitResult | None:
-    """:func:`human_phase` on the human training labels (else ``None``), early-stopping on a validation
-    part of them (:func:`split_validation`), with a warning when no epoch beat the seed model there."""
-    if not train:
+    """:func:`human_phase` on the human training labels and/or pairs (else ``None``), early-stopping on a
+    validation part of them (:func:`split_validation`, :func:`split_validation_pairs`), with a warning when
+    no epoch beat the seed model there."""
+    if not train and not pairs:
         return None
-    fit_part, val = split_validation(train, cfg)
-    fit_result = human_phase(model, tok, cfg, fit_part, val, seed_pool, mix_ratio=mix_ratio, progress=progress)
-    fit_result.validation = D.label_counts(val)
+    fit_part, val = split_validation(train, cfg) if train else ([], [])
+    fit_pairs, val_pairs = split_validation_pairs(pairs, cfg)
+    fit_result = human_phase(
+        model,
+        tok,
+        cfg,
+        fit_part,
+        val,
+        seed_pool,
+        mix_ratio=mix_ratio,
+        pairs=fit_pairs,
+        heldout_pairs=val_pairs,
+        progress=progress,
+    )
+    fit_result.validation = {**D.label_counts(val), **({"pairs": len(val_pairs)} if pairs else {})}
     if fit_result.best_epoch == 0:
         log.warning(
-            "the human phase did not lower the validation log-loss (%d labels set aside from the training "
-            "labels) below the seed model's (%.4f): keeping the seed weights. More labels, or labels that "
+            "the human phase did not lower the validation loss (%d labels and %d pairs set aside from the "
+            "training data) below the seed model's (%.4f): keeping the seed weights. More labels, or labels that "
             "differ from sentiment, give it something to learn.",
             len(val),
+            len(val_pairs),
             fit_result.evals[0]["loss"],
         )
     return fit_result
+
+
+def train_members(
+    cfg: RewardConfig,
+    seed_state: dict,
+    train: Sequence[D.Example],
+    seed_pool: Sequence[D.Example],
+    *,
+    pairs: Sequence[D.Pair] = (),
+    progress: bool = True,
+) -> list:
+    """Members 1 .. ensemble_size - 1 of an ensemble (``ensemble: members``; member 0 is the model
+    :func:`run_human_phase` trained): each the seed weights plus the same human phase with ``random_seed``
+    + i (its own dropout masks, order and validation split)."""
+    if cfg.ensemble != "members" or cfg.ensemble_size <= 1 or (not train and not pairs):
+        return []
+    members = []
+    for i in range(1, cfg.ensemble_size):
+        member_cfg = dataclasses.replace(cfg, random_seed=cfg.random_seed + i)
+        model, tok = load_backbone(cfg.backbone_or_default, freeze_embeddings=cfg.freeze_embeddings)
+        model.load_state_dict(seed_state)
+        log.info("ensemble member %d of %d", i + 1, cfg.ensemble_size)
+        run_human_phase(model, tok, member_cfg, train, seed_pool, pairs=pairs, progress=progress)
+        members.append(model.eval())
+    return members
+
+
+def load_pairs(cfg: RewardConfig, engine, pairs: Sequence | None) -> list[D.Pair]:
+    """The preference pairs: ``pairs`` when given, else ``db.preference_pairs(engine)`` (none with
+    ``pairs: off`` or without an engine); ``pairs: only`` with none is an error."""
+    if cfg.pairs == "off":
+        return []
+    if pairs is not None:
+        out = D.pair_examples(pairs)
+    elif engine is not None:
+        import db
+
+        out = D.pair_examples(db.preference_pairs(engine))
+    else:
+        out = []
+    if cfg.pairs == "only" and not out:
+        raise UserError(
+            "reward.pairs=only but there are no preference pairs (A/B judgements that chose a side).",
+            "label some comparisons first (the app's A/B page), or set reward.pairs to auto or off.",
+        )
+    return out
+
+
+def pairs_report(
+    cfg: RewardConfig,
+    pairs: Sequence[D.Pair],
+    train: Sequence[D.Pair],
+    heldout: Sequence[D.Pair],
+    seed_scores: tuple[np.ndarray, np.ndarray] | None,
+    scores: tuple[np.ndarray, np.ndarray] | None,
+) -> dict:
+    """The ``pairs`` part of ``metrics.json``: counts, pairwise accuracy on the held-out pairs (95% interval)
+    of the seed model and of this model, and this model minus the seed model (paired interval)."""
+    out: dict = {
+        "mode": cfg.pairs,
+        "pair_weight": cfg.pair_weight,
+        "counts": {"total": D.pair_counts(pairs), "train": D.pair_counts(train), "heldout": D.pair_counts(heldout)},
+    }
+    if heldout and scores is not None:
+        out["model"] = pairwise_metrics(*scores, seed=cfg.random_seed)
+        if seed_scores is not None:
+            out["seed_model"] = pairwise_metrics(*seed_scores, seed=cfg.random_seed)
+            out["model_minus_seed"] = pairwise_difference(scores, seed_scores, seed=cfg.random_seed)
+    return out
+
+
+def ensemble_report(model, tok, cfg: RewardConfig, sets: dict[str, Sequence[D.Example]]) -> dict:
+    """The ensemble's size and its mean spread (std of P(good) across heads) on each evaluation set."""
+    k = ensemble_size(model)
+    out: dict = {"kind": cfg.ensemble if k > 1 else None, "size": k, "spread_mean": {}}
+    if k > 1:
+        for name, exs in sets.items():
+            if exs:
+                _, spread = predict_mean_spread(
+                    model, tok, [e.text for e in exs], max_length=cfg.max_length, batch_size=cfg.eval_batch_size,
+                    bf16=cfg.bf16,
+                )  # fmt: skip
+                out["spread_mean"][name] = round(float(np.mean(spread)), 4)
+    return out
 
 
 def evaluate_sets(
@@ -360,6 +513,23 @@ def write_plots(folder: Path, metrics: dict, names: Sequence[str], phase_losses:
         plot_learning_curve(folder / "learning_curve.png", metrics["learning_curve"])
 
 
+def track_phases(folder: Path, cfg: RewardConfig, run_id: str, phase_losses: dict, evals: Sequence[dict]) -> None:
+    """The run's per-step losses (seed and human phase) and the human phase's per-epoch evaluations
+    as TensorBoard scalars under ``folder/tensorboard/<run_id>/`` (:mod:`common.tracking`; off with
+    ``tracking.tensorboard: false``), so ``tensorboard --logdir $RLHF_ARTIFACTS`` shows reward-model
+    runs beside the PPO runs. Written when the run is saved, with the run's config attached."""
+    from common.tracking import open_tracker
+
+    with open_tracker(folder, to_dict(cfg), name=run_id) as tracker:
+        for phase, losses in phase_losses.items():
+            key = phase.replace(" ", "_")
+            for step, loss in enumerate(losses or [], start=1):
+                tracker.log({f"{key}/loss": float(loss)}, step)
+        for ev in evals:
+            values = {f"human_phase/eval_{k}": v for k, v in ev.items() if k not in ("epoch", "step")}
+            tracker.log(values, int(ev.get("step", 0)))
+
+
 def save_run(
     model,
     tok,
@@ -380,6 +550,7 @@ def save_run(
         write_json(tmp / "metrics.json", metrics)
         if cfg.plots:
             write_plots(tmp, metrics, names, phase_losses)
+        track_phases(tmp, cfg, run_id, phase_losses, (metrics.get("human_phase") or {}).get("evals") or [])
         (tmp / "README.md").write_text(model_card(run_id, cfg, metrics))
     if point_latest:
         write_latest(parent, run_id)
@@ -404,6 +575,7 @@ def train(
     *,
     data_cfg=None,
     examples: Sequence | None = None,
+    pairs: Sequence | None = None,
     require_labels: bool = False,
     learning_curve: bool = False,
     run_id: str | None = None,
@@ -413,7 +585,8 @@ def train(
     """Train, evaluate and save a reward model; return its folder ``$RLHF_ARTIFACTS/reward_models/<run-id>``.
 
     ``examples``: ``db.LabelledExample``-like records to use instead of the database (then
-    nothing is registered unless an ``engine`` is given too).
+    nothing is registered unless an ``engine`` is given too); ``pairs``: ``db.types.PreferencePair``-like
+    records likewise (``reward.pairs`` says whether they are used).
     """
     from common.config import load_config
     from common.imdb import DataConfig
@@ -425,9 +598,11 @@ def train(
 
         engine = db.connect()
 
-    # 1. the human labels: check, split (the held-out part is never trained on)
-    human = load_human_labels(cfg, engine, examples)
-    human_train, human_heldout = split_human_labels(human, cfg, require_labels=require_labels)
+    # 1. the human labels and pairs: check, split (the held-out parts are never trained on)
+    prefs = load_pairs(cfg, engine, pairs)
+    human = load_human_labels(cfg, engine, examples) if cfg.pairs != "only" else []
+    human_train, human_heldout = split_human_labels(human, cfg, require_labels=require_labels, have_pairs=bool(prefs))
+    pairs_train, pairs_heldout = D.split_pairs(prefs, heldout_share(cfg, len(prefs)), cfg.random_seed)
 
     # 2. IMDB snippets: seed training set and held-out evaluation set
     seed_examples, imdb_eval = D.seed_and_eval_snippets(cfg, data_cfg)
@@ -436,11 +611,18 @@ def train(
     # 3. phase 1: seed on IMDB (cached), then phase 2: the human labels
     seed = seed_phase(cfg, data_cfg, seed_examples, progress=progress)
     model, tok = seed.model, seed.tok
-    seed_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if learning_curve else None
+    members_wanted = cfg.ensemble == "members" and cfg.ensemble_size > 1
+    keep_seed = learning_curve or members_wanted
+    seed_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if keep_seed else None
     score = make_scorer(model, tok, cfg, progress=progress)
     # before phase 2 changes the model
     seed_predicted, seed_model = evaluate_sets(score, {"human_heldout": human_heldout})
-    human_fit = run_human_phase(model, tok, cfg, human_train, seed_examples, progress=progress)
+    seed_pair_scores = pair_scores(model, tok, cfg, pairs_heldout) if pairs_heldout else None
+    human_fit = run_human_phase(model, tok, cfg, human_train, seed_examples, pairs=pairs_train, progress=progress)
+    if members_wanted:  # the model above is member 0; the others start from the same seed weights
+        attach_members(
+            model, train_members(cfg, seed_state, human_train, seed_examples, pairs=pairs_train, progress=progress)
+        )
 
     # 4. evaluation: the model and the TF-IDF baseline, on held-out human labels and IMDB snippets
     predicted, model_metrics = evaluate_sets(score, sets)
@@ -456,7 +638,16 @@ def train(
         "model_minus_seed": gain,
         "seed_phase": {k: v for k, v in seed.info.items() if k != "losses"},
         "human_phase": human_fit.summary() if human_fit else None,
-        "seed_only": not human_train,
+        "seed_only": not human_train and not pairs_train,
+        "pairs": pairs_report(
+            cfg,
+            prefs,
+            pairs_train,
+            pairs_heldout,
+            seed_pair_scores,
+            pair_scores(model, tok, cfg, pairs_heldout) if pairs_heldout else None,
+        ),
+        "ensemble": ensemble_report(model, tok, cfg, sets),
         "combine": cfg.combine,
         "config": to_dict(cfg),
         "data_config": to_dict(data_cfg),
@@ -467,6 +658,15 @@ def train(
         )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     log_evaluation(metrics, list(sets))
+    if "model" in metrics["pairs"]:
+        pm = metrics["pairs"]["model"]
+        log.info(
+            "held-out pairs: pairwise accuracy %.3f (95%% CI %.3f to %.3f, n=%d); model - seed model: %s",
+            pm["accuracy"],
+            *pm["ci95"],
+            pm["n"],
+            fmt_difference(metrics["pairs"].get("model_minus_seed")),
+        )
 
     # 5. save atomically, register it, then point `latest` at it: a failure at any step leaves
     # `latest` on a saved, registered model
@@ -488,16 +688,27 @@ def train(
 
 
 def save_model(model, tok, cfg: RewardConfig, folder: Path) -> None:
-    """Weights, tokenizer (truncating at ``max_length``) and the inference settings."""
+    """Weights (the classifier = the mean of the ensemble heads), tokenizer (truncating at ``max_length``),
+    the heads (``ensemble_heads.safetensors``, when there are several) and the inference settings."""
     tok.model_max_length = cfg.max_length
     model.config.id2label = {0: "NEGATIVE", 1: "POSITIVE"}
     model.config.label2id = {"NEGATIVE": 0, "POSITIVE": 1}
-    with quiet_hf():
+    with quiet_hf(), heads_detached(model):
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
+    save_heads(model, folder)
+    save_members(model, folder)
     write_json(
         folder / INFERENCE_FILE,
-        {"max_length": cfg.max_length, "bf16": cfg.bf16, "good_label": "POSITIVE", "good_index": 1},
+        {
+            "max_length": cfg.max_length,
+            "bf16": cfg.bf16,
+            "good_label": "POSITIVE",
+            "good_index": 1,
+            "ensemble": cfg.ensemble if ensemble_size(model) > 1 else None,
+            "ensemble_size": ensemble_size(model),
+            "conservative_k": cfg.conservative_k,
+        },
     )
 
 
@@ -516,6 +727,12 @@ def headline(metrics: dict) -> dict:
         if d:
             out[f"model_minus_seed/{name}/points"] = d["points"]
             out[f"model_minus_seed/{name}/ci95"] = d["ci95"]
+    pm = (metrics.get("pairs") or {}).get("model")
+    if pm:
+        out["model/pairs_heldout/accuracy"], out["model/pairs_heldout/ci95"] = pm["accuracy"], pm["ci95"]
+        out["model/pairs_heldout/n"] = pm["n"]
+    if metrics.get("ensemble"):
+        out["ensemble_size"] = metrics["ensemble"]["size"]
     return out
 
 
@@ -647,6 +864,12 @@ def model_card(run_id: str, cfg: RewardConfig, metrics: dict) -> str:
         "(stratified, grouped by completion, never trained on nor used to pick anything); "
         f"{(hp.get('validation') or {}).get('n', 0)} of the training labels set aside to pick the epoch",
         f"- seed snippets mixed into the human phase: {c['seed_mixed_into_human_phase']}",
+        f"- preference pairs (Bradley-Terry, pairs = {cfg.pairs}, pair_weight = {cfg.pair_weight}): "
+        f"{((metrics.get('pairs') or {}).get('counts') or {}).get('train', {}).get('n', 0)} trained on, "
+        f"{((metrics.get('pairs') or {}).get('counts') or {}).get('heldout', {}).get('n', 0)} held out (grouped by prompt)",
+        f"- ensemble: {(metrics.get('ensemble') or {}).get('size', 1)} {(metrics.get('ensemble') or {}).get('kind') or 'single model'} "
+        "(this folder's own weights are member 0, or for heads their mean; `load_reward_fn` scores with the "
+        "ensemble mean)",
         f"- held-out IMDB test-split snippets for evaluation: {c['imdb_eval_snippets']}",
         f"- texts truncated at {cfg.max_length} tokens; bf16 autocast: {cfg.bf16}",
         "",
@@ -667,6 +890,16 @@ def model_card(run_id: str, cfg: RewardConfig, metrics: dict) -> str:
                     f"| {name} | {label} | {m['n']} | {fmt_number(m.get('accuracy'))} | {fmt_number(m.get('roc_auc'))} | "
                     f"{fmt_number(m.get('log_loss'))} | {fmt_number(m.get('ece'))} |"
                 )
+    pm = (metrics.get("pairs") or {}).get("model")
+    if pm:
+        sm = metrics["pairs"].get("seed_model") or {}
+        lines += [
+            "",
+            f"Held-out preference pairs (n={pm['n']}, Bradley-Terry): pairwise accuracy {pm['accuracy']:.3f} "
+            f"(95% CI {pm['ci95'][0]:.3f} to {pm['ci95'][1]:.3f})"
+            + (f", seed model {sm['accuracy']:.3f}" if sm.get("accuracy") is not None else "")
+            + f"; this model minus the seed model: {fmt_difference(metrics['pairs'].get('model_minus_seed'))}",
+        ]
     diffs = metrics.get("model_minus_tfidf") or {}
     if any(diffs.values()):
         lines += [

@@ -256,6 +256,12 @@ def test_saved_folder_card_plots_and_latest(trained):
     )
     assert "95% paired bootstrap interval" in card
     assert not list(out.parent.glob(".r1.tmp-*"))
+    # the run's losses and the human phase's evaluations as TensorBoard scalars (common.tracking)
+    from tests.test_tracking import read_events
+
+    values, _ = read_events(out / "tensorboard" / "r1")
+    human = trained["metrics"]["human_phase"]
+    assert len(values["human_phase/loss"]) == human["steps"] and "human_phase/eval_loss" in values
 
 
 def test_saved_folder_loads_in_pipeline(trained):
