@@ -29,7 +29,7 @@ ARGS   ?=
 PYTEST_ARGS ?=
 
 .PHONY: help setup lint format test test-slow bench demo label base-model generate reward-model score-queue finetune \
-        db-upgrade db-stats export notebook analyse clean clean-all
+        db-upgrade db-stats export notebook analyse compare clean clean-all
 
 help: ## List the targets
 	@echo "RLHF pipeline: 1 base policy, 2 labelling in the browser, 3 reward model, 4 RL fine-tuning (PPO), around one database."
@@ -79,6 +79,9 @@ score-queue: setup ## Stage 3: write the newest reward model's P(good) of unlabe
 
 finetune: setup ## Stage 4: RL fine-tuning, PPO against the newest reward model into $RLHF_ARTIFACTS/policies
 	$(PY) -m rl_finetune ppo $(ARGS)
+
+compare: setup ## Every stage-3 learner (PPO, RLOO, GRPO, best-of-n, KTO, DPO) on one gold-vs-KL frontier into $RLHF_ARTIFACTS/compare/ (docs/compare.md)
+	$(PY) -m rl_finetune compare $(ARGS)
 
 analyse: setup ## What RL changed inside the model: report comparing BASE=folder and TUNED=folder (default TUNED: the newest PPO policy) into $RLHF_ARTIFACTS/analysis/
 	$(PY) -m rl_finetune analyse $(or $(BASE),$(RLHF_ARTIFACTS)/base_policy) $(or $(TUNED),$(RLHF_ARTIFACTS)/policies/$$(cat $(RLHF_ARTIFACTS)/policies/latest 2>/dev/null || echo latest)) $(ARGS)

@@ -36,6 +36,7 @@ from common.config import check_ranges, to_dict
 from common.errors import ConfigError, UserError
 from common.imdb import DataConfig, load_imdb, rotten_tomatoes_sentences
 from common.paths import artifacts_root, atomic_dir, base_policy_dir, new_run_id, owned_name, write_json
+from common.tracking import open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -682,9 +683,11 @@ def train_loop(
     *,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    tracker=None,
 ) -> float:
     """Train until the step or time budget is spent, evaluating and checkpointing on the way;
-    returns the seconds of training loop (those before a resume included)."""
+    returns the seconds of training loop (those before a resume included). ``tracker``
+    (:mod:`common.tracking`) gets the loss and lr of every step and every evaluation."""
     fwd = maybe_compile(model, cfg.compile)
     model.train()
     bar = LoopProgress(cfg, state, progress)
@@ -700,12 +703,16 @@ def train_loop(
         state.step += 1
         state.tokens_seen += x.numel()
         state.losses.append(loss)
+        if tracker is not None:
+            tracker.log({"train/loss": loss, "train/lr": lr, "train/tokens_seen": state.tokens_seen}, state.step)
         if on_step:
             on_step(state.step, loss)
         bar.update(state, lr, time.time() - loop_start)
         if cfg.eval_every and state.step % cfg.eval_every == 0:
             ev = evaluate(model, data.test, cfg, data.chars_per_token)
             state.evals.append({"step": state.step, "tokens_seen": state.tokens_seen, **ev})
+            if tracker is not None:
+                tracker.log({f"eval/{k}": v for k, v in ev.items()}, state.step)
             log.info("step %d: val loss %.3f, perplexity %.1f", state.step, ev["val_loss"], ev["val_perplexity"])
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
             state.elapsed = time.time() - loop_start
@@ -774,7 +781,10 @@ def train(
     rng = np.random.default_rng(cfg.seed)
     state = resume_from_checkpoint(model, optimizer, rng, cfg, ckpt) if resume else LoopState()
     # 3. the loop: until the step or time budget is spent
-    train_seconds = train_loop(model, optimizer, data, state, rng, cfg, progress=progress, on_step=on_step)
+    with open_tracker(checkpoint_dir(), to_dict(cfg), name=state.run) as tracker:  # tensorboard/<run>/ beside last.pt
+        train_seconds = train_loop(
+            model, optimizer, data, state, rng, cfg, progress=progress, on_step=on_step, tracker=tracker
+        )
     # 4. evaluation and samples
     metrics = final_metrics(model, data, state, cfg, train_seconds=train_seconds, started=started)
     return PretrainResult(model=model, tokenizer=data.tok, metrics=metrics, losses=state.losses)

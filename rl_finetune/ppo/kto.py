@@ -1,7 +1,7 @@
 """KTO (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization") as pure functions:
 learning straight from good/bad labels of single completions (the database's judgements), offline, against a
-frozen reference. Tested by hand in tests/test_critic_free.py. (The offline trainer that feeds it the labelled
-completions is not built yet: docs/ppo.md, "Other learners".)
+frozen reference. Tested by hand in tests/test_critic_free.py. The offline trainer that feeds it the labelled
+completions is :func:`rl_finetune.offline.train_kto` (docs/ppo.md, "DPO and KTO").
 
 With ``r = log pi(y|x) - log ref(y|x)`` summed over the completion and the reference point
 ``z = max(0, KL estimate)`` (detached; TRL estimates it on mismatched prompt/completion pairs of the batch):

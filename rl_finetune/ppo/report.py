@@ -132,10 +132,12 @@ class MetricsLog:
 
     ``resume_at=None`` starts afresh (an old file is removed); ``resume_at=step`` keeps the rows up to
     that step (a resumed run drops what came after its checkpoint). ``write=False`` (not the main
-    process) keeps the rows in memory only; otherwise the folder of ``path`` is created."""
+    process) keeps the rows in memory only; otherwise the folder of ``path`` is created. Each recorded row
+    also goes to ``tracker`` (a :class:`common.tracking.Tracker`, e.g. TensorBoard) when given."""
 
-    def __init__(self, path: Path | None, *, write: bool, resume_at: int | None):
+    def __init__(self, path: Path | None, *, write: bool, resume_at: int | None, tracker=None):
         self.path = path if write else None
+        self.tracker = tracker
         self.rows: list[dict] = []
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +152,13 @@ class MetricsLog:
         self.rows.append(row)
         if self.path is not None:
             append_jsonl(self.path, row)
+        if self.tracker is not None:
+            self.tracker.log(row, row["step"])
+
+    def close(self) -> None:
+        """Close the tracker (the rows stay readable)."""
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 class ProgressBar:

@@ -106,6 +106,7 @@ def run_stage(
     eval_prompts: list[str] | None = None,
     data_cfg=None,
     gold_fn: RewardFn | None = None,
+    eval_fns: dict[str, RewardFn] | None = None,
     run_id: str | None = None,
     out: Path | None = None,
     work_dir: Path | None = None,
@@ -120,7 +121,8 @@ def run_stage(
     1. ``policy``: ``None``/``"base"``, ``"latest"`` (the newest PPO policy), a folder or a hub name;
        ``reward``: a reward model folder, None = the latest.
     2. ``prompts`` and ``eval_prompts``: given, or both from :func:`stage_prompts` with ``data_cfg``
-       (None = the ``data`` section of the profile). ``gold_fn`` is logged beside the reward.
+       (None = the ``data`` section of the profile). ``gold_fn`` is logged beside the reward, and so is
+       each of ``eval_fns`` (besides the reward model's ``p_good``).
     3. Training writes metrics and checkpoints to ``work_dir`` (None = ``policies/.work-<run-id>/``,
        removed once the policy is saved); ``resume=True`` continues from the checkpoint in
        ``work_dir`` (None = the newest unfinished run under ``policies/``, and its run id).
@@ -139,7 +141,8 @@ def run_stage(
         work_dir, run_id = checkpoint.find_run_to_resume(policies_dir(), start, cfg)
         log.info("resuming PPO run %s from %s", run_id, work_dir / checkpoint.CHECKPOINT)
     model, tokenizer = load_policy(start)
-    reward_fn, eval_fns = reward_fns(reward, cfg)
+    reward_fn, reward_evals = reward_fns(reward, cfg)
+    eval_fns = {**reward_evals, **(eval_fns or {})}
     # 2. the prompts
     if prompts is None or eval_prompts is None:
         if data_cfg is None:

@@ -37,6 +37,7 @@ import torch
 from base_policy.sampling import Bf16Weights
 from common.config import to_dict
 from common.errors import UserError
+from common.tracking import TENSORBOARD_DIR, open_tracker
 from rl_finetune.hydra import FrozenTrunk
 from rl_finetune.ppo import checkpoint, core, critic_free
 from rl_finetune.ppo.config import PPOConfig
@@ -380,7 +381,8 @@ class PPOTrainer:
         cfg, acc, main = self.cfg, self.accelerator, self.accelerator.is_main_process
         resumed = resume and checkpoint.resume(self)
         path = self.work_dir / "metrics.jsonl" if self.work_dir else None
-        metrics = MetricsLog(path, write=main, resume_at=self.step if resumed else None)
+        tracker = open_tracker(self.work_dir, to_dict(cfg), name=cfg.algorithm) if main and self.work_dir else None
+        metrics = MetricsLog(path, write=main, resume_at=self.step if resumed else None, tracker=tracker)
         after: list[dict] = []
         if not resumed and main and self.eval_prompts:
             ev, self.before = self.evaluate()
@@ -410,6 +412,7 @@ class PPOTrainer:
                 log.info("stopping after %d steps: max_minutes=%s reached", self.step, cfg.max_minutes)
                 break
         bar.close()
+        metrics.close()
         rows = metrics.rows
         if main and self.eval_prompts and not after and last_eval_step != self.step:
             ev, after = self.evaluate()
@@ -483,6 +486,8 @@ def save_policy(result: PPOResult, final_dir: Path | str) -> Path:
                 src = Path(result.work_dir) / name
                 if src.is_file():
                     shutil.copy2(src, tmp / name)
+            if (Path(result.work_dir) / TENSORBOARD_DIR).is_dir():  # the run's event files (common.tracking)
+                shutil.copytree(Path(result.work_dir) / TENSORBOARD_DIR, tmp / TENSORBOARD_DIR)
         if not (tmp / "ppo_config.json").exists():
             (tmp / "ppo_config.json").write_text(json.dumps(to_dict(result.config), indent=2))
         if not (tmp / "summary.json").exists():
