@@ -4,7 +4,8 @@ An automated form of EleutherAI's exploratory analysis of trlx's sentiment run, 
 hooks on plain ``transformers`` models (GPT-2 and the Llama family), each model measured with its
 own activations, final norm and unembedding. Modules: ``hooks`` (model parts, recording and
 patching), ``measures`` (logit lens, direct logit attribution, patching, weight change, statistics),
-``figures`` (PNGs), ``report`` (markdown) and ``cli``. docs/analysis.md describes the report.
+``reward`` (the reward model's token attribution by occlusion, through ``load_reward_fn`` only),
+``figures`` (PNGs), ``report`` (markdown, headline) and ``cli``. docs/analysis.md describes the report.
 """
 
 from rl_finetune.analysis.report import analyse

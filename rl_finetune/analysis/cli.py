@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--positive", default=" good", help="comma-separated single-token positive words (default ' good')")
     p.add_argument("--negative", default=" bad", help="comma-separated single-token negative words (default ' bad')")
+    p.add_argument(
+        "--reward",
+        type=Path,
+        default=None,
+        help="reward model folder for its token attribution (default: the latest under $RLHF_ARTIFACTS/reward_models, "
+        "if any)",
+    )
+    p.add_argument("--no-reward", action="store_true", help="leave the reward model's token attribution out")
     p.add_argument("--samples", type=int, default=3, help="sampled continuations per probe and model")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
@@ -79,7 +87,8 @@ def read_config(folder: Path, role: str) -> dict:
     if arch and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in arch):
         raise UserError(
             f"the {role} folder {str(folder)!r} holds a {arch[0]}, not a causal language model.",
-            "pass two policy folders (causal LMs), not a reward model.",
+            "pass two policy folders (causal LMs with their LM head, as base_policy and PPO save them), not a "
+            "reward model or a bare trunk.",
         )
     if cfg.get("model_type") not in FAMILIES:
         raise UserError(
@@ -112,6 +121,24 @@ def check_vocab(tok_b, tok_t, base: Path, tuned: Path) -> None:
 def default_out(base: Path, tuned: Path) -> Path:
     name = lambda p: p.resolve().name or "model"  # noqa: E731
     return artifacts_root() / "analysis" / f"{name(tuned)}-vs-{name(base)}"
+
+
+def reward_folder(args) -> Path | None:
+    """The reward model of the token attribution: ``--reward``, else the latest one, else None (a
+    missing or foreign folder is refused here, before the policies load)."""
+    if args.no_reward:
+        return None
+    if args.reward is None:
+        from common.paths import resolve_latest, reward_models_dir
+
+        found = resolve_latest(reward_models_dir())
+        if found is None:
+            log.info("no reward model under %s: the report leaves its token attribution out", reward_models_dir())
+            return None
+        args.reward = found
+    from reward_training import load_reward_fn
+
+    return Path(load_reward_fn(args.reward, kind="logit_diff", bf16=False).model_dir)
 
 
 def stats_prompts(args) -> list[str]:
@@ -155,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     for probe in args.probe or PROBES:
         encode(tok_b, probe)
     prompts = stats_prompts(args)
+    for prompt in prompts:
+        encode(tok_b, prompt)
+    reward = reward_folder(args)
     out = args.out or default_out(args.base, args.tuned)
     base, tok = load_policy(str(args.base))
     tuned, _ = load_policy(str(args.tuned))
@@ -171,9 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         samples=args.samples,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
+        reward=reward,
     )
-    from rl_finetune.analysis.report import headline
-
-    print("\n".join(headline(res)))
+    print("\n".join(res["headline"]))
     print(f"report: {out / 'report.md'}")
     return 0

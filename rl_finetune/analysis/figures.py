@@ -75,10 +75,14 @@ def draw_all(res: dict, out: Path) -> None:
     a1.legend(fontsize=7)
     grid = pr["grid"]
     im = a2.imshow(grid, cmap="RdBu", vmin=-1, vmax=1, aspect="auto", origin="lower")
-    a2.set_xticks(range(len(res["patch_tokens"])), [repr(t) for t in res["patch_tokens"]], rotation=60, fontsize=7)
+    a2.set_xticks(range(len(res["patch_tokens"])), [_label(t) for t in res["patch_tokens"]], rotation=60, fontsize=7)
     a2.set(ylabel="block", title="block output patched at one position")
     fig.colorbar(im, ax=a2)
     _save(fig, out / "patching.png")
+
+    positions(res, out / "positions.png")
+    if "reward" in res:
+        reward_tokens(res["reward"], out / "reward_tokens.png")
 
     fig, ax = plt.subplots(figsize=(7, 3.4))
     groups = sorted({g for i in range(n) for g in res["weights"][f"layer {i}"]})
@@ -99,3 +103,47 @@ def draw_all(res: dict, out: Path) -> None:
         ax.set(xlabel="block", ylabel="attribution change (mean, 95% CI)", title=f"over {s['n']} prompts")
         ax.legend(fontsize=7)
         _save(fig, out / "stats.png")
+
+
+def _label(text: str) -> str:
+    """A token as a tick label: quoted, with matplotlib's mathtext ``$`` escaped."""
+    return repr(text).replace("$", r"\$")
+
+
+def positions(res: dict, path: Path) -> None:
+    """Patching per block and position over all probes (aligned at the last position), for the block
+    output, attention and MLP, and per head and position for the top blocks."""
+    plt = _plt()
+    pp = res["patch_probes"]
+    fe, heads = pp["from_end"], pp["head_from_end"]
+    width = fe["grid"].shape[1]
+    ticks = [("last" if k == 0 else f"-{k}") for k in range(width - 1, -1, -1)]
+    panels = [(fe["grid"], "block output"), (fe["grid_attn"], "attention"), (fe["grid_mlp"], "MLP")]
+    panels += [(hg, f"block {layer} heads") for layer, hg in heads.items()]
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 4), squeeze=False, layout="constrained")
+    for ax, (grid, title) in zip(axes[0], panels):
+        im = ax.imshow(grid, cmap="RdBu", vmin=-1, vmax=1, aspect="auto", origin="lower")
+        ax.set_xticks(range(width), ticks, fontsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="position (from the last)", ylabel="head" if "heads" in title else "block", title=title)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="fraction of gap recovered")
+    fig.suptitle(f"patch base ← tuned, one activation at a time, |gap|-weighted mean over {pp['with_gap']} probes")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def reward_tokens(rw: dict, path: Path) -> None:
+    """Each example's occlusion attribution per reward-model token."""
+    plt = _plt()
+    examples = rw["examples"]
+    fig, axes = plt.subplots(len(examples), 1, figsize=(10, 2.2 * len(examples)), squeeze=False)
+    for ax, ex in zip(axes[:, 0], examples):
+        d = np.asarray(ex.deltas, dtype=float)
+        ax.bar(range(len(d)), d, color=np.where(d >= 0, "C2", "C3"))
+        ax.set_xticks(range(len(d)), [_label(t) for t in ex.tokens], rotation=70, fontsize=7)
+        ax.axhline(0, color="grey", lw=0.5)
+        head = ex.text if len(ex.text) <= 70 else ex.text[:70] + "…"
+        ax.set(ylabel="Δ score", title=f"{_label(head)}: score {ex.score:+.3f} ({rw['kind']})")
+    _save(fig, path)

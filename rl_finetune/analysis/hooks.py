@@ -174,3 +174,45 @@ def patched(p: Parts, source: Cache, *, kind: str, layers, positions=None, head:
     finally:
         for h in handles:
             h.remove()
+
+
+@contextlib.contextmanager
+def patched_rows(p: Parts, source: Cache, *, kind: str, rows: list[tuple[int, int, int | None]]) -> Iterator[None]:
+    """One patch per batch row, for a batch of ``len(rows)`` copies of ``source``'s prompt: row r has
+    its ``kind`` activation of layer ``rows[r][0]`` at position ``rows[r][1]`` (for "head", only head
+    ``rows[r][2]``) replaced by ``source``'s. A sweep of single patches in one forward pass."""
+    by_layer: dict[int, tuple[list[int], list[int], list[int]]] = {}
+    for r, (layer, pos, head) in enumerate(rows):
+        idx = by_layer.setdefault(layer, ([], [], []))
+        idx[0].append(r), idx[1].append(pos), idx[2].append(0 if head is None else head)
+    handles = []
+
+    def out_hook(layer, r, t):
+        def hook(_mod, _inp, out):
+            new = _first(out).clone()
+            new[r, t] = getattr(source, kind)[layer][0, t]
+            return _replace_first(out, new)
+
+        return hook
+
+    def head_hook(layer, r, t, h):
+        def hook(_mod, args):
+            z = args[0].clone()
+            z = z.reshape(*z.shape[:-1], p.n_heads, p.head_dim)  # (batch, seq, n_heads, head_dim)
+            z[r, t, h] = source.heads[layer][0, t, h]
+            return (z.reshape(*z.shape[:-2], -1), *args[1:])
+
+        return hook
+
+    modules = {"resid": p.blocks, "attn": p.attn, "mlp": p.mlp}
+    try:
+        for layer, (r, t, h) in by_layer.items():
+            r, t, h = torch.tensor(r), torch.tensor(t), torch.tensor(h)
+            if kind == "head":
+                handles.append(p.o_proj[layer].register_forward_pre_hook(head_hook(layer, r, t, h)))
+            else:
+                handles.append(modules[kind][layer].register_forward_hook(out_hook(layer, r, t)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

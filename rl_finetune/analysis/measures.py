@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rl_finetune.analysis.hooks import Cache, Parts, patched, run_with_cache
+from rl_finetune.analysis.hooks import Cache, Parts, patched, patched_rows, run_with_cache
 
 
 def direction(p: Parts, pos_ids: list[int], neg_ids: list[int]) -> torch.Tensor:
@@ -112,39 +112,79 @@ def patched_diff(model, p: Parts, source: Cache, ids: torch.Tensor, pos_ids, neg
     return logit_diff(logits, pos_ids, neg_ids)
 
 
+#: A base -> tuned logit gap smaller than this has nothing to recover (fractions are nan).
+NO_GAP = 1e-6
+#: Rows (single patches) per batched forward pass of :func:`sweep`.
+PATCH_BATCH = 64
+
+
 def recovered(patched_value: float, base_value: float, tuned_value: float) -> float:
     """The fraction of the base -> tuned logit gap that a patch recovers (nan when there is no gap)."""
     gap = tuned_value - base_value
-    return float("nan") if abs(gap) < 1e-6 else (patched_value - base_value) / gap
+    return float("nan") if abs(gap) < NO_GAP else (patched_value - base_value) / gap
 
 
 @torch.no_grad()
-def patching(
-    base, pb: Parts, tuned_cache: Cache, ids, pos_ids, neg_ids, base_ld, tuned_ld, *, grid=True, head_layers=()
-):
-    """Base <- tuned activation patching, as fractions of the logit gap recovered:
-    per layer at the last position (residual after the block, attention output, MLP output), per
-    layer and position (residual), per head of ``head_layers`` (last position), all and none."""
+def sweep(model, p: Parts, source: Cache, ids: torch.Tensor, pos_ids, neg_ids, *, kind: str, rows) -> np.ndarray:
+    """The logit difference of ``model`` under each single patch of ``rows`` ((layer, position, head)
+    triples, see hooks.patched_rows), ``PATCH_BATCH`` patches per forward pass: (len(rows),)."""
+    out = []
+    for start in range(0, len(rows), PATCH_BATCH):
+        chunk = rows[start : start + PATCH_BATCH]
+        with patched_rows(p, source, kind=kind, rows=chunk):
+            logits = model(input_ids=ids.expand(len(chunk), -1), use_cache=False, logits_to_keep=1).logits[:, -1]
+        out.append((logits[:, pos_ids].mean(-1) - logits[:, neg_ids].mean(-1)).float())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+@torch.no_grad()
+def patching(base, pb: Parts, tuned_cache: Cache, ids, pos_ids, neg_ids, base_ld, tuned_ld, *, head_layers=()):
+    """Base <- tuned activation patching, as fractions of the logit gap recovered, one activation at a time:
+    per block and position for the block output ("grid", the residual after it), the attention output
+    ("grid_attn") and the MLP output ("grid_mlp"), each (n_layers, seq), with their last columns as
+    "resid", "attn" and "mlp"; per head and position for the blocks ``head_layers`` ("head_grid",
+    {layer: (n_heads, seq)}, last column as "heads"); all blocks at every position ("all") and none ("none")."""
     n, seq = pb.n_layers, ids.shape[1]
+    gap = tuned_ld - base_ld
 
-    def frac(**patch):
-        return recovered(patched_diff(base, pb, tuned_cache, ids, pos_ids, neg_ids, **patch), base_ld, tuned_ld)
+    def frac(values: np.ndarray) -> np.ndarray:
+        return np.full_like(values, np.nan) if abs(gap) < NO_GAP else (values - base_ld) / gap
 
-    out = {
-        kind: np.array([frac(kind=kind, layers=[layer], positions=[seq - 1]) for layer in range(n)])
-        for kind in ("resid", "attn", "mlp")
-    }
-    out["all"] = frac(kind="resid", layers=range(n))
-    out["none"] = frac(kind="resid", layers=[])
-    if grid:
-        out["grid"] = np.array(
-            [[frac(kind="resid", layers=[layer], positions=[t]) for t in range(seq)] for layer in range(n)]
-        )
-    out["heads"] = {
-        layer: np.array([frac(kind="head", layers=[layer], positions=[seq - 1], head=h) for h in range(pb.n_heads)])
+    def run(kind: str, rows) -> np.ndarray:
+        return frac(sweep(base, pb, tuned_cache, ids, pos_ids, neg_ids, kind=kind, rows=rows))
+
+    cells = [(layer, t, None) for layer in range(n) for t in range(seq)]
+    out: dict = {}
+    for kind, key in (("resid", "grid"), ("attn", "grid_attn"), ("mlp", "grid_mlp")):
+        out[key] = run(kind, cells).reshape(n, seq)
+        out[kind] = out[key][:, -1]
+    out["head_grid"] = {
+        layer: run("head", [(layer, t, h) for h in range(pb.n_heads) for t in range(seq)]).reshape(pb.n_heads, seq)
         for layer in head_layers
     }
+    out["heads"] = {layer: g[:, -1] for layer, g in out["head_grid"].items()}
+
+    def one(**patch) -> float:
+        return recovered(patched_diff(base, pb, tuned_cache, ids, pos_ids, neg_ids, **patch), base_ld, tuned_ld)
+
+    out["all"] = one(kind="resid", layers=range(n))
+    out["none"] = one(kind="resid", layers=[])
     return out
+
+
+def from_the_end(grids: list[np.ndarray], gaps: list[float]) -> np.ndarray:
+    """Patching grids (..., seq_i) of several prompts aligned at their LAST position and averaged with
+    weights |gap_i| (a prompt with no gap weighs nothing): (..., max seq_i), the last column being the
+    last position, column -1-k the k-th position before it; nan where no prompt with a gap reaches."""
+    width = max(g.shape[-1] for g in grids)
+    num = np.zeros((*grids[0].shape[:-1], width))
+    den = np.zeros_like(num)
+    for g, gap in zip(grids, gaps):
+        w = abs(gap) if abs(gap) >= NO_GAP else 0.0
+        num[..., width - g.shape[-1] :] += w * np.nan_to_num(g)
+        den[..., width - g.shape[-1] :] += w * np.isfinite(g)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 def weight_change(base, tuned, pb: Parts) -> dict[str, dict[str, float]]:

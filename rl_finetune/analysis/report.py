@@ -12,9 +12,19 @@ import torch
 
 from common.errors import UserError
 from common.paths import atomic_dir, write_json
+from db.types import shown_text
 from rl_finetune.analysis import figures
 from rl_finetune.analysis.hooks import parts, run_with_cache
-from rl_finetune.analysis.measures import attribution, logit_lens, patching, prompt_stats, weight_change
+from rl_finetune.analysis.measures import (
+    NO_GAP,
+    attribution,
+    from_the_end,
+    logit_lens,
+    patching,
+    prompt_stats,
+    weight_change,
+)
+from rl_finetune.analysis.reward import reward_attribution
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +38,7 @@ PROBES = [
 POSITIVE = [" good"]
 NEGATIVE = [" bad"]
 SAME = 1e-6  # a lens KL (nats) or logit-difference change below this counts as "identical"
+NOTABLE = 0.01  # a patch recovering less of the gap than this is not named in the headline
 
 
 def token_ids(tok, words: list[str], what: str) -> list[int]:
@@ -45,10 +56,14 @@ def token_ids(tok, words: list[str], what: str) -> list[int]:
 
 
 def encode(tok, prompt: str) -> torch.Tensor:
-    ids = tok(prompt, add_special_tokens=True).input_ids
-    if not prompt.strip() or not ids:
-        raise UserError(f"the prompt {prompt!r} tokenises to nothing.", "give prompts with some text in them.")
-    return torch.tensor([ids])
+    """(1, seq) token ids of ``prompt`` with the tokenizer's special tokens; a prompt with no token of
+    its own (blank, or only characters the tokenizer drops) is refused."""
+    if not prompt.strip() or not tok(prompt, add_special_tokens=False).input_ids:
+        raise UserError(
+            f"the prompt {prompt!r} tokenises to nothing.",
+            "give prompts with some text in them (--probe TEXT; --prompts FILE with one prompt per line).",
+        )
+    return torch.tensor([tok(prompt, add_special_tokens=True).input_ids])
 
 
 @torch.no_grad()
@@ -92,9 +107,15 @@ def analyse(
     max_new_tokens: int = 20,
     seed: int = 0,
     head_layers: int = 2,
+    reward: str | Path | None = None,
+    reward_probes: int = 2,
 ) -> dict:
     """Analyse ``tuned`` against ``base`` (loaded models sharing ``tok``); write the report into ``out``
-    atomically and return the figures as a dict."""
+    atomically and return the figures as a dict.
+
+    Activation patching runs on every probe; ``reward`` (a reward model folder, or None for none)
+    adds its token attribution on the greedy continuations of both models for the first
+    ``reward_probes`` probes."""
     probes = list(probes or PROBES)
     positive, negative = list(positive or POSITIVE), list(negative or NEGATIVE)
     pos_ids, neg_ids = token_ids(tok, positive, "positive"), token_ids(tok, negative, "negative")
@@ -111,8 +132,10 @@ def analyse(
         "probes": [],
     }
 
+    tuned_caches = []
     for prompt, ids in zip(probes, enc):
         cb, ct = run_with_cache(base, pb, ids), run_with_cache(tuned, pt, ids)
+        tuned_caches.append(ct)
         ab, at = attribution(pb, cb, pos_ids, neg_ids), attribution(pt, ct, pos_ids, neg_ids)
         lens_b, lp_b = logit_lens(pb, cb, pos_ids, neg_ids)
         lens_t, lp_t = logit_lens(pt, ct, pos_ids, neg_ids)
@@ -142,21 +165,37 @@ def analyse(
     moved = [i for i in range(pb.n_layers) if max(res["weights"][f"layer {i}"].values()) > 0]
     by_change = sorted(moved, key=lambda i: -max(res["weights"][f"layer {i}"].values()))
     res["head_layers"] = sorted(by_change[:head_layers]) or list(range(pb.n_layers))[-head_layers:]
-    res["patch"] = patching(
-        base,
-        pb,
-        run_with_cache(tuned, pt, enc[0]),
-        enc[0],
-        pos_ids,
-        neg_ids,
-        ab.actual,
-        at.actual,
-        head_layers=res["head_layers"],
-    )
+    patches = [
+        patching(base, pb, ct, ids, pos_ids, neg_ids, *pr["ld"], head_layers=res["head_layers"])
+        for ct, ids, pr in zip(tuned_caches, enc, res["probes"])
+    ]
+    res["patch"] = patches[0]
+    gaps = [pr["ld"][1] - pr["ld"][0] for pr in res["probes"]]
+    res["patch_probes"] = {
+        "n": len(patches),
+        "with_gap": sum(abs(g) >= NO_GAP for g in gaps),
+        "gaps": gaps,
+        "reach": [  # per position from the last: how many probes with a gap are that long
+            sum(pa["grid"].shape[1] > k and abs(g) >= NO_GAP for pa, g in zip(patches, gaps))
+            for k in range(max(pa["grid"].shape[1] for pa in patches))
+        ],
+        "from_end": {key: from_the_end([pa[key] for pa in patches], gaps) for key in ("grid", "grid_attn", "grid_mlp")},
+        "head_from_end": {
+            layer: from_the_end([pa["head_grid"][layer] for pa in patches], gaps) for layer in res["head_layers"]
+        },
+    }
     res["patch_tokens"] = [tok.decode([int(i)]) for i in enc[0][0]]
     if prompts:
         encoded = [encode(tok, p) for p in prompts]
         res["stats"] = prompt_stats(base, pb, tuned, pt, encoded, pos_ids, neg_ids)
+    if reward is not None:
+        texts = [
+            shown_text(pr["prompt"], pr["behaviour"][m]["greedy"])
+            for pr in res["probes"][:reward_probes]
+            for m in ("base", "tuned")
+        ]
+        res["reward"] = reward_attribution(reward, texts)
+    res["headline"] = headline(res)
     with atomic_dir(out) as tmp:
         figures.draw_all(res, tmp)
         (tmp / "report.md").write_text(markdown(res), encoding="utf-8")
@@ -172,7 +211,8 @@ def _jsonable(obj):
     if isinstance(obj, np.ndarray):
         return _jsonable(obj.tolist())
     if hasattr(obj, "__dataclass_fields__"):
-        return {k: _jsonable(getattr(obj, k)) for k in obj.__dataclass_fields__} | {"error": obj.error}
+        extra = {"error": obj.error} if hasattr(obj, "error") else {}
+        return {k: _jsonable(getattr(obj, k)) for k in obj.__dataclass_fields__} | extra
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -186,7 +226,7 @@ def _f(x: float, nd: int = 3) -> str:
 
 
 def _pct(x: float) -> str:
-    return "n/a" if not math.isfinite(x) else f"{100 * x:.0f}%"
+    return "n/a" if not math.isfinite(x) else f"{100 * x:.0f}%".replace("-0%", "0%")
 
 
 def _ci(t) -> str:
@@ -232,39 +272,33 @@ def headline(res: dict) -> list[str]:
         (f"MLP {i}", at.mlp[i] - ab.mlp[i]) for i in range(n)
     ]
     top = sorted(diff, key=lambda x: -abs(x[1]))[:3]
-    lines.append(
-        "- Direct logit attribution of the change (this prompt): "
-        + ", ".join(f"{c} {_f(v)}" for c, v in top)
-        + f" of a total {_f(at.actual - ab.actual)}."
-    )
+    if abs(top[0][1]) <= SAME:
+        lines.append("- Direct logit attribution: no block's term changed on this prompt.")
+    else:
+        lines.append(
+            "- Direct logit attribution of the change (this prompt): "
+            + ", ".join(f"{c} {_f(v)}" for c, v in top)
+            + f" of a total {_f(at.actual - ab.actual)}."
+        )
     if "stats" in res:
         lay = res["stats"]["layer"]
         i = int(np.argmax([abs(m[0]) for m in lay]))
-        lines.append(f"- Over the prompts, block {i} changes the attribution most: {_ci(lay[i])}.")
+        if abs(lay[i][0]) > SAME:
+            lines.append(f"- Over the prompts, block {i} changes the attribution most: {_ci(lay[i])}.")
     heads = at.heads - ab.heads
     flat = sorted(((abs(heads[li, h]), li, h) for li in range(n) for h in range(res["n_heads"])), reverse=True)[:3]
-    lines.append(
-        "- Heads with the largest attribution change: "
-        + ", ".join(f"L{li}H{h} {_f(heads[li, h])}" for _, li, h in flat)
-        + "."
-    )
-    pr = res["patch"]
-    if np.isfinite(pr["resid"]).any():
-        i = int(np.nanargmax(pr["resid"]))
-        g = pr["grid"]
-        li, t = np.unravel_index(np.nanargmax(g), g.shape)
+    if flat[0][0] > SAME:
         lines.append(
-            f"- Patching base ← tuned at the last position: block {i}'s output recovers {_pct(pr['resid'][i])} of the gap; "
-            f"the strongest single (block, position) is block {li} at {res['patch_tokens'][t]!r} ({_pct(g[li, t])}); "
-            f"all blocks at every position: {_pct(pr['all'])}."
+            "- Heads with the largest attribution change: "
+            + ", ".join(f"L{li}H{h} {_f(heads[li, h])}" for _, li, h in flat)
+            + "."
         )
-    else:
-        lines.append("- Patching: no logit gap on this prompt, nothing to recover.")
+    lines.append(where(res))
     moved = [i for i in range(n) if max(res["weights"][f"layer {i}"].values()) > 0]
     lines.append(
         "- Weights: no block changed."
         if not moved
-        else f"- Weights moved in blocks {_ranges(moved)}; unchanged (frozen) in {_ranges(sorted(set(range(n)) - set(moved))) or 'none'}."
+        else f"- Weights moved in {_blocks(moved)}; unchanged (frozen) in {_ranges(sorted(set(range(n)) - set(moved))) or 'none'}."
     )
     worst = max(max(p["attr"]["base"].error, p["attr"]["tuned"].error) for p in res["probes"])
     worst = max(worst, res.get("stats", {}).get("max_error", 0.0))
@@ -273,6 +307,71 @@ def headline(res: dict) -> list[str]:
         f"({'OK' if worst < 1e-3 else 'FAILED: the decomposition is wrong for this model'})."
     )
     return lines
+
+
+def _before(k: int) -> str:
+    return "the last position" if k == 0 else f"{k} token{'s' if k > 1 else ''} before the last"
+
+
+def where(res: dict) -> str:
+    """The headline's answer to "where does the change live": the blocks and positions whose tuned
+    activations, patched into the base model one at a time, recover the logit gap (|gap|-weighted mean
+    over the probes, positions counted from the last)."""
+    pp = res["patch_probes"]
+    g = pp["from_end"]["grid"]  # (n_layers, width), last column = last position
+    moved = [i for i in range(res["n_layers"]) if max(res["weights"][f"layer {i}"].values()) > 0]
+    if not np.isfinite(g).any():
+        if not moved:
+            return "- Where: nowhere. No weight moved and no probe's logit difference changed: the two models are the same."
+        return (
+            f"- Where: weights moved in {_blocks(moved)}, but no probe's logit difference changed "
+            f"(gap < {NO_GAP:g}), so patching has nothing to localise."
+        )
+    width = g.shape[1]
+    best = np.nan_to_num(g, nan=-np.inf)
+    strong = [k for k in range(width) if best[:, width - 1 - k].max() >= 0.5]
+    last = best[:, -1]
+    blocks = [int(i) for i in np.argsort(-last)[:3] if last[i] >= 0.1] or [int(np.argmax(last))]
+    at = ", ".join(_before(k) for k in strong) if strong else "no single position"
+    text = (
+        f"- Where (patching base ← tuned one activation at a time, |gap|-weighted mean over {pp['with_gap']} "
+        f"probe{'s' if pp['with_gap'] != 1 else ''}): the change lives at {at}"
+        + (" only" if strong == [0] else "")
+        + ". At the last position the output of "
+        + ", ".join(f"block {i} recovers {_pct(last[i])}" for i in blocks)
+        + " of the gap"
+    )
+    comps = [(f"MLP {i}", pp["from_end"]["grid_mlp"][i, -1]) for i in range(res["n_layers"])] + [
+        (f"attention {i}", pp["from_end"]["grid_attn"][i, -1]) for i in range(res["n_layers"])
+    ]
+    comps = sorted((c for c in comps if np.isfinite(c[1]) and c[1] >= NOTABLE), key=lambda c: -c[1])[:2]
+    if comps:
+        text += " (" + ", ".join(f"{c} alone {_pct(v)}" for c, v in comps) + ")"
+    if width > 1 and np.isfinite(g[:, :-1]).any():
+        li, col = np.unravel_index(np.nanargmax(g[:, :-1]), g[:, :-1].shape)
+        text += f"; at any earlier position no single block output recovers more than {_pct(g[li, col])}"
+        if g[li, col] >= NOTABLE:
+            text += f" (block {li}, {_before(width - 1 - col)})"
+    heads = [
+        (v, layer, h, width - 1 - t)
+        for layer, hg in pp["head_from_end"].items()
+        for (h, t), v in np.ndenumerate(hg)
+        if np.isfinite(v)
+    ]
+    if heads:
+        v, layer, h, k = max(heads)
+        of = _blocks(sorted(pp["head_from_end"]))
+        text += (
+            f". Best single head ({of}): L{layer}H{h} at {_before(k)}, {_pct(v)}"
+            if v >= NOTABLE
+            else f". No single head of {of} recovers {_pct(NOTABLE)} or more"
+        )
+    return text + "."
+
+
+def _blocks(xs: list[int]) -> str:
+    """``"block 3"`` or ``"blocks 0-2, 5"``."""
+    return f"block{'s' if len(xs) > 1 else ''} {_ranges(xs)}"
 
 
 def _ranges(xs: list[int]) -> str:
@@ -444,6 +543,7 @@ def markdown(res: dict) -> str:
             + ", ".join(f"H{h} {_pct(fr[h])}" for h in order)
             + "."
         ]
+    L += ["", *_positions_section(res)]
     L += [
         "",
         "## 6. Weight change",
@@ -458,7 +558,80 @@ def markdown(res: dict) -> str:
         ["where", *groups],
         [[row, *(f"{vals[g]:.2e}" if g in vals else "" for g in groups)] for row, vals in res["weights"].items()],
     ) + [""]
+    if "reward" in res:
+        L += _reward_section(res["reward"])
     return "\n".join(L)
+
+
+def _best(col: np.ndarray) -> str:
+    """``"i: x%"``: the block with the largest finite entry of a column of a patching grid, and that entry."""
+    if not np.isfinite(col).any():
+        return "n/a"
+    i = int(np.nanargmax(col))
+    return f"{i}: {_pct(col[i])}"
+
+
+def _positions_section(res: dict) -> list[str]:
+    pp = res["patch_probes"]
+    fe = pp["from_end"]
+    width = fe["grid"].shape[1]
+    L = [
+        f"### Per position, over the {pp['n']} probes",
+        "",
+        "The same single patches on every probe, aligned at each prompt's last position and averaged with "
+        f"weights |gap| (a probe without a logit gap weighs nothing; {pp['with_gap']} of {pp['n']} have one). "
+        "Per position, the block whose output (residual), attention or MLP recovers most, and the fraction: "
+        "![positions](positions.png)",
+        "",
+    ]
+    head_cols = pp["head_from_end"]
+    rows = []
+    for k in range(width):
+        col = width - 1 - k
+        head = "n/a"
+        cand = [(hg[h, col], layer, h) for layer, hg in head_cols.items() for h in range(hg.shape[0])]
+        cand = [c for c in cand if np.isfinite(c[0])]
+        if cand:
+            v, layer, h = max(cand)
+            head = f"L{layer}H{h}: {_pct(v)}"
+        rows.append(
+            [
+                _before(k),
+                pp["reach"][k],
+                _best(fe["grid"][:, col]),
+                _best(fe["grid_attn"][:, col]),
+                _best(fe["grid_mlp"][:, col]),
+                head,
+            ]
+        )
+    L += _table(["position", "probes", "block output", "attention", "MLP", "single head (top blocks)"], rows) + [""]
+    for layer, hg in head_cols.items():
+        cols = list(range(width))
+        L += [f"Block {layer}, each head patched at each position (mean over the probes):", ""]
+        L += _table(
+            ["head", *(_before(width - 1 - c).replace("the last position", "last") for c in cols)],
+            [[f"H{h}", *(_pct(hg[h, c]) for c in cols)] for h in range(hg.shape[0])],
+        ) + [""]
+    return L
+
+
+def _reward_section(rw: dict) -> list[str]:
+    L = [
+        "## 7. The reward model: which tokens move its score",
+        "",
+        f"Reward model {rw['model_dir']!r}, score = {rw['kind']}. Each of the reward model's own tokens of the "
+        "text is replaced in turn by its mask token and the text is scored again; a token's attribution is "
+        "score(text) − score(text with it masked), positive when it raised the score (occlusion: the policy "
+        "side sees the reward model only as reward_fn(texts)). The texts: each model's greedy continuation "
+        "of the first probes. ![reward tokens](reward_tokens.png)",
+        "",
+    ]
+    rows = []
+    for ex in rw["examples"]:
+        up = ", ".join(f"{_q(t)} {d:+.3f}" for t, d in ex.top(3, sign=1)) or "none"
+        down = ", ".join(f"{_q(t)} {d:+.3f}" for t, d in ex.top(3, sign=-1)) or "none"
+        rows.append([_q(ex.text), f"{ex.score:+.3f}", up, down])
+    return L + _table(["text", "score", "raise it most", "lower it most"], rows) + [""]
 
 
 def load_results(out: Path) -> dict:
