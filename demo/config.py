@@ -50,6 +50,16 @@ class DemoConfig:
     gold: GoldConfig = field(
         default_factory=GoldConfig, metadata={"help": "the gold judge (TF-IDF + logistic regression)"}
     )
+    analysis: bool = field(
+        default=True,
+        metadata={
+            "help": "end with `python -m rl_finetune analyse` of the final policy against the base policy "
+            "(written to $RLHF_ARTIFACTS/analysis/demo-<run-id>, shown on the app's Analysis page)"
+        },
+    )
+    analysis_prompts: int = field(
+        default=16, metadata={"help": "held-out prompts of the analysis's statistics (the probes come on top)"}
+    )
     overoptimization: bool = field(
         default=False,
         metadata={

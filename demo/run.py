@@ -313,6 +313,20 @@ def label_ledger(rounds: list[dict]) -> list[dict]:
     return rows
 
 
+def analyse_policy(profile: Profile, base: str, tuned: str, reward_dir: Path, run_id: str) -> dict:
+    """The ``analyse`` report of the final policy against the base policy, where the app's Analysis page
+    finds it (``$RLHF_ARTIFACTS/analysis/demo-<run-id>``); returns its folder and headline."""
+    from base_policy.loading import load_policy
+    from rl_finetune.analysis import analyse
+
+    out = artifacts_root() / "analysis" / f"demo-{run_id}"
+    base_model, tok = load_policy(base)
+    tuned_model, _ = load_policy(tuned)
+    prompts = prompts_for(profile, "test", profile.demo.analysis_prompts, seed=profile.demo.seed + 17)
+    res = analyse(base_model, tuned_model, tok, out, names=(base, tuned), prompts=prompts, samples=1, reward=reward_dir)
+    return {"folder": str(out), "headline": list(res["headline"])}
+
+
 def rescore(samples: list[dict], gold_fn, prob_fn) -> dict:
     import db
 
@@ -337,7 +351,7 @@ def run(profile: Profile, *, run_id: str | None = None, progress: bool = True, e
     run_id = run_id or new_run_id("demo-")
     out = artifacts_root() / "demo" / run_id
     out.mkdir(parents=True, exist_ok=True)
-    n_steps = 2 + 4 * cfg.rounds + (1 if cfg.overoptimization else 0) + 1
+    n_steps = 2 + 4 * cfg.rounds + (1 if cfg.overoptimization else 0) + (1 if cfg.analysis else 0) + 1
     steps = Steps(n_steps, echo)
     report: dict[str, Any] = {"run_id": run_id, "config": to_dict(cfg), "rounds": []}
     echo(f"RLHF demo {run_id}: {cfg.rounds} round(s) of {cfg.n_labels} simulated labels; report in {out}")
@@ -425,6 +439,11 @@ def run(profile: Profile, *, run_id: str | None = None, progress: bool = True, e
                 eval_prompts,
                 progress,
             )
+
+    if cfg.analysis:
+        with steps.step("analysis", f"what PPO changed inside {Path(policy).name} (python -m rl_finetune analyse)"):
+            report["analysis"] = analyse_policy(profile, base, policy, rm_dir, run_id)
+            echo("  " + "\n  ".join(report["analysis"]["headline"]))
 
     with steps.step("report", "score before/after samples, write report.md, report.json and plots"):
         from reward_training import load_reward_fn
@@ -631,6 +650,10 @@ def report_markdown(report: dict) -> str:
             f"distinct-2 {_fmt(s.get('eval/distinct_2_before'))} -> {_fmt(s.get('eval/distinct_2_after'))}",
             "",
         ]
+    if report.get("analysis"):
+        a = report["analysis"]
+        lines += ["## What PPO changed inside the policy", "", *[f"- {h}" for h in a["headline"]], ""]
+        lines += [f"The full report (logit lens, attribution, patching, weight change): `{a['folder']}/report.md`.", ""]
     if report.get("ledger"):
         lines += [
             "## Labels and what they bought (the budget ledger)",

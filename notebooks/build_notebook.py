@@ -375,6 +375,28 @@ ax.set(xlabel="sqrt(KL to the base policy)", ylabel="mean P(positive) on eval pr
 ax.legend(fontsize=7); fig.tight_layout()
 """),
     md("""
+### What did PPO change inside the model?
+
+EleutherAI's exploratory analysis of a trlx sentiment run asked where RL fine-tuning puts its change:
+which layers, which positions, which heads. `rl_finetune.analysis.analyse` (the same as
+`python -m rl_finetune analyse BASE TUNED`, or `make analyse`) answers it for any two checkpoints of
+one family: the next-token shift over many prompts with intervals, the logit lens, direct logit
+attribution per layer and head, activation patching per layer and position, the weight change, and
+which tokens move the reward model's score. Each model is measured with its own activations and
+unembedding. The report (markdown and PNGs) also shows on the labelling app's Analysis page.
+"""),
+    code("""
+from base_policy.loading import load_policy
+from common.paths import artifacts_root
+from rl_finetune.analysis import analyse
+
+base_model, tok = load_policy(base)
+tuned_model, _ = load_policy(stage.folder)
+analysis = analyse(base_model, tuned_model, tok, artifacts_root() / "analysis" / "notebook",
+                   names=(str(base), str(stage.folder)), prompts=eval_prompts[:16], samples=1, reward=rm_dir)
+print("\\n".join(analysis["headline"]))
+"""),
+    md("""
 ## Where to go next
 
 - `make label` opens the labelling app: replace the simulated labellers with your own judgement.

@@ -158,6 +158,9 @@ def test_smoke_demo_end_to_end(smoke_env, tiny_policy_dir, tiny_reward_dir, caps
     assert all(v is not None for v in report["kl"].values())
     assert [r["round"] for r in report["ledger"]] == [1, 2] and report["ledger"][1]["labels_total"] == 120
     assert "gold gain per 100 labels" in md
+    # it ends with the analysis of what PPO changed, where the app's Analysis page finds it
+    assert report["analysis"]["headline"] and "What PPO changed inside the policy" in md
+    assert (smoke_env["artifacts"] / "analysis" / "demo-t" / "report.md").is_file()
     assert report["samples"] and report["samples"][0]["before"] is not None
 
     # labels went through the db: two rounds of 60, with overlap 2 and agreement statistics

@@ -39,6 +39,7 @@ NOTEBOOK_IMPORTS = {
     "reward_training",
     "rl_finetune.ppo",
     "rl_finetune.ppo.core",
+    "rl_finetune.analysis",
 }
 THIRD_PARTY = {"os", "sys", "json", "logging", "math", "dataclasses", "pathlib", "numpy", "pandas", "matplotlib"}
 THIRD_PARTY |= {"torch", "transformers"}
