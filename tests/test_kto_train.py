@@ -93,10 +93,29 @@ def test_kto_examples_are_majority_labels_without_skips_and_ties(smoke_env):
     from rl_finetune.offline.data import kto_examples
 
     _judged(
-        {" a": ["good", "good", "bad"], " b": ["bad"], " c": ["good", "bad"], " d": ["skip"], " e": ["skip", "good"]}
+        {
+            " a": ["good", "good", "bad"],
+            " b": ["bad"],
+            " c": ["good", "bad"],
+            " d": ["skip"],
+            " e": ["skip", "good"],
+            "": ["bad"],  # the policy stopped at once: no token to learn from, dropped
+        }
     )
     got = kto_examples(db.connect())
     assert [(c, good) for _, c, good in got] == [(" a", True), (" b", False), (" e", True)]  # c: tie, d: skip only
+
+
+def test_pairs_with_an_empty_side_are_dropped_when_read(tmp_path):
+    from db.types import PreferencePair
+    from rl_finetune.offline.data import dpo_pairs
+
+    f = tmp_path / "pairs.jsonl"
+    rows = [("Well", " good", " bad"), ("Well", "", " bad"), ("So", " fine", " dull")]
+    f.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in rows))
+    got = dpo_pairs(path=f)
+    assert [(p.chosen, p.rejected) for p in got] == [(" good", " bad"), (" fine", " dull")]
+    assert all(isinstance(p, PreferencePair) for p in got)
 
 
 def test_cli_trains_saves_registers_and_points_latest(smoke_env, tiny_policy_dir, capsys):

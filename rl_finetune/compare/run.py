@@ -68,6 +68,7 @@ class CompareRun:
 def read_labels(engine) -> Labels:
     """The database's labels, or a :class:`UserError` when it has none of either kind (nothing is written)."""
     import db
+    from rl_finetune.offline.data import without_empty_examples, without_empty_pairs
 
     examples = db.labelled_dataset(engine)
     pairs, note = None, ""
@@ -75,13 +76,13 @@ def read_labels(engine) -> Labels:
     if pair_fn is None:
         note = "this version of the database code has no preference pairs (db.preference_pairs)"
     else:
-        pairs = list(pair_fn(engine))
+        pairs = without_empty_pairs(list(pair_fn(engine)))  # an empty side has no token to compare
     if not examples and not pairs:
         raise UserError(
             "the database has no labels: no good/bad judgements and no preference pairs to compare learners on.",
             "label some completions first (make label, or python -m labeling_app simulate), then run the compare.",
         )
-    kto = [(e.prompt, e.completion, e.label >= 0.5) for e in examples]
+    kto = without_empty_examples([(e.prompt, e.completion, e.label >= 0.5) for e in examples])
     return Labels(kto, sum(e.n_labels for e in examples), pairs, note)
 
 

@@ -11,31 +11,54 @@ model loads or anything is written.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from common.errors import UserError
+
+log = logging.getLogger(__name__)
 
 #: DPO needs at least this many pairs: with one pair the policy only learns to tell that pair apart.
 MIN_PAIRS = 2
 
 
+def without_empty_examples(examples: list[tuple[str, str, bool]]) -> list[tuple[str, str, bool]]:
+    """``examples`` without those whose completion is empty (the policy stopped at once: no token to
+    learn from), with a log line saying how many were dropped."""
+    kept = [e for e in examples if e[1]]
+    if len(kept) < len(examples):
+        log.info("KTO: dropped %d labelled completion(s) that are empty", len(examples) - len(kept))
+    return kept
+
+
+def without_empty_pairs(pairs: list) -> list:
+    """``pairs`` without those with an empty side (no token to compare), with a log line saying how many."""
+    kept = [p for p in pairs if p.chosen and p.rejected]
+    if len(kept) < len(pairs):
+        log.info("DPO: dropped %d preference pair(s) with an empty completion", len(pairs) - len(kept))
+    return kept
+
+
 def kto_examples(engine) -> list[tuple[str, str, bool]]:
-    """``(prompt, completion, good)`` for every completion with a majority good/bad label, by completion id."""
+    """``(prompt, completion, good)`` for every non-empty completion with a majority good/bad label, by
+    completion id (an empty completion, which a policy writes when it stops at once, is dropped)."""
     import db
 
-    return [(e.prompt, e.completion, e.label >= 0.5) for e in db.labelled_dataset(engine, combine="majority")]
+    examples = [(e.prompt, e.completion, e.label >= 0.5) for e in db.labelled_dataset(engine, combine="majority")]
+    return without_empty_examples(examples)
 
 
 def dpo_pairs(engine=None, path: Path | str | None = None) -> list:
     """The preference pairs DPO trains on: from the file at ``path`` when given (JSONL or a datasets
-    folder with prompt/chosen/rejected), else from the database's pair judgements."""
+    folder with prompt/chosen/rejected), else from the database's pair judgements; pairs with an empty
+    side are dropped."""
     if path is not None:
         from db.transfer import read_preference_file
 
-        return read_preference_file(Path(path))
+        return without_empty_pairs(read_preference_file(Path(path)))
     from db.pairs import preference_pairs
 
-    return preference_pairs(engine)
+    return without_empty_pairs(preference_pairs(engine))
 
 
 def check_pairs(pairs: list) -> None:
