@@ -162,6 +162,7 @@ def main() -> None:
                     "ppo_epochs": cfg.ppo_epochs,
                     "minibatches": cfg.minibatches_per_epoch,
                     "num_layers_unfrozen": cfg.num_layers_unfrozen,
+                    "lora_r": cfg.lora_r,
                     "shared_trunk": cfg.shared_trunk,
                     "steps_timed": len(rows),
                     "s_per_step_median": round(med["step_time"], 3),

@@ -11,7 +11,9 @@ the same in every pass PPO makes over it:
 :class:`FrozenTrunk` computes that output once (:meth:`FrozenTrunk.hidden`, stopping the
 forward pass after the last frozen block), then runs only the top blocks on it
 (:meth:`FrozenTrunk.replay`). The reference is the same trunk with a frozen copy of only the top
-``N`` blocks and the final norm (:meth:`FrozenTrunk.reference`), not a copy of the whole model.
+``N`` blocks and the final norm (:meth:`FrozenTrunk.reference`), not a copy of the whole model. With
+LoRA adapters in the top blocks (``adapters_off``) nothing is copied: the reference is those same
+blocks with the adapters switched off, and the bottom blocks, which have none, are the start model's.
 Sampling already runs the frozen layers over prompt and response, so the rollout keeps their
 output from it (:meth:`FrozenTrunk.recording`) and :meth:`FrozenTrunk.hidden` runs only when it
 could not (a batch whose every row ended early).
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -65,10 +67,19 @@ class FrozenTrunk:
     """The frozen bottom of ``lm`` (a Hugging Face causal LM) and a reference branch on top of it.
 
     ``lm`` must already be frozen below its top ``num_layers_unfrozen`` blocks
-    (:func:`rl_finetune.value_head.freeze_bottom`); ``0 <= num_layers_unfrozen < L``.
+    (:func:`rl_finetune.value_head.freeze_bottom`, or LoRA adapters in those blocks only);
+    ``0 <= num_layers_unfrozen < L``. ``adapters_off``: with LoRA, a context manager factory that
+    switches the adapters off (:meth:`rl_finetune.value_head.LoraAdapters.off`); the reference is then
+    the top blocks run inside it, and no copy of them is kept.
     """
 
-    def __init__(self, lm: nn.Module, num_layers_unfrozen: int):
+    def __init__(
+        self,
+        lm: nn.Module,
+        num_layers_unfrozen: int,
+        *,
+        adapters_off: Callable[[], contextlib.AbstractContextManager] | None = None,
+    ):
         self.lm = lm
         self.blocks = transformer_blocks(lm)
         n_layers = len(self.blocks)
@@ -76,10 +87,14 @@ class FrozenTrunk:
             raise ValueError(f"num_layers_unfrozen={num_layers_unfrozen} needs 0 <= N < {n_layers} for a shared trunk")
         self.split = n_layers - num_layers_unfrozen  # blocks [0, split) are frozen
         self.norm_name = _final_norm_name(lm)
-        # the reference's own top: a frozen copy of the trainable blocks and the final norm
-        self.ref_blocks = [copy.deepcopy(b).requires_grad_(False) for b in list(self.blocks)[self.split :]]
+        self.adapters_off = adapters_off
+        # the reference's own top: a frozen copy of the trainable blocks and the final norm (none with LoRA)
+        top = [] if adapters_off is not None else list(self.blocks)[self.split :]
+        self.ref_blocks = [copy.deepcopy(b).requires_grad_(False) for b in top]
         self.ref_norm = (
-            copy.deepcopy(getattr(lm.base_model, self.norm_name)).requires_grad_(False) if self.norm_name else None
+            copy.deepcopy(getattr(lm.base_model, self.norm_name)).requires_grad_(False)
+            if self.norm_name and adapters_off is None
+            else None
         )
 
     @property
@@ -157,7 +172,12 @@ class FrozenTrunk:
     @contextlib.contextmanager
     def reference(self, hidden: torch.Tensor) -> Iterator[None]:
         """Like :meth:`replay`, with the reference's frozen copy of the top blocks and final norm in
-        place of the trained ones: a forward pass of ``lm`` inside it is the reference model's."""
+        place of the trained ones (with LoRA: the same blocks, adapters off): a forward pass of ``lm``
+        inside it is the reference model's."""
+        if self.adapters_off is not None:
+            with self.adapters_off(), self.replay(hidden):
+                yield
+            return
         top = list(self.blocks)[self.split :]
         norm = getattr(self.lm.base_model, self.norm_name) if self.norm_name else None
         for i, block in enumerate(self.ref_blocks):

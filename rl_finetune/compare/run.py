@@ -113,7 +113,7 @@ class Harness:
         from rl_finetune.ppo.trainer import PPOTrainer
 
         cfg = dataclasses.replace(cfg, algorithm="ppo", samples_per_prompt=None, kl_penalty="reward")
-        cfg = dataclasses.replace(cfg, num_layers_unfrozen=-1, checkpoint_interval=0)  # a full reference copy
+        cfg = dataclasses.replace(cfg, num_layers_unfrozen=-1, checkpoint_interval=0, lora_r=0)  # a full reference copy
         self.trainer = PPOTrainer(
             load_policy(policy), reward_fn, list(eval_prompts), cfg, eval_prompts=list(eval_prompts),
             gold_fn=gold_fn, eval_fns=eval_fns, progress=False,

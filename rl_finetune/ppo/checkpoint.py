@@ -27,8 +27,12 @@ from common.paths import WORK_PREFIX, atomic_dir, claim_run, host_tag, model_kin
 
 CHECKPOINT = "checkpoint"
 #: Settings a resumed run must share with its checkpoint (they shape the trained parameters, the
-#: optimiser's groups or the KL controller's state).
-MUST_MATCH = ("num_layers_unfrozen", "shared_trunk", "kl_target", "kl_horizon", "scale_reward")
+#: optimiser's groups or the KL controller's state). A LoRA run resumes with its adapters: ``policy.pt``
+#: holds them beside the (frozen) weights they adapt.
+MUST_MATCH = (
+    "num_layers_unfrozen", "shared_trunk", "kl_target", "kl_horizon", "scale_reward", "lora_r", "lora_alpha",
+    "lora_target",
+)  # fmt: skip
 log = logging.getLogger(__name__)
 
 

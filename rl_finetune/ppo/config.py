@@ -94,6 +94,29 @@ class PPOConfig:
             "the reference, which keeps a copy of the top blocks only (trlx's hydra); false: a full reference copy"
         },
     )
+    lora_r: int = field(
+        default=0,
+        metadata={
+            "help": "LoRA rank (peft): train rank-r adapters on lora_target in the trainable layers (num_layers_unfrozen; "
+            "-1: all) instead of the layers; the reference is the model with its adapters off, no copy (0: off)"
+        },
+    )
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "LoRA scale: an adapter adds (lora_alpha / lora_r) * B A (None: 2 * lora_r)"}
+    )
+    lora_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "dropout on the adapters' input in the PPO updates only (sampling, old log-probs, eval: none)"
+        },
+    )
+    lora_target: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "names of the layers that get adapters, e.g. [q_proj, v_proj] (None: every linear layer in the "
+            "blocks: GPT-2 c_attn, c_proj, c_fc; Llama q/k/v/o_proj, gate/up/down_proj)"
+        },
+    )
 
     # -- PPO -------------------------------------------------------------------------------------
     gamma: float = field(default=1.0, metadata={"help": "discount"})
@@ -212,6 +235,11 @@ class PPOConfig:
         return self.num_rollouts // self.minibatch_size
 
     @property
+    def lora_scale_alpha(self) -> float:
+        """``lora_alpha``, or ``2 * lora_r`` when it is None."""
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_r
+
+    @property
     def k(self) -> int:
         """Samples per prompt: ``samples_per_prompt``, or 1 for ppo and 4 for rloo/grpo when it is None."""
         if self.samples_per_prompt is not None:
@@ -266,6 +294,31 @@ class PPOConfig:
         if len(self.adam_betas) != 2:
             raise ConfigError("ppo.adam_betas must hold two numbers.", "e.g. [0.9, 0.95].")
         self._validate_learner()
+        self._validate_lora()
+
+    def _validate_lora(self) -> None:
+        if self.lora_r < 0:
+            raise ConfigError(
+                f"ppo.lora_r={self.lora_r} must be >= 0.", "set ppo.lora_r to 0 (no LoRA) or a rank, e.g. 8."
+            )
+        if self.lora_r == 0:
+            return
+        if self.num_layers_unfrozen == 0:
+            raise ConfigError(
+                "ppo.lora_r > 0 with ppo.num_layers_unfrozen=0 puts adapters in no layer.",
+                "set ppo.num_layers_unfrozen to the number of top layers that get adapters (-1: all), or ppo.lora_r=0.",
+            )
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ConfigError(
+                f"ppo.lora_alpha={self.lora_alpha} must be > 0.", "set it to e.g. 16, or null (2 * lora_r)."
+            )
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"ppo.lora_dropout={self.lora_dropout} must lie in [0, 1).", "use e.g. 0.0 or 0.05.")
+        if self.lora_target is not None and not self.lora_target:
+            raise ConfigError(
+                "ppo.lora_target is an empty list.",
+                "name the layers, e.g. [q_proj, v_proj], or null for every linear layer.",
+            )
 
     def _validate_learner(self) -> None:
         if self.samples_per_prompt is not None and self.samples_per_prompt < 1:

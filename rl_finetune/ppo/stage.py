@@ -22,7 +22,7 @@ from common.metrics import scalar_metrics
 from common.paths import WORK_PREFIX, claim_run, new_run_id, policies_dir, write_latest
 from rl_finetune.ppo import checkpoint
 from rl_finetune.ppo.config import PPOConfig
-from rl_finetune.ppo.trainer import PPOResult, RewardFn, save_policy, train
+from rl_finetune.ppo.trainer import PPOResult, RewardFn, check_policy_fits, save_policy, train
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ def run_stage(
         work_dir, run_id = checkpoint.find_run_to_resume(policies_dir(), start, cfg)
         log.info("resuming PPO run %s from %s", run_id, work_dir / checkpoint.CHECKPOINT)
     model, tokenizer = load_policy(start)
+    check_policy_fits(cfg, model)  # num_layers_unfrozen, lora_target: refused before any folder is claimed
     reward_fn, reward_evals = reward_fns(reward, cfg)
     eval_fns = {**reward_evals, **(eval_fns or {})}
     # 2. the prompts

@@ -17,7 +17,8 @@ The policy sees the reward only as ``reward_fn(list[str]) -> scores``; the rewar
 Device placement, mixed precision and DDP go through ``accelerate``. The loop's speed tricks live in
 two named places: :meth:`PPOTrainer.policy_forward` reuses a forward pass, and :meth:`PPOTrainer.frozen_trunk`
 runs the frozen bottom layers once per rollout for the policy, the reference and every PPO epoch
-(:mod:`rl_finetune.hydra`).
+(:mod:`rl_finetune.hydra`). With ``lora_r > 0`` only peft's LoRA adapters (and the value head) train, and the
+reference is the policy with its adapters off (:class:`rl_finetune.value_head.LoraAdapters`): no copy is kept.
 """
 
 from __future__ import annotations
@@ -63,7 +64,14 @@ from rl_finetune.ppo.rollout import (
     seeded,
     tokenize_prompts,
 )
-from rl_finetune.value_head import PolicyWithValueHead, freeze_bottom, transformer_blocks
+from rl_finetune.value_head import (
+    LoraAdapters,
+    PolicyWithValueHead,
+    default_lora_targets,
+    freeze_bottom,
+    transformer_blocks,
+    unmatched_lora_targets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +80,9 @@ RewardFn = Callable[[list[str]], Sequence[float]]
 
 @dataclass
 class PPOResult:
-    model: torch.nn.Module  # the trained causal LM (plain Hugging Face model)
+    model: torch.nn.Module  # the trained causal LM (plain Hugging Face model; with LoRA a copy, adapters merged)
     tokenizer: object
-    policy: PolicyWithValueHead  # model + value head
+    policy: PolicyWithValueHead  # the trained model + value head (with LoRA: the adapters still in it)
     config: PPOConfig
     metrics: list[dict]
     before: list[dict] = field(default_factory=list)  # eval samples at step 0
@@ -91,6 +99,28 @@ def _model_and_tokenizer(policy) -> tuple[torch.nn.Module, object]:
             "load a policy folder with base_policy.loading.load_policy(path) and pass what it returns.",
         )
     return policy
+
+
+def check_policy_fits(cfg: PPOConfig, lm: torch.nn.Module) -> None:
+    """The settings that need the model, checked before anything is written (:func:`stage.run_stage` calls it
+    before claiming a run folder): ``num_layers_unfrozen`` within the model's layers, and with LoRA every
+    ``lora_target`` naming a linear layer of the trainable blocks. A one-line :class:`UserError` otherwise."""
+    n_layers = len(transformer_blocks(lm))
+    if cfg.num_layers_unfrozen > n_layers:
+        raise UserError(
+            f"ppo.num_layers_unfrozen={cfg.num_layers_unfrozen} is more than the policy's {n_layers} layers.",
+            f"set ppo.num_layers_unfrozen to at most {n_layers} (or -1 to train every layer).",
+        )
+    if not cfg.lora_r or cfg.lora_target is None:
+        return
+    missing = unmatched_lora_targets(lm, cfg.lora_target, cfg.num_layers_unfrozen)
+    if missing:
+        where = "" if cfg.num_layers_unfrozen in (-1, n_layers) else f"top {cfg.num_layers_unfrozen} of its "
+        raise UserError(
+            f"ppo.lora_target {missing} names no linear layer in the {where}{n_layers} blocks of the policy "
+            f"({type(lm).__name__}).",
+            f"use some of {default_lora_targets(lm)}, or ppo.lora_target=null for all of them.",
+        )
 
 
 class PPOTrainer:
@@ -128,17 +158,24 @@ class PPOTrainer:
             tok.pad_token_id if tok.pad_token_id is not None else (self.eos_id if self.eos_id is not None else 0)
         )
         lm.eval()  # dropout off, for the whole run
+        check_policy_fits(cfg, lm)
         n_layers = len(transformer_blocks(lm))
-        if cfg.num_layers_unfrozen > n_layers:
-            raise UserError(
-                f"ppo.num_layers_unfrozen={cfg.num_layers_unfrozen} is more than the policy's {n_layers} layers.",
-                f"set ppo.num_layers_unfrozen to at most {n_layers} (or -1 to train every layer).",
-            )
         hydra = cfg.shared_trunk and 0 <= cfg.num_layers_unfrozen < n_layers
-        self.ref = None if hydra else copy.deepcopy(lm).eval().requires_grad_(False).to(acc.device)
-        self.n_trainable = freeze_bottom(lm, cfg.num_layers_unfrozen)
+        self.lora = None  # with lora_r: the adapters, and the reference is the policy with them off
+        if cfg.lora_r:
+            self.lora = LoraAdapters(
+                lm, r=cfg.lora_r, alpha=cfg.lora_scale_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_target,
+                num_layers_unfrozen=cfg.num_layers_unfrozen,
+            )  # fmt: skip
+            self.ref, self.n_trainable = None, self.lora.n_trainable
+        else:
+            self.ref = None if hydra else copy.deepcopy(lm).eval().requires_grad_(False).to(acc.device)
+            self.n_trainable = freeze_bottom(lm, cfg.num_layers_unfrozen)
         # the reference shares the frozen bottom and keeps a copy of only the top blocks (rl_finetune.hydra)
-        self.trunk = FrozenTrunk(lm, cfg.num_layers_unfrozen).to(acc.device) if hydra else None
+        adapters_off = self.lora.off if self.lora is not None else None
+        self.trunk = (
+            FrozenTrunk(lm, cfg.num_layers_unfrozen, adapters_off=adapters_off).to(acc.device) if hydra else None
+        )
         policy_model = PolicyWithValueHead(lm)
         params = [p for p in policy_model.parameters() if p.requires_grad]
         head = [p for p in policy_model.v_head.parameters()]
@@ -177,6 +214,8 @@ class PPOTrainer:
         self.elapsed = 0.0
         self._first_update_forward = None  # see policy_forward
         self.before: list[dict] = []
+        if acc.is_main_process and self.lora is not None:
+            log.info("LoRA r=%d, alpha=%g on %s", cfg.lora_r, cfg.lora_scale_alpha, ", ".join(self.lora.targets))
         if acc.is_main_process:
             log.info(
                 "%s: %d prompts, %d eval prompts, %d trainable parameters, %d process(es), %d thread(s), %s",
@@ -246,14 +285,16 @@ class PPOTrainer:
 
         The loop's one speed trick lives here: with one minibatch per epoch, the first update's forward
         pass *is* the old policy's (same weights, same inputs), so it runs once, with gradients, and the
-        first minibatch reuses it (one forward pass less per step)."""
+        first minibatch reuses it (one forward pass less per step). Not with LoRA dropout, which only the
+        updates see."""
+        dropout = self.lora is not None and self.cfg.lora_dropout > 0
         if mb is not None:
             reused, self._first_update_forward = self._first_update_forward, None
             if reused is not None:
                 return reused
-            with self.frozen_trunk(rollout, mb):
+            with self.frozen_trunk(rollout, mb), self.lora.dropout() if dropout else contextlib.nullcontext():
                 return self.model(**rollout.model_inputs(mb))
-        if self.cfg.minibatches_per_epoch == 1:
+        if self.cfg.minibatches_per_epoch == 1 and not dropout:
             with torch.enable_grad(), self.frozen_trunk(rollout):
                 self._first_update_forward = self.model(**rollout.model_inputs())
             return tuple(x.detach() for x in self._first_update_forward)
@@ -265,6 +306,9 @@ class PPOTrainer:
         inputs = rollout.model_inputs()
         if self.trunk is not None:  # the policy's modules, with the reference's copy of the top blocks
             with self.accelerator.autocast(), self.frozen_trunk(rollout, reference=True):
+                return self.unwrapped(**inputs, with_values=False)[0]
+        if self.lora is not None:  # the policy with its adapters off is the start model
+            with self.accelerator.autocast(), self.bf16(self.unwrapped.lm), self.lora.off():
                 return self.unwrapped(**inputs, with_values=False)[0]
         start = inputs.pop("start")
         with self.accelerator.autocast(), self.bf16(self.ref):
@@ -284,7 +328,13 @@ class PPOTrainer:
             with self.accelerator.autocast(), self.bf16(self.unwrapped.lm):
                 rollout.trunk_hidden = self.trunk.hidden(**rollout.model_inputs())
         hidden = rollout.trunk_hidden if mb is None else rollout.trunk_hidden[mb]
-        with self.trunk.reference(hidden) if reference else self.trunk.replay(hidden), self.bf16(self.unwrapped.lm):
+        branch = self.trunk.reference(hidden) if reference else self.trunk.replay(hidden)
+        # with LoRA the bf16 copies go in first: peft marks switched-off adapters frozen, and Bf16Weights
+        # would keep a copy of every frozen weight it sees (the reference's own top blocks need the other order)
+        first, then = (
+            (self.bf16(self.unwrapped.lm), branch) if self.lora is not None else (branch, self.bf16(self.unwrapped.lm))
+        )
+        with first, then:
             yield
 
     # ------------------------------------------------------------------ 3. rewards, 4. advantages
@@ -422,8 +472,9 @@ class PPOTrainer:
         if main and self.work_dir is not None:
             config = to_dict(self.cfg)
             write_reports(self.work_dir, rows, self.before, after, summary, config, self.cfg.num_samples_report)
+        model = self.lora.merged() if self.lora is not None else self.unwrapped.lm  # a plain HF model either way
         return PPOResult(
-            self.unwrapped.lm, self.tokenizer, self.unwrapped, self.cfg, rows, self.before, after, summary, self.work_dir,
+            model, self.tokenizer, self.unwrapped, self.cfg, rows, self.before, after, summary, self.work_dir,
             self.start_policy,
         )  # fmt: skip
 
