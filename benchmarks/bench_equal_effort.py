@@ -1,0 +1,471 @@
+"""Labels of equal effort (issue 15): 1,000 good/bad judgements against 500 comparisons.
+
+A good/bad judgement reads one text and a comparison reads two, so ``--labels 1000`` judgements and
+``--pairs 500`` pair judgements cost the labellers about the same reading. Both come from a labelled
+feedback database (the demo's simulated labellers: ``python -m labeling_app.simulate`` for judgements,
+``python -m db pairs make`` then ``python -m labeling_app.simulate --pairs`` for comparisons). No winner
+is presumed; the figures are the result.
+
+1. Split by prompt: ``--heldout-fraction`` of the prompts are held out, and nothing of a held-out prompt
+   is trained on (neither its judgements nor its comparisons).
+2. Train with the project's own trainer (``reward_training.training.train``, the profile's ``reward``
+   section) into a temporary ``RLHF_ARTIFACTS`` (the seed and gold caches of ``--artifacts`` are reused
+   through symlinks; nothing else is written there, and no ``latest`` moves):
+   - ``labels``: a seeded random sample of ``--labels`` good/bad judgements of the training prompts,
+     combined per completion as the trainer combines the database's (``reward.combine``), ``pairs=off``;
+   - ``pairs``: a seeded random sample of ``--pairs`` pair judgements that chose a side, ``pairs=only``;
+   - ``mix``: both together (twice the effort of either), ``pairs=auto``: does mixing help?
+   The trainer's own held-out split is shrunk to a token (``heldout_fraction`` 0.01, ``heldout_min`` 0),
+   so the whole budget but its early-stopping part (``val_fraction``) is trained on; the held-out prompts
+   of step 1 do the evaluating. ``eval_snippets: 0``, ``baseline``/``plots`` off: no figure here uses them.
+3. Evaluate on the held-out prompts against the gold judge (``common.gold.GoldJudge`` of ``demo.gold``):
+   - ``single``: every completion of a held-out prompt; agreement = share where (P(good) > 0.5) equals
+     (gold score > ``demo.simulate.threshold``), with a 95% bootstrap interval, and ROC-AUC;
+   - ``pairs``: every comparison of a held-out prompt (judged at least once); agreement = share where the
+     model orders the two texts as the gold score does (gold ties left out, model ties count half);
+   - ``within_prompt``: the same on every pair of two completions of one held-out prompt (more pairs,
+     not only those the comparison queue made).
+
+Figures (one JSON line each, with the command): ``split`` (counts, the sampled labels' own agreement with
+gold), ``model`` per model (its agreements with intervals, counts, train seconds), ``difference`` (labels
+minus pairs, and mix minus each, in points with 95% paired bootstrap intervals), ``time`` (wall seconds).
+
+Run (about 5 minutes on 2 idle cores with the seed phase cached)::
+
+    RLHF_DB_URL=sqlite:////tmp/cmp/feedback.sqlite RLHF_ARTIFACTS=/tmp/cmp/artifacts \\
+        flock /tmp/rlhf-cpu.lock .venv/bin/python benchmarks/bench_equal_effort.py
+
+``--quick``: 200 judgements against 100 comparisons, no mixing (a minute or two).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from common.errors import UserError, cli_entry  # noqa: E402
+
+MODELS = ("labels", "pairs", "mix")
+#: ``reward.pairs`` of each model: what the trainer takes from the examples and pairs it is given.
+PAIRS_MODE = {"labels": "off", "pairs": "only", "mix": "auto"}
+FIX_LABELS = "record more with `python -m labeling_app.simulate --n-labels N`, or lower --labels."
+FIX_PAIRS = "make and judge more comparisons (`python -m db pairs make`, then `python -m labeling_app.simulate --pairs`), or lower --pairs."
+
+COMMAND = ""
+
+
+def emit(figure: str, **values) -> None:
+    print(json.dumps({"figure": figure, **values, "command": COMMAND}, default=float), flush=True)
+
+
+# ----------------------------------------------------------------------------- the database
+
+
+def database_url(arg: str | None) -> str:
+    """``--db`` as a URL (a plain path is a SQLite file, which must exist); default ``$RLHF_DB_URL``."""
+    from common.paths import db_url
+
+    if not arg:
+        return db_url()
+    if "://" in arg:
+        return arg
+    path = Path(arg).resolve()
+    if not path.is_file():
+        raise UserError(f"--db {arg!r} is not a file.", "pass the labelled SQLite file or a database URL.")
+    return f"sqlite:///{path}"
+
+
+def read_database(engine) -> dict:
+    """What the benchmark needs, through ``db``: the good/bad judgements, the pair judgements, and every
+    completion as (prompt, completion) by id (labelled, skipped, compared or untouched)."""
+    import db
+
+    every = db.judgement_rows(engine)  # skips too: their completions belong to the held-out set
+    pair_rows = db.pair_judgement_rows(engine)
+    completions: dict[int, tuple[str, str]] = {
+        it.completion_id: (it.prompt, it.completion) for it in db.unlabelled_completions(engine)
+    }
+    for r in every:
+        completions[r["completion_id"]] = (r["prompt"], r["completion"])
+    for r in pair_rows:
+        completions[r["a_id"]] = (r["prompt"], r["a"])
+        completions[r["b_id"]] = (r["prompt"], r["b"])
+    judgements = [r for r in every if r["label"] in ("good", "bad")]
+    return {"judgements": judgements, "pair_rows": pair_rows, "completions": completions}
+
+
+def heldout_prompts(prompts: Sequence[str], fraction: float, seed: int) -> set[str]:
+    """A seeded ``fraction`` of the distinct prompts (at least one, and at least one left to train on)."""
+    names = sorted(set(prompts))
+    if len(names) < 2:
+        raise UserError(
+            f"the database has {len(names)} prompt(s): a held-out split by prompt needs at least two.",
+            "generate completions for more prompts (`make generate`).",
+        )
+    k = min(max(int(round(len(names) * fraction)), 1), len(names) - 1)
+    order = np.random.default_rng(seed).permutation(len(names))
+    return {names[i] for i in order[:k]}
+
+
+def sample(rows: Sequence, n: int, seed: int) -> list:
+    """``n`` of ``rows`` drawn at random without replacement (seeded), in their original order."""
+    pick = np.sort(np.random.default_rng(seed).permutation(len(rows))[:n])
+    return [rows[int(i)] for i in pick]
+
+
+def combine_judgements(rows: Sequence[dict], combine: str) -> list[dict]:
+    """The sampled judgements as the trainer's labelled examples, one per completion, combined like
+    ``db.labelled_dataset`` (``majority``: ties dropped; ``soft``: share good) or, for ``reliability``,
+    by the Dawid-Skene posterior over the sampled judgements (``reward_training.data.reliability_examples``)."""
+    import db
+    from reward_training import data as D
+
+    by_completion: dict[int, list[dict]] = {}
+    for r in rows:
+        by_completion.setdefault(r["completion_id"], []).append(r)
+    soft, majority = [], []
+    for cid, rs in sorted(by_completion.items()):
+        good = sum(r["label"] == "good" for r in rs)
+        text = db.shown_text(rs[0]["prompt"], rs[0]["completion"])
+        soft.append({"completion_id": cid, "text": text, "label": good / len(rs)})
+        if 2 * good != len(rs):
+            majority.append({"completion_id": cid, "text": text, "label": float(2 * good > len(rs))})
+    if combine == "majority":
+        return majority
+    if combine == "soft":
+        return soft
+    records = D.reliability_examples(soft, rows)
+    return [{"completion_id": e.group[2:], "text": e.text, "label": e.label} for e in records]
+
+
+def preference_records(rows: Sequence[dict]) -> list:
+    """The pair judgements that chose a side as ``db.PreferencePair`` records (as ``db.preference_pairs``)."""
+    import db
+
+    out = []
+    for r in rows:
+        chosen, rejected = (r["a"], r["b"]) if r["choice"] == "a" else (r["b"], r["a"])
+        out.append(db.PreferencePair(r["prompt"], chosen, rejected, r["comparison_id"], r["labeler"]))
+    return out
+
+
+def training_data(data: dict, held: set[str], n_labels: int, n_pairs: int, seed: int) -> tuple[list, list]:
+    """(sampled good/bad judgement rows, sampled decisive pair judgement rows) of the training prompts;
+    too few of either is a one-line error naming the command that records more."""
+    judgements = [r for r in data["judgements"] if r["prompt"] not in held]
+    decisive = [r for r in data["pair_rows"] if r["choice"] in ("a", "b") and r["prompt"] not in held]
+    if n_labels and len(judgements) < n_labels:
+        raise UserError(
+            f"the database holds {len(judgements)} good/bad judgements outside the held-out prompts; "
+            f"--labels {n_labels} needs that many.",
+            FIX_LABELS,
+        )
+    if n_pairs and len(decisive) < n_pairs:
+        raise UserError(
+            f"the database holds {len(decisive)} pair judgements that chose a side outside the held-out prompts; "
+            f"--pairs {n_pairs} needs that many.",
+            FIX_PAIRS,
+        )
+    return sample(judgements, n_labels, seed), sample(decisive, n_pairs, seed + 1)
+
+
+# ----------------------------------------------------------------------------- the held-out set
+
+
+def heldout_sets(data: dict, held: set[str]) -> dict:
+    """The held-out texts: every completion of a held-out prompt (id -> shown text, and its prompt), the
+    held-out comparisons (completion-id pairs, each once) and every within-prompt pair of completions."""
+    import db
+
+    texts = {cid: db.shown_text(p, c) for cid, (p, c) in sorted(data["completions"].items()) if p in held}
+    prompt_of = {cid: p for cid, (p, _) in data["completions"].items() if p in held}
+    comparisons = sorted({(r["a_id"], r["b_id"]) for r in data["pair_rows"] if r["prompt"] in held})
+    by_prompt: dict[str, list[int]] = {}
+    for cid in texts:
+        by_prompt.setdefault(prompt_of[cid], []).append(cid)
+    within = [(ids[i], ids[j]) for ids in by_prompt.values() for i in range(len(ids)) for j in range(i + 1, len(ids))]
+    return {"texts": texts, "comparisons": comparisons, "within_prompt": within, "prompts": len(by_prompt)}
+
+
+def gold_ordered(pairs: Sequence[tuple[int, int]], gold: dict[int, float]) -> list[tuple[int, int]]:
+    """Each pair as (gold-higher id, gold-lower id); pairs the gold judge scores equally are left out."""
+    return [(a, b) if gold[a] > gold[b] else (b, a) for a, b in pairs if gold[a] != gold[b]]
+
+
+def pair_arrays(ordered: Sequence[tuple[int, int]], score: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(scores of the gold-higher texts, scores of the gold-lower texts): the (chosen, rejected) of
+    ``reward_training.evaluate.pairwise_metrics``."""
+    return (np.array([score[a] for a, _ in ordered]), np.array([score[b] for _, b in ordered]))
+
+
+def single_agreement(y: np.ndarray, p: np.ndarray, seed: int) -> dict:
+    """Agreement of (P(good) > 0.5) with the gold labels ``y`` (1 = gold good), in points with a 95%
+    bootstrap interval, and the ROC-AUC of P(good) against them."""
+    from reward_training.evaluate import binary_metrics, points_with_interval
+
+    m = binary_metrics(y, p)
+    return {**points_with_interval(((p > 0.5) == (y > 0.5)).astype(float), seed=seed), "roc_auc": m["roc_auc"]}
+
+
+def pair_agreement(chosen: np.ndarray, rejected: np.ndarray, seed: int) -> dict:
+    """Share of pairs the model orders as gold does (model ties half), in points with a 95% interval."""
+    from reward_training.evaluate import pair_correct, points_with_interval
+
+    if len(chosen) == 0:
+        return {"n": 0}
+    return points_with_interval(pair_correct(chosen, rejected), seed=seed)
+
+
+# ----------------------------------------------------------------------------- training and scoring
+
+
+def bench_config(cfg, mode: str):
+    """The profile's reward config for one model: its ``pairs`` mode, a token inner held-out split (the
+    held-out prompts evaluate), and nothing computed that no figure here uses."""
+    return dataclasses.replace(
+        cfg, pairs=mode, heldout_fraction=0.01, heldout_min=0, eval_snippets=0, baseline=False, plots=False
+    )
+
+
+def scratch_artifacts(shared: Path) -> Path:
+    """A temporary artifacts root whose ``reward_seed`` and ``gold`` caches are ``shared``'s (symlinks)."""
+    root = Path(tempfile.mkdtemp(prefix="bench-equal-effort-")) / "artifacts"
+    root.mkdir()
+    for cache in ("reward_seed", "gold"):
+        if (shared / cache).is_dir():
+            (root / cache).symlink_to((shared / cache).resolve())
+    return root
+
+
+def train_one(cfg, data_cfg, name: str, examples: list, pairs: list) -> tuple[Path, float]:
+    """Train model ``name`` with ``reward_training.training.train`` under the current ``RLHF_ARTIFACTS``;
+    (its folder, wall seconds)."""
+    from reward_training.training import train
+
+    t0 = time.perf_counter()
+    folder = train(
+        bench_config(cfg, PAIRS_MODE[name]),
+        None,
+        data_cfg=data_cfg,
+        examples=examples if name != "pairs" else [],
+        pairs=pairs if name != "labels" else [],
+        run_id=f"equal-effort-{name}",
+        register=False,
+        progress=False,
+    )
+    return folder, time.perf_counter() - t0
+
+
+def scorer(folder: Path, batch_size: int) -> Callable[[list[str]], np.ndarray]:
+    """``texts -> log-odds of good`` of the saved model (``load_reward_fn``, no conservative penalty)."""
+    from reward_training.api import load_reward_fn
+
+    fn = load_reward_fn(folder, kind="logit_diff", batch_size=batch_size, conservative_k=0.0)
+    return lambda texts: fn(list(texts)).float().numpy().astype(np.float64)
+
+
+def probabilities(logits: dict[int, float], ids: Sequence[int]) -> np.ndarray:
+    """P(good) = sigmoid(log-odds) of the texts ``ids``, in that order."""
+    return 1.0 / (1.0 + np.exp(-np.array([logits[i] for i in ids], dtype=np.float64)))
+
+
+def evaluate_model(logits: dict[int, float], y: np.ndarray, ids: list[int], ordered: dict, seed: int) -> dict:
+    """A model's three agreements from its held-out log-odds ``logits``."""
+    out = {"single": single_agreement(y, probabilities(logits, ids), seed)}
+    for name, pairs in ordered.items():
+        out[name] = pair_agreement(*pair_arrays(pairs, logits), seed)
+    return out
+
+
+def differences(models: dict[str, dict], y: np.ndarray, ids: list[int], ordered: dict, seed: int) -> dict:
+    """Per pair of models (labels - pairs, mix - labels, mix - pairs): each agreement's difference in
+    points with a 95% paired bootstrap interval (the same held-out items resampled for both)."""
+    from reward_training.evaluate import accuracy_difference, pairwise_difference
+
+    out = {}
+    for a, b in (("labels", "pairs"), ("mix", "labels"), ("mix", "pairs")):
+        if a not in models or b not in models:
+            continue
+        la, lb = models[a], models[b]
+        d = {"single": accuracy_difference(y, probabilities(la, ids), probabilities(lb, ids), seed=seed)}
+        for name, pairs in ordered.items():
+            d[name] = pairwise_difference(pair_arrays(pairs, la), pair_arrays(pairs, lb), seed=seed) if pairs else None
+        out[f"{a}_minus_{b}"] = d
+    return out
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", default=None, help="labelled SQLite file or database URL (default: $RLHF_DB_URL)")
+    ap.add_argument("--config", default=None, help="profile (default: $RLHF_CONFIG or configs/default.yaml)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="reward key")
+    ap.add_argument("--labels", type=int, default=None, help="good/bad judgements to train on (default 1000)")
+    ap.add_argument("--pairs", type=int, default=None, help="pair judgements to train on (default 500)")
+    ap.add_argument("--models", nargs="*", default=None, choices=MODELS, help="default: all three")
+    ap.add_argument("--heldout-fraction", type=float, default=0.2, help="share of the prompts held out")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the prompt split and the samples")
+    ap.add_argument(
+        "--artifacts", default=None, help="RLHF_ARTIFACTS whose seed and gold caches are reused (default: its value)"
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the temporary artifacts folder (its path is printed)")
+    ap.add_argument("--quick", action="store_true", help="200 judgements against 100 comparisons, no mixing")
+    return ap
+
+
+def check_args(args) -> None:
+    args.labels = args.labels if args.labels is not None else (200 if args.quick else 1000)
+    args.pairs = args.pairs if args.pairs is not None else (100 if args.quick else 500)
+    args.models = (
+        list(args.models) if args.models is not None else (["labels", "pairs"] if args.quick else list(MODELS))
+    )
+    if args.labels < 1 or args.pairs < 1:
+        raise UserError(f"--labels {args.labels} and --pairs {args.pairs} must both be >= 1.", "use e.g. 1000 and 500.")
+    if not 0.0 < args.heldout_fraction < 1.0:
+        raise UserError(f"--heldout-fraction {args.heldout_fraction} must be between 0 and 1.", "use e.g. 0.2.")
+    if not args.models:
+        raise UserError("--models names no model.", f"name some of {', '.join(MODELS)}.")
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    global COMMAND
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    COMMAND = "python benchmarks/bench_equal_effort.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    from common.assets import offline_env
+
+    offline_env()
+    import db
+    from common.config import load_config
+    from common.gold import GoldJudge
+    from common.imdb import DataConfig
+    from common.paths import artifacts_root
+    from labeling_app.simulate import load_simulate_config
+    from reward_training.config import RewardConfig
+
+    started = time.perf_counter()
+    cfg = load_config(RewardConfig, "reward", profile=args.config, overrides=args.overrides)
+    data_cfg = load_config(DataConfig, "data", profile=args.config)
+    scfg, gcfg = load_simulate_config(args.config)
+    shared = Path(args.artifacts) if args.artifacts else artifacts_root()
+
+    # 1. the data and the split by prompt; too few labels fail before anything is trained
+    engine = db.connect(database_url(args.db))
+    data = read_database(engine)
+    engine.dispose()
+    prompts = [p for p, _ in data["completions"].values()]
+    held = heldout_prompts(prompts, args.heldout_fraction, args.seed)
+    n_labels = args.labels if {"labels", "mix"} & set(args.models) else 0
+    n_pairs = args.pairs if {"pairs", "mix"} & set(args.models) else 0
+    label_rows, pair_rows = training_data(data, held, n_labels, n_pairs, args.seed)
+    examples, prefs = combine_judgements(label_rows, cfg.combine), preference_records(pair_rows)
+    test = heldout_sets(data, held)
+    if not test["texts"]:
+        raise UserError("the held-out prompts have no completions.", "use a database with more prompts.")
+
+    # 2. gold on the held-out texts (and on the sampled labels, to show how noisy they are)
+    judge = GoldJudge.load_or_fit(gcfg, cache_dir=shared / "gold")
+    ids = list(test["texts"])
+    gold_scores = judge.score([test["texts"][i] for i in ids])
+    gold = dict(zip(ids, gold_scores.tolist()))
+    y = (gold_scores > scfg.threshold).astype(float)
+    ordered = {name: gold_ordered(test[name], gold) for name in ("comparisons", "within_prompt")}
+    ordered["pairs"] = ordered.pop("comparisons")
+    g_lab = judge.score([db.shown_text(r["prompt"], r["completion"]) for r in label_rows])
+    g_a = judge.score([db.shown_text(r["prompt"], r["a"]) for r in pair_rows])
+    g_b = judge.score([db.shown_text(r["prompt"], r["b"]) for r in pair_rows])
+    decided = g_a != g_b
+    picked_a = np.array([r["choice"] == "a" for r in pair_rows])
+    emit(
+        "split",
+        prompts=len(set(prompts)),
+        heldout_prompts=len(held),
+        heldout_fraction=args.heldout_fraction,
+        seed=args.seed,
+        database={"judgements": len(data["judgements"]), "pair_judgements": len(data["pair_rows"])},
+        train={
+            "judgements": len(label_rows),
+            "labelled_completions": len(examples),
+            "combine": cfg.combine,
+            "good_share": round(float(np.mean([e["label"] for e in examples])), 4) if examples else None,
+            "pair_judgements": len(pair_rows),
+            "compared_pairs": len({r["comparison_id"] for r in pair_rows}),
+        },
+        heldout={
+            "completions": len(ids),
+            "gold_good_share": round(float(y.mean()), 4),
+            "comparisons": len(test["comparisons"]),
+            "comparisons_gold_ties": len(test["comparisons"]) - len(ordered["pairs"]),
+            "within_prompt_pairs": len(test["within_prompt"]),
+            "within_prompt_gold_ties": len(test["within_prompt"]) - len(ordered["within_prompt"]),
+        },
+        labels_agree_with_gold=round(
+            float(np.mean((g_lab > scfg.threshold) == np.array([r["label"] == "good" for r in label_rows]))), 4
+        )
+        if label_rows
+        else None,
+        pair_choices_agree_with_gold=round(float(np.mean((g_a > g_b)[decided] == picked_a[decided])), 4)
+        if decided.any()
+        else None,
+    )
+
+    # 3. train each model in a scratch artifacts root, score the held-out texts
+    scratch = scratch_artifacts(shared)
+    before = os.environ.get("RLHF_ARTIFACTS")
+    os.environ["RLHF_ARTIFACTS"] = str(scratch)
+    logits: dict[str, dict[int, float]] = {}
+    try:
+        for name in args.models:
+            folder, seconds = train_one(cfg, data_cfg, name, examples, prefs)
+            t0 = time.perf_counter()
+            scores = scorer(folder, cfg.eval_batch_size)([test["texts"][i] for i in ids])
+            logits[name] = dict(zip(ids, scores.tolist()))
+            emit(
+                "model",
+                model=name,
+                reward_pairs=PAIRS_MODE[name],
+                trained_on={
+                    "judgements": len(label_rows) if name != "pairs" else 0,
+                    "pair_judgements": len(pair_rows) if name != "labels" else 0,
+                    "texts_read": (len(label_rows) if name != "pairs" else 0)
+                    + (2 * len(pair_rows) if name != "labels" else 0),
+                },
+                **evaluate_model(logits[name], y, ids, ordered, args.seed),
+                train_seconds=round(seconds, 1),
+                score_seconds=round(time.perf_counter() - t0, 1),
+                **({"folder": str(folder)} if args.keep else {}),
+            )
+    finally:
+        if before is None:
+            os.environ.pop("RLHF_ARTIFACTS", None)
+        else:
+            os.environ["RLHF_ARTIFACTS"] = before
+        if not args.keep:
+            shutil.rmtree(scratch.parent, ignore_errors=True)
+
+    # 4. the paired differences
+    emit("difference", **differences(logits, y, ids, ordered, args.seed))
+    emit("time", seconds=round(time.perf_counter() - started, 1), models=args.models)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
