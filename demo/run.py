@@ -313,17 +313,47 @@ def label_ledger(rounds: list[dict]) -> list[dict]:
     return rows
 
 
+#: The word sets the demo's analysis compares; those that are one token for the policy's tokenizer are used.
+POSITIVE_WORDS = (" good", " great", " excellent", " wonderful", " best")
+NEGATIVE_WORDS = (" bad", " awful", " terrible", " boring", " worst", " poor")
+
+
+def single_token_words(tok, words) -> list[str]:
+    """The words of ``words`` that ``tok`` encodes as exactly one token (the logit difference needs those)."""
+    return [w for w in words if len(tok.encode(w, add_special_tokens=False)) == 1]
+
+
 def analyse_policy(profile: Profile, base: str, tuned: str, reward_dir: Path, run_id: str) -> dict:
     """The ``analyse`` report of the final policy against the base policy, where the app's Analysis page
-    finds it (``$RLHF_ARTIFACTS/analysis/demo-<run-id>``); returns its folder and headline."""
+    finds it (``$RLHF_ARTIFACTS/analysis/demo-<run-id>``); returns its folder and headline.
+
+    A small tokenizer (the tiny and smoke profiles' own BPE) may split every word of one set: the analysis
+    is then skipped, with the reason in the report, rather than failing the demo at its end."""
     from base_policy.loading import load_policy
     from rl_finetune.analysis import analyse
 
     out = artifacts_root() / "analysis" / f"demo-{run_id}"
     base_model, tok = load_policy(base)
+    positive, negative = single_token_words(tok, POSITIVE_WORDS), single_token_words(tok, NEGATIVE_WORDS)
+    if not positive or not negative:
+        words = POSITIVE_WORDS if not positive else NEGATIVE_WORDS
+        reason = f"no {'positive' if not positive else 'negative'} word of {list(words)} is one token"
+        log.warning("analysis skipped: %s for this policy's tokenizer", reason)
+        return {"folder": None, "headline": [f"Skipped: {reason} for this policy's tokenizer."]}
     tuned_model, _ = load_policy(tuned)
     prompts = prompts_for(profile, "test", profile.demo.analysis_prompts, seed=profile.demo.seed + 17)
-    res = analyse(base_model, tuned_model, tok, out, names=(base, tuned), prompts=prompts, samples=1, reward=reward_dir)
+    res = analyse(
+        base_model,
+        tuned_model,
+        tok,
+        out,
+        names=(base, tuned),
+        prompts=prompts,
+        positive=positive,
+        negative=negative,
+        samples=1,
+        reward=reward_dir,
+    )
     return {"folder": str(out), "headline": list(res["headline"])}
 
 
@@ -653,7 +683,11 @@ def report_markdown(report: dict) -> str:
     if report.get("analysis"):
         a = report["analysis"]
         lines += ["## What PPO changed inside the policy", "", *[f"- {h}" for h in a["headline"]], ""]
-        lines += [f"The full report (logit lens, attribution, patching, weight change): `{a['folder']}/report.md`.", ""]
+        if a.get("folder"):
+            lines += [
+                f"The full report (logit lens, attribution, patching, weight change): `{a['folder']}/report.md`.",
+                "",
+            ]
     if report.get("ledger"):
         lines += [
             "## Labels and what they bought (the budget ledger)",

@@ -120,6 +120,24 @@ def test_label_ledger_gives_each_rounds_gold_gain_per_100_labels():
     assert rows[2]["gold_gain"] is None and rows[2]["points_per_100"] is None and rows[2]["rm_accuracy"] is None
 
 
+def test_the_analysis_uses_single_token_words_and_is_skipped_without_them(smoke_env, monkeypatch):
+    import base_policy.loading
+    from demo.config import Profile
+    from demo.run import NEGATIVE_WORDS, analyse_policy, single_token_words
+
+    class Splits:  # a small BPE: " good" and " great" are one token, every other word splits
+        def encode(self, word, add_special_tokens=False):
+            return [1] if word in (" good", " great") else [2, 3]
+
+    assert single_token_words(Splits(), (" good", " bad", " great")) == [" good", " great"]
+    assert single_token_words(Splits(), NEGATIVE_WORDS) == []
+    loaded = []
+    monkeypatch.setattr(base_policy.loading, "load_policy", lambda path: (loaded.append(path), (None, Splits()))[1])
+    res = analyse_policy(Profile.load(), "base", "tuned", smoke_env["artifacts"], "t")
+    assert res["folder"] is None and res["headline"][0].startswith("Skipped: no negative word")
+    assert loaded == ["base"]  # the demo goes on to its report; the tuned policy is not even loaded
+
+
 def test_smoke_demo_end_to_end(smoke_env, tiny_policy_dir, tiny_reward_dir, capsys):
     """Two rounds and the over-optimisation run on the smoke profile, from a tiny base policy with
     a tiny BERT reward backbone (`CONFIG=configs/smoke.yaml make demo` in CI covers pretraining)."""
