@@ -201,7 +201,11 @@ def test_a_comment_typed_then_a_click_on_good_is_stored_with_it(tmp_path):
             " const m = el && el.textContent.match(/#(\\d+)/); return m && Number(m[1]) !== prev; }",
             arg=[harness.COMPLETION_CAPTION, first],
         )
-        assert box.input_value() == ""  # the next item starts with an empty comment
+        # the next item starts with an empty comment: the caption can change a frame before Streamlit
+        # re-renders the text area, so wait for it (Playwright's expect retries up to 10 s)
+        from playwright.sync_api import expect
+
+        expect(box).to_have_value("", timeout=10_000)
     (row,) = db.judgement_rows(db.connect(url))
     assert (row["completion_id"], row["label"], row["flag"], row["comment"]) == (
         first,
