@@ -21,6 +21,10 @@ from common.errors import ConfigError, UserError
 from common.imdb import DataConfig
 from reward_training import data as D
 from reward_training.config import RewardConfig
+from tests.support.reward import (
+    one_thread,  # noqa: F401  (module fixture)
+    tiny_cfg,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -36,30 +40,6 @@ class Pref:
     rejected: str
     comparison_id: int | None = None
     labeler: str | None = None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_cfg(backbone: Path, **over) -> RewardConfig:
-    base = {
-        "backbone": str(backbone),
-        "seed_lr": 3e-3,
-        "human_lr": 3e-3,
-        "freeze_embeddings": False,
-        "human_epochs": 8,
-        "patience": 8,
-        "bf16": False,
-        "plots": False,
-        "baseline": False,
-    }
-    base.update(over)
-    return load_config(RewardConfig, "reward", profile=SMOKE, overrides=base)
 
 
 def data_cfg() -> DataConfig:
