@@ -1,12 +1,14 @@
 """benchmarks/bench_equal_effort.py: good/bad judgements against comparisons of equal effort, end to end on
 a tiny labelled database (the smoke profile's simulated labellers and gold judge, a tiny random BERT as the
-reward backbone), the split by prompt, and the one-line errors for too few labels or pairs."""
+reward backbone), the split by prompt, the equal-effort mix, the policies trained from each reward model
+(``--policy-seconds``, a tiny random GPT-2 as the start policy), and the one-line errors for bad input."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ N_PROMPTS, PER_PROMPT = 30, 4
 def load_bench():
     spec = importlib.util.spec_from_file_location("bench_equal_effort", REPO / "benchmarks" / "bench_equal_effort.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # before it runs, as importlib's recipe does: its dataclasses look it up
     spec.loader.exec_module(mod)
     return mod
 
@@ -115,9 +118,13 @@ def test_runs_end_to_end_and_prints_each_model_and_the_differences(env, labelled
     assert 0.5 < split["labels_agree_with_gold"] <= 1 and 0.5 < split["pair_choices_agree_with_gold"] <= 1
 
     models = {m["model"]: m for m in by["model"]}
-    assert list(models) == ["labels", "pairs", "mix"]
+    assert list(models) == ["labels", "pairs", "mix", "mix-half"]
     assert models["labels"]["trained_on"] == {"judgements": 60, "pair_judgements": 0, "texts_read": 60}
     assert models["pairs"]["trained_on"] == {"judgements": 0, "pair_judgements": 30, "texts_read": 60}
+    assert models["mix"]["trained_on"] == {"judgements": 60, "pair_judgements": 30, "texts_read": 120}
+    # mix-half: half of each by default, as much reading as either alone
+    assert models["mix-half"]["trained_on"] == {"judgements": 30, "pair_judgements": 15, "texts_read": 60}
+    assert split["train"]["mix_half"] == models["mix-half"]["trained_on"]
     for m in models.values():
         for kind in ("single", "pairs", "within_prompt"):
             fig = m[kind]
@@ -126,7 +133,9 @@ def test_runs_end_to_end_and_prints_each_model_and_the_differences(env, labelled
             assert finite(lo) and finite(hi) and lo <= fig["points"] <= hi
         assert finite(m["train_seconds"])
     diff = by["difference"][0]
-    assert set(diff) >= {"labels_minus_pairs", "mix_minus_labels", "mix_minus_pairs"}
+    assert set(diff) >= {
+        "labels_minus_pairs", "mix_minus_labels", "mix_minus_pairs", "mix_half_minus_labels", "mix_half_minus_pairs",
+    }  # fmt: skip
     d = diff["labels_minus_pairs"]
     for kind in ("single", "pairs", "within_prompt"):
         assert finite(d[kind]["points"]) and d[kind]["ci95"][0] <= d[kind]["points"] <= d[kind]["ci95"][1]
@@ -134,7 +143,7 @@ def test_runs_end_to_end_and_prints_each_model_and_the_differences(env, labelled
     assert d["single"]["points"] == pytest.approx(
         models["labels"]["single"]["points"] - models["pairs"]["single"]["points"], abs=0.02
     )
-    assert by["time"][0]["seconds"] > 0
+    assert by["time"][0]["seconds"] > 0 and "policy" not in by  # --policy-seconds 0: no policies
     # the scratch artifacts are gone, and nothing was written beside the caches
     assert sorted(p.name for p in labelled_db["artifacts"].iterdir()) == ["gold"]
 
@@ -177,11 +186,102 @@ def test_majority_drops_ties_within_the_sample():
     assert [r["label"] for r in bench.combine_judgements(rows, "soft")] == [0.5, 0.0]
 
 
+def in_unit(lo_hi, lo: float, hi: float) -> bool:
+    return all(finite(x) for x in lo_hi) and lo <= lo_hi[0] <= lo_hi[1] <= hi
+
+
+def test_policies_from_each_reward_model_and_dpo_on_exactly_the_pairs_sample(
+    env, labelled_db, tiny_reward_dir, tiny_policy_dir, capsys, monkeypatch
+):
+    """--policy-seconds: PPO against each reward model and DPO on the pairs model's sample, all scored by one
+    harness; mix-half trains on --mix-labels and --mix-pairs."""
+    import rl_finetune.offline
+
+    bench = load_bench()
+    real_dpo, seen = rl_finetune.offline.train_dpo, []
+
+    def spy(policy_dir, pairs, *args, **kwargs):
+        seen.append(list(pairs))
+        return real_dpo(policy_dir, pairs, *args, **kwargs)
+
+    monkeypatch.setattr(rl_finetune.offline, "train_dpo", spy)
+    extra = ["--labels", "40", "--pairs", "20", "--models", "labels", "pairs", "mix-half", "--mix-labels", "16"]
+    extra += ["--mix-pairs", "6", "--policy-seconds", "3", "--policy", str(tiny_policy_dir)]
+    assert bench.main(bench_args(labelled_db, tiny_reward_dir, *extra)) == 0
+    by = lines(capsys.readouterr().out)
+    models = {m["model"]: m for m in by["model"]}
+    assert models["mix-half"]["trained_on"] == {"judgements": 16, "pair_judgements": 6, "texts_read": 28}
+
+    runs = {r["run"]: r for r in by["policy"]}
+    assert list(runs) == ["start", "ppo:labels", "ppo:pairs", "ppo:mix-half", "dpo:pairs"]
+    start = runs["start"]
+    for name, r in runs.items():
+        assert 0 <= r["gold_rate"] <= 1 and in_unit(r["gold_ci95"], 0, 1), (name, r)
+        assert r["gold_ci95"][0] <= r["gold_rate"] <= r["gold_ci95"][1] and r["n_prompts"] == 4  # compare.eval_prompts
+        assert finite(r["gain_points"]) and in_unit(r["gain_ci95"], -100, 100)
+        assert r["gain_points"] == pytest.approx(100 * (r["gold_rate"] - start["gold_rate"]), abs=0.01)
+        assert finite(r["kl"]) and 0 <= r["distinct_2"] <= 1
+        if name != "start":
+            assert r["steps"] >= 1 and finite(r["wall_seconds"]) and r["budget_seconds"] == 3
+    assert start["gain_points"] == 0 and abs(start["kl"]) < 1e-4
+    assert runs["ppo:labels"]["labels_used"] == models["labels"]["trained_on"]
+    assert runs["ppo:mix-half"]["labels_used"] == models["mix-half"]["trained_on"]
+
+    # DPO read the pairs model's 20 sampled judgements, not the database's 110
+    sampled = by["split"][0]["train"]["pair_judgements"]
+    assert sampled == 20 and models["pairs"]["trained_on"]["pair_judgements"] == 20
+    assert runs["dpo:pairs"]["labels_used"] == {
+        "judgements": 0, "pair_judgements": 20, "texts_read": 40, "sampled": 20, "left_out": 0,
+    }  # fmt: skip
+    engine = db.connect(labelled_db["url"])
+    data = bench.read_database(engine)
+    engine.dispose()
+    held = bench.heldout_prompts([p for p, _ in data["completions"].values()], 0.2, seed=0)
+    _, pair_rows = bench.training_data(data, held, 40, 20, seed=0)
+    assert len(seen) == 1 and seen[0] == bench.preference_records(pair_rows)
+
+    diff = {k: v for k, v in by["policy_difference"][0].items() if k not in ("figure", "command")}
+    assert set(diff) == {
+        "ppo_labels_minus_ppo_pairs", "ppo_labels_minus_dpo_pairs", "ppo_mix_half_minus_ppo_labels",
+        "ppo_mix_half_minus_ppo_pairs",
+    }  # fmt: skip
+    for d in diff.values():
+        assert finite(d["points"]) and in_unit(d["ci95"], -100, 100) and d["ci95"][0] <= d["points"] <= d["ci95"][1]
+        assert d["n"] == 4
+    a, b = runs["ppo:labels"]["gold_rate"], runs["dpo:pairs"]["gold_rate"]
+    assert diff["ppo_labels_minus_dpo_pairs"]["points"] == pytest.approx(100 * (a - b), abs=0.01)
+    assert by["time"][0]["policy_seconds"] == 3
+    assert sorted(p.name for p in labelled_db["artifacts"].iterdir()) == ["gold"]
+
+
+def test_dpo_records_leave_out_empty_and_equal_sides_and_policy_differences_are_paired():
+    bench = load_bench()
+    rows = [
+        {"prompt": "P", "a": " x", "b": " y", "choice": "b", "comparison_id": 1, "labeler": "u"},
+        {"prompt": "P", "a": "", "b": " y", "choice": "a", "comparison_id": 2, "labeler": "u"},
+        {"prompt": "P", "a": " z", "b": " z", "choice": "a", "comparison_id": 3, "labeler": "u"},
+    ]
+    records, left_out = bench.dpo_records(rows)
+    assert left_out == 2 and [(r.chosen, r.rejected, r.comparison_id) for r in records] == [(" y", " x", 1)]
+    # the eval prompts' 0/1 gold outcomes, paired: 3 of 4 prompts better, none worse
+    outcomes = {"ppo:labels": np.array([1.0, 1, 1, 1]), "ppo:pairs": np.array([0.0, 0, 0, 1])}
+    d = bench.policy_differences(outcomes, seed=0)
+    assert list(d) == ["ppo_labels_minus_ppo_pairs"] and d["ppo_labels_minus_ppo_pairs"]["points"] == 75.0
+    assert d["ppo_labels_minus_ppo_pairs"]["ci95"][0] >= 0  # no prompt went the other way
+    # mix-half: a sub-sample of the labels and pairs samples
+    budgets = bench.model_budgets(list(range(10)), list(range(100, 106)), 4, 2, seed=0)
+    lab, prs = budgets["mix-half"]
+    assert len(lab) == 4 and len(prs) == 2 and set(lab) <= set(range(10)) and set(prs) <= set(range(100, 106))
+    assert budgets["mix"] == (list(range(10)), list(range(100, 106))) and budgets["pairs"][0] == []
+
+
 @pytest.mark.parametrize(
     ("extra", "fix"),
     [
         (["--labels", "100000", "--pairs", "10"], "python -m labeling_app.simulate --n-labels"),
         (["--labels", "10", "--pairs", "100000"], "python -m db pairs make"),
+        (["--labels", "10", "--pairs", "10", "--mix-labels", "11"], "--mix-labels 500 --mix-pairs 250"),
+        (["--policy-seconds", "-1"], "or 0 for no policies"),
     ],
 )
 def test_too_few_labels_or_pairs_is_one_line_naming_the_fix(env, labelled_db, tiny_reward_dir, capsys, extra, fix):
