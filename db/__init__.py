@@ -49,6 +49,7 @@ from db.reads import (
     stats,
     unlabelled_completions,
 )
+from db.sessions import claim_session, open_session, resolve_session, revoke_session, revoke_sessions
 from db.transfer import export_labels, export_pairs, import_prompts, read_preference_file
 from db.types import Item, LabelledExample, ModelVersionInfo, NewCompletion, PairItem, PreferencePair, shown_text
 from db.writes import (
@@ -85,6 +86,11 @@ __all__ = [
     "set_password",
     "set_role",
     "sign_in",
+    "claim_session",
+    "open_session",
+    "resolve_session",
+    "revoke_session",
+    "revoke_sessions",
     "COMMENT_MAX",
     "Base",
     "Completion",

@@ -24,7 +24,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2 import exceptions as argon2_errors
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from common.errors import UserError
@@ -57,6 +57,7 @@ ACTIONS = (
     "undo",
     "guidelines_edit",
     "refused",
+    "session_refused",
 )
 
 # argon2id with argon2-cffi's defaults (RFC 9106's low-memory profile: t=3, m=64 MiB, p=4).
@@ -316,6 +317,10 @@ def _change(engine: Engine, name: str, action: str, values_for, *, by: str | Non
                 f"there is no account called {name!r}.", "check the name: python -m db users list shows them all."
             )
         s.execute(update(Labeler).where(Labeler.id == lab.id).values(**values_for(lab)))
+        if action in ("password_reset", "account_disable"):  # ends its saved sessions too (db.sessions)
+            from db.sessions import revoke_sessions_in
+
+            revoke_sessions_in(s, lab.id)
         audit_in(s, action, actor=by, target=lab.name, client=client, detail=detail)
         return lab.id
 
@@ -387,7 +392,12 @@ def _wait(s: Session, column, value: str, now: datetime) -> float:
     """Seconds left before an attempt for ``column == value`` (a name key, or a client) may be checked."""
     since = now - THROTTLE_WINDOW
     last_ok = s.scalar(
-        select(func.max(AuditEvent.at)).where(column == value, AuditEvent.action == "sign_in", AuditEvent.at > since)
+        select(func.max(AuditEvent.at)).where(
+            column == value,
+            AuditEvent.action == "sign_in",
+            AuditEvent.at > since,
+            or_(AuditEvent.detail.is_(None), AuditEvent.detail != "session"),  # a cookie resume checks no password
+        )
     )
     start = max(since, last_ok) if last_ok is not None else since
     n, last = s.execute(

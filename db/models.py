@@ -104,6 +104,29 @@ class AuditEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
+class AuthSession(Base):
+    """A signed-in browser session that survives a reload (migration 0008, ``db.sessions``).
+
+    Only the SHA-256 of its token is stored (the token is the browser's HttpOnly cookie). ``scope``
+    is what it was opened under (``accounts``, or the shared token's fingerprint). ``claim_*`` is the
+    one-time, 60-second claim through which the browser gets the token, emptied once claimed."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"), index=True)
+    scope: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    client: Mapped[str | None] = mapped_column(String(64))
+    claim_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    claim_sealed: Mapped[str | None] = mapped_column(String(64))  # the token, XOR a key only the claim code gives
+    claim_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
 class Prompt(Base):
     """The opening a completion continues (an IMDB review opening or a custom prompt)."""
 

@@ -1,6 +1,7 @@
 """Start the labelling app with Streamlit: ``python -m labeling_app [--port N] [--create-db]``.
 
-A thin wrapper over ``streamlit run labeling_app/app.py`` with settings for a closed network
+A thin wrapper over ``streamlit run labeling_app/server.py`` (the pages of ``app.py`` plus the
+session cookie routes, docs/security.md) with settings for a closed network
 (headless, no usage statistics, no file watcher). The database is ``RLHF_DB_URL``, the
 profile ``RLHF_CONFIG`` (section ``label``), the access token ``RLHF_LABEL_TOKEN``.
 
@@ -25,10 +26,13 @@ from labeling_app import runtime
 from labeling_app.config import LabelConfig
 
 APP = Path(__file__).resolve().parent / "app.py"
+# app.py's pages plus the session cookie routes (an st.App that `streamlit run` serves with uvicorn)
+SERVER = Path(__file__).resolve().parent / "server.py"
 
 
-def streamlit_args(port: int, address: str, app: Path = APP) -> list[str]:
-    """The ``streamlit run`` command line (also used by the browser test and the benchmark)."""
+def streamlit_args(port: int, address: str, app: Path = SERVER) -> list[str]:
+    """The ``streamlit run`` command line (also used by the browser test and the benchmark); ``app``
+    is ``server.py`` (the pages and the session cookie routes) unless another script is given."""
     return [
         sys.executable,
         "-m",

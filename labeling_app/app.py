@@ -25,6 +25,7 @@ st.session_state["_ctx"] = ctx
 
 if not ui.try_resume_sign_in(ctx):
     # Nothing but the sign-in form until someone signed in (name and password, or the token, if needed).
+    ui.browser_session_script()  # after a sign-out or a refused cookie: the browser drops its cookie
     st.navigation([st.Page(_HERE / "views" / "sign_in.py", title="Sign in")], position="hidden").run()
     st.stop()
 
@@ -36,6 +37,7 @@ with st.sidebar:
     if st.button("Sign out", key="sign_out"):
         ui.sign_out(st.session_state["_ctx"])
         st.rerun()
+    ui.browser_session_script()  # after a sign-in: the browser claims its session cookie
 
 label_page = st.Page(
     _HERE / "views" / "label.py", title="Label", icon=":material/label:", url_path="label", default=True

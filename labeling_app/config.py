@@ -64,6 +64,13 @@ class LabelConfig:
     auto_refill: bool = field(
         default=True, metadata={"help": "start a background refill automatically when the queue runs low"}
     )
+    session_hours: float = field(
+        default=12,
+        metadata={
+            "help": "how long a signed-in browser stays signed in across reloads (accounts and shared-token mode; "
+            "an HttpOnly cookie, docs/security.md); signing out, a password reset or a disabled account ends it sooner"
+        },
+    )
     policy: str = field(
         default="newest_registered",
         metadata={
@@ -94,5 +101,9 @@ class LabelConfig:
             raise ConfigError(f"label.prefetch={self.prefetch} must be >= 0.", "use e.g. 64 (0 turns auto refill off).")
         if self.refill_batch < 1:
             raise ConfigError(f"label.refill_batch={self.refill_batch} must be positive.", "use e.g. 128.")
+        if not 0 < self.session_hours <= 24 * 90:
+            raise ConfigError(
+                f"label.session_hours={self.session_hours} must be more than 0 and at most {24 * 90}.", "use e.g. 12."
+            )
         if not self.policy.strip():
             raise ConfigError("label.policy is empty.", "use 'newest_registered', 'latest' or a model folder.")

@@ -6,6 +6,8 @@ Streamlit-facing but free of SQL: every read and write goes through ``db``. The 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import hmac
 import logging
 import os
@@ -79,6 +81,49 @@ def check_serving(address: str, mode: str, *, insecure_open: bool) -> str | None
         f"warning: serving on {address} without accounts or RLHF_LABEL_TOKEN (--insecure-open): anyone who can "
         "reach this port can label, export and import (see docs/security.md)."
     )
+
+
+#: Set by ``labeling_app/server.py``: the session cookie routes exist (absent under ``streamlit run app.py``
+#: and AppTest, where a reload asks for the password again, as before).
+SESSION_COOKIES_ENV = "RLHF_SESSION_COOKIES"
+CLAIM_ROUTE = "/_rlhf/session/claim"  # POST the claim code: answers with the HttpOnly session cookie
+CLEAR_ROUTE = "/_rlhf/session/clear"  # POST: expires it
+
+
+def session_cookies_enabled() -> bool:
+    """Whether this process serves the session cookie routes (``python -m labeling_app`` does)."""
+    return os.environ.get(SESSION_COOKIES_ENV) == "1"
+
+
+def session_cookie_name(url: str) -> str:
+    """The session cookie's name for the database at ``url``: ``rlhf_session_`` and 8 hex characters of
+    the SHA-256 of the database (a SQLite file's absolute path; other URLs without their password), so
+    two apps on one host (cookies ignore the port) keep their cookies apart."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url.strip())
+        if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+            where = str(Path(parsed.database).expanduser().resolve())
+        else:
+            where = parsed.render_as_string(hide_password=True)
+    except Exception:  # an unparseable URL never reaches the app (db.connect refuses it); any stable name will do
+        where = url
+    return "rlhf_session_" + hashlib.sha256(where.encode("utf-8")).hexdigest()[:8]
+
+
+@functools.lru_cache(maxsize=4)
+def _token_fingerprint(token: str) -> str:
+    # slow on purpose (PBKDF2, 200k rounds, about 0.1 s once per process): the database holds this, not the token
+    return hashlib.pbkdf2_hmac("sha256", token.encode("utf-8"), b"rlhf-shared-token-scope", 200_000).hex()[:16]
+
+
+def session_scope(mode: str, token: str | None) -> str:
+    """What a saved session is bound to (``db.open_session``'s ``scope``): ``accounts`` in accounts mode;
+    in shared-token mode a fingerprint of the token, so a new ``RLHF_LABEL_TOKEN`` ends the old sessions."""
+    if mode == "accounts" or not token:
+        return "accounts" if mode == "accounts" else mode
+    return f"shared-token:{_token_fingerprint(token)}"
 
 
 def new_session_key() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 
 import streamlit as st
@@ -208,20 +209,113 @@ def sign_in(ctx: Context, name: str, secret: str | None) -> str | None:
     return None
 
 
-def _signed_in(ctx: Context, labeler_id: int, name: str) -> None:
+def _signed_in(ctx: Context, labeler_id: int, name: str, *, resumed: str | None = None) -> None:
     state = st.session_state
     state.labeler_id = labeler_id
     state.labeler_name = name
     state.signed_in_mode = ctx.mode
     state.token_ok = True
     st.query_params[runtime.LABELER_PARAM] = name  # the name only (not a secret): the form is filled after a reload
+    scope = _cookie_scope(ctx)
+    if scope is None:
+        return
+    if resumed is not None:  # signed in by the browser's cookie: that session goes on
+        state.auth_session = resumed
+        return
+    import db
+
+    try:
+        session, claim = db.open_session(
+            ctx.engine, labeler_id, client=client_address(), ttl_s=ctx.cfg.session_hours * 3600, scope=scope
+        )
+    except Exception as err:  # the sign-in stands; only a reload will ask again
+        log.warning("could not open a saved session for labeller %s: %s", labeler_id, type(err).__name__)
+        return
+    state.auth_session = session
+    state.browser_session = ("claim", claim, time.time() + db.sessions.CLAIM_TTL.total_seconds())
+
+
+#: Shown on the sign-in form when the browser's saved session cookie does not resolve.
+SESSION_REFUSED = (
+    "Your saved session is not valid here (signed out, expired, or from another server): please sign in again."
+)
+
+
+def _cookie_scope(ctx: Context) -> str | None:
+    """The scope of saved sessions in this mode (``runtime.session_scope``), or None when there are none:
+    local mode, or no cookie routes (``streamlit run app.py``, AppTest)."""
+    if ctx.mode == "local" or not runtime.session_cookies_enabled():
+        return None
+    return runtime.session_scope(ctx.mode, runtime.required_token())
+
+
+def browser_cookies() -> dict[str, str]:
+    """The cookies the browser sent when this tab connected (``st.context.cookies``, read-only)."""
+    try:
+        return dict(st.context.cookies)
+    except Exception:  # no browser behind this run
+        return {}
+
+
+def _resume_from_cookie(ctx: Context) -> bool:
+    """Sign the browser's saved session back in, once per tab connection (the cookies Streamlit shows are
+    the connection's: after a sign-out in this tab they are stale). A cookie that does not resolve is
+    refused with one line on the form and one ``session_refused`` audit row, and the browser drops it."""
+    import db
+
+    state = st.session_state
+    scope = _cookie_scope(ctx)
+    if scope is None or state.get("cookie_tried"):
+        return False
+    state.cookie_tried = True
+    session = browser_cookies().get(runtime.session_cookie_name(ctx.url))
+    if not session:
+        return False
+    client = client_address()
+    account = db.resolve_session(ctx.engine, session, scope=scope)
+    if account is None:
+        db.audit(ctx.engine, "session_refused", ok=False, client=client, detail=runtime.MODE_NAMES[ctx.mode])
+        state.sign_in_problem = SESSION_REFUSED
+        state.browser_session = ("clear", "", time.time() + 60)
+        return False
+    db.audit(ctx.engine, "sign_in", actor=account.name, actor_id=account.id, client=client, detail="session")
+    _signed_in(ctx, account.id, account.name, resumed=session)
+    return True
+
+
+def browser_session_script() -> None:
+    """Hand the pending claim code to the browser (after a sign-in), or ask it to drop the cookie (after a
+    sign-out or a refused cookie), for up to a minute. The script only posts to this server's own route
+    (``labeling_app/server.py``): the claim code is the one secret it carries, never the token."""
+    pending = st.session_state.get("browser_session")
+    if not pending:
+        return
+    what, code, until = pending
+    if time.time() > until:
+        st.session_state.pop("browser_session", None)
+        return
+    _post_from_browser(runtime.CLAIM_ROUTE if what == "claim" else runtime.CLEAR_ROUTE, code)
+
+
+def _post_from_browser(route: str, body: str) -> None:
+    """A zero-height component whose script POSTs ``body`` to ``route``, same-origin (Streamlit's srcdoc
+    iframe is sandboxed with ``allow-same-origin``). Only our two routes and a URL-safe code get in."""
+    import json
+    import re
+
+    import streamlit.components.v1 as components
+
+    if route not in (runtime.CLAIM_ROUTE, runtime.CLEAR_ROUTE) or not re.fullmatch(r"[A-Za-z0-9_-]{0,64}", body):
+        raise ValueError("only a session route and a URL-safe code may be posted")
+    js = f"fetch({json.dumps(route)}, {{method: 'POST', body: {json.dumps(body)}, credentials: 'same-origin'}});"
+    components.html(f"<script>{js}</script>", height=0)
 
 
 def try_resume_sign_in(ctx: Context) -> bool:
     """Whether this run is signed in. A signed-in session stays so while its mode holds and, in accounts
     mode, while its account is active (re-read from the database on every run: a disabled account is
-    out at its next click). After a reload, local mode signs the remembered name back in; the other
-    modes ask again (Streamlit gives the app no way to set a session cookie, docs/security.md)."""
+    out at its next click). After a reload, local mode signs the remembered name back in; the other modes
+    resume the browser's saved session (its HttpOnly cookie, ``labeling_app/server.py``), else ask again."""
     import db
 
     state = st.session_state
@@ -236,6 +330,8 @@ def try_resume_sign_in(ctx: Context) -> bool:
                 sign_out(ctx, audit=False)
                 state.sign_in_problem = "Your account was disabled (or its password reset): you were signed out."
                 return False
+        return True
+    if _resume_from_cookie(ctx):
         return True
     name = st.query_params.get(runtime.LABELER_PARAM)
     if not name or ctx.mode != "local":
@@ -376,6 +472,13 @@ def sign_out(ctx: Context, *, audit: bool = True) -> None:
         except Exception as err:  # the lease runs out by itself
             log.warning("could not release the lease of labeller %s: %s", ctx.labeler_id, err)
         get_shown_times().forget(ctx.labeler_id, key)
+    session = st.session_state.pop("auth_session", None)
+    if session:  # revoked in the database at once (a copied cookie is useless), and the browser drops it
+        try:
+            db.revoke_session(ctx.engine, session)
+        except Exception as err:
+            log.warning("could not revoke the saved session of %s: %s", ctx.labeler_name, type(err).__name__)
+        st.session_state.browser_session = ("clear", "", time.time() + 60)
     for name in (
         "labeler_id",
         "labeler_name",

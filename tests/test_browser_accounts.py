@@ -41,6 +41,7 @@ def _close_page_not_found(page) -> None:
 
 
 def _sign_in(page, url: str, name: str, password: str) -> None:
+    page.context.clear_cookies()  # a browser without a saved session (that one: test_browser_sessions.py)
     page.goto(url)
     box = page.get_by_label("Your name")
     box.wait_for(timeout=30_000)
@@ -73,6 +74,7 @@ def test_a_labeller_signs_in_labels_and_cannot_open_the_data_page(tmp_path):
         harness.press_and_wait_next(page, "g", first)
         assert page.get_by_role("link", name="Data").count() == 0  # not in a labeller's navigation
         # typing the Data page's address: a new page load, so sign in again; no Data page after it
+        page.context.clear_cookies()
         page.goto(f"{base}/data")
         page.get_by_label("Your name").wait_for(timeout=30_000)
         assert page.get_by_label("Password", exact=True).input_value() == ""  # a reload asks again (docs/security.md)

@@ -146,8 +146,16 @@ HTML_SINKS = re.compile(
 )
 
 
+# The one script allowed, once: ui._post_from_browser's zero-height component, which carries only one of
+# our two session routes and a URL-safe claim code (checked there; tests/test_sessions.py), never item text.
+ALLOWED_SINKS = ("labeling_app/ui.py: components.v1", "labeling_app/ui.py: components.html")
+
+
 def test_app_never_renders_text_as_html():
     hits = [f"{rel(p)}: {m.group(0)}" for p, src in sources(["labeling_app"]) for m in HTML_SINKS.finditer(src)]
+    for allowed in ALLOWED_SINKS:
+        if allowed in hits:
+            hits.remove(allowed)
     assert not hits, hits
 
 
