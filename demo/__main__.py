@@ -1,4 +1,4 @@
-"""CLI: ``python -m demo`` (``make demo``, ``ROUNDS=2``, ``CONFIG=configs/smoke.yaml``)."""
+"""CLI: ``python -m demo`` (``make demo``, ``ROUNDS=2``, ``PAIRS=1``, ``CONFIG=configs/smoke.yaml``)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-kl", action="store_true", help="same as --overoptimization with demo.overopt_kl_coef=0")
     p.add_argument(
+        "--pairwise",
+        action="store_true",
+        help="after PPO, a pairwise round: comparisons of the base policy's completions, simulated pair "
+        "judgements, DPO from them, and the win rate of the final PPO policy over the base (demo.pairs.enabled)",
+    )
+    p.add_argument(
         "--run",
         type=Path,
         default=None,
@@ -67,6 +73,8 @@ def preflight(profile: Profile) -> None:
     reward_mb = weights_size(profile.reward.backbone_or_default) / (1 << 20) or 100.0
     rounds = profile.demo.rounds + (1 if profile.demo.overoptimization else 0)
     written = 4 * policy_mb + rounds * (2 * reward_mb + 4 * policy_mb)
+    if profile.demo.pairs.enabled:
+        written += 2 * policy_mb  # the DPO policy and its work folder
     root = artifacts_root()
     check_writable_dirs(
         [root / "demo", root / "reward_models", root / "policies", root], need_mb=2 * written + 20, stage="the demo"
@@ -96,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append("overoptimization=true")
     if args.no_kl:
         overrides.append("overopt_kl_coef=0")
+    if args.pairwise:
+        overrides.append("pairs.enabled=true")
     if args.config is not None:
         os.environ["RLHF_CONFIG"] = str(args.config)  # anything a stage reads itself comes from the same profile
     profile = Profile.load(args.config, overrides)

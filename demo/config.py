@@ -15,12 +15,61 @@ from labeling_app.simulate import SimulateConfig
 
 
 @dataclass
+class PairsConfig:
+    """The demo's pairwise round (``demo.pairs``, ``--pairwise``), after the PPO round(s): comparisons of the
+    base policy's two completions of a prompt, judged by the same simulated labellers (``demo.simulate``),
+    DPO from them (the ``dpo`` section), and comparisons of the base and the final PPO policy on held-out
+    prompts, with the tuned policy's win rate."""
+
+    enabled: bool = field(default=False, metadata={"help": "run the pairwise round (python -m demo --pairwise)"})
+    n_labels: int = field(
+        default=1000,
+        metadata={
+            "help": "pair judgements of the base policy's comparisons, DPO's training data "
+            "(ceil(n_labels / overlap) comparisons, two completions of one prompt each)"
+        },
+    )
+    n_versus_prompts: int = field(
+        default=200,
+        metadata={
+            "help": "held-out IMDB test openings whose base-policy and final-PPO completions are compared "
+            "(each comparison judged by `overlap` labellers): the win rate of the tuned policy"
+        },
+    )
+    dpo_minutes: float | None = field(
+        default=None, metadata={"help": "budget of the demo's DPO run (null = dpo.max_minutes)"}
+    )
+    n_report_samples: int = field(default=3, metadata={"help": "DPO before/after samples printed in the report"})
+
+    def comparisons(self, overlap: int) -> int:
+        """Comparisons to make so ``n_labels`` judgements fit with the overlap (the queue is then used up)."""
+        return max(1, math.ceil(self.n_labels / overlap))
+
+    def validate(self) -> None:
+        if self.n_labels < 2:
+            raise ConfigError(
+                f"demo.pairs.n_labels={self.n_labels} is too few for DPO (it needs at least 2 pairs).",
+                "use e.g. 1000 (smoke: 40).",
+            )
+        if self.n_versus_prompts < 1:
+            raise ConfigError(
+                f"demo.pairs.n_versus_prompts={self.n_versus_prompts} must be >= 1.", "use e.g. 200 (smoke: 8)."
+            )
+        if self.dpo_minutes is not None and not self.dpo_minutes > 0:
+            raise ConfigError(
+                f"demo.pairs.dpo_minutes={self.dpo_minutes} must be > 0.", "use e.g. 5, or null for dpo.max_minutes."
+            )
+        if self.n_report_samples < 0:
+            raise ConfigError(f"demo.pairs.n_report_samples={self.n_report_samples} must be >= 0.", "use e.g. 3.")
+
+
+@dataclass
 class DemoConfig:
     """The whole loop with simulated labellers: how many labels, rounds, budgets, and the gold judge.
 
     Stage settings come from the profile's own sections (``pretrain``, ``generate``, ``reward``,
-    ``ppo``), the same ones the stages' own commands read; this section holds only what is the
-    demo's alone.
+    ``ppo``, and ``dpo`` for the pairwise round), the same ones the stages' own commands read; this
+    section holds only what is the demo's alone.
     """
 
     n_labels: int = field(default=1000, metadata={"help": "judgements the simulated labellers record per round"})
@@ -81,6 +130,10 @@ class DemoConfig:
     ppo_minutes: float | None = field(
         default=None, metadata={"help": "budget of each PPO run of the demo (null = ppo.max_minutes)"}
     )
+    pairs: PairsConfig = field(
+        default_factory=PairsConfig,
+        metadata={"help": "the pairwise round: comparisons, DPO from them, base vs tuned win rate (--pairwise)"},
+    )
 
     RENAMED: ClassVar[dict[str, str]] = {"n_prompts": "n_completions"}
     REMOVED: ClassVar[dict[str, str]] = {
@@ -122,6 +175,7 @@ class DemoConfig:
             raise ConfigError(f"demo.overopt_kl_coef={self.overopt_kl_coef} must be >= 0.", "use 0 or e.g. 0.001.")
         self.simulate.validate()
         self.gold.validate()
+        self.pairs.validate()
 
 
 @dataclass
@@ -137,6 +191,7 @@ class Profile:
     generate: Any  # base_policy.generate.GenerateConfig
     reward: Any  # reward_training.config.RewardConfig
     ppo: Any  # rl_finetune.ppo.config.PPOConfig
+    dpo: Any  # rl_finetune.offline.config.DPOConfig (the pairwise round's DPO)
     demo: DemoConfig
 
     @classmethod
@@ -150,6 +205,7 @@ class Profile:
         from base_policy.pretrain import PretrainConfig
         from common.imdb import DataConfig
         from reward_training.config import RewardConfig
+        from rl_finetune.offline.config import DPOConfig
         from rl_finetune.ppo.config import PPOConfig
 
         classes = {
@@ -158,6 +214,7 @@ class Profile:
             "generate": GenerateConfig,
             "reward": RewardConfig,
             "ppo": PPOConfig,
+            "dpo": DPOConfig,
             "demo": DemoConfig,
         }
         sections = read_profile(path)

@@ -8,6 +8,9 @@
     3      reward model   IMDB seed + the labels -> $RLHF_ARTIFACTS/reward_models/<run>
     4      PPO            against the reward model, gold score logged beside it -> policies/<run>
            (rounds >= 2: back to generate with the new policy; labels accumulate)
+           pairwise       (--pairwise) the base policy's two completions per prompt -> comparisons ->
+                          simulated pair judgements -> DPO from the base policy; base vs final PPO
+                          policy on held-out prompts, judged -> the tuned policy's win rate
            report         before/after samples, gold and reward scores, KL, labels, agreement,
                           reward-model accuracy vs TF-IDF, plots -> $RLHF_ARTIFACTS/demo/<run>/
 
@@ -183,9 +186,10 @@ def prompts_for(profile: Profile, split: str, n: int, seed: int) -> list[str]:
     return prompts
 
 
-def fluency(profile: Profile, base: str, before: list[dict], after: list[dict]) -> dict:
-    """Mean NLL per token (nats) under the frozen start policy: of the before and after samples, and of
-    real IMDB review text (the words that follow the first six of held-out reviews), for comparison."""
+def fluency(profile: Profile, base: str, before: list[dict], after: list[dict], **others: list[dict]) -> dict:
+    """Mean NLL per token (nats) under the frozen start policy: of the before and after samples (and of each
+    of ``others``, e.g. ``dpo=``, under its own key), and of real IMDB review text (the words that follow the
+    first six of held-out reviews), for comparison."""
     from base_policy.fluency import continuation_nll, real_continuations
     from base_policy.loading import load_policy
     from common.imdb import load_imdb
@@ -197,7 +201,7 @@ def fluency(profile: Profile, base: str, before: list[dict], after: list[dict]) 
 
     real = real_continuations(list(load_imdb(profile.data)["test"]["text"]), max(len(after), 1), seed=profile.demo.seed)
     return {"before": nll(before), "after": nll(after), "real_imdb": continuation_nll(model, tok, *real),
-            "n_real": len(real[0])}  # fmt: skip
+            "n_real": len(real[0]), **{k: nll(rows) for k, rows in others.items()}}  # fmt: skip
 
 
 def generate_for_labelling(profile: Profile, engine, policy: str, round_no: int) -> int:
@@ -367,6 +371,324 @@ def rescore(samples: list[dict], gold_fn, prob_fn) -> dict:
     return {"gold": gold.tolist(), "rm": rm.tolist(), **summarize_scores(gold, rm)}
 
 
+# ============================================================================ the pairwise round (--pairwise)
+
+
+def store_completions(engine, policy: str, prompts: list[str], gcfg) -> tuple[int, list[dict]]:
+    """Sample ``gcfg.completions_per_prompt`` completions of each prompt from ``policy`` and store them
+    (``db.add_completions``); returns (the policy's version id, one row per completion with its ``id``)."""
+    import db
+    from base_policy.generate import generate_completions
+    from base_policy.loading import load_policy
+    from base_policy.registry import ensure_registered
+
+    version = ensure_registered(engine, policy)
+    model, tok = load_policy(policy)
+    rows = generate_completions(model, tok, prompts, gcfg)
+    new = [
+        db.NewCompletion(
+            prompt=r["prompt"],
+            text=r["text"],
+            model_version_id=version,
+            gen_params={**r["gen_params"], "finish_reason": r["finish_reason"]},
+        )
+        for r in rows
+    ]
+    for r, cid in zip(rows, db.add_completions(engine, new)):
+        r["id"] = cid
+    return version, rows
+
+
+def planned_comparisons(
+    rows: list[dict], versions: dict[int, int], mode: str, compare: tuple[int, int] | None = None
+) -> list[tuple[int, int]]:
+    """Which stored completions to compare (:func:`db.pairs.plan_pairs` on the completions this round wrote,
+    not on everything in the database): ``rows`` as :func:`store_completions` returns them, ``versions``
+    completion id -> model version id."""
+    from db.pairs import plan_pairs
+
+    key = {p: i for i, p in enumerate(dict.fromkeys(r["prompt"] for r in rows))}  # one group per prompt text
+    return plan_pairs([(r["id"], key[r["prompt"]], versions[r["id"]]) for r in rows], mode=mode, versions=compare)
+
+
+def pair_figures(rows: list[dict]) -> dict:
+    """Agreement between labellers and position bias (share of 'left') over pair judgement rows
+    (``db.pair_judgement_rows``), as the stats page shows them (:mod:`labeling_app.pair_stats`)."""
+    from db.pairs import agreement_of, position_bias_of
+
+    return {"agreement": agreement_of(rows), "position_bias": position_bias_of(rows)}
+
+
+def judge_pairs(engine, profile: Profile, gold_fn, completion_ids: set[int], n: int, session_prefix: str, seed: int):
+    """``n`` simulated pair judgements through the pair queue; returns (the simulation's summary, the
+    judgement rows of the comparisons among ``completion_ids``)."""
+    import db
+    from labeling_app.simulate import simulate_comparisons
+
+    scfg = dataclasses.replace(profile.demo.simulate, n_labels=n, seed=seed)
+    res = simulate_comparisons(engine, scfg, gold_fn, session_prefix=session_prefix)
+    rows = [r for r in db.pair_judgement_rows(engine) if r["a_id"] in completion_ids]
+    return res.as_dict(), rows
+
+
+def preference_pairs_of(engine, comparison_ids: set[int]) -> list:
+    """DPO's training data: the pair judgements of these comparisons that chose a side, without pairs with an
+    empty side or two equal texts (nothing to learn from; a tiny policy can write the same text twice)."""
+    import db
+    from rl_finetune.offline.data import without_empty_pairs
+
+    pairs = [p for p in db.preference_pairs(engine) if p.comparison_id in comparison_ids]
+    return [p for p in without_empty_pairs(pairs) if p.chosen != p.rejected]
+
+
+def demo_dpo_config(profile: Profile):
+    """The dpo section with the demo's DPO budget (``demo.pairs.dpo_minutes``)."""
+    minutes = profile.demo.pairs.dpo_minutes
+    cfg = dataclasses.replace(profile.dpo, max_minutes=minutes) if minutes is not None else profile.dpo
+    cfg.validate()
+    return cfg
+
+
+def dpo_eval_config(profile: Profile, dpo_cfg):
+    """The DPO run's held-out eval, sampled as PPO's evals are (PPO's ``gen_kwargs``, prompt cut, batch and
+    seed), so its gold, KL and distinct-2 compare with PPO's: the same estimator of KL(policy || base)
+    (:class:`rl_finetune.offline.evaluate.HeldOutEval`, summed over the response, as PPO's ``kl_per_sample``)."""
+    ppo = profile.ppo
+    return dataclasses.replace(
+        dpo_cfg,
+        gen_kwargs=ppo.gen_kwargs,
+        max_prompt_tokens=ppo.max_prompt_tokens,
+        eval_batch_size=ppo.generation_batch_size,
+        seed=ppo.seed,
+    )
+
+
+def run_dpo(profile: Profile, engine, *, base: str, pairs: list, gold_fn, eval_prompts: list[str], name: str) -> dict:
+    """DPO from ``base`` (the reference is the base policy) on ``pairs``, saved to ``policies/<name>`` and
+    registered with the base policy as its parent, as ``python -m rl_finetune dpo`` does (``latest`` stays on
+    the final PPO policy); the gold judge scores it on the demo's held-out eval prompts."""
+    from common.paths import policies_dir
+    from rl_finetune.offline import train_dpo
+    from rl_finetune.offline.evaluate import HeldOutEval
+    from rl_finetune.ppo.stage import register
+
+    cfg = demo_dpo_config(profile)
+    eval_fn = HeldOutEval(eval_prompts, dpo_eval_config(profile, cfg), gold_fn=gold_fn, title="DPO samples")
+    out = policies_dir() / name
+    result = train_dpo(base, pairs, out, cfg, eval_fn=eval_fn)
+    version = register(out, result["start_policy"], result["summary"], engine)
+    return {
+        "policy_out": str(out),
+        "version": version,
+        "steps": result["steps"],
+        "wall_s": round(result["wall_s"], 1),
+        "labels_used": result["labels_used"],
+        "summary": result["summary"],
+        "before": eval_fn.before,  # the eval samples at step 0 (the base policy) and at the end
+        "after": eval_fn.after,
+    }
+
+
+def pairwise_round(
+    profile: Profile, engine, steps: Steps, *, run_id: str, base: str, tuned: str, gold, eval_prompts, echo
+) -> dict:
+    """The pairwise round's four steps: (1) the base policy's two completions of fresh training prompts and
+    their comparisons, (2) simulated pair judgements, (3) DPO from them, (4) comparisons of the base and the
+    ``tuned`` policy on held-out prompts, judged, with the tuned policy's win rate. Returns the report's
+    ``pairwise`` part (the DPO samples still unscored: the report step rescores them)."""
+    import db
+    from db.pairs import win_rate_of
+
+    cfg, pcfg = profile.demo, profile.demo.pairs
+    overlap = cfg.simulate.overlap
+    n_cmp = pcfg.comparisons(overlap)
+    out: dict[str, Any] = {}
+    with steps.step("pair completions", f"2 completions of {n_cmp} prompts from {Path(base).name}, paired"):
+        prompts = prompts_for(profile, "train", n_cmp, seed=cfg.seed + 5003)
+        gcfg = dataclasses.replace(profile.generate, completions_per_prompt=2, seed=cfg.seed + 5003)
+        version, rows = store_completions(engine, base, prompts, gcfg)
+        ids = {r["id"] for r in rows}
+        pairs = planned_comparisons(rows, dict.fromkeys(ids, version), "same_policy")
+        made = db.add_comparisons(engine, pairs, source="same_policy")
+        out["comparisons"] = {"prompts": len(prompts), "completions": len(rows), "comparisons": made}
+        echo(f"  {len(rows)} completions of {len(prompts)} prompts -> {made} comparisons")
+    with steps.step(
+        "pair labels", f"{pcfg.n_labels} pair judgements from {len(cfg.simulate.labelers)} simulated labellers"
+    ):
+        labels, judged = judge_pairs(
+            engine, profile, gold.score, ids, pcfg.n_labels, f"{run_id}-pairs", cfg.simulate.seed + 101
+        )
+        out["comparisons"].update(labels=labels, **pair_figures(judged))
+        echo(
+            f"  {labels['n_recorded']} judgements {labels['choice_counts']}; agreement with gold "
+            f"{labels['gold_agreement']}; share of 'left' {_fmt(labels['share_left'])}"
+        )
+    with steps.step("dpo", f"DPO from {Path(base).name} on the pair judgements (reference: the base policy)"):
+        prefs = preference_pairs_of(engine, {r["comparison_id"] for r in judged})
+        if len(prefs) < 2:
+            raise UserError(
+                f"the pairwise round's {labels['n_recorded']} pair judgements gave {len(prefs)} preference pair(s) "
+                "(ties, skips and equal texts left out); DPO needs at least 2.",
+                "raise demo.pairs.n_labels (e.g. --set pairs.n_labels=1000).",
+            )
+        out["dpo"] = run_dpo(
+            profile, engine, base=base, pairs=prefs, gold_fn=gold.score, eval_prompts=eval_prompts,
+            name=f"{run_id}-dpo",
+        )  # fmt: skip
+        s = out["dpo"]["summary"]
+        echo(
+            f"  {out['dpo']['steps']} steps on {len(prefs)} pairs; gold {_fmt(s.get('eval/gold_before'))} -> "
+            f"{_fmt(s.get('eval/gold_after'))}, KL {_fmt(s.get('eval/kl_after'))} nats; saved {out['dpo']['policy_out']}"
+        )
+    with steps.step(
+        "base vs tuned", f"{pcfg.n_versus_prompts} held-out prompts: {Path(base).name} against {Path(tuned).name}"
+    ):
+        prompts = prompts_for(profile, "test", pcfg.n_versus_prompts, seed=cfg.seed + 5011)
+        gcfg = dataclasses.replace(profile.generate, completions_per_prompt=1, seed=cfg.seed + 5011)
+        v_base, rows_base = store_completions(engine, base, prompts, gcfg)
+        v_tuned, rows_tuned = store_completions(engine, tuned, prompts, gcfg)
+        rows = rows_base + rows_tuned
+        versions = {**{r["id"]: v_base for r in rows_base}, **{r["id"]: v_tuned for r in rows_tuned}}
+        pairs = planned_comparisons(rows, versions, "versions", (v_base, v_tuned))
+        made = db.add_comparisons(engine, pairs, source="versions")
+        labels, judged = judge_pairs(
+            engine, profile, gold.score, set(versions), made * overlap, f"{run_id}-versus", cfg.simulate.seed + 102
+        )
+        win = win_rate_of(judged, v_tuned, v_base)
+        out["versus"] = {
+            "base": base, "tuned": tuned, "base_version": v_base, "tuned_version": v_tuned,
+            "prompts": len(prompts), "comparisons": made, "labels": labels, "win_rate": win, **pair_figures(judged),
+        }  # fmt: skip
+        echo("  " + win_rate_line(win))
+    return out
+
+
+def win_rate_line(win: dict) -> str:
+    """The tuned policy's win rate over the base with its 95% interval, in one sentence."""
+    if not win["n"]:
+        return "no judged comparison of the two versions (all skipped)"
+    lo, hi = win["interval"]
+    return (
+        f"the tuned policy won {win['wins']}, lost {win['losses']} and tied {win['ties']} of {win['n']} judged "
+        f"comparisons: win rate {win['win_rate']:.3f} (95% CI {lo:.3f} to {hi:.3f}; a tie counts half)"
+    )
+
+
+def gold_row(name: str, scores: dict, *, kl, distinct_2, fluency_nll, wall_s, labels) -> dict:
+    """One row of the pairwise round's table: the gold judge's positive rate on the held-out eval prompts with
+    its Wilson 95% interval, and the policy's KL to the base, distinct-2, fluency, training time and labels."""
+    from db.pairs import wilson_interval
+
+    n = int(scores["n"])
+    rate = scores["gold_positive_rate"]
+    lo, hi = wilson_interval(rate * n, n)
+    return {
+        "policy": name, "gold_positive_rate": rate, "interval": [lo, hi], "gold_mean": scores["gold_mean"], "n": n,
+        "kl": kl, "distinct_2": distinct_2, "fluency_nll": fluency_nll, "wall_s": wall_s, "labels": labels,
+    }  # fmt: skip
+
+
+def pairwise_table(report: dict) -> list[dict]:
+    """Base policy, final PPO policy and DPO policy on the same held-out eval prompts (pure, from the report).
+
+    PPO's KL is its last round's to that round's start policy (the base policy when there is one round)."""
+    rounds, p = report["rounds"], report["pairwise"]
+    first, last = rounds[0]["ppo"]["summary"], rounds[-1]["ppo"]["summary"]
+    fl, d = report.get("fluency") or {}, p["dpo"]
+    good_bad = sum(int(x["labels"]["n_recorded"]) for x in rounds)
+    return [
+        gold_row(
+            "base policy", report["before"], kl=0.0, distinct_2=first.get("eval/distinct_2_before"),
+            fluency_nll=fl.get("before"), wall_s=None, labels=None,
+        ),
+        gold_row(
+            f"PPO ({len(rounds)} round{'s' if len(rounds) > 1 else ''})", report["after"], kl=last.get("eval/kl_after"),
+            distinct_2=last.get("eval/distinct_2_after"), fluency_nll=fl.get("after"),
+            wall_s=round(sum(float(x["ppo"]["summary"].get("wall_time_s") or 0) for x in rounds), 1),
+            labels=f"{good_bad} good/bad",
+        ),
+        gold_row(
+            "DPO", p["dpo_after"], kl=d["summary"].get("eval/kl_after"), distinct_2=d["summary"].get("eval/distinct_2_after"),
+            fluency_nll=fl.get("dpo"), wall_s=d["wall_s"],
+            labels=f"{p['comparisons']['labels']['n_recorded']} pair judgements ({d['labels_used']} pairs trained on)",
+        ),
+    ]  # fmt: skip
+
+
+def pairwise_markdown(report: dict) -> list[str]:
+    """The report's "Pairwise round" section."""
+    p = report["pairwise"]
+    c, v, d = p["comparisons"], p["versus"], p["dpo"]
+
+    def agree(x: dict) -> str:
+        a, b = x["agreement"], x["position_bias"]
+        agreement = (
+            f"{_fmt(a['agreement'])} (95% CI {_fmt(a['interval'][0])} to {_fmt(a['interval'][1])}, {a['n']} pairs of judgements)"
+            if a["n"]
+            else "n/a (no comparison judged twice)"
+        )
+        left = (
+            f"{_fmt(b['share_left'])} (95% CI {_fmt(b['interval'][0])} to {_fmt(b['interval'][1])}, {b['n']} choices)"
+            if b["n"]
+            else "n/a"
+        )
+        return f"agreement between labellers {agreement}; share of 'left' (position bias; 0.5 = none) {left}"
+
+    lab = c["labels"]
+    lines = [
+        "## Pairwise round",
+        "",
+        f"- comparisons: {c['comparisons']} of the base policy's two completions of {c['prompts']} training prompts; "
+        f"{lab['n_recorded']} pair judgements {lab['choice_counts']}, per labeller {lab['per_labeler']}",
+        f"- {agree(c)}; agreement with gold per labeller {lab['gold_agreement']}",
+        f"- DPO from the base policy (reference: the base policy): {d['steps']} steps on {d['labels_used']} preference "
+        f"pairs in {_fmt(d['wall_s'], 1)} s -> `{Path(d['policy_out']).name}` (policy version {d['version']})",
+        "",
+        "On the same held-out eval prompts, scored by the gold judge:",
+        "",
+        "| policy | gold: share judged good (95% CI) | gold mean | KL to the base (nats) | distinct-2 "
+        "| fluency: NLL per token under the base | training seconds | labels used |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in p["table"]:
+        lo, hi = r["interval"]
+        lines.append(
+            f"| {r['policy']} | {_fmt(r['gold_positive_rate'])} ({_fmt(lo)} to {_fmt(hi)}, n={r['n']}) "
+            f"| {_fmt(r['gold_mean'])} | {_fmt(r['kl'], 2)} | {_fmt(r['distinct_2'])} | {_fmt(r['fluency_nll'], 2)} "
+            f"| {_fmt(r['wall_s'], 1) if r['wall_s'] is not None else '–'} | {r['labels'] or '–'} |"
+        )
+    lines += [
+        "",
+        "The DPO eval samples the same prompts with PPO's sampling settings and measures KL as PPO's eval does "
+        "(sampled KL(policy || base policy) summed over each response, mean over samples).",
+    ]
+    if len(report["rounds"]) > 1:
+        lines.append("PPO's KL is its last round's, to that round's start policy (the round-1 policy).")
+    vl = v["labels"]
+    lines += [
+        "",
+        f"**Base vs tuned** ({v['comparisons']} held-out prompts, `{Path(v['base']).name}` against "
+        f"`{Path(v['tuned']).name}`, the final PPO policy; {vl['n_recorded']} pair judgements): "
+        f"{win_rate_line(v['win_rate'])}.",
+        f"{agree(v)}; agreement with gold per labeller {vl['gold_agreement']}.",
+        "",
+    ]
+    if p.get("samples"):
+        lines += [
+            "DPO samples (the first eval, from the base policy, and the last):",
+            "",
+            "| prompt | before | gold | after DPO | gold |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {_cell(s['prompt'])} | {_cell(s['before'])} | {_fmt(s['gold_before'], 2)} | {_cell(s['after'])} "
+            f"| {_fmt(s['gold_after'], 2)} |"
+            for s in p["samples"]
+        ]
+        lines.append("")
+    return lines
+
+
 # ============================================================================ the run
 
 
@@ -382,6 +704,7 @@ def run(profile: Profile, *, run_id: str | None = None, progress: bool = True, e
     out = artifacts_root() / "demo" / run_id
     out.mkdir(parents=True, exist_ok=True)
     n_steps = 2 + 4 * cfg.rounds + (1 if cfg.overoptimization else 0) + (1 if cfg.analysis else 0) + 1
+    n_steps += 4 if cfg.pairs.enabled else 0  # pair completions, pair labels, dpo, base vs tuned
     steps = Steps(n_steps, echo)
     report: dict[str, Any] = {"run_id": run_id, "config": to_dict(cfg), "rounds": []}
     echo(f"RLHF demo {run_id}: {cfg.rounds} round(s) of {cfg.n_labels} simulated labels; report in {out}")
@@ -470,6 +793,12 @@ def run(profile: Profile, *, run_id: str | None = None, progress: bool = True, e
                 progress,
             )
 
+    if cfg.pairs.enabled:
+        report["pairwise"] = pairwise_round(
+            profile, engine, steps, run_id=run_id, base=base, tuned=policy, gold=gold, eval_prompts=eval_prompts,
+            echo=echo,
+        )  # fmt: skip
+
     if cfg.analysis:
         with steps.step("analysis", f"what PPO changed inside {Path(policy).name} (python -m rl_finetune analyse)"):
             report["analysis"] = analyse_policy(profile, base, policy, rm_dir, run_id)
@@ -482,7 +811,20 @@ def run(profile: Profile, *, run_id: str | None = None, progress: bool = True, e
         after_samples = result.after
         report["before"] = rescore(before_samples, gold.score, prob_fn)
         report["after"] = rescore(after_samples, gold.score, prob_fn)
-        report["fluency"] = fluency(profile, base, before_samples, after_samples)
+        pw = report.get("pairwise")
+        if pw is None:
+            report["fluency"] = fluency(profile, base, before_samples, after_samples)
+        else:  # the DPO eval's samples (the same eval prompts), scored as PPO's are
+            dpo_before, dpo_after = pw["dpo"].pop("before"), pw["dpo"].pop("after")
+            report["fluency"] = fluency(profile, base, before_samples, after_samples, dpo=dpo_after)
+            pw["dpo_before"] = rescore(dpo_before, gold.score, prob_fn)
+            pw["dpo_after"] = rescore(dpo_after, gold.score, prob_fn)
+            pw["table"] = pairwise_table(report)
+            pw["samples"] = [
+                {"prompt": b["prompt"], "before": b["response"], "after": a["response"], "gold_before": gb,
+                 "gold_after": ga}
+                for b, a, gb, ga in zip(dpo_before, dpo_after, pw["dpo_before"]["gold"], pw["dpo_after"]["gold"])
+            ][: cfg.pairs.n_report_samples]  # fmt: skip
         report["kl"] = {f"round {x['round']}": x["ppo"]["summary"].get("eval/kl_after") for x in report["rounds"]}
         report["ledger"] = label_ledger(report["rounds"])
         report["samples"] = [
@@ -708,6 +1050,8 @@ def report_markdown(report: dict) -> str:
             "no longer pay.",
             "",
         ]
+    if report.get("pairwise"):
+        lines += pairwise_markdown(report)
     if report.get("overoptimization"):
         o = report["overoptimization"]
         s = o["summary"]
