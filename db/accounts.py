@@ -402,7 +402,11 @@ def _wait(s: Session, column, value: str, now: datetime) -> float:
     start = max(since, last_ok) if last_ok is not None else since
     n, last = s.execute(
         select(func.count(AuditEvent.id), func.max(AuditEvent.at)).where(
-            column == value, AuditEvent.action == "sign_in_failed", AuditEvent.at > start
+            column == value,
+            AuditEvent.action == "sign_in_failed",
+            AuditEvent.at > start,
+            # an identity the provider vouched for but no account matched guessed no password
+            or_(AuditEvent.detail.is_(None), ~AuditEvent.detail.startswith("identity provider")),
         )
     ).one()
     if last is None:

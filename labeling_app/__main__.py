@@ -10,7 +10,9 @@ admin``); without them the start is refused unless ``--insecure-open`` is given 
 
 Before Streamlit starts, the database is opened (and migrated): one that cannot be opened stops
 the start with one line naming it and the fix. A missing database is created only at the default
-path (``data/feedback.sqlite``) or with ``--create-db``; an existing one is never replaced.
+path (``data/feedback.sqlite``) or with ``--create-db``; an existing one is never replaced. With
+``label.identity_provider`` set, a missing Authlib or ``[auth]`` section of ``.streamlit/secrets.toml``
+stops the start the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from common.config import describe
+from common.config import describe, load_config
 from common.errors import UserError, cli_entry
 from labeling_app import runtime
 from labeling_app.config import LabelConfig
@@ -119,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.config is not None:
         os.environ["RLHF_CONFIG"] = str(args.config)
     accounts = open_database(create=args.create_db)
+    cfg = load_config(LabelConfig, "label")
+    if cfg.identity_provider:  # st.login's prerequisites, before a labeller meets their absence
+        runtime.check_identity_provider(cfg.identity_provider)
     mode = runtime.sign_in_mode(accounts, runtime.required_token())
     warning = runtime.check_serving(args.address, mode, insecure_open=args.insecure_open)
     if warning:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -71,6 +72,28 @@ class LabelConfig:
             "an HttpOnly cookie, docs/security.md); signing out, a password reset or a disabled account ends it sooner"
         },
     )
+    identity_provider: str = field(
+        default="",
+        metadata={
+            "help": "accounts mode: also offer sign-in with your organisation's identity provider (st.login, "
+            "OpenID Connect): '' = off, 'default' = the provider set directly in [auth] of .streamlit/secrets.toml, "
+            "NAME = its [auth.NAME] section; needs Authlib>=1.3.2 (docs/security.md)"
+        },
+    )
+    identity_claim: str = field(
+        default="email",
+        metadata={
+            "help": "the identity's claim (st.user) whose whole value must be the name of an existing, enabled "
+            "account (compared ignoring case); accounts are still made only by `python -m db users add`"
+        },
+    )
+    password_sign_in: bool = field(
+        default=True,
+        metadata={
+            "help": "accounts mode: offer the name-and-password form (false: only the identity provider's "
+            "button, which needs identity_provider)"
+        },
+    )
     policy: str = field(
         default="newest_registered",
         metadata={
@@ -107,3 +130,24 @@ class LabelConfig:
             )
         if not self.policy.strip():
             raise ConfigError("label.policy is empty.", "use 'newest_registered', 'latest' or a model folder.")
+        if self.identity_provider and not re.fullmatch(r"[A-Za-z0-9-]{1,64}", self.identity_provider):
+            raise ConfigError(
+                f"label.identity_provider={self.identity_provider!r} is not a provider name.",
+                "use '' (off), 'default' (the provider set in [auth]) or the NAME of an [auth.NAME] section: "
+                "letters, digits and '-' (Streamlit refuses '_').",
+            )
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}", self.identity_claim) or self.identity_claim in (
+            "is_logged_in",
+            "tokens",
+            "provider",
+            "origin",
+        ):
+            raise ConfigError(
+                f"label.identity_claim={self.identity_claim!r} is not a claim of the identity.",
+                "use e.g. 'email' (or 'preferred_username'), a claim your identity provider sends.",
+            )
+        if not self.password_sign_in and not self.identity_provider:
+            raise ConfigError(
+                "label.password_sign_in is false but label.identity_provider is off: nobody could sign in.",
+                "set label.identity_provider, or password_sign_in: true.",
+            )

@@ -14,8 +14,10 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from common.errors import UserError
 from labeling_app.config import LabelConfig
@@ -81,6 +83,67 @@ def check_serving(address: str, mode: str, *, insecure_open: bool) -> str | None
         f"warning: serving on {address} without accounts or RLHF_LABEL_TOKEN (--insecure-open): anyone who can "
         "reach this port can label, export and import (see docs/security.md)."
     )
+
+
+#: What ``st.login`` needs (Streamlit 1.67 checks it with ``streamlit.auth_util.is_authlib_installed``).
+AUTHLIB = "Authlib>=1.3.2"
+AUTH_KEYS = ("redirect_uri", "cookie_secret")  # in [auth] itself, whichever the provider
+PROVIDER_KEYS = ("client_id", "client_secret", "server_metadata_url")  # in [auth] ('default') or [auth.NAME]
+
+
+def identity_provider_missing(provider: str, auth: Mapping[str, Any], *, authlib: bool) -> list[str]:
+    """What ``st.login(provider)`` lacks here (empty: nothing), given the ``[auth]`` section of Streamlit's
+    secrets (``{}`` when absent) and whether Authlib is installed: the keys Streamlit's
+    ``validate_auth_credentials`` asks for, the ``default`` provider's in ``[auth]`` itself."""
+    missing = [] if authlib else [f"the {AUTHLIB} package is not installed"]
+    if not auth:
+        return [*missing, "`.streamlit/secrets.toml` has no [auth] section"]
+    keys = [f"[auth] {key}" for key in AUTH_KEYS if key not in auth]
+    section = auth.get(provider)
+    if section is None and provider == "default":
+        section = auth
+    if not isinstance(section, Mapping):
+        keys.append(f"the [auth.{provider}] section")
+    else:
+        where = "[auth]" if section is auth else f"[auth.{provider}]"
+        keys += [f"{where} {key}" for key in PROVIDER_KEYS if key not in section]
+    if keys:
+        missing.append(f"`.streamlit/secrets.toml` lacks {', '.join(keys)}")
+    return missing
+
+
+def auth_secrets() -> Mapping[str, Any]:
+    """The ``[auth]`` section of Streamlit's secrets (``st.secrets``: ``.streamlit/secrets.toml`` in the folder
+    the app is started from, or ``~/.streamlit/``), ``{}`` when there is none."""
+    import streamlit as st
+
+    if not st.secrets.load_if_toml_exists():
+        return {}
+    section = st.secrets.get("auth")
+    return section if isinstance(section, Mapping) else {}
+
+
+def authlib_installed() -> bool:
+    """Whether ``st.login`` would find Authlib (Streamlit's own check)."""
+    from streamlit.auth_util import is_authlib_installed
+
+    return is_authlib_installed()
+
+
+def check_identity_provider(provider: str) -> None:
+    """Raise a one-line :class:`UserError` naming every missing prerequisite of ``label.identity_provider``
+    (checked at start-up and on the sign-in page)."""
+    missing = identity_provider_missing(provider, auth_secrets(), authlib=authlib_installed())
+    if missing:
+        raise UserError(
+            f"label.identity_provider is {provider!r}, but {' and '.join(missing)}.",
+            f"pip install '{AUTHLIB}' and fill in [auth] (docs/security.md), or set label.identity_provider: ''.",
+        )
+
+
+def provider_label(provider: str) -> str:
+    """How the sign-in button names the provider: ``Sign in with <this>``."""
+    return "your identity provider" if provider == "default" else provider[:1].upper() + provider[1:]
 
 
 #: Set by ``labeling_app/server.py``: the session cookie routes exist (absent under ``streamlit run app.py``

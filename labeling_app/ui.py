@@ -209,15 +209,16 @@ def sign_in(ctx: Context, name: str, secret: str | None) -> str | None:
     return None
 
 
-def _signed_in(ctx: Context, labeler_id: int, name: str, *, resumed: str | None = None) -> None:
+def _signed_in(ctx: Context, labeler_id: int, name: str, *, resumed: str | None = None, via: str | None = None) -> None:
     state = st.session_state
     state.labeler_id = labeler_id
     state.labeler_name = name
     state.signed_in_mode = ctx.mode
+    state.signed_in_via = via
     state.token_ok = True
     st.query_params[runtime.LABELER_PARAM] = name  # the name only (not a secret): the form is filled after a reload
     scope = _cookie_scope(ctx)
-    if scope is None:
+    if scope is None or via == IDENTITY:  # Streamlit's own identity cookie brings that sign-in back after a reload
         return
     if resumed is not None:  # signed in by the browser's cookie: that session goes on
         state.auth_session = resumed
@@ -311,11 +312,109 @@ def _post_from_browser(route: str, body: str) -> None:
     components.html(f"<script>{js}</script>", height=0)
 
 
+#: The detail of the audit rows of identity-provider sign-ins (refusals: ``identity provider: <why>``).
+IDENTITY = "identity provider"
+
+
+def identity_provider_problem(ctx: Context) -> str | None:
+    """Why this app's identity provider cannot sign anyone in, in one line (None: it can, or it is off)."""
+    if not ctx.cfg.identity_provider:
+        return None
+    try:
+        runtime.check_identity_provider(ctx.cfg.identity_provider)
+    except UserError as err:
+        return str(err)
+    return None
+
+
+def provider_identity() -> dict:
+    """``st.user`` as a plain dict while someone is signed in with the identity provider, else ``{}``."""
+    user = st.user.to_dict()
+    return dict(user) if user.get("is_logged_in") is True else {}
+
+
+def sign_in_with_identity(ctx: Context, identity: dict) -> str | None:
+    """Sign in the account whose name is the identity's ``label.identity_claim`` (its whole value, compared
+    as names are: NFKC, ignoring case); return the refusal to show, or None. Only an existing, enabled
+    account with a password (as the command line makes them) is signed in, never created; either way one
+    audit row: ``sign_in`` (detail ``identity provider``) or ``sign_in_failed`` (``identity provider: <why>``)."""
+    import db
+
+    try:
+        check_database(ctx)
+    except db.DatabaseGone as err:
+        log.error("%s", err)
+        return DB_GONE
+    claim = ctx.cfg.identity_claim
+    value = identity.get(claim)
+    value = value.strip() if isinstance(value, str) else ""
+    key = db.labeler_name_key(value) if value else None
+    account = next((a for a in db.list_accounts(ctx.engine) if db.labeler_name_key(a.name) == key), None)
+    if identity.get("provider", ctx.cfg.identity_provider) != ctx.cfg.identity_provider:
+        why, problem = "another provider", "You are signed in with another identity provider than this app's."
+    elif not value:
+        why, problem = f"no {claim} claim", f"Your identity provider did not give this app your {claim}."
+    elif claim == "email" and identity.get("email_verified") in (False, "false"):
+        why, problem = "email not verified", f"Your identity provider has not verified {value}."
+    elif account is None:
+        why, problem = "unknown account", f"There is no account called {value} here: ask an admin to make one."
+    elif account.disabled_at is not None:
+        why, problem = "account disabled", "This account is disabled. Ask an admin if you should still have access."
+    elif not account.has_password:
+        why, problem = "no password set", f"{account.name} is not an account yet: ask an admin to make it one."
+    else:
+        db.audit(
+            ctx.engine, "sign_in", actor=account.name, actor_id=account.id, client=client_address(), detail=IDENTITY
+        )
+        _signed_in(ctx, account.id, account.name, via=IDENTITY)
+        return None
+    actor = account.name if account is not None else value or None
+    db.audit(
+        ctx.engine,
+        "sign_in_failed",
+        actor=actor,
+        actor_id=account.id if account is not None else None,
+        ok=False,
+        client=client_address(),
+        detail=f"{IDENTITY}: {why}",
+    )
+    return problem
+
+
+def _sign_in_from_identity(ctx: Context) -> bool:
+    """In accounts mode with ``label.identity_provider`` on and set up, sign in the account ``st.user`` names
+    (:func:`sign_in_with_identity`), once per identity and tab: a refusal stays in ``identity_refused`` for
+    the sign-in page, and its audit row is written once. Otherwise ``st.user`` is not even read."""
+    state = st.session_state
+    if ctx.mode != "accounts" or not ctx.cfg.identity_provider or identity_provider_problem(ctx) is not None:
+        return False
+    identity = provider_identity()
+    tried = repr((identity.get("provider"), identity.get(ctx.cfg.identity_claim)))
+    if not identity or state.get("identity_tried") == tried:
+        return False
+    state.identity_tried = tried
+    problem = sign_in_with_identity(ctx, identity)
+    if problem:
+        state.identity_refused = problem
+        return False
+    state.pop("identity_refused", None)
+    return True
+
+
+def identity_sign_out() -> None:
+    """End the identity provider's sign-in in this browser (``st.logout``: Streamlit drops its cookie)."""
+    for name in ("identity_tried", "identity_refused"):
+        st.session_state.pop(name, None)
+    st.logout()
+
+
 def try_resume_sign_in(ctx: Context) -> bool:
     """Whether this run is signed in. A signed-in session stays so while its mode holds and, in accounts
     mode, while its account is active (re-read from the database on every run: a disabled account is
     out at its next click). After a reload, local mode signs the remembered name back in; the other modes
-    resume the browser's saved session (its HttpOnly cookie, ``labeling_app/server.py``), else ask again."""
+    resume the browser's saved session (its HttpOnly cookie, ``labeling_app/server.py``); accounts mode with
+    ``label.identity_provider`` then signs in the account ``st.user`` names (:func:`sign_in_with_identity`);
+    else ask again."""
     import db
 
     state = st.session_state
@@ -331,7 +430,7 @@ def try_resume_sign_in(ctx: Context) -> bool:
                 state.sign_in_problem = "Your account was disabled (or its password reset): you were signed out."
                 return False
         return True
-    if _resume_from_cookie(ctx):
+    if _resume_from_cookie(ctx) or _sign_in_from_identity(ctx):
         return True
     name = st.query_params.get(runtime.LABELER_PARAM)
     if not name or ctx.mode != "local":
@@ -455,7 +554,9 @@ def require_admin(ctx: Context, what: str) -> None:
 
 
 def sign_out(ctx: Context, *, audit: bool = True) -> None:
-    """Forget the labeller in this tab and give back the item this tab holds."""
+    """Forget the labeller in this tab and give back the item this tab holds. A sign-out asked for
+    (``audit``) of an account signed in by the identity provider ends that sign-in too (``st.logout``);
+    one forced by a disabled account keeps it, so the sign-in page can say why."""
     import db
 
     if audit and ctx.labeler_id is not None and ctx.mode != "local":
@@ -472,6 +573,7 @@ def sign_out(ctx: Context, *, audit: bool = True) -> None:
         except Exception as err:  # the lease runs out by itself
             log.warning("could not release the lease of labeller %s: %s", ctx.labeler_id, err)
         get_shown_times().forget(ctx.labeler_id, key)
+    via = st.session_state.get("signed_in_via")
     session = st.session_state.pop("auth_session", None)
     if session:  # revoked in the database at once (a copied cookie is useless), and the browser drops it
         try:
@@ -483,6 +585,9 @@ def sign_out(ctx: Context, *, audit: bool = True) -> None:
         "labeler_id",
         "labeler_name",
         "signed_in_mode",
+        "signed_in_via",
+        "identity_tried",
+        "identity_refused",
         "export_file",
         "token_ok",
         "item",
@@ -501,6 +606,8 @@ def sign_out(ctx: Context, *, audit: bool = True) -> None:
     ):
         st.session_state.pop(name, None)
     st.query_params.clear()
+    if audit and via == IDENTITY:
+        st.logout()
 
 
 def context() -> Context:
