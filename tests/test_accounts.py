@@ -200,6 +200,19 @@ def test_the_back_off_doubles_after_five_failures_up_to_a_cap():
     assert accounts.backoff_s(40) == accounts.BACKOFF_MAX_S
 
 
+def test_refused_identities_are_audited_but_do_not_throttle_password_sign_ins(engine):
+    # a provider's identity with no account guessed no password: ten of them leave the back-off at zero
+    for _ in range(10):
+        db.audit(
+            engine, "sign_in_failed", actor="lena", ok=False, client="10.0.0.9", detail="identity provider: no account"
+        )
+    assert db.accounts.throttle_wait(engine, "lena", "10.0.0.9") == 0.0
+    for _ in range(accounts.FREE_FAILURES + 1):  # wrong passwords do count
+        db.audit(engine, "sign_in_failed", actor="lena", ok=False, client="10.0.0.9", detail="wrong password")
+    assert db.accounts.throttle_wait(engine, "lena", "10.0.0.9") > 0.0
+    assert n_audit(engine) == 10 + accounts.FREE_FAILURES + 1
+
+
 def test_undo_is_in_the_audit_trail(engine):
     ids = seed(engine, 1)
     lid = db.add_account(engine, "ana", ADMIN_PW)
