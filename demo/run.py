@@ -291,8 +291,8 @@ def run_ppo(
 def label_ledger(rounds: list[dict]) -> list[dict]:
     """The labelling budget ledger: per round, the labels it cost and the gold it bought.
 
-    ``gold_gain`` is the round's PPO gold positive rate after minus before (on the same held-out
-    prompts), and ``points_per_100`` that gain in percentage points per 100 of the round's recorded labels; the reward
+    ``gold_gain`` is the round's PPO mean gold score after minus before (``eval/gold_*``, on the same
+    held-out prompts), and ``points_per_100`` that gain in percentage points per 100 of the round's recorded labels; the reward
     model's held-out accuracy (when measured) shows what the labels taught it. A round whose gain per
     100 labels falls towards zero says more labels of the same kind are no longer worth it."""
     rows, total = [], 0
@@ -1045,7 +1045,7 @@ def report_markdown(report: dict) -> str:
         ]
         lines += [
             "",
-            "Gold is the gold judge's positive rate on the held-out prompts; each round's gain is its PPO run's "
+            "Gold is the gold judge's mean score (0-1, as PPO's evaluation logs it) on the held-out prompts; each round's gain is its PPO run's "
             "after minus before. When the gain per 100 labels falls towards zero, more labels of this kind "
             "no longer pay.",
             "",
