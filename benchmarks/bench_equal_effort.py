@@ -63,7 +63,7 @@ Figures (one JSON line each, with the command):
   ``--seed``);
 - ``time``: wall seconds of the whole run.
 
-Run (reward models only: about 6 minutes on 2 idle cores with the seed phase cached)::
+Run (reward models only: about 5 minutes on 2 idle cores with the seed phase cached)::
 
     RLHF_DB_URL=sqlite:////tmp/cmp/feedback.sqlite RLHF_ARTIFACTS=/tmp/cmp/artifacts \\
         flock /tmp/rlhf-cpu.lock .venv/bin/python benchmarks/bench_equal_effort.py
@@ -72,7 +72,8 @@ With the policies, add ``--policy-seconds 300``. Each policy run costs S seconds
 (about 10 s) and one evaluation by the harness (about 15 s for 64 eval prompts of SmolLM2-135M, from
 ``make compare``'s log); with the four reward models that is four PPO runs and one DPO run, so about
 5 x (S + 25 s) + 30 s (the harness and the start policy): an estimated 30 minutes more at S = 300
-(measured: TBD). ``--models labels pairs`` makes it two PPO runs and the DPO run.
+(measured on 1 Dec at S = 240: 23.4 min in all, peak RSS 6.6 GB; figures in docs/compare.md). ``--models labels
+pairs`` makes it two PPO runs and the DPO run.
 
 ``--quick``: 200 judgements against 100 comparisons, no mixing (a minute or two, before any policy).
 """
