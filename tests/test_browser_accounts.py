@@ -42,16 +42,12 @@ def _close_page_not_found(page) -> None:
 
 def _sign_in(page, url: str, name: str, password: str) -> None:
     page.context.clear_cookies()  # a browser without a saved session (that one: test_browser_sessions.py)
-    page.goto(url)
-    box = page.get_by_label("Your name")
-    box.wait_for(timeout=30_000)
-    page.wait_for_timeout(500)  # (the dialog, if any, comes with the page's first run)
-    _close_page_not_found(page)
-    box.fill(name)
-    page.get_by_label("Password", exact=True).fill(password)
-    page.get_by_label("Password", exact=True).press("Enter")
-    harness.wait_ready(page)
-    page.evaluate("document.activeElement && document.activeElement.blur()")
+
+    def close_dialog(page) -> None:
+        page.wait_for_timeout(500)  # (the dialog, if any, comes with the page's first run)
+        _close_page_not_found(page)
+
+    harness.sign_in(page, url, name, password=password, before_fill=close_dialog)
 
 
 def test_a_labeller_signs_in_labels_and_cannot_open_the_data_page(tmp_path):

@@ -62,14 +62,7 @@ def _wait_cookie(page, name: str, *, present: bool, timeout_s: float = 20.0) -> 
 
 
 def _sign_in(page, url: str, name: str, password: str) -> None:
-    page.goto(url)
-    box = page.get_by_label("Your name")
-    box.wait_for(timeout=30_000)
-    box.fill(name)
-    page.get_by_label("Password", exact=True).fill(password)
-    page.get_by_label("Password", exact=True).press("Enter")
-    harness.wait_ready(page)
-    page.evaluate("document.activeElement && document.activeElement.blur()")
+    harness.sign_in(page, url, name, password=password)
 
 
 def test_a_session_survives_a_reload_and_ends_at_sign_out(tmp_path):

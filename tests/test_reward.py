@@ -18,19 +18,11 @@ from common.errors import UserError
 from common.imdb import DataConfig
 from reward_training import data as D
 from reward_training.config import RewardConfig
+from tests.support.reward import one_thread  # noqa: F401  (module fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.yaml"
 WORD = "banana"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight the other tests for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_cfg(backbone: Path, **over) -> RewardConfig:

@@ -118,15 +118,32 @@ def apptest_signed_in(name: str | None = "alice", token: str | None = None, time
     return at
 
 
-def sign_in(page, url: str, name: str, token: str | None = None, timeout_ms: int = 30_000) -> None:
-    """Open the app and sign in with the keyboard only (type, Tab, Enter)."""
+def sign_in(
+    page,
+    url: str,
+    name: str,
+    token: str | None = None,
+    timeout_ms: int = 30_000,
+    *,
+    password: str | None = None,
+    before_fill=None,
+) -> None:
+    """Open the app and sign in with the keyboard only (type, Tab, Enter): the name, and the shared
+    ``token`` or the account's ``password`` when given. ``before_fill(page)`` runs once the form shows."""
     page.goto(url)
     box = page.get_by_label("Your name")
     box.wait_for(timeout=timeout_ms)
+    if before_fill is not None:
+        before_fill(page)
     box.fill(name)
     if token is not None:
         page.get_by_label("Access token").fill(token)
-    box.press("Enter")
+    if password is not None:
+        secret = page.get_by_label("Password", exact=True)
+        secret.fill(password)
+        secret.press("Enter")
+    else:
+        box.press("Enter")
     wait_ready(page, timeout_ms)
     # Keyboard shortcuts must work without clicking into the page: move focus off the form.
     page.evaluate("document.activeElement && document.activeElement.blur()")
