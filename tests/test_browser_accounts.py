@@ -3,18 +3,13 @@ secret in the URL, a labeller who types the Data page's URL gets no Data page, a
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from tests.support import harness
 
-_MISSING = not harness.CHROMIUM.exists() and os.environ.get("RLHF_REQUIRE_BROWSER") != "1"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(_MISSING, reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"),
-]
+pytestmark = harness.BROWSER_MARKS
 pytest.importorskip("playwright")
 
 REPO = Path(__file__).resolve().parent.parent

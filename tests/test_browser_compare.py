@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -10,12 +9,7 @@ import pytest
 
 from tests.support import harness
 
-# CI sets RLHF_REQUIRE_BROWSER=1: there a missing chromium fails the run instead of skipping it.
-_MISSING = not harness.CHROMIUM.exists() and os.environ.get("RLHF_REQUIRE_BROWSER") != "1"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(_MISSING, reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"),
-]
+pytestmark = harness.BROWSER_MARKS
 pytest.importorskip("playwright")
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,7 +4,6 @@ labelling; sign out, reload, asked for the password; another server's cookie ref
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -12,11 +11,7 @@ import pytest
 
 from tests.support import harness
 
-_MISSING = not harness.CHROMIUM.exists() and os.environ.get("RLHF_REQUIRE_BROWSER") != "1"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(_MISSING, reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"),
-]
+pytestmark = harness.BROWSER_MARKS
 pytest.importorskip("playwright")
 
 REPO = Path(__file__).resolve().parent.parent

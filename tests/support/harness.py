@@ -14,7 +14,17 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 CHROMIUM = Path("/usr/bin/chromium")
+
+# CI sets RLHF_REQUIRE_BROWSER=1: there a missing chromium fails the run instead of skipping it.
+_NO_BROWSER = not CHROMIUM.exists() and os.environ.get("RLHF_REQUIRE_BROWSER") != "1"
+#: ``pytestmark`` of every real-browser test module.
+BROWSER_MARKS = [
+    pytest.mark.browser,
+    pytest.mark.skipif(_NO_BROWSER, reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"),
+]
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
