@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -334,8 +336,13 @@ def test_a_missing_database_is_created_only_at_the_default_path(tmp_path, monkey
 
 @pytest.fixture
 def no_exec(monkeypatch):
-    """``python -m labeling_app`` up to the point where it would become Streamlit."""
+    """``python -m labeling_app`` up to the point where it would become Streamlit. (The tests chdir, and the
+    start reads the profile: a relative ``RLHF_CONFIG``, as ``make test`` exports it, is made absolute first.)"""
     import labeling_app.__main__ as cli
+
+    profile = os.environ.get("RLHF_CONFIG")
+    if profile and not Path(profile).is_absolute():
+        monkeypatch.setenv("RLHF_CONFIG", str(Path(profile).resolve()))
 
     class Exec(Exception):
         pass
