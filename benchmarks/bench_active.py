@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import platform
 import sys
@@ -96,24 +95,13 @@ def main() -> None:
     if args.quick:
         args.heldout, args.pool, args.budgets = min(args.heldout, 500), min(args.pool, 1000), [100, 200, 300]
     COMMAND = "python benchmarks/bench_active.py " + " ".join(sys.argv[1:])
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    os.environ["RLHF_ARTIFACTS"] = args.artifacts
-    from common.assets import offline_env
+    from bench_labels import accuracy_ci, offline_profile, queue_texts, simulated_labels
 
-    offline_env()
-    from bench_labels import accuracy_ci, queue_texts, simulated_labels
-
-    from common.config import load_config
+    cfg, data_cfg, scfg, gcfg = offline_profile(args)
     from common.gold import GoldJudge
-    from common.imdb import DataConfig
-    from labeling_app.simulate import load_simulate_config
     from reward_training import data as D
-    from reward_training.config import RewardConfig
     from reward_training.training import seed_phase
 
-    cfg = load_config(RewardConfig, "reward", profile=args.config, overrides=args.overrides)
-    data_cfg = load_config(DataConfig, "data", profile=args.config)
-    scfg, gcfg = load_simulate_config(args.config)
     url = args.db if "://" in args.db else f"sqlite:///{Path(args.db).resolve()}"
 
     # 1. texts, gold, simulated labels (looked up when an item is "labelled")

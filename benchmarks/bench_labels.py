@@ -53,6 +53,25 @@ def emit(figure: str, **values) -> None:
 COMMAND = ""
 
 
+def offline_profile(args):
+    """The reward benchmarks' common start: log warnings to stderr, ``RLHF_ARTIFACTS`` from ``--artifacts``,
+    the offline environment, then the profile's ``reward`` (with ``--set`` overrides), ``data`` and
+    simulated-labeller sections. Returns ``(reward_cfg, data_cfg, simulate_cfg, gold_cfg)``."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    os.environ["RLHF_ARTIFACTS"] = args.artifacts
+    from common.assets import offline_env
+
+    offline_env()
+    from common.config import load_config
+    from common.imdb import DataConfig
+    from labeling_app.simulate import load_simulate_config
+    from reward_training.config import RewardConfig
+
+    cfg = load_config(RewardConfig, "reward", profile=args.config, overrides=args.overrides)
+    data_cfg = load_config(DataConfig, "data", profile=args.config)
+    return (cfg, data_cfg, *load_simulate_config(args.config))
+
+
 def queue_texts(db_url: str) -> list[tuple[int, str]]:
     """(completion id, prompt + completion) of every completion in the (unlabelled) queue database."""
     import db
@@ -122,26 +141,16 @@ def main() -> None:
     )
     args = ap.parse_args()
     COMMAND = "python benchmarks/bench_labels.py " + " ".join(sys.argv[1:])
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    os.environ["RLHF_ARTIFACTS"] = args.artifacts
-    from common.assets import offline_env
-
-    offline_env()
+    cfg, data_cfg, scfg, gcfg = offline_profile(args)
     import torch
 
-    from common.config import load_config
     from common.gold import GoldJudge
-    from common.imdb import DataConfig, load_imdb, rotten_tomatoes_sentences
-    from labeling_app.simulate import load_simulate_config
+    from common.imdb import load_imdb, rotten_tomatoes_sentences
     from reward_training import data as D
-    from reward_training.config import RewardConfig
     from reward_training.evaluate import TfidfBaseline, accuracy_difference
     from reward_training.model import load_backbone, predict_proba
     from reward_training.training import human_phase, run_human_phase, seed_phase
 
-    cfg = load_config(RewardConfig, "reward", profile=args.config, overrides=args.overrides)
-    data_cfg = load_config(DataConfig, "data", profile=args.config)
-    scfg, gcfg = load_simulate_config(args.config)
     url = args.db if "://" in args.db else f"sqlite:///{Path(args.db).resolve()}"
 
     # 1. texts, gold, labels

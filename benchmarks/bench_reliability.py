@@ -70,7 +70,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import logging
 import os
 import platform
 import shutil
@@ -359,23 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats} must be at least 1.", "use 1 (or 3 to average labeller noise).")
     command = "python benchmarks/bench_reliability.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    os.environ["RLHF_ARTIFACTS"] = args.artifacts
-    from common.assets import offline_env
+    from bench_labels import offline_profile
 
-    offline_env()
+    cfg, data_cfg, scfg, gcfg = offline_profile(args)
     import db
-    from common.config import load_config
     from common.gold import GoldJudge
-    from common.imdb import DataConfig
-    from labeling_app.simulate import load_simulate_config
     from reward_training import data as D
-    from reward_training.config import RewardConfig
     from reward_training.reliability import dawid_skene
 
-    cfg = load_config(RewardConfig, "reward", profile=args.config, overrides=args.overrides)
-    data_cfg = load_config(DataConfig, "data", profile=args.config)
-    scfg, gcfg = load_simulate_config(args.config)
     specs = labeller_specs(args.noises, args.noisy)
     overlap = check_overlap(args.overlap, len(specs))
     sim_cfgs = [
