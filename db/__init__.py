@@ -49,7 +49,15 @@ from db.reads import (
     stats,
     unlabelled_completions,
 )
-from db.sessions import claim_session, open_session, resolve_session, revoke_session, revoke_sessions
+from db.sessions import (
+    claim_session,
+    live_sessions,
+    open_session,
+    resolve_session,
+    revoke_session,
+    revoke_sessions,
+    sign_out_everywhere,
+)
 from db.transfer import export_labels, export_pairs, import_prompts, read_preference_file
 from db.types import Item, LabelledExample, ModelVersionInfo, NewCompletion, PairItem, PreferencePair, shown_text
 from db.writes import (
@@ -91,6 +99,8 @@ __all__ = [
     "resolve_session",
     "revoke_session",
     "revoke_sessions",
+    "live_sessions",
+    "sign_out_everywhere",
     "COMMENT_MAX",
     "Base",
     "Completion",

@@ -83,6 +83,11 @@ def add_account_commands(sub) -> None:
     role.add_argument("name")
     role.add_argument("role", choices=["admin", "labeller"])
     users_sub.add_parser("list", help="every account: name, role, whether it has a password, disabled or not")
+    ses = users_sub.add_parser("sessions", help="signed-in browser sessions still live (never their tokens)")
+    ses.add_argument("name", nargs="?", default=None, help="only this account's")
+    users_sub.add_parser(
+        "sign-out", help="end every live session of an account (its browsers must sign in again)"
+    ).add_argument("name")
     au = sub.add_parser("audit", help="the audit trail, newest first: sign-ins, failed attempts, exports, imports, ...")
     au.add_argument("--limit", type=int, default=50, help="rows to print (default 50; 0 = all)")
     au.add_argument("--action", default=None, help="only this action (e.g. sign_in_failed)")
@@ -143,6 +148,19 @@ def run_account_command(args) -> int:
         for a in db.list_accounts(engine):
             state = "disabled" if a.disabled_at else ("active" if a.has_password else "no password")
             print(f"{a.name:<24}  {a.role:<8}  {state:<11}  created {a.created_at:%Y-%m-%d}")
+        return 0
+    if cmd == "sessions":
+        rows = db.live_sessions(engine, name)
+        for r in rows:
+            print(
+                f"{r.id:>6}  {r.account:<24}  {r.client or '-':<15}  signed in {r.created_at:%Y-%m-%d %H:%M}  "
+                f"last seen {r.last_seen_at:%Y-%m-%d %H:%M}  expires {r.expires_at:%Y-%m-%d %H:%M} UTC"
+            )
+        print(f"{len(rows)} live session{'s' if len(rows) != 1 else ''}")
+        return 0
+    if cmd == "sign-out":
+        n = db.sign_out_everywhere(engine, name, by=by)
+        print(f"ended {n} session{'s' if n != 1 else ''} of {name!r}: its browsers must sign in again")
         return 0
     if cmd == "add":
         db.add_account(engine, name, read_new_password(from_stdin=args.password_stdin), role=args.role, by=by)

@@ -58,6 +58,7 @@ ACTIONS = (
     "guidelines_edit",
     "refused",
     "session_refused",
+    "sessions_revoke",
 )
 
 # argon2id with argon2-cffi's defaults (RFC 9106's low-memory profile: t=3, m=64 MiB, p=4).

@@ -17,12 +17,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from db.accounts import Account, _account
+from common.errors import UserError
+from db.accounts import CLI_CLIENT, Account, _account, _find, _refused, audit_in
 from db.engine import run_write
 from db.models import AuthSession, Labeler, utcnow
 
@@ -173,3 +175,60 @@ def revoke_sessions_in(s: Session, labeler_id: int) -> int:
 def revoke_sessions(engine: Engine, labeler_id: int) -> int:
     """Revoke every live session of the account ``labeler_id``; returns how many."""
     return run_write(engine, lambda s: revoke_sessions_in(s, labeler_id), what="revoke sessions")
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A live session as ``python -m db users sessions`` lists it (never its token or claim code)."""
+
+    id: int
+    account: str
+    scope: str
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
+    client: str | None
+
+
+def live_sessions(engine: Engine, name: str | None = None, *, now: datetime | None = None) -> list[SessionInfo]:
+    """Sessions not revoked and not expired, newest first; only the account called ``name`` (any case) if given.
+    An unknown ``name`` is a UserError naming the command that lists the accounts."""
+    now = now or utcnow()
+    with Session(engine) as s:
+        q = (
+            select(AuthSession, Labeler.name)
+            .join(Labeler, Labeler.id == AuthSession.labeler_id)
+            .where(AuthSession.revoked_at.is_(None), AuthSession.expires_at > now)
+            .order_by(AuthSession.created_at.desc(), AuthSession.id.desc())
+        )
+        if name is not None:
+            lab = _find(s, name)
+            if lab is None:
+                raise _no_account(name)
+            q = q.where(AuthSession.labeler_id == lab.id)
+        return [
+            SessionInfo(r.id, account, r.scope, r.created_at, r.last_seen_at, r.expires_at, r.client)
+            for r, account in s.execute(q)
+        ]
+
+
+def sign_out_everywhere(engine: Engine, name: str, *, by: str | None = None, client: str = CLI_CLIENT) -> int:
+    """Revoke every live session of the account called ``name`` (a lost laptop, a shared browser), with one
+    ``sessions_revoke`` audit row; returns how many. Its password and judgements are untouched."""
+
+    def work(s: Session) -> int | UserError:
+        lab = _find(s, name) if isinstance(name, str) else None
+        if lab is None:
+            return _no_account(name)
+        n = revoke_sessions_in(s, lab.id)
+        audit_in(s, "sessions_revoke", actor=by, target=lab.name, client=client, detail=f"{n} sessions")
+        return n
+
+    out = run_write(engine, work, what="revoke sessions")
+    if isinstance(out, UserError):
+        _refused(engine, "sessions_revoke", out, name=name, by=by, client=client)
+    return out
+
+
+def _no_account(name: object) -> UserError:
+    return UserError(f"there is no account called {name!r}.", "check the name: python -m db users list shows them all.")

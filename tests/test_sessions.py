@@ -457,3 +457,49 @@ def test_shared_token_mode_resumes_until_the_token_changes(smoke_env, monkeypatc
     at = _apptest()
     assert _signed_in_as(at) is None and [e.value for e in at.error] == [ui.SESSION_REFUSED]
     assert [r.action for r in db.audit_events(engine, limit=2)] == ["session_refused", "sign_in"]
+
+
+# ------------------------------------------------------------------- python -m db users sessions / sign-out
+
+
+def test_users_sessions_lists_live_sessions_and_sign_out_ends_them(tmp_path, monkeypatch, capsys):
+    """An admin sees who is signed in where (never a token) and ends one account's sessions everywhere,
+    with one audit row; the other account's session and every password stay as they were."""
+    from db.__main__ import main
+
+    url = f"sqlite:///{tmp_path / 'cli.sqlite'}"
+    monkeypatch.setenv("RLHF_DB_URL", url)
+    engine = db.connect(url)
+    lena, mo = _lena(engine), db.add_account(engine, "mo", LENA_PW + " too")
+    t1, _ = db.open_session(engine, lena, client="10.0.0.7", ttl_s=HOUR)
+    t2, _ = db.open_session(engine, lena, client="10.0.0.8", ttl_s=HOUR)
+    t3, _ = db.open_session(engine, mo, client="10.0.0.9", ttl_s=HOUR)
+    gone, _ = db.open_session(engine, mo, client="old", ttl_s=HOUR)
+    db.revoke_session(engine, gone)
+
+    assert main(["users", "sessions"]) == 0
+    out = capsys.readouterr().out
+    assert "3 live sessions" in out and "10.0.0.9" in out and "old" not in out
+    assert not any(t in out for t in (t1, t2, t3, gone))
+    assert main(["users", "sessions", "LENA"]) == 0  # names compare as sign-in compares them
+    out = capsys.readouterr().out
+    assert "2 live sessions" in out and "10.0.0.9" not in out
+
+    assert main(["users", "sign-out", "lena"]) == 0
+    assert "ended 2 sessions of 'lena'" in capsys.readouterr().out
+    assert db.resolve_session(engine, t1, scope=db.sessions.ACCOUNTS_SCOPE) is None
+    assert db.resolve_session(engine, t2, scope=db.sessions.ACCOUNTS_SCOPE) is None
+    assert db.resolve_session(engine, t3, scope=db.sessions.ACCOUNTS_SCOPE).name == "mo"
+    assert db.sign_in(engine, "lena", LENA_PW, client="x").account.name == "lena"  # the password still works
+    (row,) = db.audit_events(engine, action="sessions_revoke")
+    assert row.ok and row.target == "lena" and row.detail == "2 sessions" and row.client == "cli"
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["users", "sign-out", "nobody"])
+    assert exit_.value.code == 2 and "no account called 'nobody'" in capsys.readouterr().err
+    refused = db.audit_events(engine, action="sessions_revoke")[0]
+    assert not refused.ok and refused.target == "nobody"
+    with pytest.raises(SystemExit) as exit_:
+        main(["users", "sessions", "nobody"])
+    assert exit_.value.code == 2
+    engine.dispose()
