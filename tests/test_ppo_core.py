@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from common.config import load_config
 from common.errors import ConfigError, UserError
@@ -293,3 +294,26 @@ def test_check_scores_names_the_batch():
         check_scores([1.0, float("nan")], 2, "step 3, rollout chunk 1")
     with pytest.raises(UserError, match="returned 1 scores for 2 texts at step 0"):
         check_scores([1.0], 2, "step 0")
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_logprobs_equal_log_softmax_and_their_gradient_is_exact(temperature):
+    """The chunked token log-prob (no float32 (B, T, V) copies kept for backward) gives log_softmax's values,
+    an exact gradient (gradcheck in float64), and under bf16 the same bf16 gradient as the plain expression."""
+    from rl_finetune.ppo.core import _TokenLogprob
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 11, dtype=torch.float64, requires_grad=True)
+    tokens = torch.randint(0, 11, (5, 3))
+    assert torch.autograd.gradcheck(lambda z: _TokenLogprob.apply(z, tokens, temperature, 2), (x,))
+    want = F.log_softmax(x.detach().float() / temperature, -1).gather(-1, tokens[..., None])[..., 0]
+    got = core.logprobs_from_logits(x.detach().float(), tokens, temperature)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+    xb = torch.randn(4, 6, 50, dtype=torch.bfloat16, requires_grad=True)
+    tb, w = torch.randint(0, 50, (4, 6)), torch.randn(4, 6)
+    (core.logprobs_from_logits(xb, tb, temperature, rows=3) * w).sum().backward()
+    ours, xb.grad = xb.grad, None
+    (F.log_softmax(xb.float() / temperature, -1).gather(-1, tb[..., None])[..., 0] * w).sum().backward()
+    assert ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), xb.grad.float(), rtol=0, atol=1e-2)
