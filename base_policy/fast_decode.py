@@ -28,6 +28,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.llama.modeling_llama import rotate_half
 
 
 def _plain_linear(m: nn.Module) -> bool:
@@ -128,19 +129,16 @@ class LlamaDecoder:
         self.scale = self.head_dim**-0.5
         self.q_size, self.kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         cast = self.dtype
-        self.w_qkv, self.w_o, self.w_gu, self.w_down, self.norms = [], [], [], [], []
+        self.w_qkv, self.w_o, self.w_gu, self.w_down = [], [], [], []
         for layer in self.layers:
             a, m = layer.self_attn, layer.mlp
             self.w_qkv.append(_pack([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], cast, batch))
             self.w_o.append(_pack([a.o_proj.weight], cast, batch))
             self.w_gu.append(_pack([m.gate_proj.weight, m.up_proj.weight], cast, batch))
             self.w_down.append(_pack([m.down_proj.weight], cast, batch))
-            self.norms.append((layer.input_layernorm, layer.post_attention_layernorm))
         self.w_head = _pack([lm.get_output_embeddings().weight], cast, batch)
         self.inter = self.layers[0].mlp.down_proj.weight.shape[1]
         shape = (len(self.layers), batch, self.n_kv, max_len, self.head_dim)
-        # float32: small batched matmuls are faster in it here than in bf16, and the keys are float32
-        # after the rotary embedding in the HF path too
         self.k = torch.zeros(shape, dtype=cast, device=self.device)
         self.v = torch.zeros(shape, dtype=cast, device=self.device)
         self.mask = torch.zeros((batch, 1, 1, max_len), dtype=torch.bool, device=self.device)
@@ -178,13 +176,12 @@ class LlamaDecoder:
         h = self.trunk.embed_tokens(tokens).float()  # (B, C): the residual stream, in float32
         cos, sin = self.trunk.rotary_emb(h[:, None], positions[:, None])  # (B, 1, D)
         cos, sin = cos.float().view(B, 1, -1), sin.float().view(B, 1, -1)  # (B, 1, D): broadcast over heads
-        half, G, D, H, KV = self.head_dim // 2, self.n_heads // self.n_kv, self.head_dim, self.n_heads, self.n_kv
+        G, D, H, KV = self.n_heads // self.n_kv, self.head_dim, self.n_heads, self.n_kv
         qs, ks = self.q_size, self.kv_size
         for i, layer in enumerate(self.layers):
-            ln1, ln2 = self.norms[i]
-            qkv = self.w_qkv[i](self._norm(ln1, h).to(self.dtype)).float()  # (B, q + 2 kv)
+            qkv = self.w_qkv[i](self._norm(layer.input_layernorm, h).to(self.dtype)).float()  # (B, q + 2 kv)
             qk = qkv[:, : qs + ks].view(B, H + KV, D)
-            qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin  # rotary, q and k at once
+            qk = qk * cos + rotate_half(qk) * sin  # the model's rotary embedding, on q and k at once
             q = qk[:, :H].to(self.dtype).view(B, KV, G, D)  # the G query heads of a KV head as G "positions"
             self.k[i, :B, :, t] = qk[:, H:]
             self.v[i, :B, :, t] = qkv[:, qs + ks :].view(B, KV, D)
@@ -192,7 +189,7 @@ class LlamaDecoder:
             scores = torch.matmul(q, keys.transpose(-1, -2)).float().mul_(self.scale).masked_fill_(mask, float("-inf"))
             att = torch.matmul(torch.softmax(scores, dim=-1).to(self.dtype), values)  # (B, KV, G, D)
             h = h + self.w_o[i](att.reshape(B, qs)).float()
-            gu = self.w_gu[i](self._norm(ln2, h).to(self.dtype))
+            gu = self.w_gu[i](self._norm(layer.post_attention_layernorm, h).to(self.dtype))
             h = h + self.w_down[i](F.silu(gu[:, : self.inter]) * gu[:, self.inter :]).float()
             for hook in layer._forward_hooks.values():
                 hook(layer, (h[:, None],), h[:, None])

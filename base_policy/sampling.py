@@ -74,24 +74,15 @@ def sample_tokens(
     """
     from base_policy.fast_decode import llama_decoder
 
-    trunk, lm_head = lm.base_model, lm.get_output_embeddings()
-    ids, mask = input_ids, attention_mask
-    B, R = ids.shape[0], max_new_tokens
-    device = ids.device
-    pos = position_ids(mask)
-    decoder = llama_decoder(lm, B, ids.shape[1] + R) if fast else None
-    if decoder is not None:
-        h = decoder.prefill(ids, mask, pos)
-    else:
-        out = trunk(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        past = out.past_key_values
-        h = out.last_hidden_state[:, -1]
-    next_pos = pos[:, -1] + 1
+    B, R = input_ids.shape[0], max_new_tokens
+    device = input_ids.device
+    decoder = (llama_decoder(lm, B, input_ids.shape[1] + R) if fast else None) or _ModelSteps(lm)
+    h = decoder.prefill(input_ids, attention_mask, position_ids(attention_mask))
+    next_pos = position_ids(attention_mask)[:, -1] + 1
     tokens = torch.full((B, R), pad_id, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    head = decoder.head if decoder is not None else (lambda x: lm_head(x).float())
     for t in range(R):
-        logits = head(h) / temperature  # (B, V)
+        logits = decoder.head(h) / temperature  # (B, V)
         if eos_id is not None and t < min_new_tokens:
             logits[:, eos_id] = float("-inf")
         tok = sample_from_logits(logits, generator)
@@ -103,22 +94,39 @@ def sample_tokens(
                 break
         if t == R - 1:
             break
-        if decoder is not None:
-            h = decoder.step(tok, next_pos)
-            next_pos = next_pos + 1
-            continue
-        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
-        out = trunk(
-            input_ids=tok[:, None],
-            attention_mask=mask,
-            position_ids=next_pos[:, None],
-            past_key_values=past,
-            use_cache=True,
-        )
-        past = out.past_key_values
-        h = out.last_hidden_state[:, -1]
+        h = decoder.step(tok, next_pos)
         next_pos = next_pos + 1
     return tokens, response_mask(tokens, eos_id, stop_at_eos)
+
+
+class _ModelSteps:
+    """Decode steps through the model's own forward pass and its KV cache, with the interface of
+    :class:`base_policy.fast_decode.LlamaDecoder` (``prefill``, ``step``, ``head``): any causal LM."""
+
+    def __init__(self, lm):
+        self.trunk, self.lm_head = lm.base_model, lm.get_output_embeddings()
+        self.mask: torch.Tensor | None = None
+        self.past = None
+
+    def prefill(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+        self.mask, self.past = attention_mask, out.past_key_values
+        return out.last_hidden_state[:, -1]
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
+        out = self.trunk(
+            input_ids=tokens[:, None],
+            attention_mask=self.mask,
+            position_ids=positions[:, None],
+            past_key_values=self.past,
+            use_cache=True,
+        )
+        self.past = out.past_key_values
+        return out.last_hidden_state[:, -1]
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(h).float()
 
 
 def _is_matmul(module: nn.Module) -> bool:

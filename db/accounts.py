@@ -308,15 +308,18 @@ def add_account(
     return out
 
 
+def no_account(name: object) -> UserError:
+    """The one-line error for a name that is no account's."""
+    return UserError(f"there is no account called {name!r}.", "check the name: python -m db users list shows them all.")
+
+
 def _change(engine: Engine, name: str, action: str, values_for, *, by: str | None, client: str, detail: str | None):
     """Apply ``values_for(labeller) -> dict`` to the account called ``name``, with its audit row."""
 
     def work(s: Session) -> int | UserError:
         lab = _find(s, name) if isinstance(name, str) else None
         if lab is None:
-            return UserError(
-                f"there is no account called {name!r}.", "check the name: python -m db users list shows them all."
-            )
+            return no_account(name)
         s.execute(update(Labeler).where(Labeler.id == lab.id).values(**values_for(lab)))
         if action in ("password_reset", "account_disable"):  # ends its saved sessions too (db.sessions)
             from db.sessions import revoke_sessions_in

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from common.errors import UserError
-from db.accounts import CLI_CLIENT, Account, _account, _find, _refused, audit_in
+from db.accounts import CLI_CLIENT, Account, _account, _find, _refused, audit_in, no_account
 from db.engine import run_write
 from db.models import AuthSession, Labeler, utcnow
 
@@ -204,7 +204,7 @@ def live_sessions(engine: Engine, name: str | None = None, *, now: datetime | No
         if name is not None:
             lab = _find(s, name)
             if lab is None:
-                raise _no_account(name)
+                raise no_account(name)
             q = q.where(AuthSession.labeler_id == lab.id)
         return [
             SessionInfo(r.id, account, r.scope, r.created_at, r.last_seen_at, r.expires_at, r.client)
@@ -219,7 +219,7 @@ def sign_out_everywhere(engine: Engine, name: str, *, by: str | None = None, cli
     def work(s: Session) -> int | UserError:
         lab = _find(s, name) if isinstance(name, str) else None
         if lab is None:
-            return _no_account(name)
+            return no_account(name)
         n = revoke_sessions_in(s, lab.id)
         audit_in(s, "sessions_revoke", actor=by, target=lab.name, client=client, detail=f"{n} sessions")
         return n
@@ -228,7 +228,3 @@ def sign_out_everywhere(engine: Engine, name: str, *, by: str | None = None, cli
     if isinstance(out, UserError):
         _refused(engine, "sessions_revoke", out, name=name, by=by, client=client)
     return out
-
-
-def _no_account(name: object) -> UserError:
-    return UserError(f"there is no account called {name!r}.", "check the name: python -m db users list shows them all.")

@@ -51,6 +51,12 @@ def whiten(
 # ------------------------------------------------------------------ log-probs and KL
 
 
+def _scaled(logits: torch.Tensor, dtype: torch.dtype, temperature: float) -> torch.Tensor:
+    """``logits / temperature`` in ``dtype`` (no division at temperature 1)."""
+    x = logits.to(dtype)
+    return x if temperature == 1.0 else x / temperature
+
+
 class _TokenLogprob(torch.autograd.Function):
     """``log_softmax(logits / T)`` at ``tokens``, ``rows`` sequences at a time, keeping no (B, T, V) float32
     tensor for the backward pass: it saves the logits as they came (bf16 under autocast) and the (B, T)
@@ -64,9 +70,7 @@ class _TokenLogprob(torch.autograd.Function):
         out = torch.empty(tokens.shape, dtype=dtype, device=logits.device)
         lse = torch.empty(tokens.shape, dtype=dtype, device=logits.device)
         for i in range(0, logits.shape[0], rows):
-            x = logits[i : i + rows].to(dtype)
-            if temperature != 1.0:
-                x = x / temperature
+            x = _scaled(logits[i : i + rows], dtype, temperature)
             lse[i : i + rows] = torch.logsumexp(x, dim=-1)
             out[i : i + rows] = x.gather(-1, tokens[i : i + rows].unsqueeze(-1)).squeeze(-1) - lse[i : i + rows]
         ctx.save_for_backward(logits, tokens, lse)
@@ -79,9 +83,7 @@ class _TokenLogprob(torch.autograd.Function):
         T, rows = ctx.temperature, ctx.rows
         grad = torch.empty_like(logits)
         for i in range(0, logits.shape[0], rows):
-            x = logits[i : i + rows].to(lse.dtype)
-            if T != 1.0:
-                x = x / T
+            x = _scaled(logits[i : i + rows], lse.dtype, T)
             g = grad_out[i : i + rows].to(lse.dtype).unsqueeze(-1)  # (r, T, 1)
             d = torch.exp(x - lse[i : i + rows].unsqueeze(-1)).mul_(-g)  # d/dx of (x_tok - lse) is onehot - softmax
             d.scatter_add_(-1, tokens[i : i + rows].unsqueeze(-1), g)
