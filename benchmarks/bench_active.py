@@ -9,19 +9,22 @@ labelled for training; every model is scored on it.
 Active loop, once per order, both from the same first random batch:
   train the reward model (the IMDB seed model + ``run_human_phase`` with the profile's ``reward`` section,
   ``ensemble_size`` heads, from the seed weights each time) on the labels so far -> score the unlabelled
-  pool -> label the next batch: the largest ensemble spread first (``uncertain``, what the queue does) or
-  a random one (``random``) -> retrain at the next budget.
+  pool -> label the next batch: the largest ensemble spread first (``uncertain``, what the queue does),
+  with ``--orders ... margin`` the mean P(good) closest to 0.5 first, or a random one (``random``, always
+  run) -> retrain at the next budget. The spread needs ``--set ensemble_size=3`` (or more): with one model
+  ``uncertain`` has no spread and is random order.
 
 Figures (one JSON line each):
 - ``round``: order, labels, held-out accuracy with its 95% interval, mean spread of the batch picked next;
 - ``labels_to_accuracy``: for each accuracy target (the accuracies random order reached), the fewest
   labels each order needed to reach it (null = not within the budgets), and the accuracy difference
-  uncertain - random at each budget (95% paired bootstrap interval);
+  of each order - random at each budget (95% paired bootstrap interval);
 - ``ensemble_cost`` (``--cost``): K heads on one encoder against K independent members (K seeds of the
   single-head model): human-phase training seconds, scoring seconds, and the mean spread on the held-out
   queue texts and on off-distribution texts (Rotten Tomatoes sentences, random word lists).
 
-    flock /tmp/rlhf-cpu.lock python benchmarks/bench_active.py --db /tmp/h14/queue-cache.sqlite --quick
+    flock /tmp/rlhf-cpu.lock python benchmarks/bench_active.py --db /tmp/h14/queue-cache.sqlite --set ensemble_size=3 --quick
+    flock /tmp/rlhf-cpu.lock python benchmarks/bench_active.py --db /tmp/h14/queue-cache.sqlite --set ensemble_size=3 --orders uncertain margin
     flock /tmp/rlhf-cpu.lock python benchmarks/bench_active.py --db /tmp/h14/queue-cache.sqlite --cost --quick
 
 The database comes from ``python -m base_policy generate`` (see bench_labels.py); the seed phase is cached
@@ -69,10 +72,19 @@ def labels_to_accuracy(rows: list[dict], targets: list[float]) -> dict[str, dict
     return out
 
 
-def pick_next(order: str, pool: list, spread: np.ndarray | None, k: int, rng: np.random.Generator) -> list[int]:
-    """Indices into ``pool`` of the next ``k`` items to label: largest spread first, or at random."""
+ORDERS = ("uncertain", "margin", "random")
+
+
+def pick_next(
+    order: str, pool: list, spread: np.ndarray | None, k: int, rng: np.random.Generator, mean: np.ndarray | None = None
+) -> list[int]:
+    """Indices into ``pool`` of the next ``k`` items to label: the largest ensemble spread first
+    (``uncertain``, the queue's order), the mean P(good) closest to 0.5 first (``margin``, what the queue
+    does for items scored without a spread), or at random."""
     if order == "uncertain" and spread is not None:
         return [int(i) for i in np.argsort(-spread, kind="stable")[:k]]
+    if order == "margin" and mean is not None:
+        return [int(i) for i in np.argsort(np.abs(mean - 0.5), kind="stable")[:k]]
     return [int(i) for i in rng.permutation(len(pool))[:k]]
 
 
@@ -88,6 +100,9 @@ def main() -> None:
     ap.add_argument(
         "--quick", action="store_true", help="under ~3 minutes: 500 held out, a 1,000-item pool, 100/200/300"
     )
+    ap.add_argument(
+        "--orders", nargs="+", choices=ORDERS, default=["uncertain", "random"], help="orders to compare with random"
+    )
     ap.add_argument("--cost", action="store_true", help="instead: the ensemble_cost figure (heads vs members)")
     ap.add_argument("--artifacts", default=str(REPO / "artifacts"), help="RLHF_ARTIFACTS (seed and gold caches)")
     ap.add_argument("--split-seed", type=int, default=0)
@@ -98,6 +113,11 @@ def main() -> None:
     from bench_labels import accuracy_ci, offline_profile, queue_texts, simulated_labels
 
     cfg, data_cfg, scfg, gcfg = offline_profile(args)
+    if not args.cost and "uncertain" in args.orders and cfg.ensemble_size < 2:
+        ap.error(
+            f"'uncertain' order needs an ensemble's spread, and reward.ensemble_size is {cfg.ensemble_size}: "
+            "add --set ensemble_size=3 (or drop it with --orders margin)"
+        )
     from common.gold import GoldJudge
     from reward_training import data as D
     from reward_training.training import seed_phase
@@ -160,7 +180,8 @@ def active_loop(cfg, args, seed, seed_state, pool, held, seed_ex, accuracy_ci) -
     budgets = sorted(set(args.budgets))
     first = [int(i) for i in np.random.default_rng(args.split_seed + 1).permutation(len(pool))[: budgets[0]]]
     rows, preds = [], {}
-    for order in ("uncertain", "random"):
+    orders = [o for o in ORDERS if o in set(args.orders) | {"random"}]
+    for order in orders:
         rng = np.random.default_rng(args.split_seed + 2)
         chosen = list(first)
         for b_i, budget in enumerate(budgets):
@@ -174,8 +195,8 @@ def active_loop(cfg, args, seed, seed_state, pool, held, seed_ex, accuracy_ci) -
             if b_i + 1 < len(budgets):  # score the rest of the pool and label the next batch
                 rest = [i for i in range(len(pool)) if i not in set(chosen)]
                 t1 = time.perf_counter()
-                _, spread = predict_mean_spread(model, tok, [pool[i].text for i in rest], **kw)
-                pick = pick_next(order, rest, spread, budgets[b_i + 1] - len(chosen), rng)
+                mean, spread = predict_mean_spread(model, tok, [pool[i].text for i in rest], **kw)
+                pick = pick_next(order, rest, spread, budgets[b_i + 1] - len(chosen), rng, mean=mean)
                 row.update(
                     score_seconds=round(time.perf_counter() - t1, 1),
                     next_batch_mean_spread=round(float(np.mean(spread[pick])), 4) if spread is not None else None,
@@ -187,15 +208,19 @@ def active_loop(cfg, args, seed, seed_state, pool, held, seed_ex, accuracy_ci) -
             emit("round", **row)
     targets = [r["accuracy"] for r in rows if r["order"] == "random"]
     diffs = {
-        str(b): accuracy_difference(y_held, preds[("uncertain", b)], preds[("random", b)], seed=cfg.random_seed)
-        for b in budgets
+        f"{order}_minus_random_points": {
+            str(b): accuracy_difference(y_held, preds[(order, b)], preds[("random", b)], seed=cfg.random_seed)
+            for b in budgets
+        }
+        for order in orders
+        if order != "random"
     }
     emit(
         "labels_to_accuracy",
         heldout=len(held),
         budgets=budgets,
         labels_needed=labels_to_accuracy(rows, targets),
-        uncertain_minus_random_points=diffs,
+        **diffs,
         rows=rows,
     )
 

@@ -286,6 +286,26 @@ def test_conservative_reward_is_mean_minus_k_spread(ensemble_run):
         load_reward_fn(out, conservative_k=-1)
 
 
+def test_ppo_trains_on_the_conservative_reward_and_logs_the_mean(ensemble_run):
+    """``ppo.reward_conservative_k`` reaches the reward PPO trains on; the logged p_good stays the mean."""
+    from reward_training import load_reward_fn
+    from rl_finetune.ppo.config import PPOConfig
+    from rl_finetune.ppo.stage import reward_fns
+
+    out, texts = ensemble_run["out"], ["a banana film", "7 7 7 7", "dull", "banana"]
+    mean = load_reward_fn(out, kind="prob", conservative_k=0.0)(texts)
+    for kind in ("prob", "logit_diff"):
+        train_fn, evals = reward_fns(out, PPOConfig(reward_kind=kind, reward_conservative_k=2.0))
+        assert train_fn.conservative_k == 2.0 and evals["p_good"].conservative_k == 0.0
+        assert torch.allclose(evals["p_good"](texts), mean)
+        assert torch.allclose(train_fn(texts), load_reward_fn(out, kind=kind, conservative_k=2.0)(texts))
+    plain, evals = reward_fns(out, PPOConfig(reward_kind="prob"))  # null: the model's saved k (0)
+    assert plain.conservative_k == 0.0 and evals["p_good"] is plain
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ConfigError, match="reward_conservative_k"):
+            PPOConfig(reward_conservative_k=bad).validate()
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -9,6 +9,7 @@ Same as trlx: ``init_kl_coef``, ``gamma``, ``lam``, ``cliprange``, ``cliprange_v
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -222,6 +223,14 @@ class PPOConfig:
         metadata={"help": "CLI only: what the learned reward model's score is (load_reward_fn kind)"},
     )
     reward_batch_size: int = field(default=32, metadata={"help": "CLI only: texts per reward model call"})
+    reward_conservative_k: float | None = field(
+        default=None,
+        metadata={
+            "help": "CLI only: train on the conservative reward, the reward ensemble's mean - k x its spread "
+            "(docs/reward_model.md); null = the reward model's saved reward.conservative_k, 0 = the mean. "
+            "The logged p_good stays the ensemble mean"
+        },
+    )
 
     RENAMED: ClassVar[dict[str, str]] = {
         "batch_size": "minibatch_size",
@@ -254,6 +263,14 @@ class PPOConfig:
             at_least_one=("num_train_prompts", "num_eval_prompts", "eval_interval", "reward_batch_size"),
             betas=("adam_betas",),
         )  # fmt: skip
+        k = self.reward_conservative_k
+        if k is not None and not (
+            isinstance(k, (int, float)) and not isinstance(k, bool) and math.isfinite(k) and k >= 0
+        ):
+            raise ConfigError(
+                f"ppo.reward_conservative_k={k!r} must be a finite number >= 0 or null.",
+                "use e.g. 1, 0 for the ensemble mean, or null for the reward model's own setting.",
+            )
         if self.kl_target is not None and self.kl_horizon is None:
             raise ConfigError(
                 f"ppo.kl_target={self.kl_target} is set but ppo.kl_horizon is not.",

@@ -39,15 +39,20 @@ class StageResult:
 
 def reward_fns(reward: str | Path | None, cfg: PPOConfig) -> tuple[RewardFn, dict[str, RewardFn]]:
     """The learned reward model at ``reward`` (None = the latest) as ``(reward_fn, {"p_good": fn})``:
-    the training reward (``cfg.reward_kind``) and the reward model's P(good), logged at every evaluation."""
+    the training reward (``cfg.reward_kind``, conservative when ``cfg.reward_conservative_k`` or the
+    model's saved ``conservative_k`` says so) and the reward model's P(good), logged at every evaluation.
+    With an ensemble, ``p_good`` is always the ensemble mean's P(good), so the proxy curves of a mean run and
+    a conservative run compare."""
     from reward_training import load_reward_fn
 
-    reward_fn = load_reward_fn(reward, kind=cfg.reward_kind, batch_size=cfg.reward_batch_size)
+    reward_fn = load_reward_fn(
+        reward, kind=cfg.reward_kind, batch_size=cfg.reward_batch_size, conservative_k=cfg.reward_conservative_k
+    )
     prob_fn = (
         reward_fn
-        if cfg.reward_kind == "prob"
-        else load_reward_fn(reward, kind="prob", batch_size=cfg.reward_batch_size)  # the same cached model
-    )
+        if cfg.reward_kind == "prob" and reward_fn.conservative_k == 0  # type: ignore[attr-defined]
+        else load_reward_fn(reward, kind="prob", batch_size=cfg.reward_batch_size, conservative_k=0.0)
+    )  # the same cached model
     return reward_fn, {"p_good": prob_fn}
 
 
