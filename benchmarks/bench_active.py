@@ -10,15 +10,18 @@ Active loop, once per order, both from the same first random batch:
   train the reward model (the IMDB seed model + ``run_human_phase`` with the profile's ``reward`` section,
   ``ensemble_size`` heads, from the seed weights each time) on the labels so far -> score the unlabelled
   pool -> label the next batch: the largest ensemble spread first (``uncertain``, what the queue does),
-  with ``--orders ... margin`` the mean P(good) closest to 0.5 first, or a random one (``random``, always
-  run) -> retrain at the next budget. The spread needs ``--set ensemble_size=3`` (or more): with one model
-  ``uncertain`` has no spread and is random order.
+  with ``--orders``: ``mixed``, half the batch by largest spread and half at random, and ``margin``, the mean
+  P(good) closest to 0.5 first; or a random one (``random``, always run) -> retrain at the next budget. The
+  spread needs ``--set ensemble_size=3`` (or more); without it ``uncertain`` and ``mixed`` are refused.
 
 Figures (one JSON line each):
-- ``round``: order, labels, held-out accuracy with its 95% interval, mean spread of the batch picked next;
+- ``round``: order, labels, held-out accuracy with its 95% interval against the held-out (simulated,
+  noisy) labels and against the gold judge's verdict on the same items (``gold_accuracy``), mean spread
+  of the batch picked next;
 - ``labels_to_accuracy``: for each accuracy target (the accuracies random order reached), the fewest
   labels each order needed to reach it (null = not within the budgets), and the accuracy difference
-  of each order - random at each budget (95% paired bootstrap interval);
+  of each order - random at each budget (95% paired bootstrap interval); the same against gold
+  (``labels_needed_gold``, ``..._points_gold``);
 - ``ensemble_cost`` (``--cost``): K heads on one encoder against K independent members (K seeds of the
   single-head model): human-phase training seconds, scoring seconds, and the mean spread on the held-out
   queue texts and on off-distribution texts (Rotten Tomatoes sentences, random word lists).
@@ -72,17 +75,22 @@ def labels_to_accuracy(rows: list[dict], targets: list[float]) -> dict[str, dict
     return out
 
 
-ORDERS = ("uncertain", "margin", "random")
+ORDERS = ("uncertain", "mixed", "margin", "random")
 
 
 def pick_next(
     order: str, pool: list, spread: np.ndarray | None, k: int, rng: np.random.Generator, mean: np.ndarray | None = None
 ) -> list[int]:
     """Indices into ``pool`` of the next ``k`` items to label: the largest ensemble spread first
-    (``uncertain``, the queue's order), the mean P(good) closest to 0.5 first (``margin``, what the queue
-    does for items scored without a spread), or at random."""
+    (``uncertain``, the queue's order), half of them so and half at random from the rest (``mixed``), the
+    mean P(good) closest to 0.5 first (``margin``, what the queue does for items scored without a spread),
+    or at random."""
     if order == "uncertain" and spread is not None:
         return [int(i) for i in np.argsort(-spread, kind="stable")[:k]]
+    if order == "mixed" and spread is not None:
+        top = [int(i) for i in np.argsort(-spread, kind="stable")[: k - k // 2]]
+        rest = np.setdiff1d(np.arange(len(pool)), top)
+        return top + [int(i) for i in rng.permutation(rest)[: k // 2]]
     if order == "margin" and mean is not None:
         return [int(i) for i in np.argsort(np.abs(mean - 0.5), kind="stable")[:k]]
     return [int(i) for i in rng.permutation(len(pool))[:k]]
@@ -113,9 +121,9 @@ def main() -> None:
     from bench_labels import accuracy_ci, offline_profile, queue_texts, simulated_labels
 
     cfg, data_cfg, scfg, gcfg = offline_profile(args)
-    if not args.cost and "uncertain" in args.orders and cfg.ensemble_size < 2:
+    if not args.cost and {"uncertain", "mixed"} & set(args.orders) and cfg.ensemble_size < 2:
         ap.error(
-            f"'uncertain' order needs an ensemble's spread, and reward.ensemble_size is {cfg.ensemble_size}: "
+            f"'uncertain' and 'mixed' need an ensemble's spread, and reward.ensemble_size is {cfg.ensemble_size}: "
             "add --set ensemble_size=3 (or drop it with --orders margin)"
         )
     from common.gold import GoldJudge
@@ -127,7 +135,9 @@ def main() -> None:
     # 1. texts, gold, simulated labels (looked up when an item is "labelled")
     items = queue_texts(url)
     judge = GoldJudge.load_or_fit(gcfg)
-    records, counts = simulated_labels(items, judge.score([t for _, t in items]), scfg)
+    gold = judge.score([t for _, t in items])
+    records, counts = simulated_labels(items, gold, scfg)
+    gold_by_group = {f"c:{cid}": float(g) > scfg.threshold for (cid, _), g in zip(items, gold)}
     human = D.human_examples(records)
     order = np.random.default_rng(args.split_seed).permutation(len(human))
     held = [human[i] for i in order[: args.heldout]]
@@ -152,7 +162,7 @@ def main() -> None:
     if args.cost:
         ensemble_cost(cfg, seed, seed_state, pool, held, seed_ex)
         return
-    active_loop(cfg, args, seed, seed_state, pool, held, seed_ex, accuracy_ci)
+    active_loop(cfg, args, seed, seed_state, pool, held, seed_ex, accuracy_ci, gold_by_group)
 
 
 def train_from_seed(cfg, seed, seed_state, labelled, seed_ex):
@@ -171,12 +181,13 @@ def train_from_seed(cfg, seed, seed_state, labelled, seed_ex):
     return model, tok, res
 
 
-def active_loop(cfg, args, seed, seed_state, pool, held, seed_ex, accuracy_ci) -> None:
+def active_loop(cfg, args, seed, seed_state, pool, held, seed_ex, accuracy_ci, gold_by_group) -> None:
     from reward_training.evaluate import accuracy_difference
     from reward_training.model import predict_mean_spread
 
     kw = {"max_length": cfg.max_length, "batch_size": cfg.eval_batch_size, "bf16": cfg.bf16}
     y_held, t_held = [e.label for e in held], [e.text for e in held]
+    g_held = [float(gold_by_group[e.group]) for e in held]  # the gold judge's verdict: no label noise
     budgets = sorted(set(args.budgets))
     first = [int(i) for i in np.random.default_rng(args.split_seed + 1).permutation(len(pool))[: budgets[0]]]
     rows, preds = [], {}
@@ -191,6 +202,7 @@ def active_loop(cfg, args, seed, seed_state, pool, held, seed_ex, accuracy_ci) -
             p_held, _ = predict_mean_spread(model, tok, t_held, **kw)
             preds[(order, budget)] = p_held
             row = {"order": order, "labels": len(chosen), **accuracy_ci(y_held, p_held)}
+            row["gold_accuracy"] = accuracy_ci(g_held, p_held)
             row.update(train_seconds=round(train_s, 1), best_epoch=res.best_epoch if res else None)
             if b_i + 1 < len(budgets):  # score the rest of the pool and label the next batch
                 rest = [i for i in range(len(pool)) if i not in set(chosen)]
@@ -207,19 +219,23 @@ def active_loop(cfg, args, seed, seed_state, pool, held, seed_ex, accuracy_ci) -
             rows.append(row)
             emit("round", **row)
     targets = [r["accuracy"] for r in rows if r["order"] == "random"]
+    gold_rows = [{**r, "accuracy": r["gold_accuracy"]["accuracy"]} for r in rows]
+    gold_targets = [r["accuracy"] for r in gold_rows if r["order"] == "random"]
     diffs = {
-        f"{order}_minus_random_points": {
-            str(b): accuracy_difference(y_held, preds[(order, b)], preds[("random", b)], seed=cfg.random_seed)
+        f"{order}_minus_random_points{suffix}": {
+            str(b): accuracy_difference(y, preds[(order, b)], preds[("random", b)], seed=cfg.random_seed)
             for b in budgets
         }
         for order in orders
         if order != "random"
+        for suffix, y in (("", y_held), ("_gold", g_held))
     }
     emit(
         "labels_to_accuracy",
         heldout=len(held),
         budgets=budgets,
         labels_needed=labels_to_accuracy(rows, targets),
+        labels_needed_gold=labels_to_accuracy(gold_rows, gold_targets),
         **diffs,
         rows=rows,
     )

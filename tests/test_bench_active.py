@@ -21,6 +21,8 @@ def test_each_order_picks_its_items():
     rng = np.random.default_rng(0)
     assert bench_active.pick_next("uncertain", pool, spread, 2, rng, mean=mean) == [1, 3]
     assert bench_active.pick_next("margin", pool, spread, 2, rng, mean=mean) == [2, 4]
+    mixed = bench_active.pick_next("mixed", pool, spread, 4, np.random.default_rng(2), mean=mean)
+    assert mixed[:2] == [1, 3] and len(set(mixed)) == 4  # half by spread, half at random from the rest
     picked = bench_active.pick_next("random", pool, spread, 3, np.random.default_rng(1), mean=mean)
     assert len(set(picked)) == 3 and set(picked) <= set(pool)
     # no spread (one model): uncertain cannot rank, and falls back to a random batch
