@@ -223,3 +223,21 @@ def test_cli_saves_points_latest_and_registers_with_parent(smoke_env, tiny_polic
     new = [v for v in versions.values() if v.name == run.name]
     assert len(new) == 1 and new[0].parent_id is not None
     assert versions[new[0].parent_id].path == str(tiny_policy_dir.resolve())
+
+
+def test_eval_metrics_give_the_gold_positive_rate():
+    """With the gold judge, an eval row has its mean and the share it calls good (score > 0.5)."""
+    from rl_finetune.ppo.report import eval_metrics
+
+    samples = [
+        {"prompt": "a", "response": "x y", "reward": 1.0, "gold": 0.9},
+        {"prompt": "b", "response": "y z", "reward": 0.0, "gold": 0.2},
+        {"prompt": "c", "response": "z w", "reward": 0.5, "gold": 0.6},
+    ]
+    row = eval_metrics([1.0, 2.0, 3.0], samples)
+    assert row["eval/kl"] == 2.0 and row["eval/gold"] == pytest.approx(1.7 / 3)
+    assert row["eval/gold_positive"] == pytest.approx(2 / 3)
+    assert "eval/gold_positive" not in eval_metrics([0.0], [{"prompt": "a", "response": "x", "reward": 1.0}])
+    # compare scores the positive rate itself: its value is kept, not recomputed
+    given = [{**s, "gold_positive": 1.0} for s in samples]
+    assert eval_metrics([0.0] * 3, given)["eval/gold_positive"] == 1.0

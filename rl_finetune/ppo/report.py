@@ -94,11 +94,15 @@ def step_metrics(
 
 
 def eval_metrics(kls: list[float], samples: list[dict]) -> dict:
-    """The eval columns of a metrics row: mean KL per sample, distinct-2, and the mean of every score."""
+    """The eval columns of a metrics row: mean KL per sample, distinct-2, the mean of every score, and with
+    the gold judge the share of samples it calls good (``eval/gold_positive``: score > 0.5, the positive
+    rate the demo and ``compare`` report; compare passes it in as a score of its own)."""
     row = {"eval/kl": float(np.mean(kls)), "eval/distinct_2": distinct_n([s["response"] for s in samples])}
     for key in samples[0]:
         if key not in ("prompt", "response"):
             row[f"eval/{key}"] = float(np.mean([s[key] for s in samples]))
+    if "gold" in samples[0] and "gold_positive" not in samples[0]:
+        row["eval/gold_positive"] = float(np.mean([s["gold"] > 0.5 for s in samples]))
     return row
 
 
