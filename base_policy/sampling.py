@@ -77,8 +77,9 @@ def sample_tokens(
     B, R = input_ids.shape[0], max_new_tokens
     device = input_ids.device
     decoder = (llama_decoder(lm, B, input_ids.shape[1] + R) if fast else None) or _ModelSteps(lm)
-    h = decoder.prefill(input_ids, attention_mask, position_ids(attention_mask))
-    next_pos = position_ids(attention_mask)[:, -1] + 1
+    pos = position_ids(attention_mask)
+    h = decoder.prefill(input_ids, attention_mask, pos)
+    next_pos = pos[:, -1] + 1
     tokens = torch.full((B, R), pad_id, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(R):

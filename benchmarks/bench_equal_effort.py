@@ -415,7 +415,9 @@ def dpo_records(pair_rows: Sequence[dict]) -> tuple[list, int]:
 
 def gold_outcomes(samples: Sequence[dict]) -> np.ndarray:
     """Each eval prompt's gold outcome, in prompt order: 1 where the gold judge scores its completion above 0.5."""
-    return np.array([float(s["gold_positive"]) for s in samples])
+    from rl_finetune.ppo.report import gold_hits
+
+    return np.array(gold_hits(samples))
 
 
 def policy_figure(row: dict, samples: list[dict], start: np.ndarray, seed: int) -> dict:

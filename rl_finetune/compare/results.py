@@ -45,8 +45,10 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
 
 
 def gold_rate(samples: list[dict]) -> tuple[float, float, float, int]:
-    """(gold positive rate, 95% low, 95% high, n) of the samples' ``gold_positive`` (1 = the gold judge says good)."""
-    hits = [s["gold_positive"] for s in samples if s.get("gold_positive") is not None]
+    """(gold positive rate, 95% low, 95% high, n) of the samples' gold scores (``report.gold_hits``)."""
+    from rl_finetune.ppo.report import gold_hits
+
+    hits = gold_hits(samples)
     if not hits:
         return math.nan, math.nan, math.nan, 0
     lo, hi = wilson_interval(sum(hits), len(hits))

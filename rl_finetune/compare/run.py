@@ -25,8 +25,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from common.errors import UserError
 from rl_finetune.compare.config import CompareConfig
 from rl_finetune.compare.results import (
@@ -100,11 +98,6 @@ def method_configs(cfg: CompareConfig, ppo: PPOConfig) -> dict[str, PPOConfig]:
     return out
 
 
-def gold_positive_fn(gold_fn: ScoreFn) -> ScoreFn:
-    """1.0 where the gold judge scores a text above 0.5, else 0.0: its eval mean is the gold positive rate."""
-    return lambda texts: (np.asarray(gold_fn(texts), dtype=np.float64) > 0.5).astype(np.float64)
-
-
 class Harness:
     """PPO's evaluation on the start policy, for any policy of the same architecture (module docstring, 2.)."""
 
@@ -147,13 +140,13 @@ class Harness:
 # ------------------------------------------------------------------ the methods
 
 
-def run_rl(method: str, cfg: PPOConfig, *, policy, reward, prompts, eval_prompts, gold_fn, eval_fns, work_dir):
+def run_rl(method: str, cfg: PPOConfig, *, policy, reward, prompts, eval_prompts, gold_fn, work_dir):
     """PPO, RLOO or GRPO through the stage, within ``cfg.max_minutes``; nothing saved or registered."""
     from rl_finetune.ppo.stage import run_stage
 
     stage = run_stage(
         cfg, policy=policy, reward=reward, prompts=prompts, eval_prompts=eval_prompts, gold_fn=gold_fn,
-        eval_fns=eval_fns, work_dir=work_dir, save=False, register_version=False, progress=False,
+        work_dir=work_dir, save=False, register_version=False, progress=False,
     )  # fmt: skip
     res = stage.result
     evals = [{"elapsed_s": 0.0, **r} for r in res.metrics if "eval/reward" in r]
@@ -264,8 +257,7 @@ def make_harness(cfg: CompareConfig, ppo: PPOConfig, start: str, reward: str, go
 
     base = dataclasses.replace(ppo, seed=cfg.seed)
     reward_fn, reward_evals = reward_fns(reward, base)
-    eval_fns = {**reward_evals, "gold_positive": gold_positive_fn(gold_fn)}
-    return Harness(start, reward_fn, eval_fns, gold_fn, eval_prompts, base)
+    return Harness(start, reward_fn, reward_evals, gold_fn, eval_prompts, base)
 
 
 def best_of_n_rows(
@@ -316,7 +308,6 @@ def run_compare(
     prompts, eval_prompts = shared_prompts(cfg, ppo, prompts, eval_prompts, data_cfg, profile)
 
     # 2. the shared evaluation
-    extra = {"gold_positive": gold_positive_fn(gold_fn)}
     harness = make_harness(cfg, ppo, start, reward, gold_fn, eval_prompts)
     row, samples = harness.evaluate()
     results = [MethodResult("start", evals=[{"step": 0, "elapsed_s": 0.0, **row}], samples=samples)]
@@ -329,7 +320,7 @@ def run_compare(
             if m in RL_METHODS:
                 r = run_rl(
                     m, configs[m], policy=start, reward=reward, prompts=prompts, eval_prompts=eval_prompts,
-                    gold_fn=gold_fn, eval_fns=extra, work_dir=tmp / "runs" / m,
+                    gold_fn=gold_fn, work_dir=tmp / "runs" / m,
                 )  # fmt: skip
                 r.labels_used = labels.n_judgements
             elif m == "best_of_n":

@@ -24,12 +24,9 @@ from rl_finetune.hydra import FrozenTrunk
 from rl_finetune.offline.config import OfflineConfig
 from rl_finetune.ppo import core
 from rl_finetune.ppo.evaluate import Evaluator
-from rl_finetune.ppo.report import samples_markdown
+from rl_finetune.ppo.report import GOLD_POSITIVE, samples_markdown
 from rl_finetune.ppo.rollout import Rollout, Sampler, tokenize_prompts
 from rl_finetune.value_head import transformer_blocks
-
-#: A gold score above this counts as a positive (:meth:`common.gold.GoldJudge.labels`).
-GOLD_POSITIVE = 0.5
 
 
 @dataclass

@@ -9,7 +9,6 @@ Same as trlx: ``init_kl_coef``, ``gamma``, ``lam``, ``cliprange``, ``cliprange_v
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -259,18 +258,10 @@ class PPOConfig:
         check_ranges(
             self, "ppo", positive=("lr", "adam_eps", "cliprange", "cliprange_value", "cliprange_reward"),
             positive_or_null=("max_minutes", "value_head_lr", "max_grad_norm", "target_kl_early_stop"),
-            non_negative=("seed", "weight_decay", "vf_coef"),
+            non_negative=("seed", "weight_decay", "vf_coef", "reward_conservative_k"),
             at_least_one=("num_train_prompts", "num_eval_prompts", "eval_interval", "reward_batch_size"),
             betas=("adam_betas",),
         )  # fmt: skip
-        k = self.reward_conservative_k
-        if k is not None and not (
-            isinstance(k, (int, float)) and not isinstance(k, bool) and math.isfinite(k) and k >= 0
-        ):
-            raise ConfigError(
-                f"ppo.reward_conservative_k={k!r} must be a finite number >= 0 or null.",
-                "use e.g. 1, 0 for the ensemble mean, or null for the reward model's own setting.",
-            )
         if self.kl_target is not None and self.kl_horizon is None:
             raise ConfigError(
                 f"ppo.kl_target={self.kl_target} is set but ppo.kl_horizon is not.",

@@ -93,16 +93,27 @@ def step_metrics(
     }
 
 
+#: A gold score above this counts as a positive (:meth:`common.gold.GoldJudge.labels`): ``eval/gold_positive``,
+#: compare's interval and the offline learners' evaluation count those.
+GOLD_POSITIVE = 0.5
+
+
+def gold_hits(samples: list[dict]) -> list[float]:
+    """1.0 for each sample the gold judge calls good (score > :data:`GOLD_POSITIVE`), 0.0 for the others;
+    samples without a gold score are left out."""
+    return [float(s["gold"] > GOLD_POSITIVE) for s in samples if s.get("gold") is not None]
+
+
 def eval_metrics(kls: list[float], samples: list[dict]) -> dict:
-    """The eval columns of a metrics row: mean KL per sample, distinct-2, the mean of every score, and with
-    the gold judge the share of samples it calls good (``eval/gold_positive``: score > 0.5, the positive
-    rate the demo and ``compare`` report; compare passes it in as a score of its own)."""
+    """The eval columns of a metrics row: mean KL per sample, distinct-2, with the gold judge the share of
+    samples it calls good (``eval/gold_positive``, the positive rate the demo and compare report), and the
+    mean of every score."""
     row = {"eval/kl": float(np.mean(kls)), "eval/distinct_2": distinct_n([s["response"] for s in samples])}
+    if hits := gold_hits(samples):
+        row["eval/gold_positive"] = float(np.mean(hits))
     for key in samples[0]:
         if key not in ("prompt", "response"):
             row[f"eval/{key}"] = float(np.mean([s[key] for s in samples]))
-    if "gold" in samples[0] and "gold_positive" not in samples[0]:
-        row["eval/gold_positive"] = float(np.mean([s["gold"] > 0.5 for s in samples]))
     return row
 
 
