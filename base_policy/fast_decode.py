@@ -12,9 +12,11 @@ with the model's own weights, taken once per sampling call:
 - the model's own rotary embedding module for cos/sin, so any rope scaling it has is kept;
 - the residual stream and the norms in float32, as under autocast.
 
-The prompt still goes through the model's own forward pass (padding masks, positions), and its KV
-cache is copied in. The numbers are those of the HF path to bf16 rounding (``tests/test_fast_decode.py``
-compares logits step by step in fp32 and bf16). A forward hook on a decoder layer (the hydra trunk's
+The prompt runs through the same packed weights in one pass per layer (causal and padding mask,
+the positions given), filling the cache. The numbers are those of the HF path to bf16 rounding
+(``tests/test_fast_decode.py`` compares logits step by step in fp32 and bf16). The packed weights are
+the decoder's only bf16 copy: sampling swaps in no :class:`base_policy.sampling.Bf16Weights` copies
+for a model it decodes (:meth:`base_policy.sampling.Bf16Weights.sampling`). A forward hook on a decoder layer (the hydra trunk's
 :meth:`rl_finetune.hydra.FrozenTrunk.recording`) is called with that layer's output at every step, as
 the module would call it. Anything else falls back to the HF path: :func:`llama_decoder` returns None
 for a model that is not a plain Llama (other architectures, biases, LoRA or other wrapped linears,
@@ -83,28 +85,31 @@ def _pack(sources: list[torch.Tensor], dtype: torch.dtype, batch: int) -> _Packe
     return packed
 
 
-def llama_decoder(lm: nn.Module, batch: int, max_len: int) -> LlamaDecoder | None:
-    """A :class:`LlamaDecoder` for ``lm`` with room for ``batch`` rows of ``max_len`` tokens, or None when
-    ``lm`` is not a plain Hugging Face Llama (the caller then uses the model's own forward pass)."""
+def decodable(lm: nn.Module) -> bool:
+    """Whether :class:`LlamaDecoder` can run ``lm``: a plain Hugging Face Llama (SiLU MLP, no biases, no
+    LoRA or other wrapped linears, no hooks inside a layer or outside the layers)."""
     cfg = getattr(lm, "config", None)
     if getattr(cfg, "model_type", None) not in ("llama",) or getattr(cfg, "hidden_act", None) != "silu":
-        return None
+        return False
     trunk = getattr(lm, "model", None)
     layers = getattr(trunk, "layers", None)
     if trunk is None or layers is None or not hasattr(trunk, "rotary_emb") or not hasattr(trunk, "norm"):
-        return None
-    head = lm.get_output_embeddings()
-    linears = [head]
+        return False
+    linears = [lm.get_output_embeddings()]
     for layer in layers:
         attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
         if attn is None or mlp is None or _has_hooks(attn) or _has_hooks(mlp) or layer._forward_pre_hooks:
-            return None
+            return False
         linears += [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
     if not all(_plain_linear(m) and not _has_hooks(m) for m in linears):
-        return None
-    if _has_hooks(lm) or _has_hooks(trunk) or _has_hooks(trunk.norm) or _has_hooks(trunk.embed_tokens):
-        return None
-    return LlamaDecoder(lm, batch, max_len)
+        return False
+    return not (_has_hooks(lm) or _has_hooks(trunk) or _has_hooks(trunk.norm) or _has_hooks(trunk.embed_tokens))
+
+
+def llama_decoder(lm: nn.Module, batch: int, max_len: int) -> LlamaDecoder | None:
+    """A :class:`LlamaDecoder` for ``lm`` with room for ``batch`` rows of ``max_len`` tokens, or None when
+    ``lm`` is not :func:`decodable` (the caller then uses the model's own forward pass)."""
+    return LlamaDecoder(lm, batch, max_len) if decodable(lm) else None
 
 
 class LlamaDecoder:
@@ -152,16 +157,38 @@ class LlamaDecoder:
     def prefill(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
     ) -> torch.Tensor:
-        """Run the prompt through the model's own forward pass (its forward hooks fire as usual) and
-        copy its KV cache in. Returns the last position's final hidden state (B, C)."""
-        out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
-        P = input_ids.shape[1]
-        for i, layer in enumerate(out.past_key_values.layers):
-            self.k[i, :, :, :P] = layer.keys
-            self.v[i, :, :, :P] = layer.values
-        self.mask[:, 0, 0, :P] = attention_mask.bool()
+        """Run the left-padded prompt (B, P) through the layers, filling the KV cache; returns the last
+        position's final hidden state (B, C). Each layer's forward hooks see its output (B, P, C)."""
+        B, P = input_ids.shape
+        G, D, H, KV = self.n_heads // self.n_kv, self.head_dim, self.n_heads, self.n_kv
+        qs = self.q_size
+        real = attention_mask.bool()
+        # causal and padding mask (B, 1, P, P); a padding position attends to itself only, so it stays finite
+        allowed = torch.ones(P, P, dtype=torch.bool, device=self.device).tril()[None, None] & real[:, None, None, :]
+        allowed |= torch.eye(P, dtype=torch.bool, device=self.device)[None, None]
+        h = self.trunk.embed_tokens(input_ids).float()  # (B, P, C)
+        cos, sin = self.trunk.rotary_emb(h, position_ids)  # (B, P, D)
+        cos, sin = cos.float()[:, :, None], sin.float()[:, :, None]  # (B, P, 1, D): broadcast over heads
+        for i, layer in enumerate(self.layers):
+            x = self._norm(layer.input_layernorm, h).to(self.dtype).view(B * P, -1)
+            qkv = self.w_qkv[i](x).float().view(B, P, H + 2 * KV, D)
+            qk = qkv[:, :, : H + KV]
+            qk = qk * cos + rotate_half(qk) * sin
+            q = qk[:, :, :H].transpose(1, 2).to(self.dtype)  # (B, H, P, D)
+            k = qk[:, :, H:].transpose(1, 2).to(self.dtype)  # (B, KV, P, D)
+            v = qkv[:, :, H + KV :].transpose(1, 2).to(self.dtype)
+            self.k[i, :B, :, :P], self.v[i, :B, :, :P] = k, v
+            if G > 1:  # each KV head serves G query heads
+                k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale)  # (B, H, P, D)
+            h = h + self.w_o[i](att.transpose(1, 2).reshape(B * P, qs)).float().view(B, P, -1)
+            gu = self.w_gu[i](self._norm(layer.post_attention_layernorm, h).to(self.dtype).view(B * P, -1))
+            h = h + self.w_down[i](F.silu(gu[:, : self.inter]) * gu[:, self.inter :]).float().view(B, P, -1)
+            for hook in layer._forward_hooks.values():
+                hook(layer, (h,), h)
+        self.mask[:B, 0, 0, :P] = real
         self.length = P
-        return out.last_hidden_state[:, -1]
+        return self._norm(self.trunk.norm, h[:, -1])
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """The LM head's logits (B, V) in float32 for final hidden states ``h`` (B, C)."""

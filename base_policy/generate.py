@@ -165,7 +165,7 @@ def generate_completions(
     for start in range(0, len(prompts), cfg.prompts_per_batch):
         chunk = [ids for ids in encoded[start : start + cfg.prompts_per_batch] for _ in range(k)]  # each prompt k times
         input_ids, mask = left_pad(chunk, pad)
-        with _autocast(model, cfg.bf16), weights(model, trainable=True):
+        with _autocast(model, cfg.bf16), weights.sampling(model):
             new = _sample_batch(model, input_ids, mask, cfg, eos, pad)  # (B * k, <= max_new_tokens)
         for row in range(new.shape[0]):
             ids = new[row].tolist()

@@ -148,8 +148,8 @@ class Bf16Weights:
     ``static=True`` says no weight changes while the object lives (generation), so every copy is cached.
 
         fast = Bf16Weights(enabled=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16), fast(model, trainable=True):
-            ...  # token-by-token sampling
+        with torch.autocast("cpu", dtype=torch.bfloat16), fast(model):
+            ...  # a forward pass; token-by-token sampling uses fast.sampling(model)
 
     With ``enabled=False`` it does nothing (fp32 runs, where a bf16 weight would be an error).
     """
@@ -165,6 +165,14 @@ class Bf16Weights:
             hit = (weight, nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False))
             self._frozen[id(weight)] = hit
         return hit[1]
+
+    def sampling(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """The copies for token-by-token sampling of ``model``, trainable weights included: none when
+        :class:`base_policy.fast_decode.LlamaDecoder` samples it (its packed bf16 weights are the one copy,
+        and a second would cost the model's size again in memory), else ``self(model, trainable=True)``."""
+        from base_policy.fast_decode import decodable
+
+        return contextlib.nullcontext() if decodable(model) else self(model, trainable=True)
 
     @contextlib.contextmanager
     def __call__(self, model: nn.Module, *, trainable: bool = False) -> Iterator[None]:

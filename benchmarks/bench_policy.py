@@ -98,8 +98,9 @@ def bench_generation(
     when ``bf16``), three ways:
 
     - ``new_tokens_per_second``: exactly ``new_tokens`` per prompt through the project's sampler
-      (``base_policy.sampling.sample_tokens`` with ``Bf16Weights``, what ``generate_completions`` and PPO
-      use): pure throughput; ``autocast_only_new_tokens_per_second`` is the same without the bf16 weight copies;
+      (``base_policy.sampling.sample_tokens`` with ``Bf16Weights.sampling``, what ``generate_completions`` and
+      PPO use; for a Llama the lean decoder's packed weights are the only bf16 copy): pure throughput;
+      ``autocast_only_new_tokens_per_second`` is the same without the bf16 weight copies;
     - ``hf_generate_new_tokens_per_second``: the same through ``model.generate``, for comparison;
     - ``completions_new_tokens_per_second``: ``generate_completions`` itself, which stops each text
       at EOS: what filling the labelling queue gets (kept tokens per second).
@@ -121,7 +122,7 @@ def bench_generation(
     for i in range(repeats + 1):  # the first round warms up
         torch.manual_seed(i)
         t = time.perf_counter()
-        with torch.no_grad(), amp, weights(model, trainable=True):
+        with torch.no_grad(), amp, weights.sampling(model):
             out, _ = sample_tokens(model, ids, mask, max_new_tokens=new_tokens, stop_at_eos=False, pad_id=pad)
         assert out.shape[1] == new_tokens
         if i:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from base_policy.fast_decode import _Packed, llama_decoder
-from base_policy.sampling import position_ids, sample_tokens
+from base_policy.sampling import Bf16Weights, position_ids, sample_tokens
 
 
 def tiny_llama(**extra):
@@ -129,3 +129,37 @@ def test_other_models_and_wrapped_layers_use_the_model_forward():
 
     lora = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     assert llama_decoder(lora.base_model.model, 2, 8) is None  # adapters: their own forward
+
+
+def test_a_layer_hook_sees_the_prompt_pass_as_the_model_forward_gives_it():
+    lm = tiny_llama()
+    ids, mask = prompts()
+    seen = []
+    handle = lm.model.layers[1].register_forward_hook(
+        lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out)
+    )
+    try:
+        with torch.no_grad():
+            llama_decoder(lm, 3, 8).prefill(ids, mask, position_ids(mask))
+            lm(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
+    finally:
+        handle.remove()
+    got, want = seen
+    real = mask.bool()  # padding positions differ (each attends to itself only) and are never read
+    torch.testing.assert_close(got[real], want[real], rtol=1e-4, atol=1e-5)
+
+
+def test_sampling_a_decodable_model_swaps_in_no_bf16_copies():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    lm = tiny_llama()
+    weights = Bf16Weights(enabled=True)
+    ids, mask = prompts()
+    with torch.autocast("cpu", dtype=torch.bfloat16), weights.sampling(lm):
+        assert lm.model.layers[0].mlp.up_proj.weight.dtype == torch.float32  # the decoder packs its own copy
+        sample_tokens(lm, ids, mask, max_new_tokens=3)
+    assert not weights._frozen
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=2)).eval()
+    with weights.sampling(gpt2):  # the HF path: the copies are what makes it fast
+        assert gpt2.transformer.h[0].mlp.c_fc.weight.dtype == torch.bfloat16
+    assert gpt2.transformer.h[0].mlp.c_fc.weight.dtype == torch.float32

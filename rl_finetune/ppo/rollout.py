@@ -214,7 +214,7 @@ class Sampler:
             batch = left_pad(tokens[start : start + size], self.pad_id, texts[start : start + size])
             batch.input_ids, batch.attention_mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
             record = self.trunk.recording() if self.trunk is not None else contextlib.nullcontext([])
-            with self.autocast(), sampling_threads(self.threads, dev), self.weights(policy.lm, trainable=True):
+            with self.autocast(), sampling_threads(self.threads, dev), self.weights.sampling(policy.lm):
                 with record as trunk_outputs:
                     response, mask = sample(policy, batch, self.gen_kwargs, self.eos_id, self.pad_id, generator)
             length = batch.input_ids.shape[1] + response.shape[1]

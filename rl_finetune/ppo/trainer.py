@@ -324,8 +324,8 @@ class PPOTrainer:
             with self.bf16(self.unwrapped.lm):
                 yield
             return
-        if rollout.trunk_hidden is None:
-            with self.accelerator.autocast(), self.bf16(self.unwrapped.lm):
+        if rollout.trunk_hidden is None:  # rare: every row ended early; the sampler's copies (none for SmolLM2)
+            with self.accelerator.autocast(), self.bf16.sampling(self.unwrapped.lm):
                 rollout.trunk_hidden = self.trunk.hidden(**rollout.model_inputs())
         hidden = rollout.trunk_hidden if mb is None else rollout.trunk_hidden[mb]
         branch = self.trunk.reference(hidden) if reference else self.trunk.replay(hidden)
