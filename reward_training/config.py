@@ -159,6 +159,14 @@ class RewardConfig:
             "the 'uncertain first' queue and gives the conservative reward; 1 = a single model, no spread"
         },
     )
+    member_bootstrap: bool = field(
+        default=False,
+        metadata={
+            "help": "with ensemble: members and ensemble_size > 1, each member (member 0 too) fits its own bootstrap "
+            "resample of the training labels and pairs (drawn with replacement, same size; the validation part "
+            "stays whole): members that differ in their data as well as their seed (bagging)"
+        },
+    )
     conservative_k: float = field(
         default=0.0,
         metadata={

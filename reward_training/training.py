@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -293,6 +294,11 @@ def split_validation_pairs(pairs: Sequence[D.Pair], cfg: RewardConfig) -> tuple[
     return D.split_pairs(pairs, cfg.val_fraction, cfg.random_seed + 2)
 
 
+def bootstrap_resample(items: Sequence, seed: int) -> list:
+    """A bootstrap resample of ``items``: as many, drawn with replacement (``seed`` fixes the draw)."""
+    return random.Random(seed).choices(list(items), k=len(items)) if items else []
+
+
 def run_human_phase(
     model,
     tok,
@@ -311,6 +317,11 @@ def run_human_phase(
         return None
     fit_part, val = split_validation(train, cfg) if train else ([], [])
     fit_pairs, val_pairs = split_validation_pairs(pairs, cfg)
+    if cfg.member_bootstrap and cfg.ensemble == "members" and cfg.ensemble_size > 1:
+        fit_part, fit_pairs = (
+            bootstrap_resample(fit_part, cfg.random_seed + 3),
+            bootstrap_resample(fit_pairs, cfg.random_seed + 4),
+        )
     fit_result = human_phase(
         model,
         tok,

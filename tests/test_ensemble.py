@@ -6,6 +6,7 @@ A tiny random BERT (``tiny_reward_dir``) stands in for MiniLM.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -322,3 +323,29 @@ def test_ensemble_size_zero_is_a_one_line_config_error(smoke_env, capsys):
     assert len(lines) == 1 and "ensemble_size" in lines[0]
     with pytest.raises(ConfigError, match="conservative_k"):
         load_config(RewardConfig, "reward", profile=SMOKE, overrides={"conservative_k": -0.5})
+
+
+def test_member_bootstrap_gives_each_member_its_own_resample_of_the_fit_labels(monkeypatch):
+    from reward_training import training
+
+    seen = []
+    monkeypatch.setattr(training, "human_phase", lambda model, tok, cfg, fit, *a, **k: seen.append(list(fit)) or _Fit())
+    train = [D.Example(text=f"text {i}", label=float(i % 2), group=f"c:{i}") for i in range(200)]
+    base = RewardConfig(ensemble="members", ensemble_size=3, val_fraction=0.15)
+    for cfg in (base, RewardConfig(ensemble="members", ensemble_size=3, val_fraction=0.15, member_bootstrap=True)):
+        for member in range(2):
+            training.run_human_phase(None, None, dataclasses.replace(cfg, random_seed=member), train, [])
+    plain0, plain1, boot0, boot1 = seen
+    assert len({e.group for e in plain0}) == len(plain0)  # without it: every fit label once
+    for boot in (boot0, boot1):
+        assert len(boot) == len(plain0) and len({e.group for e in boot}) < 0.8 * len(boot)  # drawn with replacement
+    assert [e.group for e in boot0] != [e.group for e in boot1]  # each member its own draw
+    alone = dataclasses.replace(RewardConfig(ensemble_size=1, member_bootstrap=True), val_fraction=0.15)
+    training.run_human_phase(None, None, alone, train, [])
+    assert len({e.group for e in seen[-1]}) == len(seen[-1])  # one model: nothing to bag
+
+
+class _Fit:
+    best_epoch = 1
+    evals = [{"loss": 0.0}]
+    validation: dict = {}
