@@ -59,8 +59,10 @@ test-slow: setup ## Run the long end-to-end tests only (default profile; tens of
 bench: setup ## Run every benchmark in benchmarks/ (prints JSON lines; long)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b $(ARGS); done
 
+# The demo owns the machine, so unless you set OMP_WAIT_POLICY yourself it gets libgomp's default (spin a moment,
+# then sleep): sampling SmolLM2 is about 25% faster than with PASSIVE (docs/base_policy.md).
 demo: setup ## The whole loop on the current profile: stages 1-4 (base policy, labels, reward model, PPO) and a report (ROUNDS=2 for two rounds, PAIRS=1 for the pairwise round and DPO)
-	$(PY) -m demo $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(PAIRS),--pairwise) $(ARGS)
+	$(if $(filter file,$(origin OMP_WAIT_POLICY)),env -u OMP_WAIT_POLICY) $(PY) -m demo $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(PAIRS),--pairwise) $(ARGS)
 
 label: setup ## Stage 2: open the labelling app on http://localhost:$(PORT) (keys G/B/S/U; RLHF_LABEL_TOKEN for teams)
 	$(PY) -m labeling_app --port $(PORT) $(ARGS)
