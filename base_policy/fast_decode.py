@@ -153,6 +153,11 @@ class LlamaDecoder:
     def _norm(norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(h, h.shape[-1:], norm.weight, norm.variance_epsilon)
 
+    def _mlp(self, i: int, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """Layer ``i``'s MLP half on the residual stream ``h`` (N, C), float32: ``h + down(silu(gate) * up)``."""
+        gu = self.w_gu[i](self._norm(layer.post_attention_layernorm, h).to(self.dtype))
+        return h + self.w_down[i](F.silu(gu[:, : self.inter]) * gu[:, self.inter :]).float()
+
     @torch.no_grad()
     def prefill(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
@@ -182,8 +187,7 @@ class LlamaDecoder:
                 k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
             att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale)  # (B, H, P, D)
             h = h + self.w_o[i](att.transpose(1, 2).reshape(B * P, qs)).float().view(B, P, -1)
-            gu = self.w_gu[i](self._norm(layer.post_attention_layernorm, h).to(self.dtype).view(B * P, -1))
-            h = h + self.w_down[i](F.silu(gu[:, : self.inter]) * gu[:, self.inter :]).float().view(B, P, -1)
+            h = self._mlp(i, layer, h.view(B * P, -1)).view(B, P, -1)
             for hook in layer._forward_hooks.values():
                 hook(layer, (h,), h)
         self.mask[:B, 0, 0, :P] = real
@@ -216,8 +220,7 @@ class LlamaDecoder:
             scores = torch.matmul(q, keys.transpose(-1, -2)).float().mul_(self.scale).masked_fill_(mask, float("-inf"))
             att = torch.matmul(torch.softmax(scores, dim=-1).to(self.dtype), values)  # (B, KV, G, D)
             h = h + self.w_o[i](att.reshape(B, qs)).float()
-            gu = self.w_gu[i](self._norm(layer.post_attention_layernorm, h).to(self.dtype))
-            h = h + self.w_down[i](F.silu(gu[:, : self.inter]) * gu[:, self.inter :]).float()
+            h = self._mlp(i, layer, h)
             for hook in layer._forward_hooks.values():
                 hook(layer, (h[:, None],), h[:, None])
         self.length = t + 1
