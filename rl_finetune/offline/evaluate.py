@@ -79,7 +79,7 @@ class HeldOutEval:
     def _response_logprobs(self, lm, rollout: Rollout, context) -> torch.Tensor:
         inputs = rollout.model_inputs()
         start = inputs.pop("start")
-        with self.autocast(), context, self.weights.sampling(lm):
+        with self.autocast(), context, self.weights(lm, trainable=True):
             h = lm.base_model(**inputs, use_cache=False).last_hidden_state[:, start:-1]
             logits = lm.get_output_embeddings()(h)
         return core.logprobs_from_logits(logits, rollout.response, self.cfg.gen_kwargs.temperature)
