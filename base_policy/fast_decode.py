@@ -183,9 +183,8 @@ class LlamaDecoder:
             k = qk[:, :, H:].transpose(1, 2).to(self.dtype)  # (B, KV, P, D)
             v = qkv[:, :, H + KV :].transpose(1, 2).to(self.dtype)
             self.k[i, :B, :, :P], self.v[i, :B, :, :P] = k, v
-            if G > 1:  # each KV head serves G query heads
-                k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
-            att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale)  # (B, H, P, D)
+            # (B, H, P, D); enable_gqa: each KV head serves its G query heads without a repeated copy
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale, enable_gqa=G > 1)
             h = h + self.w_o[i](att.transpose(1, 2).reshape(B * P, qs)).float().view(B, P, -1)
             h = self._mlp(i, layer, h.view(B * P, -1)).view(B, P, -1)
             for hook in layer._forward_hooks.values():

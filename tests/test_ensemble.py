@@ -327,9 +327,12 @@ def test_ensemble_size_zero_is_a_one_line_config_error(smoke_env, capsys):
 
 def test_member_bootstrap_gives_each_member_its_own_resample_of_the_fit_labels(monkeypatch):
     from reward_training import training
+    from reward_training.model import FitResult
 
     seen = []
-    monkeypatch.setattr(training, "human_phase", lambda model, tok, cfg, fit, *a, **k: seen.append(list(fit)) or _Fit())
+    monkeypatch.setattr(
+        training, "human_phase", lambda model, tok, cfg, fit, *a, **k: seen.append(list(fit)) or FitResult(best_epoch=1)
+    )
     train = [D.Example(text=f"text {i}", label=float(i % 2), group=f"c:{i}") for i in range(200)]
     base = RewardConfig(ensemble="members", ensemble_size=3, val_fraction=0.15)
     for cfg in (base, RewardConfig(ensemble="members", ensemble_size=3, val_fraction=0.15, member_bootstrap=True)):
@@ -343,9 +346,3 @@ def test_member_bootstrap_gives_each_member_its_own_resample_of_the_fit_labels(m
     alone = dataclasses.replace(RewardConfig(ensemble_size=1, member_bootstrap=True), val_fraction=0.15)
     training.run_human_phase(None, None, alone, train, [])
     assert len({e.group for e in seen[-1]}) == len(seen[-1])  # one model: nothing to bag
-
-
-class _Fit:
-    best_epoch = 1
-    evals = [{"loss": 0.0}]
-    validation: dict = {}
