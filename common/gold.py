@@ -432,14 +432,8 @@ class GoldJudge:
         return cls(cfg, pipe, info, ranks)
 
     @classmethod
-    def load_or_fit(
-        cls, cfg: GoldConfig | None = None, cache_dir: Path | None = None, *, fit_in_child: bool = False
-    ) -> GoldJudge:
-        """Load the cached judge for this config, or fit it and cache it (atomically).
-
-        ``fit_in_child``: fit in a short-lived child process and load what it cached. For a process that goes
-        on to train (the demo): fitting the 1-2-gram vocabulary of 33,500 texts leaves about 300 MB of freed
-        heap that this process could not give back (measured in docs/demo.md); the child's dies with it."""
+    def load_or_fit(cls, cfg: GoldConfig | None = None, cache_dir: Path | None = None) -> GoldJudge:
+        """Load the cached judge for this config, or fit it and cache it (atomically)."""
         import joblib
 
         cfg = cfg or GoldConfig()
@@ -451,15 +445,6 @@ class GoldJudge:
                 return cls(cfg, pipe, info, ranks)
             except Exception as err:  # a stale or foreign pickle: refit
                 log.warning("ignoring unreadable gold cache %s (%s); refitting", path, err)
-        if fit_in_child:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                pool.submit(_fit_and_cache, cfg, cache_dir).result()  # a UserError in the child is raised here
-            pipe, info, ranks = joblib.load(path)
-            log.info("gold judge fitted on %d texts in %.1f s (child process)", info["n_train"], info["fit_seconds"])
-            return cls(cfg, pipe, info, ranks)
         judge = cls.fit(cfg)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache_dir / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -522,8 +507,3 @@ __all__ = [
     "known_word_share",
     "FILM_WORDS",
 ]
-
-
-def _fit_and_cache(cfg: GoldConfig, cache_dir: Path) -> None:
-    """The child process of ``GoldJudge.load_or_fit(fit_in_child=True)``: fit and cache, return nothing."""
-    GoldJudge.load_or_fit(cfg, cache_dir)

@@ -716,7 +716,7 @@ def run(profile: Profile, *, run_id: str | None = None, progress: bool = True, e
 
     engine = db.connect()
     with steps.step("gold", "fit or load the gold judge (TF-IDF + logistic regression on IMDB)"):
-        gold = GoldJudge.load_or_fit(cfg.gold, fit_in_child=True)
+        gold = GoldJudge.load_or_fit(cfg.gold)
         report["gold"] = {k: v for k, v in gold.info.items() if k != "config"}
         echo(f"  gold judge: {gold.info['n_train']} training texts")
     with steps.step("base policy", "reuse or pretrain the base policy"):

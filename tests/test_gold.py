@@ -82,17 +82,6 @@ def test_cache_is_reused_and_keyed_by_config(tmp_path, monkeypatch):
     assert GoldConfig(max_reviews=200, C=1.0).key != cfg.key
 
 
-def test_fit_in_child_caches_the_same_judge_without_fitting_here(tmp_path, monkeypatch):
-    cfg = GoldConfig(max_reviews=200, include_rotten_tomatoes=False)
-    here = GoldJudge.fit(cfg)
-    monkeypatch.setattr(GoldJudge, "fit", classmethod(lambda cls, c=None: pytest.fail("fitted in this process")))
-    child = GoldJudge.load_or_fit(cfg, cache_dir=tmp_path, fit_in_child=True)
-    assert (tmp_path / f"{cfg.key}.joblib").is_file() and child.info["n_train"] == 200
-    texts = ["fine film", "a dull and far too long movie", "the acting was wonderful"]
-    np.testing.assert_allclose(child.score(texts), here.score(texts))
-    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # the child's write was atomic
-
-
 def test_cache_defaults_under_artifacts(smoke_env):
     judge = GoldJudge.load_or_fit(GoldConfig(max_reviews=100, include_rotten_tomatoes=False))
     assert list((smoke_env["artifacts"] / "gold").glob("*.joblib"))
