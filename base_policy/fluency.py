@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from base_policy.generate import context_length, encode_prompts, left_pad
+from common.precision import use_bf16
 
 
 @torch.no_grad()
@@ -43,7 +44,7 @@ def continuation_nll(
         ids, mask = left_pad([p + c for p, c in rows], pad)
         ids, mask = ids.to(device), mask.to(device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cpu"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cpu" and use_bf16(bf16)):
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
         width = ids.shape[1]

@@ -22,6 +22,7 @@ import torch
 
 from base_policy.sampling import Bf16Weights, sample_tokens
 from common.errors import ConfigError, UserError
+from common.precision import use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def _device(model) -> torch.device:
 
 
 def _use_bf16(model, bf16: bool) -> bool:
-    return bf16 and _device(model).type == "cpu"
+    return _device(model).type == "cpu" and use_bf16(bf16)
 
 
 def _autocast(model, bf16: bool):

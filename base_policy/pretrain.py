@@ -36,6 +36,7 @@ from common.config import check_ranges, to_dict
 from common.errors import ConfigError, UserError
 from common.imdb import DataConfig, load_imdb, rotten_tomatoes_sentences
 from common.paths import artifacts_root, atomic_dir, base_policy_dir, new_run_id, owned_name, write_json
+from common.precision import use_bf16
 from common.tracking import open_tracker
 
 log = logging.getLogger(__name__)
@@ -316,7 +317,7 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.O
 
 
 def autocast(cfg: PretrainConfig):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(cfg.bf16))
 
 
 def maybe_compile(model, wanted: bool):

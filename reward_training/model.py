@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import UserError
+from common.precision import use_bf16
 from reward_training.config import ID2LABEL, LABEL2ID
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def set_frozen_embeddings(model, frozen: bool) -> None:
 def autocast(enabled: bool, device: torch.device | str = "cpu"):
     """bf16 autocast on CPU (and on CUDA when asked there); a no-op when disabled."""
     device_type = torch.device(device).type
-    if not enabled or device_type not in ("cpu", "cuda"):
+    if not use_bf16(enabled, device_type) or device_type not in ("cpu", "cuda"):
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=torch.bfloat16)
 

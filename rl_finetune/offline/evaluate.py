@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from base_policy.sampling import Bf16Weights
+from common.precision import use_bf16
 from rl_finetune.hydra import FrozenTrunk
 from rl_finetune.offline.config import OfflineConfig
 from rl_finetune.ppo import core
@@ -58,7 +59,7 @@ class HeldOutEval:
     def _setup(self, model, tok) -> None:
         cfg = self.cfg
         device = next(model.parameters()).device
-        bf16 = cfg.mixed_precision == "bf16" and device.type == "cpu"
+        bf16 = device.type == "cpu" and use_bf16(cfg.mixed_precision == "bf16")
         self.autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
         self.weights = Bf16Weights(enabled=bf16)
         n = cfg.num_layers_unfrozen

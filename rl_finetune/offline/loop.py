@@ -105,13 +105,13 @@ class OfflineTrainer:
         self.trunk = FrozenTrunk(self.lm, cfg.num_layers_unfrozen) if partial and cfg.cache_trunk else None
         self.params = [p for p in self.lm.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
-        self.bf16 = Bf16Weights(enabled=cfg.mixed_precision == "bf16" and self.acc.device.type == "cpu")
+        self.bf16 = Bf16Weights(enabled=self.acc.mixed_precision == "bf16" and self.acc.device.type == "cpu")
         self.sequences: list[Sequence] = []
         self.ref_logps = torch.zeros(0)
         self.hidden: list[torch.Tensor] | None = None
         log.info(
             "%s: %s, %d trainable parameters, %s%s", method.upper(), self.start_policy, self.n_trainable,
-            cfg.mixed_precision, ", frozen trunk cached" if self.trunk is not None else "",
+            self.acc.mixed_precision, ", frozen trunk cached" if self.trunk is not None else "",
         )  # fmt: skip
 
     # ------------------------------------------------------------------ 2. the reference pass

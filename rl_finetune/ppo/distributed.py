@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from common.precision import resolve_mixed_precision
+
 
 def make_accelerator(mixed_precision: str):
     """An ``Accelerator`` for this run. ``cpu=True`` on a machine without CUDA lets
@@ -17,6 +19,7 @@ def make_accelerator(mixed_precision: str):
     from accelerate.state import AcceleratorState
 
     cpu = not torch.cuda.is_available()
+    mixed_precision = resolve_mixed_precision(mixed_precision, "cpu" if cpu else "cuda")  # fp32 where bf16 is slow
     try:
         return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
     except ValueError:

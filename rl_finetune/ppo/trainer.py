@@ -191,7 +191,7 @@ class PPOTrainer:
         self.params = params
 
         # bf16 copies of the frozen weights, cast once instead of by autocast on every call (CPU)
-        self.bf16 = Bf16Weights(enabled=cfg.mixed_precision == "bf16" and acc.device.type == "cpu")
+        self.bf16 = Bf16Weights(enabled=acc.mixed_precision == "bf16" and acc.device.type == "cpu")
         self.sampler = Sampler(
             tok, reward_fn, cfg.gen_kwargs, cfg.generation_batch_size, self.eos_id, self.pad_id, acc.device,
             acc.autocast, cfg.sample_threads, self.bf16, self.trunk,
@@ -225,7 +225,7 @@ class PPOTrainer:
                 self.n_trainable,
                 world,
                 threads,
-                cfg.mixed_precision,
+                self.accelerator.mixed_precision,
             )
 
     @property
