@@ -30,6 +30,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the PPO CLI does (befo
 
 import torch
 
+from common.precision import resolve_mixed_precision, use_bf16
+
 
 def random_policy():
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
@@ -66,11 +68,11 @@ def minilm_reward():
     @torch.no_grad()
     def reward_fn(texts):
         enc = tok(list(texts), padding=True, truncation=True, max_length=128, return_tensors="pt")
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(True)):
             logits = model(**enc).logits.float()
         return logits[:, 1] - logits[:, 0]
 
-    return reward_fn, "all-MiniLM-L6-v2 + untrained 2-way head (bf16)"
+    return reward_fn, "all-MiniLM-L6-v2 + untrained 2-way head (bf16 where the CPU has bf16 kernels)"
 
 
 def main() -> None:
@@ -157,6 +159,7 @@ def main() -> None:
                 {
                     "bench": "ppo_ours",
                     "precision": precision,
+                    "runs_in": resolve_mixed_precision(precision, "cpu"),  # fp32 where the CPU lacks bf16 kernels
                     "batch": batch,
                     "response_tokens": cfg.gen_kwargs.max_new_tokens,
                     "ppo_epochs": cfg.ppo_epochs,
