@@ -22,6 +22,7 @@ from common.config import to_dict
 from common.errors import UserError
 from common.fmt import fmt_number
 from common.paths import artifacts_root, atomic_dir, new_run_id, reward_models_dir, write_json, write_latest
+from common.precision import use_bf16
 from reward_training import data as D
 from reward_training.config import RewardConfig, seed_cache_key
 from reward_training.evaluate import (
@@ -882,7 +883,7 @@ def model_card(run_id: str, cfg: RewardConfig, metrics: dict) -> str:
         "(this folder's own weights are member 0, or for heads their mean; `load_reward_fn` scores with the "
         "ensemble mean)",
         f"- held-out IMDB test-split snippets for evaluation: {c['imdb_eval_snippets']}",
-        f"- texts truncated at {cfg.max_length} tokens; bf16 autocast: {cfg.bf16}",
+        f"- texts truncated at {cfg.max_length} tokens; bf16 autocast: {use_bf16(cfg.bf16)} (asked: {cfg.bf16})",
         "",
         "## Evaluation (held out)",
         "",
