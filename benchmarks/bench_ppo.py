@@ -159,7 +159,8 @@ def main() -> None:
                 {
                     "bench": "ppo_ours",
                     "precision": precision,
-                    "runs_in": resolve_mixed_precision(precision, "cpu"),  # fp32 where the CPU lacks bf16 kernels
+                    # what make_accelerator ran: fp32 on a CPU without bf16 kernels
+                    "runs_in": resolve_mixed_precision(precision, "cuda" if torch.cuda.is_available() else "cpu"),
                     "batch": batch,
                     "response_tokens": cfg.gen_kwargs.max_new_tokens,
                     "ppo_epochs": cfg.ppo_epochs,
