@@ -20,9 +20,9 @@ export RLHF_ARTIFACTS ?= artifacts
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
-# Idle OpenMP threads sleep instead of spinning: with other jobs on few cores, spinning threads
-# stall each other (measured: a 4x256 GPT-2 trained at 840 tokens/s with spinning, 1,900 without).
-export OMP_WAIT_POLICY ?= PASSIVE
+# How idle OpenMP threads wait is chosen by each command before torch loads (common/runtime.py): they spin when
+# the other cores are idle (sampling SmolLM2 2x faster) and sleep when other work keeps them busy (3x faster
+# then). OMP_WAIT_POLICY=PASSIVE or ACTIVE, or RLHF_OMP_WAIT=sleep or spin, overrides the choice.
 
 PORT   ?= 8501
 ARGS   ?=
@@ -59,10 +59,8 @@ test-slow: setup ## Run the long end-to-end tests only (default profile; tens of
 bench: setup ## Run every benchmark in benchmarks/ (prints JSON lines; long)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b $(ARGS); done
 
-# The demo owns the machine, so unless you set OMP_WAIT_POLICY yourself it gets libgomp's default (spin a moment,
-# then sleep): sampling SmolLM2 is about 25% faster than with PASSIVE (docs/base_policy.md).
 demo: setup ## The whole loop on the current profile: stages 1-4 (base policy, labels, reward model, PPO) and a report (ROUNDS=2 for two rounds, PAIRS=1 for the pairwise round and DPO)
-	$(if $(filter file,$(origin OMP_WAIT_POLICY)),env -u OMP_WAIT_POLICY) $(PY) -m demo $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(PAIRS),--pairwise) $(ARGS)
+	$(PY) -m demo $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(PAIRS),--pairwise) $(ARGS)
 
 label: setup ## Stage 2: open the labelling app on http://localhost:$(PORT) (keys G/B/S/U; RLHF_LABEL_TOKEN for teams)
 	$(PY) -m labeling_app --port $(PORT) $(ARGS)

@@ -8,9 +8,10 @@ import logging
 import os
 import sys
 
-# Idle OpenMP threads sleep instead of spinning: on a shared machine spinning threads stall each
-# other (docs/base_policy.md has the measurement). Must precede torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Idle OpenMP threads spin on an idle machine and sleep on a busy one (common/runtime.py). Must precede torch.
+from common.runtime import configure_cpu
+
+os.environ.update(configure_cpu())
 
 from common.errors import UserError, cli_entry, setup_logging
 

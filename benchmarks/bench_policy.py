@@ -10,12 +10,9 @@ The load average printed with each line shows how busy the machine was.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does (see rl_finetune/__main__.py)
-
 import argparse
 import json
+import os
 import platform
 import resource
 import shlex
@@ -24,6 +21,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.runtime import configure_cpu, malloc_setting, wait_policy
+
+os.environ.update(configure_cpu())  # as the CLIs do, before torch loads (common/runtime.py)
 
 import numpy as np
 import torch
@@ -41,6 +42,8 @@ def emit(**fields) -> None:
         threads=torch.get_num_threads(),
         machine=platform.machine(),
         loadavg_1min=round(os.getloadavg()[0], 2),
+        omp_wait=wait_policy(),
+        malloc=malloc_setting(),
         peak_rss_mib=round(peak_rss_mib(), 1),
     )
     print(json.dumps(fields), flush=True)

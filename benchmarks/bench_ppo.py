@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the PPO CLI does (before torch loads); TRL inherits it
+from common.runtime import configure_cpu, malloc_setting, wait_policy
+
+os.environ.update(configure_cpu())  # as the PPO CLI does (before torch loads); TRL inherits it
 
 import torch
 
@@ -178,6 +180,8 @@ def main() -> None:
                     "reward": reward_source,
                     "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
                     "nproc": os.cpu_count(),
+                    "omp_wait": wait_policy(),
+                    "malloc": malloc_setting(),
                     "torch": torch.__version__,
                     "machine": platform.processor() or platform.machine(),
                 }

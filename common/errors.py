@@ -148,3 +148,9 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from common import runtime
+
+    if runtime.chosen():
+        logging.getLogger("common.runtime").info(
+            "idle OpenMP threads: %s; malloc: %s", runtime.wait_policy(), runtime.malloc_setting()
+        )

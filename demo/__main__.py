@@ -6,6 +6,11 @@ import argparse
 import os
 from pathlib import Path
 
+from common.runtime import configure_cpu
+
+# before torch loads: idle OpenMP threads spin when the demo has the machine to itself (common/runtime.py)
+os.environ.update(configure_cpu())
+
 from common.assets import offline_env
 from common.config import add_config_args, describe
 from common.errors import cli_entry, setup_logging

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+
+from common.runtime import configure_cpu
+
+os.environ.update(configure_cpu())  # before torch loads (common/runtime.py)
 
 from common.config import add_config_args, describe, load_config
 from common.errors import cli_entry, setup_logging

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
-# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
-# stall each other. Must precede the first torch import.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Idle OpenMP threads spin on an idle machine and sleep on a busy one (common/runtime.py). Must precede the
+# first torch import.
+from common.runtime import configure_cpu
+
+os.environ.update(configure_cpu())
 
 from common.errors import UserError, cli_entry
 

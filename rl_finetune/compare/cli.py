@@ -12,7 +12,9 @@ import argparse
 import os
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see rl_finetune/ppo/cli.py
+from common.runtime import configure_cpu
+
+os.environ.update(configure_cpu())  # before torch loads: see rl_finetune/ppo/cli.py
 
 from common.config import add_config_args, describe, load_config, read_profile, split_overrides
 from common.errors import UserError, cli_entry, setup_logging

@@ -16,7 +16,9 @@ import argparse
 import os
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as PPO's command: idle OpenMP threads sleep
+from common.runtime import configure_cpu
+
+os.environ.update(configure_cpu())  # as PPO's command: before torch loads (common/runtime.py)
 
 from common.config import add_config_args, describe, load_config
 from common.errors import cli_entry, setup_logging

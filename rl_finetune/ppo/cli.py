@@ -13,10 +13,12 @@ import argparse
 import os
 from pathlib import Path
 
-# Idle OpenMP threads sleep instead of spinning, so a spinning thread does not steal the core its
-# sibling needs on a small, shared CPU (docs/ppo.md has the measurement). Only effective before
-# torch is first imported; an explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Idle OpenMP threads spin on an idle machine and sleep on a busy one, where a spinning thread steals the
+# core its sibling needs (common/runtime.py has the measurement). Only effective before torch is first imported;
+# an explicit OMP_WAIT_POLICY wins.
+from common.runtime import configure_cpu
+
+os.environ.update(configure_cpu())
 
 from common.config import add_config_args, describe, load_config
 from common.errors import UserError, cli_entry, setup_logging
