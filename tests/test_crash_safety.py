@@ -120,7 +120,9 @@ def run_and_kill(
             elif (
                 watch is not None
                 and watch.is_dir()
-                and any(".tmp-" in p.name and not p.name.startswith(".latest") for p in watch.iterdir())
+                # a model save is a hidden temporary *folder*; the `latest` pointer's and the start-up write
+                # probe's temporary files (common.paths.check_writable_dirs) are not saves
+                and any(".tmp-" in p.name and p.is_dir() for p in watch.iterdir())
             ):
                 why = f"killed mid-save after {time.monotonic() - t0:.1f} s"
             else:
