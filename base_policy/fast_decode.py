@@ -202,7 +202,7 @@ class LlamaDecoder:
         """Feed ``tokens`` (B,) at ``positions`` (B,); returns the final hidden state (B, C)."""
         B, t = tokens.shape[0], self.length
         self.mask[:, 0, 0, t] = True
-        mask = ~self.mask[:B, :, :, : t + 1]
+        allowed = self.mask[:B, :, :, : t + 1]  # (B, 1, 1, t+1): True where a row has a real token
         h = self.trunk.embed_tokens(tokens).float()  # (B, C): the residual stream, in float32
         cos, sin = self.trunk.rotary_emb(h[:, None], positions[:, None])  # (B, 1, D)
         cos, sin = cos.float().view(B, 1, -1), sin.float().view(B, 1, -1)  # (B, 1, D): broadcast over heads
@@ -216,8 +216,8 @@ class LlamaDecoder:
             self.k[i, :B, :, t] = qk[:, H:]
             self.v[i, :B, :, t] = qkv[:, qs + ks :].view(B, KV, D)
             keys, values = self.k[i, :B, :, : t + 1], self.v[i, :B, :, : t + 1]  # (B, KV, t+1, D)
-            scores = torch.matmul(q, keys.transpose(-1, -2)).float().mul_(self.scale).masked_fill_(mask, float("-inf"))
-            att = torch.matmul(torch.softmax(scores, dim=-1).to(self.dtype), values)  # (B, KV, G, D)
+            # one fused kernel for q k^T, the mask, the softmax (in float32) and the weighted sum: (B, KV, G, D)
+            att = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, scale=self.scale)
             h = h + self.w_o[i](att.reshape(B, qs)).float()
             h = self._mlp(i, layer, h)
             for hook in layer._forward_hooks.values():
