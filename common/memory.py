@@ -3,6 +3,8 @@
 Between the demo's stages the models of the last stage are garbage, but glibc keeps freed heap pages
 mapped; :func:`release_freed_memory` collects the garbage and asks glibc (``malloc_trim``) to return
 those pages, so the next stage starts from what is really in use. Elsewhere it only collects.
+:func:`keep_freed_memory` is the other half: within a stage, freed blocks stay in the heap for the next
+tensor of that size instead of being unmapped and page-faulted in again.
 """
 
 from __future__ import annotations
@@ -11,8 +13,16 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import os
 import resource
 import sys
+
+#: blocks up to this size come from the heap and are reused (:func:`keep_freed_memory`)
+MMAP_THRESHOLD = 1 << 30
+#: free memory at the top of the heap is given back to the kernel only above this (mallopt takes a C int)
+TRIM_THRESHOLD = (1 << 31) - 1
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+_malloc: str | None = None
 
 
 def peak_rss_mb() -> float:
@@ -48,3 +58,30 @@ def release_freed_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def keep_freed_memory() -> str:
+    """Raise glibc's mmap and trim thresholds, so freed blocks are reused instead of mapped anew and page-faulted
+    in on every allocation (measured in :mod:`common.runtime`, whose :func:`~common.runtime.configure_cpu` every
+    command calls first). Returns what was done, in a few words (also :func:`malloc_setting`). Does nothing off
+    glibc, when ``RLHF_MALLOC_KEEP=0``, when glibc's own variables are set, or a second time."""
+    global _malloc
+    if _malloc is not None:
+        return _malloc
+    env = os.environ
+    if env.get("RLHF_MALLOC_KEEP", "1").strip() == "0":
+        _malloc = "glibc's default (RLHF_MALLOC_KEEP=0)"
+    elif any(k in env for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")):
+        _malloc = "as your environment sets it"
+    elif (libc := _libc()) is None:
+        _malloc = "the platform's default (not glibc)"
+    else:
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
+        _malloc = f"freed blocks up to {MMAP_THRESHOLD >> 20} MB kept for reuse" if ok else "glibc's default"
+    return _malloc
+
+
+def malloc_setting() -> str:
+    """What :func:`keep_freed_memory` did in this process."""
+    return _malloc or "glibc's default"

@@ -16,35 +16,38 @@ the other cores are idle (the pipeline's rule is one heavy job at a time), and s
 busy, or when it cannot tell (no ``/proc/stat``). An ``OMP_WAIT_POLICY`` you set yourself wins, and so does
 ``RLHF_OMP_WAIT=spin|sleep``. The choice only takes effect before the first ``import torch``.
 
-**Freed memory is kept for reuse.** glibc's malloc serves a block above its mmap threshold (at most 32 MB,
+**Freed memory is kept for reuse** (:func:`common.memory.keep_freed_memory`). glibc's malloc serves a block above its mmap threshold (at most 32 MB,
 by default) with a fresh ``mmap`` and returns it to the kernel when freed, so the next tensor of that size
 page-faults in every 4 KiB page again. PPO's (B, T, 49,152) logits and their float32 chunks are such
 blocks: allocating, filling and summing a 100 MB tensor took 34 ms, 29 of them page faults, against 6 ms
 once freed memory is kept (glibc 2.36, this machine). :func:`configure_cpu` raises the mmap and trim
-thresholds with ``mallopt`` (glibc only). Peak RSS is a high-water mark either way. ``RLHF_MALLOC_KEEP=0``, or
+thresholds with ``mallopt`` (glibc only; the demo still hands freed pages back between its steps with
+:func:`common.memory.release_freed_memory`). Peak RSS is a high-water mark either way. ``RLHF_MALLOC_KEEP=0``, or
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``GLIBC_TUNABLES`` set yourself, leave malloc alone.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import platform
 import sys
 import time
 
+from common.memory import keep_freed_memory, malloc_setting
+
+__all__ = [
+    "busy_cores",
+    "chosen",
+    "configure_cpu",
+    "keep_freed_memory",
+    "malloc_setting",
+    "wait_policy",
+    "wait_policy_env",
+]
+
 #: busy cores (besides this process) at or above which idle threads sleep
 BUSY_THRESHOLD = 0.5
-#: blocks up to this size come from the heap and are reused
-MMAP_THRESHOLD = 1 << 30
-#: free memory at the top of the heap is given back to the kernel only above this (mallopt takes a C int)
-TRIM_THRESHOLD = (1 << 31) - 1
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
-
 _choice: str | None = None
 _env: dict[str, str] = {}
-_malloc: str | None = None
 
 
 def _cpu_jiffies() -> tuple[int, int] | None:
@@ -101,30 +104,6 @@ def wait_policy_env(seconds: float = 0.2) -> dict[str, str]:
     return dict(_env)
 
 
-def keep_freed_memory() -> str:
-    """Raise glibc's mmap and trim thresholds (see the module docstring); returns what was done, in a few
-    words (also :func:`malloc_setting`). Does nothing off glibc, when switched off, or a second time."""
-    global _malloc
-    if _malloc is not None:
-        return _malloc
-    env = os.environ
-    if env.get("RLHF_MALLOC_KEEP", "1").strip() == "0":
-        _malloc = "glibc's default (RLHF_MALLOC_KEEP=0)"
-    elif any(k in env for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")):
-        _malloc = "as your environment sets it"
-    elif platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        _malloc = "the platform's default (not glibc)"
-    else:
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-            ok = libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
-        except (OSError, AttributeError):
-            ok = False
-        _malloc = f"freed blocks up to {MMAP_THRESHOLD >> 20} MB kept for reuse" if ok else "glibc's default"
-    return _malloc
-
-
 def configure_cpu(seconds: float = 0.2) -> dict[str, str]:
     """Both settings of this module: keeps freed memory for reuse, and returns the OpenMP variables for the
     caller to put in ``os.environ`` before torch loads (:func:`wait_policy_env`)."""
@@ -140,8 +119,3 @@ def chosen() -> bool:
 def wait_policy() -> str:
     """The choice :func:`wait_policy_env` made in this process, or what the environment says."""
     return _choice or f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
-
-
-def malloc_setting() -> str:
-    """What :func:`keep_freed_memory` did in this process."""
-    return _malloc or "glibc's default"
