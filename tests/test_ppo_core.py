@@ -246,6 +246,21 @@ def test_adaptive_kl_controller_of_ziegler():
     assert isinstance(make_kl_controller(0.1, None, None), FixedKLController)
 
 
+def test_kl_floor_keeps_beta_while_the_kl_climbs_and_still_raises_it():
+    floored = make_kl_controller(0.1, 6.0, 100, minimum=0.1)
+    free = make_kl_controller(0.1, 6.0, 100)
+    for _ in range(20):  # KL far below target: the plain controller lowers beta 2% a step, the floor holds it
+        floored.update(1.0, 10)
+        free.update(1.0, 10)
+    assert floored.value == pytest.approx(0.1)
+    assert free.value == pytest.approx(0.1 * 0.98**20)
+    assert floored.update(12.0, 10) == pytest.approx(0.1 * 1.02)  # above target it rises as before
+    floored.value = 0.3
+    assert floored.update(1.0, 10) == pytest.approx(0.3 * 0.98)  # and above the floor it falls as before
+    low_start = make_kl_controller(0.05, 6.0, 100, minimum=0.1)  # a start below the floor is the floor
+    assert low_start.update(1.0, 10) == pytest.approx(0.05)
+
+
 # ------------------------------------------------------------------ rollout helpers
 
 

@@ -30,8 +30,8 @@ CHECKPOINT = "checkpoint"
 #: optimiser's groups or the KL controller's state). A LoRA run resumes with its adapters: ``policy.pt``
 #: holds them beside the (frozen) weights they adapt.
 MUST_MATCH = (
-    "num_layers_unfrozen", "shared_trunk", "kl_target", "kl_horizon", "scale_reward", "lora_r", "lora_alpha",
-    "lora_target",
+    "num_layers_unfrozen", "shared_trunk", "kl_target", "kl_horizon", "kl_coef_min", "scale_reward", "lora_r",
+    "lora_alpha", "lora_target",
 )  # fmt: skip
 log = logging.getLogger(__name__)
 

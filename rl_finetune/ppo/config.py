@@ -169,6 +169,14 @@ class PPOConfig:
     kl_horizon: int | None = field(
         default=None, metadata={"help": "adaptive KL: horizon in episodes (required with kl_target; trlx: horizon)"}
     )
+    kl_coef_min: float | None = field(
+        default=None,
+        metadata={
+            "help": "adaptive KL: beta never falls below this, nor below init_kl_coef if that is smaller (None: no floor, "
+            "as Ziegler and trlx); with a short kl_horizon, set it to init_kl_coef so that beta is not lowered while "
+            "the KL is still climbing"
+        },
+    )
     kl_loss_coef: float = field(
         default=0.0,
         metadata={
@@ -258,7 +266,7 @@ class PPOConfig:
         check_ranges(
             self, "ppo", positive=("lr", "adam_eps", "cliprange", "cliprange_value", "cliprange_reward"),
             positive_or_null=("max_minutes", "value_head_lr", "max_grad_norm", "target_kl_early_stop"),
-            non_negative=("seed", "weight_decay", "vf_coef", "reward_conservative_k"),
+            non_negative=("seed", "weight_decay", "vf_coef", "reward_conservative_k", "kl_coef_min"),
             at_least_one=("num_train_prompts", "num_eval_prompts", "eval_interval", "reward_batch_size"),
             betas=("adam_betas",),
         )  # fmt: skip

@@ -196,7 +196,7 @@ class PPOTrainer:
             tok, reward_fn, cfg.gen_kwargs, cfg.generation_batch_size, self.eos_id, self.pad_id, acc.device,
             acc.autocast, cfg.sample_threads, self.bf16, self.trunk,
         )  # fmt: skip
-        self.kl_ctl = make_kl_controller(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+        self.kl_ctl = make_kl_controller(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon, cfg.kl_coef_min)
         self.moments = core.RunningMoments()
         rank, world = acc.process_index, acc.num_processes
         my_prompts = list(prompts)[rank::world] or list(prompts)
