@@ -25,6 +25,8 @@ def test_each_order_picks_its_items():
     assert mixed[:2] == [1, 3] and len(set(mixed)) == 4  # half by spread, half at random from the rest
     picked = bench_active.pick_next("random", pool, spread, 3, np.random.default_rng(1), mean=mean)
     assert len(set(picked)) == 3 and set(picked) <= set(pool)
+    # balanced: 3 of 5 predicted good, so 1 of a batch of 2 from each side, the largest spread within it
+    assert bench_active.pick_next("balanced", pool, spread, 2, rng, mean=mean) == [3, 1]
     # no spread (one model): uncertain cannot rank, and falls back to a random batch
     assert len(set(bench_active.pick_next("uncertain", pool, None, 3, rng))) == 3
 
