@@ -257,7 +257,7 @@ def test_kl_floor_keeps_beta_while_the_kl_climbs_and_still_raises_it():
     assert floored.update(12.0, 10) == pytest.approx(0.1 * 1.02)  # above target it rises as before
     floored.value = 0.3
     assert floored.update(1.0, 10) == pytest.approx(0.3 * 0.98)  # and above the floor it falls as before
-    low_start = make_kl_controller(0.05, 6.0, 100, minimum=0.1)  # a start below the floor is the floor
+    low_start = make_kl_controller(0.05, 6.0, 100, minimum=0.1)  # a start below the floor lowers the floor to it
     assert low_start.update(1.0, 10) == pytest.approx(0.05)
 
 
