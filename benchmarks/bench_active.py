@@ -76,6 +76,7 @@ def labels_to_accuracy(rows: list[dict], targets: list[float]) -> dict[str, dict
 
 
 ORDERS = ("uncertain", "balanced", "mixed", "margin", "random")
+SPREAD_ORDERS = ("uncertain", "balanced", "mixed")  # the orders that need an ensemble's spread
 
 
 def pick_next(
@@ -131,9 +132,9 @@ def main() -> None:
     from bench_labels import accuracy_ci, offline_profile, queue_texts, simulated_labels
 
     cfg, data_cfg, scfg, gcfg = offline_profile(args)
-    if not args.cost and {"uncertain", "balanced", "mixed"} & set(args.orders) and cfg.ensemble_size < 2:
+    if not args.cost and set(SPREAD_ORDERS) & set(args.orders) and cfg.ensemble_size < 2:
         ap.error(
-            f"'uncertain', 'balanced' and 'mixed' need an ensemble's spread, and reward.ensemble_size is {cfg.ensemble_size}: "
+            f"{', '.join(map(repr, SPREAD_ORDERS))} need an ensemble's spread, and reward.ensemble_size is {cfg.ensemble_size}: "
             "add --set ensemble_size=3 (or drop it with --orders margin)"
         )
     from common.gold import GoldJudge
