@@ -75,8 +75,8 @@ def labels_to_accuracy(rows: list[dict], targets: list[float]) -> dict[str, dict
     return out
 
 
-ORDERS = ("uncertain", "balanced", "mixed", "margin", "random")
 SPREAD_ORDERS = ("uncertain", "balanced", "mixed")  # the orders that need an ensemble's spread
+ORDERS = (*SPREAD_ORDERS, "margin", "random")
 
 
 def pick_next(
