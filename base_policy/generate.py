@@ -222,14 +222,14 @@ def _sample_batch(model, input_ids, mask, cfg: GenerateConfig, eos: int | None, 
 
 def default_prompts(n: int, cfg: GenerateConfig, data_cfg=None) -> list[str]:
     """``n`` prompts: the lines of ``cfg.prompt_file``, or openings of IMDB train reviews."""
-    from common.imdb import DataConfig, load_imdb, make_prompts, read_prompt_file
+    from common.imdb import DataConfig, imdb_texts, make_prompts, read_prompt_file
 
     data_cfg = data_cfg or DataConfig()
     if cfg.prompt_source == "file" or cfg.prompt_file:
         prompts = read_prompt_file(cfg.prompt_file)  # type: ignore[arg-type]
         return prompts[:n] if n < len(prompts) else prompts
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
-    return make_prompts(load_imdb(data_cfg)["train"]["text"], n, data_cfg, seed=seed)
+    return make_prompts(imdb_texts(data_cfg, "train"), n, data_cfg, seed=seed)
 
 
 def refill_prompts(engine, n: int, cfg: GenerateConfig | None = None) -> list[str]:

@@ -109,10 +109,9 @@ def main() -> None:
         reward_fn, reward_source = load_reward_fn(reward_path, kind="logit_diff"), f"reward model {reward_path}"
     else:
         reward_fn, reward_source = minilm_reward()
-    from common.imdb import DataConfig, load_imdb, make_prompts
+    from common.imdb import DataConfig, imdb_texts, make_prompts
 
-    ds = load_imdb(DataConfig())
-    prompts = make_prompts(list(ds["train"]["text"]), 512, DataConfig())
+    prompts = make_prompts(imdb_texts(DataConfig(), "train"), 512, DataConfig())
 
     import tempfile
 

@@ -66,29 +66,53 @@ def load_imdb(cfg: DataConfig | None = None):
     import datasets
 
     cfg = cfg or DataConfig()
-    if cfg.source == "hub":
-        dd = datasets.load_dataset(cfg.hub_dataset)
-        dd = datasets.DatasetDict({k: dd[k].select_columns(["text", "label"]) for k in ("train", "test")})
-        dd = dd.map(lambda b: {"text": [clean_review(t) for t in b["text"]]}, batched=True)
-    else:
-        df = _local_frame()
-        imdb = df[df.source == "imdb"].reset_index(drop=True)
-        imdb = imdb.assign(text=imdb.text.map(clean_review))
-        # IMDB holds a few duplicate reviews: split unique texts so no test text is also in train.
-        codes, uniques = imdb.text.factorize()
-        first = imdb.groupby(codes).label.first().to_numpy()
-        test_mask = _split_mask(first, cfg.test_fraction, cfg.seed)[codes]
-        dd = datasets.DatasetDict(
-            {
-                "train": datasets.Dataset.from_pandas(imdb[~test_mask][["text", "label"]].reset_index(drop=True)),
-                "test": datasets.Dataset.from_pandas(imdb[test_mask][["text", "label"]].reset_index(drop=True)),
-            }
+    if cfg.source != "hub":
+        return datasets.DatasetDict(
+            {split: datasets.Dataset.from_pandas(frame) for split, frame in _local_splits(cfg).items()}
         )
+    dd = datasets.load_dataset(cfg.hub_dataset)
+    dd = datasets.DatasetDict({k: dd[k].select_columns(["text", "label"]) for k in ("train", "test")})
+    dd = dd.map(lambda b: {"text": [clean_review(t) for t in b["text"]]}, batched=True)
     if cfg.max_reviews:
         dd = datasets.DatasetDict(
             {k: v.shuffle(seed=cfg.seed).select(range(min(cfg.max_reviews, len(v)))) for k, v in dd.items()}
         )
     return dd
+
+
+def imdb_texts(cfg: DataConfig | None = None, split: Literal["train", "test"] = "train") -> list[str]:
+    """The texts of one split, exactly as ``load_imdb(cfg)[split]["text"]`` gives them.
+
+    For the local corpus this builds no ``datasets`` tables: their Arrow buffers come from pyarrow's own
+    allocator, which keeps what it frees, so a process that only wanted prompts held about 200 MB more
+    for the rest of its life (the demo's PPO peak sits on top of that)."""
+    cfg = cfg or DataConfig()
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if cfg.source == "hub":
+        return list(load_imdb(cfg)[split]["text"])
+    return _local_splits(cfg)[split].text.tolist()
+
+
+def _local_splits(cfg: DataConfig) -> dict:
+    """The local IMDB reviews as two pandas frames (text, label), train and test, cleaned and split as
+    :func:`load_imdb` documents; ``max_reviews`` keeps the first of a permutation drawn as
+    ``Dataset.shuffle(seed=cfg.seed)`` draws it, so both give the same rows."""
+    df = _local_frame()
+    imdb = df[df.source == "imdb"].reset_index(drop=True)
+    imdb = imdb.assign(text=imdb.text.map(clean_review))
+    # IMDB holds a few duplicate reviews: split unique texts so no test text is also in train.
+    codes, _ = imdb.text.factorize()
+    first = imdb.groupby(codes).label.first().to_numpy()
+    test_mask = _split_mask(first, cfg.test_fraction, cfg.seed)[codes]
+    out = {}
+    for split, rows in (("train", ~test_mask), ("test", test_mask)):
+        frame = imdb[rows][["text", "label"]].reset_index(drop=True)
+        if cfg.max_reviews:
+            order = np.random.default_rng(cfg.seed).permutation(len(frame))
+            frame = frame.iloc[order[: min(cfg.max_reviews, len(frame))]].reset_index(drop=True)
+        out[split] = frame
+    return out
 
 
 def rotten_tomatoes_sentences() -> list[tuple[str, int]]:
@@ -181,6 +205,7 @@ __all__ = [
     "DataConfig",
     "clean_review",
     "load_imdb",
+    "imdb_texts",
     "rotten_tomatoes_sentences",
     "make_prompts",
     "read_prompt_file",

@@ -175,10 +175,9 @@ def ensure_base_policy(profile: Profile, engine, *, progress: bool) -> tuple[str
 
 
 def prompts_for(profile: Profile, split: str, n: int, seed: int) -> list[str]:
-    from common.imdb import load_imdb, make_prompts
+    from common.imdb import imdb_texts, make_prompts
 
-    texts = load_imdb(profile.data)[split]["text"]
-    prompts = make_prompts(list(texts), n, profile.data, seed=seed)
+    prompts = make_prompts(imdb_texts(profile.data, split), n, profile.data, seed=seed)
     if not prompts:
         raise UserError(
             f"no prompts could be cut from the IMDB {split} split.", "check the data section of the profile."
@@ -192,14 +191,14 @@ def fluency(profile: Profile, base: str, before: list[dict], after: list[dict], 
     first six of held-out reviews), for comparison."""
     from base_policy.fluency import continuation_nll, real_continuations
     from base_policy.loading import load_policy
-    from common.imdb import load_imdb
+    from common.imdb import imdb_texts
 
     model, tok = load_policy(base)
 
     def nll(rows: list[dict]) -> float:
         return continuation_nll(model, tok, [r["prompt"] for r in rows], [r["response"] for r in rows])
 
-    real = real_continuations(list(load_imdb(profile.data)["test"]["text"]), max(len(after), 1), seed=profile.demo.seed)
+    real = real_continuations(imdb_texts(profile.data, "test"), max(len(after), 1), seed=profile.demo.seed)
     return {"before": nll(before), "after": nll(after), "real_imdb": continuation_nll(model, tok, *real),
             "n_real": len(real[0]), **{k: nll(rows) for k, rows in others.items()}}  # fmt: skip
 

@@ -9,7 +9,15 @@ from transformers import AutoTokenizer, GPT2TokenizerFast
 
 from common import assets
 from common.errors import AssetMissing, ConfigError
-from common.imdb import DataConfig, clean_review, load_imdb, make_prompts, read_prompt_file, rotten_tomatoes_sentences
+from common.imdb import (
+    DataConfig,
+    clean_review,
+    imdb_texts,
+    load_imdb,
+    make_prompts,
+    read_prompt_file,
+    rotten_tomatoes_sentences,
+)
 
 
 def test_gpt2_tokenizer_matches_gpt2():
@@ -70,6 +78,16 @@ def test_imdb_has_25000_reviews_split_deterministically():
 def test_max_reviews_caps_each_split():
     dd = load_imdb(DataConfig(max_reviews=100))
     assert len(dd["train"]) == 100 and len(dd["test"]) == 100
+
+
+@pytest.mark.parametrize("max_reviews", [None, 100])
+def test_imdb_texts_are_load_imdbs_texts(max_reviews):
+    cfg = DataConfig(max_reviews=max_reviews, seed=3)
+    dd = load_imdb(cfg)
+    for split in ("train", "test"):
+        assert imdb_texts(cfg, split) == list(dd[split]["text"])
+    with pytest.raises(ValueError, match="split"):
+        imdb_texts(cfg, "validation")
 
 
 def test_rotten_tomatoes_sentences():

@@ -150,10 +150,10 @@ def stats_prompts(args) -> list[str]:
         from common.imdb import read_prompt_file
 
         return read_prompt_file(args.prompts)[: args.n_prompts]
-    from common.imdb import DataConfig, load_imdb, make_prompts
+    from common.imdb import DataConfig, imdb_texts, make_prompts
 
     cfg = DataConfig()
-    return make_prompts(load_imdb(cfg)["test"]["text"], args.n_prompts, cfg, seed=cfg.seed + 17)
+    return make_prompts(imdb_texts(cfg, "test"), args.n_prompts, cfg, seed=cfg.seed + 17)
 
 
 @cli_entry

@@ -59,15 +59,14 @@ def reward_fns(reward: str | Path | None, cfg: PPOConfig) -> tuple[RewardFn, dic
 def stage_prompts(cfg: PPOConfig, data_cfg) -> tuple[list[str], list[str]]:
     """(train prompts, eval prompts): ``data_cfg.prompt_file`` split 4:1, else IMDB review openings
     from the train split and, for evaluation, from the test split."""
-    from common.imdb import load_imdb, make_prompts, read_prompt_file
+    from common.imdb import imdb_texts, make_prompts, read_prompt_file
 
     if data_cfg.prompt_file:
         prompts = read_prompt_file(data_cfg.prompt_file)
         n_eval = min(cfg.num_eval_prompts, max(1, len(prompts) // 5))
         return prompts[n_eval:] or prompts, prompts[:n_eval]
-    ds = load_imdb(data_cfg)
-    train_prompts = make_prompts(list(ds["train"]["text"]), cfg.num_train_prompts, data_cfg)
-    held = make_prompts(list(ds["test"]["text"]), cfg.num_eval_prompts, data_cfg, seed=data_cfg.seed + 1)
+    train_prompts = make_prompts(imdb_texts(data_cfg, "train"), cfg.num_train_prompts, data_cfg)
+    held = make_prompts(imdb_texts(data_cfg, "test"), cfg.num_eval_prompts, data_cfg, seed=data_cfg.seed + 1)
     return train_prompts, held
 
 
@@ -157,6 +156,9 @@ def run_stage(
 
             data_cfg = load_config(DataConfig, "data")
         default_train, default_eval = stage_prompts(cfg, data_cfg)
+        from common.memory import release_freed_memory
+
+        release_freed_memory()  # the IMDB texts the prompts were cut from (~200 MB) go back before training
         prompts = default_train if prompts is None else prompts
         eval_prompts = default_eval if eval_prompts is None else eval_prompts
     # 3. train
