@@ -696,6 +696,25 @@ def pairwise_markdown(report: dict) -> list[str]:
 # ============================================================================ the run
 
 
+def fp32_notice(profile: Profile) -> str | None:
+    """What to expect when the profile asks for bf16 and this CPU has no bf16 kernels (``common.precision``):
+    every step runs in fp32, and the demo takes longer than the README's table says. None otherwise."""
+    from common.precision import cpu_bf16_fast
+
+    if profile.ppo.mixed_precision != "bf16" or cpu_bf16_fast():
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return (
+        f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 matmul kernels, so the profile's bf16 "
+        "steps run in fp32: a demo from nothing took 24-32 minutes on 2 such cores, and PPO made 22-31 steps in "
+        "its 8 minutes, where it made 53-111 with them (16-22 minutes; docs/demo.md). For more of PPO's learning "
+        "here, give it more time: make demo ARGS='--set demo.ppo_minutes=20'"
+    )
+
+
 def run(profile: Profile, *, run_id: str | None = None, progress: bool = True, echo=print) -> Path:
     """Run the demo; returns the report folder ``$RLHF_ARTIFACTS/demo/<run-id>``."""
     import db
@@ -712,6 +731,8 @@ def run(profile: Profile, *, run_id: str | None = None, progress: bool = True, e
     steps = Steps(n_steps, echo)
     report: dict[str, Any] = {"run_id": run_id, "config": to_dict(cfg), "rounds": []}
     echo(f"RLHF demo {run_id}: {cfg.rounds} round(s) of {cfg.n_labels} simulated labels; report in {out}")
+    if notice := fp32_notice(profile):
+        echo(f"  {notice}")
 
     engine = db.connect()
     with steps.step("gold", "fit or load the gold judge (TF-IDF + logistic regression on IMDB)"):

@@ -59,6 +59,21 @@ def test_old_demo_keys_name_the_new_ones(override, message):
         Profile.load(REPO / "configs" / "smoke.yaml", [override])
 
 
+@pytest.mark.parametrize(
+    ("fast", "precision", "said"), [(False, "bf16", True), (True, "bf16", False), (False, '"no"', False)]
+)
+def test_a_cpu_without_bf16_kernels_is_told_what_to_expect(monkeypatch, fast, precision, said):
+    import common.precision
+    from demo.run import fp32_notice
+
+    monkeypatch.setattr(common.precision, "cpu_bf16_fast", lambda: fast)
+    profile = Profile.load(REPO / "configs" / "default.yaml", [f"ppo.mixed_precision={precision}"])
+    notice = fp32_notice(profile)
+    assert (notice is not None) == said
+    if said:
+        assert "no bf16 matmul kernels" in notice and "minutes" in notice
+
+
 def test_overopt_series_keeps_eval_rows_only():
     rows = [
         {"step": 0, "eval/kl": 0.0, "eval/p_good": 0.5, "eval/gold": 0.5},

@@ -421,6 +421,7 @@ class PPOTrainer:
         with self.accelerator.autocast(), self.frozen_trunk(rollout):
             logits, _ = self.unwrapped(**rollout.model_inputs())
         logprobs = core.logprobs_from_logits(logits, rollout.response, T)
+        del logits  # (B, T, vocabulary): freed before the reference's own logits are made
         ref_logprobs = core.logprobs_from_logits(self.reference_logits(rollout), rollout.response, T)
         return ((logprobs - ref_logprobs) * rollout.mask.float()).sum(-1)
 
