@@ -6,8 +6,10 @@ those pages, so the next stage starts from what is really in use. Elsewhere it o
 :func:`keep_freed_memory` is the other half: within a stage, freed blocks stay in the heap for the next
 tensor of that size instead of being unmapped and page-faulted in again. It also puts Arrow's buffers (pandas 3
 keeps its strings there, and ``datasets`` its tables) on that same heap: pyarrow's own allocator, mimalloc,
-keeps what it frees for Arrow alone, so reading IMDB left about 200 MB that no tensor could reuse (measured with
-``imdb_texts`` and 200 MB of tensors after it: +433 MB held with mimalloc, +272 MB on the heap).
+keeps what it frees for Arrow alone, so reading IMDB left about 230 MB that no tensor could reuse and
+``malloc_trim`` could not return. 200 MB of tensors made after ``imdb_texts`` grew the RSS by 432 MB on mimalloc,
+and by 288-421 MB on the heap (three runs: as much as fragmentation lets them reuse). :func:`release_freed_memory`
+gives both back (``tests/test_runtime.py``).
 """
 
 from __future__ import annotations
