@@ -229,7 +229,7 @@ def default_prompts(n: int, cfg: GenerateConfig, data_cfg=None) -> list[str]:
         prompts = read_prompt_file(cfg.prompt_file)  # type: ignore[arg-type]
         return prompts[:n] if n < len(prompts) else prompts
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
-    return make_prompts(imdb_texts(data_cfg, "train"), n, data_cfg, seed=seed)
+    return make_prompts(imdb_texts(data_cfg)["train"], n, data_cfg, seed=seed)
 
 
 def refill_prompts(engine, n: int, cfg: GenerateConfig | None = None) -> list[str]:

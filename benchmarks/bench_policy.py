@@ -113,7 +113,7 @@ def bench_generation(
     from base_policy.generate import GenerateConfig, context_length, encode_prompts, generate_completions, left_pad
     from common.imdb import DataConfig, imdb_texts, make_prompts
 
-    prompts = make_prompts(imdb_texts(DataConfig(max_reviews=500), "test"), n_prompts, DataConfig(seed=1))
+    prompts = make_prompts(imdb_texts(DataConfig(max_reviews=500))["test"], n_prompts, DataConfig(seed=1))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ids, mask = left_pad(encode_prompts(tok, prompts, context_length(model) - new_tokens), pad)
     cfg = GenerateConfig(max_new_tokens=new_tokens, prompts_per_batch=n_prompts, temperature=1.0, top_k=0, top_p=1.0)

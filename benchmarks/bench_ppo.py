@@ -111,7 +111,7 @@ def main() -> None:
         reward_fn, reward_source = minilm_reward()
     from common.imdb import DataConfig, imdb_texts, make_prompts
 
-    prompts = make_prompts(imdb_texts(DataConfig(), "train"), 512, DataConfig())
+    prompts = make_prompts(imdb_texts(DataConfig())["train"], 512, DataConfig())
 
     import tempfile
 

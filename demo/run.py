@@ -177,7 +177,7 @@ def ensure_base_policy(profile: Profile, engine, *, progress: bool) -> tuple[str
 def prompts_for(profile: Profile, split: str, n: int, seed: int) -> list[str]:
     from common.imdb import imdb_texts, make_prompts
 
-    prompts = make_prompts(imdb_texts(profile.data, split), n, profile.data, seed=seed)
+    prompts = make_prompts(imdb_texts(profile.data)[split], n, profile.data, seed=seed)
     if not prompts:
         raise UserError(
             f"no prompts could be cut from the IMDB {split} split.", "check the data section of the profile."
@@ -198,7 +198,7 @@ def fluency(profile: Profile, base: str, before: list[dict], after: list[dict], 
     def nll(rows: list[dict]) -> float:
         return continuation_nll(model, tok, [r["prompt"] for r in rows], [r["response"] for r in rows])
 
-    real = real_continuations(imdb_texts(profile.data, "test"), max(len(after), 1), seed=profile.demo.seed)
+    real = real_continuations(imdb_texts(profile.data)["test"], max(len(after), 1), seed=profile.demo.seed)
     return {"before": nll(before), "after": nll(after), "real_imdb": continuation_nll(model, tok, *real),
             "n_real": len(real[0]), **{k: nll(rows) for k, rows in others.items()}}  # fmt: skip
 

@@ -84,10 +84,10 @@ def test_max_reviews_caps_each_split():
 def test_imdb_texts_are_load_imdbs_texts(max_reviews):
     cfg = DataConfig(max_reviews=max_reviews, seed=3)
     dd = load_imdb(cfg)
+    texts = imdb_texts(cfg)
     for split in ("train", "test"):
-        assert imdb_texts(cfg, split) == list(dd[split]["text"])
-    with pytest.raises(ValueError, match="split"):
-        imdb_texts(cfg, "validation")
+        assert texts[split] == list(dd[split]["text"])
+    assert set(texts) == {"train", "test"}  # no other split
 
 
 def test_rotten_tomatoes_sentences():

@@ -143,7 +143,7 @@ ARROW = textwrap.dedent(
     from common.memory import current_rss_mb, release_freed_memory
     _local_frame()  # the CSV, cached for the process's life: not what is measured
     start = current_rss_mb()
-    prompts = make_prompts(imdb_texts(DataConfig(), "train"), 500)
+    prompts = make_prompts(imdb_texts(DataConfig())["train"], 500)
     gc.collect()
     freed = current_rss_mb() - start
     release_freed_memory()

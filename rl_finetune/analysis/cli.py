@@ -153,7 +153,7 @@ def stats_prompts(args) -> list[str]:
     from common.imdb import DataConfig, imdb_texts, make_prompts
 
     cfg = DataConfig()
-    return make_prompts(imdb_texts(cfg, "test"), args.n_prompts, cfg, seed=cfg.seed + 17)
+    return make_prompts(imdb_texts(cfg)["test"], args.n_prompts, cfg, seed=cfg.seed + 17)
 
 
 @cli_entry

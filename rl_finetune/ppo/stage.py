@@ -65,8 +65,9 @@ def stage_prompts(cfg: PPOConfig, data_cfg) -> tuple[list[str], list[str]]:
         prompts = read_prompt_file(data_cfg.prompt_file)
         n_eval = min(cfg.num_eval_prompts, max(1, len(prompts) // 5))
         return prompts[n_eval:] or prompts, prompts[:n_eval]
-    train_prompts = make_prompts(imdb_texts(data_cfg, "train"), cfg.num_train_prompts, data_cfg)
-    held = make_prompts(imdb_texts(data_cfg, "test"), cfg.num_eval_prompts, data_cfg, seed=data_cfg.seed + 1)
+    texts = imdb_texts(data_cfg)
+    train_prompts = make_prompts(texts["train"], cfg.num_train_prompts, data_cfg)
+    held = make_prompts(texts["test"], cfg.num_eval_prompts, data_cfg, seed=data_cfg.seed + 1)
     return train_prompts, held
 
 
